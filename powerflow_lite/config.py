@@ -1,0 +1,271 @@
+"""One frozen dataclass per command: its fields are the CLI flags, the help text and the saved config.
+
+    cfg = load_config(TrainConfig, "examples/creative.yaml", {"max_steps": 20})  # flags win over YAML
+    cfg.validate_paths()  # model and prompt files exist, output directory usable
+
+Each field's `help` metadata becomes its `--help` line (see `cli.py`), the
+resolved dataclass is written to `OUT/config.yaml`, and `__post_init__` rejects
+bad values with one line that names the flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import PowerflowError
+from .objectives import OBJECTIVES
+
+
+def option(default, help: str, choices: tuple[str, ...] | None = None, short: str | None = None):
+    """A config field with its CLI help text (and allowed values, short flag)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "short": short})
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- what to train
+    model: str = option("", "Base model: a local Hugging Face directory (safetensors) or a hub id.")
+    alpha: float = option(0.0, "Target p_base^alpha: >1 sharpens (4 base models, 2 instruct), <1 flattens (0.5).")
+    prompts: str = option("", "Prompt file (.jsonl/.json/.csv/.parquet/.txt) or a hub dataset name.")
+    prompt_field: str = option("prompt", "Field or column that holds the prompt text.")
+    split: str = option("train", "Dataset split, when --prompts is a hub dataset.")
+    objective: str = option("latb", "Objective: latb is the paper's; the others are its ablations.",
+                                choices=tuple(OBJECTIVES))
+    format_penalty: str = option("none", "Format penalty psi: boxed, none, or module:function / file.py:function.")
+    output: str = option("runs/powerflow", "Output directory (refused if it exists, unless --resume/--overwrite).")
+    # --- prompts as the model sees them
+    chat_template: str = option("auto", "Apply the tokenizer's chat template when it has one.", choices=("auto", "none"))
+    system_prompt: str = option("", "System prompt (e.g. 'Please reason step by step, ...').")
+    # --- sampling
+    prompts_per_step: int = option(4, "Prompts per training step.")
+    samples_per_prompt: int = option(4, "Completions sampled per prompt (G).")
+    max_new_tokens: int = option(256, "Longest completion; longer ones are cut and counted as truncated.")
+    min_new_tokens: int = option(0, "Forbid EOS before this many tokens (makes EOS sampling off-policy).")
+    ignore_eos: bool = option(False, "Never stop at EOS: every completion is --max-new-tokens long.")
+    temperature: float = option(1.0, "Sampling temperature; the maths assumes 1.")
+    top_p: float = option(1.0, "Nucleus sampling; the maths assumes 1.")
+    # --- model and adapter
+    quant: str = option("nf4", "Base weights: NF4 4-bit (bitsandbytes) or full precision.", choices=("nf4", "none"))
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    lora_r: int = option(16, "LoRA rank.")
+    lora_alpha: int = option(32, "LoRA scaling numerator (scale = lora_alpha / lora_r).")
+    lora_dropout: float = option(0.0, "LoRA dropout (0 keeps log pi_old and log pi_theta identical).")
+    lora_targets: str = option("all-linear", "Comma-separated module names, or all-linear.")
+    gradient_checkpointing: bool = option(True, "Recompute activations in backward to save memory.")
+    trust_remote_code: bool = option(False, "Run code shipped with the model (off unless you trust it).")
+    # --- optimisation
+    max_steps: int = option(100, "Training steps (each samples, scores and updates).")
+    lr: float = option(5e-5, "LoRA learning rate.")
+    z_lr: float = option(5e-3, "Learning rate of the log Z'(q) head.")
+    z_hidden: int = option(256, "Hidden width of the log Z'(q) head.")
+    weight_decay: float = option(0.0, "AdamW weight decay on the LoRA weights.")
+    lr_schedule: str = option("cosine", "Decay after warmup.", choices=("constant", "linear", "cosine"))
+    warmup_steps: int = option(5, "Linear learning-rate warmup steps.")
+    max_grad_norm: float = option(1.0, "Clip the LoRA gradient norm to this (0 disables).")
+    micro_batch_size: int = option(8, "Completions per forward/backward (gradient accumulation over the step).")
+    inner_epochs: int = option(1, "Updates per batch of samples (K); >1 uses the clipped importance weight.")
+    clip_eps: float = option(0.2, "Importance-weight clip: w in [1-eps, 1+eps].")
+    seed: int = option(0, "Seed for prompt order, sampling and initialisation.")
+    # --- output
+    save_every: int = option(50, "Write OUT/checkpoint-N every N steps (0: only at the end).")
+    show_every: int = option(10, "Show one prompt and completion every N steps (0: never).")
+    resume: bool = option(False, "Continue from the newest complete checkpoint in --output.")
+    resume_from: str = option("", "Continue from this checkpoint directory (implies --resume).")
+    overwrite: bool = option(False, "Delete an existing --output directory first.")
+
+    def __post_init__(self):
+        _check_ranges(self, positive=("alpha", "prompts_per_step", "samples_per_prompt", "max_new_tokens",
+                                      "lora_r", "lora_alpha", "max_steps", "lr", "z_lr", "z_hidden",
+                                      "micro_batch_size", "inner_epochs", "temperature"),
+                      non_negative=("min_new_tokens", "weight_decay", "warmup_steps", "max_grad_norm", "save_every",
+                                    "show_every", "seed"))
+        _check_choices(self)
+        if not 0 < self.top_p <= 1:
+            raise PowerflowError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.lora_dropout < 1:
+            raise PowerflowError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if not 0 <= self.clip_eps < 1:
+            raise PowerflowError(f"--clip-eps must be in [0, 1), got {self.clip_eps}")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise PowerflowError("--min-new-tokens cannot exceed --max-new-tokens")
+        if OBJECTIVES[self.objective].grouped and self.samples_per_prompt < 2:
+            raise PowerflowError(f"--objective {self.objective} compares completions of a prompt: "
+                                 "needs --samples-per-prompt >= 2")
+        if not self.model:
+            raise PowerflowError("--model is required (a model directory or hub id), or use --demo")
+        if not self.prompts:
+            raise PowerflowError("--prompts is required (a prompt file or dataset), or use --demo")
+
+    def warnings(self) -> list[str]:
+        """Settings that are allowed but bend the maths."""
+        notes = []
+        if self.temperature != 1.0 or self.top_p != 1.0:
+            notes.append(f"sampling with temperature={self.temperature}, top_p={self.top_p}: the behaviour policy is "
+                         "then not the policy itself, so the objective no longer targets p_base^alpha exactly")
+        if self.min_new_tokens:
+            notes.append("--min-new-tokens forbids EOS early on: those EOS probabilities are not sampled on-policy")
+        return notes
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    model: str = option("", "Base model: a local Hugging Face directory (safetensors) or a hub id.")
+    adapter: str = option("", "Adapter directory (OUT/adapter or OUT/checkpoint-N); empty samples the base.")
+    prompt: str = option("", "One prompt text.")
+    prompts: str = option("", "Prompt file or dataset (as in train).")
+    prompt_field: str = option("prompt", "Field or column that holds the prompt text.")
+    split: str = option("train", "Dataset split, when --prompts is a hub dataset.")
+    n: int = option(1, "Completions per prompt.", short="-n")
+    max_new_tokens: int = option(256, "Longest completion.")
+    min_new_tokens: int = option(0, "Forbid EOS before this many tokens.")
+    ignore_eos: bool = option(False, "Never stop at EOS.")
+    temperature: float = option(1.0, "Sampling temperature.")
+    top_p: float = option(1.0, "Nucleus sampling.")
+    chat_template: str = option("auto", "Apply the tokenizer's chat template when it has one.", choices=("auto", "none"))
+    system_prompt: str = option("", "System prompt.")
+    quant: str = option("nf4", "Base weights: NF4 4-bit or full precision.", choices=("nf4", "none"))
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    seed: int = option(0, "Sampling seed.")
+    out: str = option("", "Write the completions to this JSONL file (must not exist).")
+    trust_remote_code: bool = option(False, "Run code shipped with the model.")
+
+    def __post_init__(self):
+        _check_ranges(self, positive=("n", "max_new_tokens", "temperature"), non_negative=("min_new_tokens", "seed"))
+        _check_choices(self)
+        if not 0 < self.top_p <= 1:
+            raise PowerflowError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if not self.model:
+            raise PowerflowError("--model is required")
+        if bool(self.prompt) == bool(self.prompts):
+            raise PowerflowError("give exactly one of --prompt TEXT or --prompts FILE")
+        if self.out and Path(self.out).exists():
+            raise PowerflowError(f"--out {self.out!r} exists; choose a new file name")
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    model: str = option("", "The base model the adapter was trained on (directory or hub id).")
+    adapter: str = option("", "Adapter directory (OUT/adapter or OUT/checkpoint-N).")
+    output: str = option("", "Directory for the merged model (must not exist unless --overwrite).")
+    base: str = option("original", "Merge onto the original weights, or onto NF4-dequantized ones (what training "
+                                   "saw).", choices=("original", "nf4"))
+    device: str = option("cpu", "Where to merge: cpu is enough and needs no GPU memory.")
+    overwrite: bool = option(False, "Replace an existing --output directory.")
+    trust_remote_code: bool = option(False, "Run code shipped with the model.")
+
+    def __post_init__(self):
+        _check_choices(self)
+        for name in ("model", "adapter", "output"):
+            if not getattr(self, name):
+                raise PowerflowError(f"{flag_name(name)} is required")
+
+
+def _check_ranges(config, positive: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
+    for name in positive:
+        if not getattr(config, name) > 0:
+            raise PowerflowError(f"{flag_name(name)} must be > 0, got {getattr(config, name)}")
+    for name in non_negative:
+        if getattr(config, name) < 0:
+            raise PowerflowError(f"{flag_name(name)} must be >= 0, got {getattr(config, name)}")
+
+
+def _check_choices(config) -> None:
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        if choices and getattr(config, f.name) not in choices:
+            raise PowerflowError(f"{flag_name(f.name)} {getattr(config, f.name)!r} is not one of {', '.join(choices)}")
+
+
+def field_type(cls, name: str) -> type:
+    """The plain Python type of a config field (str, int, float or bool)."""
+    hint = typing.get_type_hints(cls)[name]
+    if isinstance(hint, types.UnionType):
+        hint = next(t for t in typing.get_args(hint) if t is not type(None))
+    return hint
+
+
+def _coerce(cls, name: str, value, source: str):
+    kind = field_type(cls, name)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if value is None and kind is str:
+        return ""
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise PowerflowError(f"{source}: {name!r} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def read_yaml(path: str, cls) -> dict:
+    """A YAML mapping of config keys (snake_case or kebab-case); unknown keys are named in the error."""
+    file = Path(path)
+    if not file.is_file():
+        raise PowerflowError(f"--config {path!r} not found")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise PowerflowError(f"--config {path!r} is not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise PowerflowError(f"--config {path!r} must hold a mapping of option: value")
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            raise PowerflowError(f"--config {path!r}: unknown key {key!r}")
+        values[name] = _coerce(cls, name, value, f"--config {path!r}")
+    return values
+
+
+def load_config(cls, yaml_path: str | None = None, overrides: dict | None = None, defaults: dict | None = None):
+    """dataclass defaults < `defaults` (e.g. --demo) < YAML file < flags that were given (not None)."""
+    values = dict(defaults or {})
+    if yaml_path:
+        values.update(read_yaml(yaml_path, cls))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return cls(**values)
+
+
+def to_yaml(config) -> str:
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, allow_unicode=True)
+
+
+def from_yaml_file(cls, path: str | Path):
+    """Re-read a config.yaml that powerflow wrote."""
+    return load_config(cls, str(path))
+
+
+def resolve_train_config(config_path: str | None, flags: dict, demo: bool = False) -> TrainConfig:
+    """Layer the sources of a training config, lowest first:
+
+    dataclass defaults < --demo settings < the run's saved config.yaml (on --resume) < --config FILE < flags.
+    """
+    file_values = read_yaml(config_path, TrainConfig) if config_path else {}
+    given = {k: v for k, v in flags.items() if v is not None}
+    explicit = {**file_values, **given}
+    layered: dict = {}
+    if demo:
+        from .demo import demo_defaults
+
+        resuming = explicit.get("resume") or explicit.get("resume_from")
+        layered.update(demo_defaults(need_model="model" not in explicit and not resuming))
+    if explicit.get("resume") or explicit.get("resume_from"):
+        output = explicit.get("output", layered.get("output", TrainConfig.__dataclass_fields__["output"].default))
+        saved = Path(output).expanduser() / "config.yaml"
+        if saved.is_file():
+            restored = read_yaml(str(saved), TrainConfig)
+            for name in ("resume", "resume_from", "overwrite"):
+                restored.pop(name, None)
+            layered.update(restored)
+    return TrainConfig(**{**layered, **explicit})

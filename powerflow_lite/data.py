@@ -1,0 +1,142 @@
+"""Prompts: read from files or datasets, ordered per step, turned into token ids.
+
+    load_prompts("examples/prompts/creative.jsonl")      # JSONL with a "prompt" field
+    load_prompts("problems.csv", field="question")       # CSV / Parquet column
+    load_prompts("AI-MO/NuminaMath-CoT", field="problem") # a hub dataset, where reachable
+
+Each row is a dict whose "prompt" key holds the text; the file's other fields
+are kept. The order of prompts is a pure function of (seed, step), so a resumed
+run sees the same prompts as an uninterrupted one without saving a data loader.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .errors import PowerflowError
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+
+
+def demo_prompts_path() -> Path:
+    """The prompt file shipped with the package for `powerflow train --demo`."""
+    return Path(str(resources.files("powerflow_lite") / "data" / "demo_prompts.jsonl"))
+
+
+def load_prompts(source: str, field: str = "prompt", split: str = "train") -> list[dict]:
+    """Rows with a non-empty text in `field`, copied to row["prompt"]; errors name the file and line."""
+    path = Path(source).expanduser()
+    if path.suffix.lower() in SUFFIXES or path.exists():
+        if not path.is_file():
+            raise PowerflowError(f"prompt file {source!r} not found")
+        rows = _read_file(path, field)
+    else:
+        rows = _read_dataset(source, field, split)
+    if not rows:
+        raise PowerflowError(f"no prompts in {source!r}")
+    return rows
+
+
+def _read_file(path: Path, field: str) -> list[dict]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            return [_row(record, field, path, n) for n, record in _jsonl_records(path)]
+        if suffix == ".json":
+            records = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(records, list):
+                raise PowerflowError(f"{path}: a .json prompt file must hold a list of objects")
+            return [_row(record, field, path, n) for n, record in enumerate(records, 1)]
+        if suffix == ".csv":
+            with path.open(newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                return [_row(record, field, path, n) for n, record in enumerate(reader, 2)]
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return [_row(record, field, path, n) for n, record in enumerate(pq.read_table(path).to_pylist(), 1)]
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [{"prompt": line} for line in lines if line.strip()]
+    except UnicodeDecodeError:
+        raise PowerflowError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise PowerflowError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except (csv.Error, OSError) as err:
+        raise PowerflowError(f"{path}: cannot read prompts ({err})") from None
+    except Exception as err:  # pyarrow's errors share no base class we can import cheaply
+        if suffix != ".parquet":
+            raise
+        raise PowerflowError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
+
+
+def _jsonl_records(path: Path):
+    with path.open(encoding="utf-8") as handle:
+        for n, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise PowerflowError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+
+
+def _row(record, field: str, path: Path, n: int) -> dict:
+    if not isinstance(record, dict):
+        raise PowerflowError(f"{path}:{n}: expected an object with a {field!r} field")
+    if field not in record:
+        raise PowerflowError(f"{path}:{n}: no {field!r} field (fields: {', '.join(map(str, record)) or 'none'}; "
+                             f"pick one with --prompt-field)")
+    text = record[field]
+    if not isinstance(text, str) or not text.strip():
+        raise PowerflowError(f"{path}:{n}: {field!r} must be a non-empty string")
+    return {**record, "prompt": text}
+
+
+def _read_dataset(name: str, field: str, split: str) -> list[dict]:
+    try:
+        import datasets
+
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as err:  # offline, unknown name, bad split: datasets raises many types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PowerflowError(f"{name!r} is neither a prompt file nor a reachable dataset ({first})") from None
+    if field not in dataset.column_names:
+        raise PowerflowError(f"dataset {name!r} has no column {field!r} (columns: {', '.join(dataset.column_names)}; "
+                             f"pick one with --prompt-field)")
+    return [_row(record, field, Path(name), n) for n, record in enumerate(dataset, 1)]
+
+
+def prompt_indices(num_prompts: int, step: int, per_step: int, seed: int) -> list[int]:
+    """The prompts of training step `step` (0-based): consecutive slices of one shuffle per epoch."""
+    orders: dict[int, torch.Tensor] = {}
+    indices = []
+    for position in range(step * per_step, (step + 1) * per_step):
+        epoch, offset = divmod(position, num_prompts)
+        if epoch not in orders:
+            generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            orders[epoch] = torch.randperm(num_prompts, generator=generator)
+        indices.append(int(orders[epoch][offset]))
+    return indices
+
+
+def render_prompt(tokenizer, text: str, chat_template: str = "auto", system_prompt: str | None = None) -> str:
+    """The exact text the model is conditioned on: the chat template when there is one and it is wanted."""
+    if chat_template == "auto" and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": text})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{system_prompt}\n\n{text}" if system_prompt else text
+
+
+def encode_prompt(tokenizer, rendered: str, chat_template_used: bool) -> list[int]:
+    """Token ids of a rendered prompt; a chat template already holds its special tokens."""
+    return tokenizer(rendered, add_special_tokens=not chat_template_used).input_ids
+
+
+def uses_chat_template(tokenizer, chat_template: str) -> bool:
+    return chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))

@@ -1,0 +1,10 @@
+"""The one exception type that means "the user asked for something we cannot do".
+
+Library code raises `PowerflowError` with a message that names the bad input and
+what to do instead; the CLI prints that one line on stderr and exits with code 2.
+Anything else escaping is a bug in powerflow-lite and keeps its traceback.
+"""
+
+
+class PowerflowError(Exception):
+    """Bad input or an unsupported setup, described in one line for the user."""

@@ -1,0 +1,53 @@
+"""`powerflow sample`: completions from the base model or base + adapter, with their log-probs.
+
+    for record in sample_completions(SampleConfig(model="runs/x/merged", prompt="Tell me a joke.", n=3)):
+        print(record["completion"])
+
+Each record carries the policy's log-prob of the completion and, when an
+adapter is loaded, the base model's log-prob of the same text (adapter off,
+same weights), so you can see how far the adapter moved the distribution.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from .config import SampleConfig
+from .data import encode_prompt, load_prompts, render_prompt, uses_chat_template
+from .model import load_adapter, load_base_model, load_tokenizer, resolve_device
+from .sampling import SamplingSettings, sample
+from .scoring import score
+
+ROWS_PER_BATCH = 32  # completions generated together
+
+
+def sample_completions(cfg: SampleConfig) -> Iterator[dict]:
+    rows = [{"prompt": cfg.prompt}] if cfg.prompt else load_prompts(cfg.prompts, cfg.prompt_field, cfg.split)
+    device = resolve_device(cfg.device)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    model = load_base_model(cfg.model, cfg.quant, device, cfg.trust_remote_code)
+    if cfg.adapter:
+        model = load_adapter(model, cfg.adapter)
+    templated = uses_chat_template(tokenizer, cfg.chat_template)
+    settings = SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos)
+    torch.manual_seed(cfg.seed)
+    per_batch = max(1, ROWS_PER_BATCH // cfg.n)
+    for first in range(0, len(rows), per_batch):
+        batch = rows[first:first + per_batch]
+        ids = [encode_prompt(tokenizer, render_prompt(tokenizer, r["prompt"], cfg.chat_template, cfg.system_prompt),
+                             templated) for r in batch]
+        rollouts = sample(model, tokenizer, ids, cfg.n, settings)
+        texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
+        logps = score(model, rollouts, ROWS_PER_BATCH, adapter=True)[0].sum(-1).tolist()
+        base_logps = score(model, rollouts, ROWS_PER_BATCH, adapter=False)[0].sum(-1).tolist() if cfg.adapter else None
+        for row_index, (text, group) in enumerate(zip(texts, rollouts.group_ids.tolist())):
+            record = {**batch[group], "prompt_index": first + group, "sample": row_index % cfg.n,
+                      "completion": text, "tokens": int(rollouts.lengths[row_index]),
+                      "finish_reason": "length" if rollouts.truncated[row_index] else "eos",
+                      "logp": logps[row_index]}
+            if base_logps is not None:
+                record["logp_base"] = base_logps[row_index]
+            yield record
+

@@ -1,0 +1,68 @@
+"""`powerflow merge-adapter`: fold a LoRA adapter into the base weights, as a plain HF model directory.
+
+    powerflow merge-adapter --model Qwen/Qwen2.5-0.5B-Instruct --adapter runs/x/adapter --output runs/x/merged
+
+The result loads with `AutoModelForCausalLM.from_pretrained` and needs no PEFT.
+
+Which base weights: by default the adapter is merged onto the *original*
+(unquantized) weights, in their own dtype, as QLoRA merges usually are. The
+adapter was trained against the NF4-quantized weights, so the merged model
+differs from the trained policy by the base's quantisation error. `--base nf4`
+instead dequantizes the NF4 weights first: the merged model then computes what
+was trained (up to float rounding), at the cost of carrying that error into
+full-precision weights.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .config import MergeConfig
+from .errors import PowerflowError
+from .model import check_model_source, load_adapter, load_base_model, load_tokenizer, resolve_device
+
+
+def merge_adapter(cfg: MergeConfig) -> Path:
+    out = Path(cfg.output).expanduser()
+    _check_output(out, cfg.overwrite)
+    check_model_source(cfg.model)
+    device = resolve_device(cfg.device)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    if cfg.base == "nf4":
+        model = load_base_model(cfg.model, "nf4", device, cfg.trust_remote_code)
+        model = model.dequantize()
+    else:
+        model = _load_original(cfg.model, device, cfg.trust_remote_code)
+    merged = load_adapter(model, cfg.adapter).merge_and_unload()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def _load_original(name: str, device, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype="auto", use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise PowerflowError(f"could not load model {name!r}: {str(err).strip().splitlines()[0]}") from None
+    return model.to(device)
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise PowerflowError(f"--output {str(out)!r} exists; choose a new directory or pass --overwrite")
+        if not (out / "config.json").is_file():
+            raise PowerflowError(f"--overwrite refused: {str(out)!r} is not a model directory, nothing was deleted")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PowerflowError(f"cannot create --output {str(out)!r}: {err.strerror}") from None

@@ -1,0 +1,63 @@
+"""One JSON object per training step in OUT/metrics.jsonl, and what each key means.
+
+The CLI's live table and README's metric table are built from `METRICS`, so
+a new key is described once, here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+METRICS: dict[str, str] = {
+    "step": "Training steps completed.",
+    "loss": "Objective value over the step's completions (mean over inner epochs).",
+    "log_z_mean": "Mean of log Z'(q) over the step's prompts; settles in a healthy run.",
+    "log_z_std": "Spread of log Z'(q) across prompts.",
+    "residual_mean": "Mean mismatch r (0 at the optimum; for rl-* it is -R = S_pi - alpha S_base).",
+    "residual_std": "Spread of r: what the loss is made of once the mean is absorbed by log Z.",
+    "length_mean": "Mean completion length in tokens (EOS included).",
+    "length_min": "Shortest completion.",
+    "length_max": "Longest completion.",
+    "truncated_frac": "Fraction of completions cut at --max-new-tokens without EOS.",
+    "format_frac": "Fraction of completions with psi(y) >= 0 (for boxed: those with a \\boxed{} answer).",
+    "psi_mean": "Mean format penalty psi(y).",
+    "policy_logp_per_token": "Mean log pi(y_t) of the sampled tokens under the policy that sampled them.",
+    "base_logp_per_token": "Mean log p_base(y_t) of the same tokens with the adapter off.",
+    "clip_frac": "Fraction of importance weights that hit the clip (0 with --inner-epochs 1).",
+    "grad_norm": "LoRA gradient norm before clipping (last inner epoch).",
+    "lr": "LoRA learning rate after this step's scheduler update.",
+    "sample_tokens_per_s": "Generated tokens per second while sampling.",
+    "time_sample": "Seconds spent sampling.",
+    "time_score": "Seconds spent computing log pi_old, log p_base and psi.",
+    "time_update": "Seconds spent in forward/backward/optimizer updates.",
+    "peak_gpu_mem_gib": "Peak GPU memory allocated during the step (GPU runs only).",
+}
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def std(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mu = mean(values)
+    return math.sqrt(sum((v - mu) ** 2 for v in values) / (len(values) - 1))
+
+
+class MetricsLog:
+    """Appends one row per step and flushes it, so a crash loses at most the step in flight."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, allow_nan=True) + "\n")
+            handle.flush()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,227 @@
+"""Load the base model once (NF4 4-bit or full precision), add LoRA, switch the adapter off.
+
+There is one copy of the weights. The policy is base + LoRA; the base score
+`log p_base(y|q)` is the same module inside `eval_mode(model, adapter=False)`,
+which turns the adapter off and restores it (and train mode) in `finally`.
+
+    from powerflow_lite.model import load_base_model, add_lora, eval_mode
+    model = add_lora(load_base_model("Qwen/Qwen2.5-0.5B-Instruct", quant="nf4", device=torch.device("cuda")))
+    with eval_mode(model, adapter=False):
+        ...  # base scores
+
+NF4 on the CPU: bitsandbytes >= 0.46 runs 4-bit matmuls on the CPU, so the
+4-bit path is tested in CI. Two CPU details: the compute dtype is float32 there
+(bfloat16 matmuls without hardware support are ~20x slower), and on CPUs with
+AVX512-BF16 bitsandbytes repacks `Linear4bit` weights in place on the first
+eval-mode forward, which later breaks autograd; we switch that repacking off.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from .errors import PowerflowError
+
+ROUND_TRIP_TEXT = "Hello world, 1 + 2 = 3.\n  Done."
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda when present, else cpu; anything else is checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PowerflowError(f"--device {name!r} is not a device name (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PowerflowError(f"--device {name} asked for, but torch sees no CUDA GPU here (torch {torch.__version__})")
+    if device.type not in ("cpu", "cuda"):
+        raise PowerflowError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on a GPU that has it, float32 on the CPU (see module docstring)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def check_model_source(name: str) -> None:
+    """A local directory must exist and hold safetensors weights; anything else is treated as a hub id."""
+    path = Path(name).expanduser()
+    looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+    if not looks_local:
+        return
+    if not path.is_dir():
+        raise PowerflowError(f"model path {name!r} does not exist (give a model directory or a hub id like Qwen/Qwen2.5-0.5B)")
+    if not (path / "config.json").is_file():
+        raise PowerflowError(f"model directory {name!r} has no config.json: is it a Hugging Face model directory?")
+    if not any(path.glob("*.safetensors")):
+        raise PowerflowError(
+            f"model directory {name!r} has no *.safetensors weights (powerflow-lite loads safetensors only)"
+        )
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """The model's tokenizer with a pad token, checked to round-trip text.
+
+    transformers 5 may rebuild a custom `tokenizer.json` as the model type's own
+    tokenizer class and lose spaces; when the round trip fails we load
+    `tokenizer.json` as it is.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise PowerflowError(f"could not load a tokenizer from {name!r}: {_first_line(err)}") from None
+    if not _round_trips(tokenizer) and Path(name, "tokenizer.json").is_file():
+        fallback = PreTrainedTokenizerFast.from_pretrained(name)
+        if _round_trips(fallback):
+            tokenizer = fallback
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise PowerflowError(f"the tokenizer of {name!r} has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _round_trips(tokenizer) -> bool:
+    ids = tokenizer(ROUND_TRIP_TEXT, add_special_tokens=False).input_ids
+    return tokenizer.decode(ids, skip_special_tokens=True).strip() == ROUND_TRIP_TEXT.strip()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+@functools.cache
+def nf4_support(device_type: str) -> tuple[bool, str]:
+    """Can bitsandbytes run an NF4 matmul here? (ok, reason) from a real 4-bit forward on a tiny layer."""
+    try:
+        import bitsandbytes as bnb
+    except Exception as err:  # an import failure of a compiled package can be any error
+        return False, f"bitsandbytes is not importable ({_first_line(err)})"
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return False, "no CUDA GPU"
+    try:
+        layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+        layer = layer.to(device_type)
+        layer.support_avx512bf16_for_cpu = False
+        out = layer(torch.ones(2, 64, device=device_type))
+        if not torch.isfinite(out).all():
+            return False, "a 4-bit test matmul returned non-finite values"
+    except Exception as err:  # bitsandbytes raises many types on unsupported hardware
+        return False, f"bitsandbytes {getattr(bnb, '__version__', '?')} cannot run NF4 on {device_type}: {_first_line(err)}"
+    return True, f"bitsandbytes {bnb.__version__} NF4 works on {device_type}"
+
+
+def load_base_model(name: str, quant: str, device: torch.device, trust_remote_code: bool = False):
+    """The frozen base model: `quant="nf4"` (double quant) or `"none"` (bf16 on GPU, fp32 on CPU)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    check_model_source(name)
+    dtype = compute_dtype(device)
+    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
+    if quant == "nf4":
+        ok, reason = nf4_support(device.type)
+        if not ok:
+            raise PowerflowError(f"--quant nf4 cannot run here: {reason}; use --quant none")
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": device}
+    elif quant != "none":
+        raise PowerflowError(f"--quant {quant!r} is not one of nf4, none")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as err:
+        raise PowerflowError(f"could not load model {name!r}: {_first_line(err)}") from None
+    if quant == "none":
+        model = model.to(device)
+    _disable_cpu_weight_repacking(model)
+    model.requires_grad_(False)
+    return model
+
+
+def _disable_cpu_weight_repacking(model) -> None:
+    try:
+        import bitsandbytes as bnb
+    except Exception:
+        return
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def add_lora(model, r: int = 16, lora_alpha: int = 32, dropout: float = 0.0, targets: str = "all-linear",
+             gradient_checkpointing: bool = True):
+    """Wrap the base in a fresh PEFT LoRA adapter (all linear layers but the LM head by default)."""
+    from peft import LoraConfig, get_peft_model
+
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    target_modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=dropout, target_modules=target_modules,
+                        task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        raise PowerflowError(f"--lora-targets {targets!r}: {_first_line(err)}") from None
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing (named `activation_checkpointing_enable` from transformers 5.x)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def load_adapter(model, adapter_dir: str | Path, trainable: bool = False):
+    """Attach a saved PEFT adapter to a loaded base model."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise PowerflowError(f"{str(adapter_dir)!r} is not an adapter directory (no adapter_config.json)")
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise PowerflowError(
+            f"adapter {str(adapter_dir)!r} does not fit this model (was it trained on another base?): {_first_line(err)}"
+        ) from None
+
+
+@contextmanager
+def eval_mode(model, adapter: bool = True):
+    """Eval mode, and with `adapter=False` the LoRA layers off: the frozen base on the same weights.
+
+    Both are restored in `finally`, so an exception while scoring never leaves the
+    policy without its adapter or out of train mode.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        if adapter or not hasattr(model, "disable_adapter"):
+            yield model
+        else:
+            with model.disable_adapter():
+                yield model
+    finally:
+        model.train(was_training)
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,75 @@
+"""Format penalties psi(y) (DESIGN section 5), chosen by name with `--format-penalty`.
+
+    boxed            -0.5 when the completion has no complete \\boxed{...}, else 0 (reasoning)
+    none             0 for every completion (creative writing)
+    module:function  your own `def psi(completion: str, prompt: str) -> float`;
+                     `module` is an importable module or a path to a .py file,
+                     e.g. --format-penalty my_rewards.py:no_code_blocks
+
+psi enters the target as log p_target = alpha * (log p_base(y|q)/|y| + psi(y))
+for `latb`, so it is a per-token log-probability bonus: keep it in the range of
+a few nats.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import Callable
+
+from .errors import PowerflowError
+
+FormatPenalty = Callable[[str, str], float]
+
+BOXED_PENALTY = -0.5
+
+
+def has_boxed(text: str) -> bool:
+    """True when `text` contains \\boxed{...} with balanced braces and something inside."""
+    start = text.find("\\boxed{")
+    while start != -1:
+        depth, i = 1, start + len("\\boxed{")
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0 and text[start + len("\\boxed{") : i - 1].strip():
+            return True
+        start = text.find("\\boxed{", start + 1)
+    return False
+
+
+def boxed(completion: str, prompt: str = "") -> float:
+    return 0.0 if has_boxed(completion) else BOXED_PENALTY
+
+
+def none(completion: str, prompt: str = "") -> float:
+    return 0.0
+
+
+BUILTIN: dict[str, FormatPenalty] = {"boxed": boxed, "none": none}
+
+
+def load_format_penalty(spec: str) -> FormatPenalty:
+    """`boxed`, `none` or `module:function` -> a callable psi(completion, prompt)."""
+    if spec in BUILTIN:
+        return BUILTIN[spec]
+    module_name, sep, function_name = spec.rpartition(":")
+    if not sep or not module_name or not function_name:
+        raise PowerflowError(f"--format-penalty {spec!r}: use boxed, none or module:function")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise PowerflowError(f"--format-penalty {spec!r}: file {module_name!r} not found")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise PowerflowError(f"--format-penalty {spec!r}: cannot import {module_name!r} ({err})") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise PowerflowError(f"--format-penalty {spec!r}: {module_name!r} has no function {function_name!r}")
+    return function

@@ -1,0 +1,135 @@
+"""Rollouts: G completions per prompt from the policy, by pure ancestral sampling.
+
+`sample()` is the one entry point the trainer and `powerflow sample` use, so a
+faster engine can replace Hugging Face `generate` behind it later.
+
+The maths assumes the behaviour policy is the model itself at temperature 1, so
+we hand `generate` a configuration in which nothing reshapes the distribution:
+the model's own `generation_config.json` (top_k=20, repetition penalties, ...)
+is swapped out for the call, and `top_k=0` overrides the library's global
+default of 50.
+
+    rollouts = sample(model, tokenizer, [ids_q1, ids_q2], samples_per_prompt=4,
+                      settings=SamplingSettings(max_new_tokens=128))
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from .model import eval_mode
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int
+    min_new_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    ignore_eos: bool = False  # never stop at EOS: every completion is max_new_tokens long, EOS scored as any token
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    prompt_ids: Tensor  # [N, P] left-padded
+    prompt_mask: Tensor  # [N, P] 1 on prompt tokens
+    completion_ids: Tensor  # [N, L] right-padded with the pad id
+    completion_mask: Tensor  # [N, L] 1 on generated tokens, EOS included when emitted
+    group_ids: Tensor  # [N] which prompt of the batch each row answers
+    truncated: Tensor  # [N] bool: ended by the length limit, not by EOS
+
+    @property
+    def lengths(self) -> Tensor:  # [N]
+        return self.completion_mask.sum(-1)
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    def select(self, rows: Tensor | slice) -> "Rollouts":
+        return Rollouts(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a completion: the tokenizer's EOS plus the model's generation EOS list."""
+    ids = set() if tokenizer.eos_token_id is None else {tokenizer.eos_token_id}
+    configured = getattr(_hf_model(model).generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    return sorted(ids)
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
+    """Token id lists -> ids [N, P], mask [N, P], padded on the left for generation."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, width - len(sequence):] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, width - len(sequence):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def sample(model, tokenizer, prompts: list[list[int]], samples_per_prompt: int, settings: SamplingSettings) -> Rollouts:
+    """G = samples_per_prompt completions for each prompt (rows grouped by prompt), adapter as it is set."""
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    rows = [ids for ids in prompts for _ in range(samples_per_prompt)]
+    prompt_ids, prompt_mask = left_pad(rows, tokenizer.pad_token_id, device)
+    stop_ids = [] if settings.ignore_eos else eos_token_ids(model, tokenizer)
+    generation_config = GenerationConfig(
+        do_sample=True,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=0,
+        max_new_tokens=settings.max_new_tokens,
+        min_new_tokens=settings.min_new_tokens or None,
+        eos_token_id=stop_ids,  # an empty list, not None: None would fall back to the model's EOS
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+    )
+    with eval_mode(model), _neutral_generation_config(model):
+        output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation_config)
+    completion_ids = output[:, prompt_ids.shape[1]:]  # [N, L]
+    completion_mask, truncated = _completion_mask(completion_ids, stop_ids)
+    completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
+    group_ids = torch.arange(len(prompts), device=device).repeat_interleave(samples_per_prompt)
+    return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, group_ids, truncated)
+
+
+def _completion_mask(completion_ids: Tensor, stop_ids: list[int]) -> tuple[Tensor, Tensor]:
+    """1 up to and including the first stop token; rows without one run to the end (truncated)."""
+    length = completion_ids.shape[1]
+    if not stop_ids:
+        full = torch.ones_like(completion_ids)
+        return full, torch.ones(completion_ids.shape[0], dtype=torch.bool, device=completion_ids.device)
+    is_stop = torch.isin(completion_ids, torch.tensor(stop_ids, device=completion_ids.device))  # [N, L]
+    stopped = is_stop.any(-1)  # [N]
+    first_stop = is_stop.int().argmax(-1)  # [N], 0 where there is none
+    lengths = torch.where(stopped, first_stop + 1, torch.full_like(first_stop, length))  # [N]
+    positions = torch.arange(length, device=completion_ids.device)
+    return (positions[None, :] < lengths[:, None]).long(), ~stopped
+
+
+def _hf_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@contextmanager
+def _neutral_generation_config(model):
+    """Hide the model's own generation defaults (top_k, penalties, ...) for the duration of a call."""
+    from transformers import GenerationConfig
+
+    hf_model = _hf_model(model)
+    saved = hf_model.generation_config
+    hf_model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        hf_model.generation_config = saved
