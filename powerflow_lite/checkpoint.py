@@ -29,23 +29,31 @@ STATE_FILE = "trainer_state.json"
 RUN_MARKERS = ("config.yaml", "metrics.jsonl")
 
 
-def prepare_output_dir(output: str, resume: bool, overwrite: bool) -> Path:
-    """Refuse an existing directory unless resuming; --overwrite only deletes a powerflow run directory."""
+def check_output_dir(output: str, resume: bool, overwrite: bool) -> Path:
+    """Refuse an unusable --output before anything is loaded or written (no side effects)."""
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
         raise PowerflowError(f"--output {output!r} exists and is not a directory")
     exists = out.is_dir() and any(out.iterdir())
-    if resume:
-        if not exists:
-            raise PowerflowError(f"--resume: {output!r} holds no run to resume")
-        return out
-    if exists and not overwrite:
+    if resume and not exists:
+        raise PowerflowError(f"--resume: {output!r} holds no run to resume")
+    if exists and not resume and not overwrite:
         raise PowerflowError(f"output directory {output!r} already exists: pass --resume to continue it, "
                              "--overwrite to replace it, or choose another --output")
-    if exists:
-        if not any((out / marker).exists() for marker in RUN_MARKERS):
-            raise PowerflowError(f"--overwrite refused: {output!r} does not look like a powerflow output "
-                                 "directory (no config.yaml or metrics.jsonl), so nothing was deleted")
+    if exists and not resume and not any((out / marker).exists() for marker in RUN_MARKERS):
+        raise PowerflowError(f"--overwrite refused: {output!r} does not look like a powerflow output "
+                             "directory (no config.yaml or metrics.jsonl), so nothing was deleted")
+    nearest = out
+    while not nearest.exists():
+        nearest = nearest.parent
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise PowerflowError(f"cannot write to --output {output!r}: {str(nearest)!r} is not writable")
+    return out
+
+
+def create_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """After all inputs are checked: delete a previous run (--overwrite) and make the directory."""
+    if overwrite and not resume and out.is_dir() and any(out.iterdir()):
         shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -53,8 +61,7 @@ def prepare_output_dir(output: str, resume: bool, overwrite: bool) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise PowerflowError(f"cannot write to --output {output!r}: {err.strerror}") from None
-    return out
+        raise PowerflowError(f"cannot write to --output {str(out)!r}: {err.strerror}") from None
 
 
 def checkpoint_step(path: Path) -> int | None:

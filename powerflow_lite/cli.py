@@ -21,17 +21,17 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
 from .config import MergeConfig, SampleConfig, TrainConfig, field_type, flag_name, load_config, resolve_train_config
 from .errors import PowerflowError
 
-app = typer.Typer(rich_markup_mode="rich", add_completion=False, no_args_is_help=True,
+# Plain click help: rich's two-column panels squeeze 40 options into an unreadable 80-column layout.
+app = typer.Typer(rich_markup_mode=None, add_completion=False, no_args_is_help=True,
                   help="Train a LoRA adapter so that a language model samples from p_base(y|q)^alpha (PowerFlow).")
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _usage_errors() -> tuple[type, ...]:
@@ -57,11 +57,11 @@ def with_config_flags(cls, extra: list[inspect.Parameter] = ()) -> Callable:
                 decls = [f"{flag_name(f.name)}/--no-{f.name.replace('_', '-')}"]
             if f.metadata.get("short"):
                 decls.append(f.metadata["short"])
-            help_text = escape(f.metadata["help"])
+            help_text = f.metadata["help"]
             if f.metadata.get("choices"):
-                help_text += escape(f" [{'|'.join(f.metadata['choices'])}]")
+                help_text += f" [{'|'.join(f.metadata['choices'])}]"
             if f.default not in ("", None, False):
-                help_text += f" [dim]{escape(f'[default: {f.default}]')}[/dim]"
+                help_text += f" [default: {f.default}]"
             option = typer.Option(None, *decls, help=help_text, show_default=False)
             params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                             annotation=Optional[kind]))
@@ -92,7 +92,8 @@ DEMO = _extra("demo", bool, "--demo", default=False,
 @with_config_flags(TrainConfig, extra=[CONFIG_FILE, DEMO])
 def train(config: str | None = None, demo: bool = False, **flags) -> None:
     from .display import show_training
-    from .train import setup, train as train_steps
+    from .train import setup
+    from .train import train as train_steps
 
     cfg = resolve_train_config(config, flags, demo)
     for note in cfg.warnings():

@@ -44,7 +44,8 @@ class TrainConfig:
     format_penalty: str = option("none", "Format penalty psi: boxed, none, or module:function / file.py:function.")
     output: str = option("runs/powerflow", "Output directory (refused if it exists, unless --resume/--overwrite).")
     # --- prompts as the model sees them
-    chat_template: str = option("auto", "Apply the tokenizer's chat template when it has one.", choices=("auto", "none"))
+    chat_template: str = option("auto", "Apply the tokenizer's chat template when it has one.",
+                                choices=("auto", "none"))
     system_prompt: str = option("", "System prompt (e.g. 'Please reason step by step, ...').")
     # --- sampling
     prompts_per_step: int = option(4, "Prompts per training step.")
@@ -66,7 +67,7 @@ class TrainConfig:
     # --- optimisation
     max_steps: int = option(100, "Training steps (each samples, scores and updates).")
     lr: float = option(5e-5, "LoRA learning rate.")
-    z_lr: float = option(5e-3, "Learning rate of the log Z'(q) head.")
+    z_lr: float = option(1e-2, "Learning rate of the log Z'(q) head's bias (its weights: z_lr / sqrt(fan-in)).")
     z_hidden: int = option(256, "Hidden width of the log Z'(q) head.")
     weight_decay: float = option(0.0, "AdamW weight decay on the LoRA weights.")
     lr_schedule: str = option("cosine", "Decay after warmup.", choices=("constant", "linear", "cosine"))
@@ -131,7 +132,8 @@ class SampleConfig:
     ignore_eos: bool = option(False, "Never stop at EOS.")
     temperature: float = option(1.0, "Sampling temperature.")
     top_p: float = option(1.0, "Nucleus sampling.")
-    chat_template: str = option("auto", "Apply the tokenizer's chat template when it has one.", choices=("auto", "none"))
+    chat_template: str = option("auto", "Apply the tokenizer's chat template when it has one.",
+                                choices=("auto", "none"))
     system_prompt: str = option("", "System prompt.")
     quant: str = option("nf4", "Base weights: NF4 4-bit or full precision.", choices=("nf4", "none"))
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
@@ -194,16 +196,22 @@ def field_type(cls, name: str) -> type:
     return hint
 
 
-def _coerce(cls, name: str, value, source: str):
+def _coerce(cls, name: str, value, source: str, key: str | None = None):
     kind = field_type(cls, name)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 5e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if value is None and kind is str:
         return ""
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise PowerflowError(f"{source}: {name!r} must be a {kind.__name__}, got {value!r}")
+        article = "an" if kind is int else "a"
+        raise PowerflowError(f"{source}: {(key or name)!r} must be {article} {kind.__name__}, got {value!r}")
     return value
 
 
@@ -224,7 +232,7 @@ def read_yaml(path: str, cls) -> dict:
         name = str(key).replace("-", "_")
         if name not in names:
             raise PowerflowError(f"--config {path!r}: unknown key {key!r}")
-        values[name] = _coerce(cls, name, value, f"--config {path!r}")
+        values[name] = _coerce(cls, name, value, f"--config {path!r}", key=str(key))
     return values
 
 

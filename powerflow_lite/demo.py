@@ -36,7 +36,6 @@ DEMO_SETTINGS = dict(
     samples_per_prompt=4,
     max_new_tokens=48,
     lr=2e-4,
-    z_lr=1e-2,
     lora_r=8,
     lora_alpha=16,
     warmup_steps=1,

@@ -46,9 +46,9 @@ def _table(result: StepResult | None) -> Table:
     table.add_column(style="dim")
     table.add_column()
     for label, render in ROWS:
-        table.add_row(label, render(result.metrics) if result else "…")
+        table.add_row(Text(label), Text(render(result.metrics) if result else "…"))
     if result and "peak_gpu_mem_gib" in result.metrics:
-        table.add_row("peak GPU memory", f"{result.metrics['peak_gpu_mem_gib']:.2f} GiB")
+        table.add_row(Text("peak GPU memory"), Text(f"{result.metrics['peak_gpu_mem_gib']:.2f} GiB"))
     return table
 
 

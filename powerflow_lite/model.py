@@ -58,7 +58,8 @@ def check_model_source(name: str) -> None:
     if not looks_local:
         return
     if not path.is_dir():
-        raise PowerflowError(f"model path {name!r} does not exist (give a model directory or a hub id like Qwen/Qwen2.5-0.5B)")
+        raise PowerflowError(f"model path {name!r} does not exist "
+                             "(give a model directory or a hub id like Qwen/Qwen2.5-0.5B)")
     if not (path / "config.json").is_file():
         raise PowerflowError(f"model directory {name!r} has no config.json: is it a Hugging Face model directory?")
     if not any(path.glob("*.safetensors")):
@@ -119,7 +120,8 @@ def nf4_support(device_type: str) -> tuple[bool, str]:
         if not torch.isfinite(out).all():
             return False, "a 4-bit test matmul returned non-finite values"
     except Exception as err:  # bitsandbytes raises many types on unsupported hardware
-        return False, f"bitsandbytes {getattr(bnb, '__version__', '?')} cannot run NF4 on {device_type}: {_first_line(err)}"
+        version = getattr(bnb, "__version__", "?")
+        return False, f"bitsandbytes {version} cannot run NF4 on {device_type}: {_first_line(err)}"
     return True, f"bitsandbytes {bnb.__version__} NF4 works on {device_type}"
 
 
@@ -200,7 +202,8 @@ def load_adapter(model, adapter_dir: str | Path, trainable: bool = False):
         return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
     except (RuntimeError, ValueError, KeyError) as err:
         raise PowerflowError(
-            f"adapter {str(adapter_dir)!r} does not fit this model (was it trained on another base?): {_first_line(err)}"
+            f"adapter {str(adapter_dir)!r} does not fit this model (was it trained on another base?): "
+            f"{_first_line(err)}"
         ) from None
 
 
@@ -225,3 +228,12 @@ def eval_mode(model, adapter: bool = True):
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def parameter_count(model) -> int:
+    """Number of weights, counting a 4-bit matrix by its logical shape (it is stored packed, two per byte)."""
+    total = 0
+    for param in model.parameters():
+        quant_state = getattr(param, "quant_state", None)
+        total += quant_state.shape.numel() if quant_state is not None else param.numel()
+    return total

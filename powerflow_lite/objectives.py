@@ -61,7 +61,8 @@ def latb(*, policy_logps, old_logps, base_logps, mask, log_z, psi, group_ids, al
     """Length-aware TB (the paper's Eq. 10): r = log_z + S_pi/|y| - alpha (S_base/|y| + psi)."""
     weight, clipped = importance_weights(policy_logps, old_logps, mask, clip_eps)
     length = lengths_of(mask)  # [N]
-    residual = log_z + sequence_sum(policy_logps, mask) / length - alpha * (sequence_sum(base_logps, mask) / length + psi)
+    s_pi, s_base = sequence_sum(policy_logps, mask), sequence_sum(base_logps, mask)  # [N], [N]
+    residual = log_z + s_pi / length - alpha * (s_base / length + psi)
     loss = (weight * residual.square()).sum() / (denominator or residual.numel())
     return loss, _stats(residual, weight, clipped)
 

@@ -67,8 +67,11 @@ def load_format_penalty(spec: str) -> FormatPenalty:
             module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise PowerflowError(f"--format-penalty {spec!r}: cannot import {module_name!r} ({err})") from None
+    except PowerflowError:
+        raise
+    except Exception as err:  # the user's module may fail to import in any way (SyntaxError, NameError, ...)
+        raise PowerflowError(f"--format-penalty {spec!r}: cannot import {module_name!r} "
+                             f"({type(err).__name__}: {err})") from None
     function = getattr(module, function_name, None)
     if not callable(function):
         raise PowerflowError(f"--format-penalty {spec!r}: {module_name!r} has no function {function_name!r}")

@@ -27,7 +27,15 @@ from .config import TrainConfig, to_yaml
 from .data import encode_prompt, load_prompts, prompt_indices, render_prompt, uses_chat_template
 from .errors import PowerflowError
 from .metrics import MetricsLog, mean, std
-from .model import add_lora, load_base_model, load_tokenizer, resolve_device, trainable_parameters
+from .model import (
+    add_lora,
+    check_model_source,
+    load_base_model,
+    load_tokenizer,
+    parameter_count,
+    resolve_device,
+    trainable_parameters,
+)
 from .objectives import OBJECTIVES, Objective
 from .partition import LogZHead
 from .rewards import FormatPenalty, load_format_penalty
@@ -90,11 +98,8 @@ def lr_lambda(cfg: TrainConfig):
 
 
 def build_optimizer(cfg: TrainConfig, lora_params, head: LogZHead, device: torch.device):
-    """AdamW over two groups (LoRA, head); bitsandbytes' paged 8-bit AdamW on CUDA."""
-    groups = [
-        {"params": lora_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-        {"params": list(head.parameters()), "lr": cfg.z_lr, "weight_decay": 0.0},
-    ]
+    """AdamW over the LoRA weights (first group) and the head; bitsandbytes' paged 8-bit AdamW on CUDA."""
+    groups = [{"params": lora_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}, *head.param_groups(cfg.z_lr)]
     if device.type == "cuda":
         try:
             import bitsandbytes as bnb
@@ -126,10 +131,13 @@ def _encode_prompts(cfg: TrainConfig, tokenizer, rows: list[dict], max_positions
 
 def setup(cfg: TrainConfig) -> Run:
     """Check inputs cheaply first (output dir, prompts), then load the model and restore a checkpoint."""
-    out = ckpt.prepare_output_dir(cfg.output, resume=cfg.resume or bool(cfg.resume_from), overwrite=cfg.overwrite)
+    resuming = cfg.resume or bool(cfg.resume_from)
+    out = ckpt.check_output_dir(cfg.output, resume=resuming, overwrite=cfg.overwrite)
     resume_path = None
     if cfg.resume_from:
         resume_path = Path(cfg.resume_from)
+        if ckpt.checkpoint_step(resume_path) is None:
+            raise PowerflowError(f"--resume-from {cfg.resume_from!r} is not a complete checkpoint directory")
     elif cfg.resume:
         resume_path = ckpt.latest_checkpoint(out)
         if resume_path is None:
@@ -137,11 +145,13 @@ def setup(cfg: TrainConfig) -> Run:
     rows = load_prompts(cfg.prompts, cfg.prompt_field, cfg.split)
     psi = load_format_penalty(cfg.format_penalty)
     device = resolve_device(cfg.device)
+    check_model_source(cfg.model)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
 
     torch.manual_seed(cfg.seed)  # LoRA and head initialisation
     base = load_base_model(cfg.model, cfg.quant, device, cfg.trust_remote_code)
     prompt_ids = _encode_prompts(cfg, tokenizer, rows, getattr(base.config, "max_position_embeddings", None))
+    ckpt.create_output_dir(out, resume=resuming, overwrite=cfg.overwrite)  # every input is valid by now
     model = add_lora(base, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
                      cfg.gradient_checkpointing)
     head = LogZHead(base.config.get_text_config().hidden_size, cfg.z_hidden).to(device)
@@ -160,7 +170,7 @@ def setup(cfg: TrainConfig) -> Run:
         "device": str(device),
         "quant": cfg.quant,
         "trainable_params": sum(p.numel() for p in lora_params),
-        "total_params": sum(p.numel() for p in model.parameters()),
+        "total_params": parameter_count(model),
         "prompts": len(rows),
         "start_step": run.start_step,
     }
