@@ -43,12 +43,17 @@ def check_output_dir(output: str, resume: bool, overwrite: bool) -> Path:
     if exists and not resume and not any((out / marker).exists() for marker in RUN_MARKERS):
         raise PowerflowError(f"--overwrite refused: {output!r} does not look like a powerflow output "
                              "directory (no config.yaml or metrics.jsonl), so nothing was deleted")
-    nearest = out
+    check_writable(out)
+    return out
+
+
+def check_writable(path: Path) -> None:
+    """The directory `path` (or the nearest parent that exists) must be writable; creates nothing."""
+    nearest = path
     while not nearest.exists():
         nearest = nearest.parent
     if not os.access(nearest, os.W_OK | os.X_OK):
-        raise PowerflowError(f"cannot write to --output {output!r}: {str(nearest)!r} is not writable")
-    return out
+        raise PowerflowError(f"cannot write to --output {str(path)!r}: {str(nearest)!r} is not writable")
 
 
 def create_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -67,6 +72,26 @@ def create_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
 def checkpoint_step(path: Path) -> int | None:
     match = re.fullmatch(r"checkpoint-(\d+)", path.name)
     return int(match.group(1)) if match and (path / STATE_FILE).is_file() else None
+
+
+def resume_checkpoint(out: Path, resume_from: str = "") -> Path:
+    """The checkpoint to resume: --resume-from (inside --output, with nothing newer) or the newest complete one."""
+    if not resume_from:
+        path = latest_checkpoint(out)
+        if path is None:
+            raise PowerflowError(f"--resume: {str(out)!r} has no complete checkpoint yet")
+        return path
+    path = Path(resume_from).expanduser()
+    step = checkpoint_step(path)
+    if step is None:
+        raise PowerflowError(f"--resume-from {resume_from!r} is not a complete checkpoint directory")
+    if path.resolve().parent != out.resolve():
+        raise PowerflowError(f"--resume-from {resume_from!r} is not inside --output {str(out)!r}")
+    newer = sorted(p.name for p in out.glob("checkpoint-*") if (checkpoint_step(p) or 0) > step)
+    if newer:
+        raise PowerflowError(f"--resume-from {resume_from!r}: {', '.join(newer)} would be overwritten by the "
+                             "resumed run; move them away (or copy the run) to branch from an older checkpoint")
+    return path
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -89,8 +114,7 @@ def save_checkpoint(out: Path, step: int, model, head: LogZHead, optimizer, sche
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    replace_dir(tmp, final)
     return final
 
 
@@ -98,9 +122,18 @@ def save_final_adapter(out: Path, model, head: LogZHead) -> Path:
     final, tmp = out / "adapter", out / ".adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save_adapter(tmp, model, head)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    replace_dir(tmp, final)
     return final
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Put a fully written `tmp` in place of `final`; a crash at any point leaves one complete copy on disk."""
+    old = final.with_name("." + final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(path: Path, model, head: LogZHead, optimizer, scheduler) -> dict:
@@ -110,19 +143,35 @@ def load_checkpoint(path: Path, model, head: LogZHead, optimizer, scheduler) -> 
 
     if checkpoint_step(path) is None:
         raise PowerflowError(f"{str(path)!r} is not a complete checkpoint directory")
-    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
-    head.load_state_dict(load_file(str(path / "z_head.safetensors")))
-    device = next(head.parameters()).device
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    return json.loads((path / STATE_FILE).read_text())
+    try:
+        result = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"unexpected adapter weights {result.unexpected_keys[:3]}")
+        head.load_state_dict(load_file(str(path / "z_head.safetensors")))
+        device = next(head.parameters()).device
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        return json.loads((path / STATE_FILE).read_text())
+    except (RuntimeError, ValueError, KeyError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PowerflowError(f"checkpoint {str(path)!r} does not match this run's model, LoRA or head settings "
+                             f"(was --model, --lora-r, --lora-targets or --z-hidden changed?): {first}") from None
+
+
+def _row_step(line: str) -> int | None:
+    """The step of a metrics line, or None for a line cut short by a crash."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Drop metric rows after `last_step` (written after the checkpoint we resume from)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    kept = [line for line in path.read_text().splitlines()
+            if (row_step := _row_step(line)) is not None and row_step <= last_step]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)

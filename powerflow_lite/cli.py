@@ -54,7 +54,7 @@ def with_config_flags(cls, extra: list[inspect.Parameter] = ()) -> Callable:
         for f in dataclasses.fields(cls):
             kind = field_type(cls, f.name)
             decls = [flag_name(f.name)]
-            if kind is bool and f.default:
+            if kind is bool:  # both forms, so a flag can switch off what a --config file switched on
                 decls = [f"{flag_name(f.name)}/--no-{f.name.replace('_', '-')}"]
             if f.metadata.get("short"):
                 decls.append(f.metadata["short"])
@@ -124,10 +124,11 @@ def sample(**flags) -> None:
     from .inference import sample_completions
 
     cfg = load_config(SampleConfig, overrides=flags)
-    handle = open(cfg.out, "x", encoding="utf-8") if cfg.out else None
+    handle = None
     try:
         for record in sample_completions(cfg):
-            if handle:
+            if cfg.out:  # opened at the first record: an earlier error leaves no empty file behind
+                handle = handle or open(cfg.out, "x", encoding="utf-8")
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                 handle.flush()
             _show_completion(record, cfg)
@@ -209,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"error: {err}", markup=False)
         return 2
     except _usage_errors() as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # plain `powerflow`: the help is the answer
+            console.print(err.format_message(), markup=False)
+            return 0
         err_console.print(f"error: {err.format_message()}", markup=False)
         return 2
     except FileExistsError as err:  # --out raced into existence after validation

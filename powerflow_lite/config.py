@@ -11,6 +11,7 @@ bad values with one line that names the flag.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -85,6 +86,10 @@ class TrainConfig:
     overwrite: bool = option(False, "Delete an existing --output directory first.")
 
     def __post_init__(self):
+        if not self.model:
+            raise PowerflowError("--model is required (a model directory or hub id), or use --demo")
+        if not self.prompts:
+            raise PowerflowError("--prompts is required (a prompt file or dataset), or use --demo")
         _check_ranges(self, positive=("alpha", "prompts_per_step", "samples_per_prompt", "max_new_tokens",
                                       "lora_r", "lora_alpha", "max_steps", "lr", "z_lr", "z_hidden",
                                       "micro_batch_size", "inner_epochs", "temperature"),
@@ -102,10 +107,8 @@ class TrainConfig:
         if OBJECTIVES[self.objective].grouped and self.samples_per_prompt < 2:
             raise PowerflowError(f"--objective {self.objective} compares completions of a prompt: "
                                  "needs --samples-per-prompt >= 2")
-        if not self.model:
-            raise PowerflowError("--model is required (a model directory or hub id), or use --demo")
-        if not self.prompts:
-            raise PowerflowError("--prompts is required (a prompt file or dataset), or use --demo")
+        if self.seed >= 2**32:
+            raise PowerflowError(f"--seed must be < 2**32, got {self.seed}")
 
     def warnings(self) -> list[str]:
         """Settings that are allowed but bend the maths."""
@@ -173,6 +176,10 @@ class MergeConfig:
 
 
 def _check_ranges(config, positive: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PowerflowError(f"{flag_name(f.name)} must be a finite number, got {value}")
     for name in positive:
         if not getattr(config, name) > 0:
             raise PowerflowError(f"{flag_name(name)} must be > 0, got {getattr(config, name)}")
@@ -268,6 +275,8 @@ def resolve_train_config(config_path: str | None, flags: dict, demo: bool = Fals
 
         resuming = explicit.get("resume") or explicit.get("resume_from")
         layered.update(demo_defaults(need_model="model" not in explicit and not resuming))
+    if explicit.get("resume_from") and "output" not in explicit:
+        explicit["output"] = str(Path(explicit["resume_from"]).expanduser().parent)  # the run the checkpoint is in
     if explicit.get("resume") or explicit.get("resume_from"):
         output = explicit.get("output", layered.get("output", TrainConfig.__dataclass_fields__["output"].default))
         saved = Path(output).expanduser() / "config.yaml"

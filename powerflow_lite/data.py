@@ -129,8 +129,34 @@ def render_prompt(tokenizer, text: str, chat_template: str = "auto", system_prom
     if chat_template == "auto" and getattr(tokenizer, "chat_template", None):
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
         messages.append({"role": "user", "content": text})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as err:  # jinja2 raises TemplateError subclasses, templates raise their own
+            hint = " (it may not accept a system message: drop --system-prompt)" if system_prompt else ""
+            raise PowerflowError(f"the tokenizer's chat template failed{hint}: {err}") from None
     return f"{system_prompt}\n\n{text}" if system_prompt else text
+
+
+def chat_stop_ids(tokenizer) -> list[int]:
+    """The special token that ends an assistant turn in the chat template (e.g. <|im_end|>, <|eot_id|>).
+
+    A base model's generation config often lists only <|endoftext|>, while its chat
+    template closes turns with another token; sampling must stop there too. We render a
+    conversation with a known answer and take the special token that follows it.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    marker = "POWERFLOW_ANSWER"
+    conversation = [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}]
+    try:
+        text = tokenizer.apply_chat_template(conversation, tokenize=False)
+    except Exception:  # templates that cannot render this conversation have no turn end to find
+        return []
+    after = text[text.find(marker) + len(marker):] if marker in text else ""
+    ids = tokenizer(after, add_special_tokens=False).input_ids if after else []
+    special = set(tokenizer.all_special_ids)
+    special |= {i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special}
+    return [ids[0]] if ids and ids[0] in special else []
 
 
 def encode_prompt(tokenizer, rendered: str, chat_template_used: bool) -> list[int]:
@@ -140,3 +166,19 @@ def encode_prompt(tokenizer, rendered: str, chat_template_used: bool) -> list[in
 
 def uses_chat_template(tokenizer, chat_template: str) -> bool:
     return chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
+
+
+def encode_prompts(tokenizer, texts: list[str], chat_template: str, system_prompt: str, max_new_tokens: int,
+                   max_positions: int | None, source: str = "--prompt") -> list[list[int]]:
+    """Render and tokenize every prompt; refuse one that is empty or leaves no room for the completion."""
+    templated = uses_chat_template(tokenizer, chat_template)
+    encoded = []
+    for n, text in enumerate(texts, 1):
+        ids = encode_prompt(tokenizer, render_prompt(tokenizer, text, chat_template, system_prompt), templated)
+        if not ids:
+            raise PowerflowError(f"prompt {n} of {source!r} encodes to no tokens")
+        if max_positions and len(ids) + max_new_tokens > max_positions:
+            raise PowerflowError(f"prompt {n} of {source!r} is {len(ids)} tokens: with --max-new-tokens "
+                                 f"{max_new_tokens} it exceeds the model's context of {max_positions}")
+        encoded.append(ids)
+    return encoded

@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from .config import SampleConfig
-from .data import encode_prompt, load_prompts, render_prompt, uses_chat_template
+from .data import chat_stop_ids, encode_prompts, load_prompts, uses_chat_template
 from .model import load_adapter, load_base_model, load_tokenizer, resolve_device
 from .sampling import SamplingSettings, sample
 from .scoring import score
@@ -30,15 +30,17 @@ def sample_completions(cfg: SampleConfig) -> Iterator[dict]:
     model = load_base_model(cfg.model, cfg.quant, device, cfg.trust_remote_code)
     if cfg.adapter:
         model = load_adapter(model, cfg.adapter)
-    templated = uses_chat_template(tokenizer, cfg.chat_template)
-    settings = SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos)
+    prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], cfg.chat_template, cfg.system_prompt,
+                                cfg.max_new_tokens, getattr(model.config, "max_position_embeddings", None),
+                                cfg.prompts or "--prompt")
+    stop_ids = tuple(chat_stop_ids(tokenizer)) if uses_chat_template(tokenizer, cfg.chat_template) else ()
+    settings = SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos,
+                                stop_ids)
     torch.manual_seed(cfg.seed)
     per_batch = max(1, ROWS_PER_BATCH // cfg.n)
     for first in range(0, len(rows), per_batch):
         batch = rows[first:first + per_batch]
-        ids = [encode_prompt(tokenizer, render_prompt(tokenizer, r["prompt"], cfg.chat_template, cfg.system_prompt),
-                             templated) for r in batch]
-        rollouts = sample(model, tokenizer, ids, cfg.n, settings)
+        rollouts = sample(model, tokenizer, prompt_ids[first:first + per_batch], cfg.n, settings)
         texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
         logps = score(model, rollouts, ROWS_PER_BATCH, adapter=True)[0].sum(-1).tolist()
         base_logps = score(model, rollouts, ROWS_PER_BATCH, adapter=False)[0].sum(-1).tolist() if cfg.adapter else None

@@ -15,19 +15,20 @@ full-precision weights.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
+from .checkpoint import check_writable, replace_dir
 from .config import MergeConfig
 from .errors import PowerflowError
-from .model import check_model_source, load_adapter, load_base_model, load_tokenizer, resolve_device
+from .model import load_adapter, load_base_model, load_tokenizer, resolve_device
 
 
 def merge_adapter(cfg: MergeConfig) -> Path:
     out = Path(cfg.output).expanduser()
     _check_output(out, cfg.overwrite)
-    check_model_source(cfg.model)
+    if not (Path(cfg.adapter).expanduser() / "adapter_config.json").is_file():
+        raise PowerflowError(f"{cfg.adapter!r} is not an adapter directory (no adapter_config.json)")
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     if cfg.base == "nf4":
@@ -36,12 +37,11 @@ def merge_adapter(cfg: MergeConfig) -> Path:
     else:
         model = _load_original(cfg.model, device, cfg.trust_remote_code)
     merged = load_adapter(model, cfg.adapter).merge_and_unload()
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name("." + out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    replace_dir(tmp, out)
     return out
 
 
@@ -62,7 +62,4 @@ def _check_output(out: Path, overwrite: bool) -> None:
             raise PowerflowError(f"--output {str(out)!r} exists; choose a new directory or pass --overwrite")
         if not (out / "config.json").is_file():
             raise PowerflowError(f"--overwrite refused: {str(out)!r} is not a model directory, nothing was deleted")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PowerflowError(f"cannot create --output {str(out)!r}: {err.strerror}") from None
+    check_writable(out)

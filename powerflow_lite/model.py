@@ -39,6 +39,8 @@ def resolve_device(name: str) -> torch.device:
         raise PowerflowError(f"--device {name!r} is not a device name (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise PowerflowError(f"--device {name} asked for, but torch sees no CUDA GPU here (torch {torch.__version__})")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise PowerflowError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     if device.type not in ("cpu", "cuda"):
         raise PowerflowError(f"--device {name}: only cpu and cuda are supported")
     return device
@@ -77,6 +79,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    check_model_source(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -85,6 +88,8 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
         fallback = PreTrainedTokenizerFast.from_pretrained(name)
         if _round_trips(fallback):
             tokenizer = fallback
+    if not tokenizer(ROUND_TRIP_TEXT, add_special_tokens=False).input_ids:
+        raise PowerflowError(f"the tokenizer of {name!r} turns text into no tokens: are its tokenizer files missing?")
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise PowerflowError(f"the tokenizer of {name!r} has neither a pad nor an EOS token")
@@ -104,25 +109,24 @@ def _first_line(err: BaseException) -> str:
 
 
 @functools.cache
-def nf4_support(device_type: str) -> tuple[bool, str]:
-    """Can bitsandbytes run an NF4 matmul here? (ok, reason) from a real 4-bit forward on a tiny layer."""
+def nf4_support(device: str) -> tuple[bool, str]:
+    """Can bitsandbytes run an NF4 matmul on `device` ("cpu", "cuda", "cuda:1")? From a real 4-bit forward."""
     try:
         import bitsandbytes as bnb
     except Exception as err:  # an import failure of a compiled package can be any error
         return False, f"bitsandbytes is not importable ({_first_line(err)})"
-    if device_type == "cuda" and not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
         return False, "no CUDA GPU"
     try:
-        layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4")
-        layer = layer.to(device_type)
+        layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4").to(device)
         layer.support_avx512bf16_for_cpu = False
-        out = layer(torch.ones(2, 64, device=device_type))
+        out = layer(torch.ones(2, 64, device=device))
         if not torch.isfinite(out).all():
             return False, "a 4-bit test matmul returned non-finite values"
     except Exception as err:  # bitsandbytes raises many types on unsupported hardware
         version = getattr(bnb, "__version__", "?")
-        return False, f"bitsandbytes {version} cannot run NF4 on {device_type}: {_first_line(err)}"
-    return True, f"bitsandbytes {bnb.__version__} NF4 works on {device_type}"
+        return False, f"bitsandbytes {version} cannot run NF4 on {device}: {_first_line(err)}"
+    return True, f"bitsandbytes {bnb.__version__} NF4 works on {device}"
 
 
 def load_base_model(name: str, quant: str, device: torch.device, trust_remote_code: bool = False):
@@ -133,7 +137,7 @@ def load_base_model(name: str, quant: str, device: torch.device, trust_remote_co
     dtype = compute_dtype(device)
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
     if quant == "nf4":
-        ok, reason = nf4_support(device.type)
+        ok, reason = nf4_support(str(device))
         if not ok:
             raise PowerflowError(f"--quant nf4 cannot run here: {reason}; use --quant none")
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -152,8 +156,19 @@ def load_base_model(name: str, quant: str, device: torch.device, trust_remote_co
     if quant == "none":
         model = model.to(device)
     _disable_cpu_weight_repacking(model)
+    disable_dropout(model)
     model.requires_grad_(False)
     return model
+
+
+def disable_dropout(model) -> None:
+    """No dropout in the base model (as TRL does): log pi_theta in train mode must equal log pi_old in eval mode,
+    or the importance weight is not 1 on fresh samples and the residual is noisy. LoRA dropout, added later, stays."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def _disable_cpu_weight_repacking(model) -> None:

@@ -93,7 +93,7 @@ def rl_traj(*, policy_logps, old_logps, base_logps, mask, log_z, psi, group_ids,
 
 
 def rl_token(*, policy_logps, old_logps, base_logps, mask, log_z, psi, group_ids, alpha, clip_eps, denominator=None):
-    """As rl-traj with R and S_pi divided by |y|."""
+    """As rl-traj per token: R/|y| = alpha (S_base/|y| + psi) - S_pi/|y|, psi entering per token as in latb."""
     length = lengths_of(mask)  # [N]
     s_pi = sequence_sum(policy_logps, mask) / length  # [N]
     return _policy_gradient(s_pi, sequence_sum(base_logps, mask) / length + psi, policy_logps, old_logps, mask,

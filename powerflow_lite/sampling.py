@@ -31,6 +31,7 @@ class SamplingSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     ignore_eos: bool = False  # never stop at EOS: every completion is max_new_tokens long, EOS scored as any token
+    stop_ids: tuple[int, ...] = ()  # more ids that end a completion, e.g. the chat template's end of turn
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def sample(model, tokenizer, prompts: list[list[int]], samples_per_prompt: int, 
     device = next(model.parameters()).device
     rows = [ids for ids in prompts for _ in range(samples_per_prompt)]
     prompt_ids, prompt_mask = left_pad(rows, tokenizer.pad_token_id, device)
-    stop_ids = [] if settings.ignore_eos else eos_token_ids(model, tokenizer)
+    stop_ids = [] if settings.ignore_eos else sorted(set(eos_token_ids(model, tokenizer)) | set(settings.stop_ids))
     generation_config = GenerationConfig(
         do_sample=True,
         temperature=settings.temperature,

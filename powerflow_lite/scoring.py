@@ -42,8 +42,9 @@ def completion_logprobs(model, rollouts: Rollouts, chunk_positions: int | None =
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                      use_cache=False).last_hidden_state  # [N, P+L, H]
 
-    prompt_mask = rollouts.prompt_mask.unsqueeze(-1).to(hidden.dtype)  # [N, P, 1]
-    features = ((hidden[:, :prompt_len] * prompt_mask).sum(1) / prompt_mask.sum(1).clamp(min=1)).detach().float()
+    prompt_mask = rollouts.prompt_mask.unsqueeze(-1).bool()  # [N, P, 1]
+    prompt_states = hidden[:, :prompt_len].detach().float().masked_fill(~prompt_mask, 0.0)  # [N, P, H]
+    features = prompt_states.sum(1) / prompt_mask.sum(1).clamp(min=1)  # [N, H]
 
     predicting = hidden[:, prompt_len - 1 : -1]  # [N, L, H]: the state before each completion token
     mask = rollouts.completion_mask.bool()  # [N, L]
@@ -74,6 +75,9 @@ def _logprob_chunk(hidden: Tensor, targets: Tensor, lm_head, config) -> Tensor:
     scaling = getattr(config, "logits_scaling", None)
     if scaling:  # Granite
         logits = logits / scaling
+    multiplier = getattr(config, "logit_scale", None)
+    if multiplier:  # Cohere
+        logits = logits * multiplier
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 

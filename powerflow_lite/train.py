@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -24,12 +24,11 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, to_yaml
-from .data import encode_prompt, load_prompts, prompt_indices, render_prompt, uses_chat_template
+from .data import chat_stop_ids, encode_prompts, load_prompts, prompt_indices, uses_chat_template
 from .errors import PowerflowError
 from .metrics import MetricsLog, mean, std
 from .model import (
     add_lora,
-    check_model_source,
     load_base_model,
     load_tokenizer,
     parameter_count,
@@ -75,6 +74,15 @@ class StepResult:
     checkpoint: Path | None
 
 
+def _set_learning_rates(optimizer, scheduler, base_lrs: list[float]) -> None:
+    """After restoring a scheduler, use this run's --lr / --z-lr (LambdaLR's state would keep the old ones)."""
+    scheduler.base_lrs = list(base_lrs)
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group, base_lr in zip(optimizer.param_groups, base_lrs):
+        group["initial_lr"], group["lr"] = base_lr, base_lr * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def seed_step(seed: int, step: int) -> None:
     torch.manual_seed(seed * 1_000_003 + step)
 
@@ -116,42 +124,20 @@ def micro_batches(n: int, size: int, group_size: int) -> list[slice]:
     return [slice(start, start + size) for start in range(0, n, size)]
 
 
-def _encode_prompts(cfg: TrainConfig, tokenizer, rows: list[dict], max_positions: int | None) -> list[list[int]]:
-    templated = uses_chat_template(tokenizer, cfg.chat_template)
-    encoded = []
-    for n, row in enumerate(rows, 1):
-        ids = encode_prompt(tokenizer, render_prompt(tokenizer, row["prompt"], cfg.chat_template, cfg.system_prompt),
-                            templated)
-        if max_positions and len(ids) + cfg.max_new_tokens > max_positions:
-            raise PowerflowError(f"prompt {n} of {cfg.prompts!r} is {len(ids)} tokens: with --max-new-tokens "
-                                 f"{cfg.max_new_tokens} it exceeds the model's context of {max_positions}")
-        encoded.append(ids)
-    return encoded
-
-
 def setup(cfg: TrainConfig) -> Run:
     """Check inputs cheaply first (output dir, prompts), then load the model and restore a checkpoint."""
     resuming = cfg.resume or bool(cfg.resume_from)
     out = ckpt.check_output_dir(cfg.output, resume=resuming, overwrite=cfg.overwrite)
-    resume_path = None
-    if cfg.resume_from:
-        resume_path = Path(cfg.resume_from)
-        if ckpt.checkpoint_step(resume_path) is None:
-            raise PowerflowError(f"--resume-from {cfg.resume_from!r} is not a complete checkpoint directory")
-    elif cfg.resume:
-        resume_path = ckpt.latest_checkpoint(out)
-        if resume_path is None:
-            raise PowerflowError(f"--resume: {cfg.output!r} has no complete checkpoint yet")
+    resume_path = ckpt.resume_checkpoint(out, cfg.resume_from) if resuming else None
     rows = load_prompts(cfg.prompts, cfg.prompt_field, cfg.split)
     psi = load_format_penalty(cfg.format_penalty)
     device = resolve_device(cfg.device)
-    check_model_source(cfg.model)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
 
     torch.manual_seed(cfg.seed)  # LoRA and head initialisation
     base = load_base_model(cfg.model, cfg.quant, device, cfg.trust_remote_code)
-    prompt_ids = _encode_prompts(cfg, tokenizer, rows, getattr(base.config, "max_position_embeddings", None))
-    ckpt.create_output_dir(out, resume=resuming, overwrite=cfg.overwrite)  # every input is valid by now
+    prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], cfg.chat_template, cfg.system_prompt,
+                                cfg.max_new_tokens, getattr(base.config, "max_position_embeddings", None), cfg.prompts)
     model = add_lora(base, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
                      cfg.gradient_checkpointing)
     head = LogZHead(base.config.get_text_config().hidden_size, cfg.z_hidden).to(device)
@@ -164,8 +150,13 @@ def setup(cfg: TrainConfig) -> Run:
     if resume_path is not None:
         state = ckpt.load_checkpoint(resume_path, model, head, optimizer, scheduler)
         run.start_step, run.z_initialized, run.resumed_from = state["step"], state["z_initialized"], resume_path
+        _set_learning_rates(optimizer, scheduler, [cfg.lr, *(g["lr"] for g in head.param_groups(cfg.z_lr))])
+    # Every input is valid by now: only here may --overwrite delete a previous run.
+    ckpt.create_output_dir(out, resume=resuming, overwrite=cfg.overwrite)
+    if resume_path is not None:
         ckpt.truncate_metrics(out / "metrics.jsonl", run.start_step)
-    (out / "config.yaml").write_text(to_yaml(cfg))
+    # The saved config describes the run, not how this invocation started it: never `overwrite: true`.
+    (out / "config.yaml").write_text(to_yaml(replace(cfg, resume=False, resume_from="", overwrite=False)))
     run.info = {
         "device": str(device),
         "quant": cfg.quant,
@@ -179,7 +170,9 @@ def setup(cfg: TrainConfig) -> Run:
 
 def train(run: Run) -> Iterator[StepResult]:
     cfg, model, tokenizer, head, objective = run.cfg, run.model, run.tokenizer, run.head, run.objective
-    settings = SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos)
+    stop_ids = tuple(chat_stop_ids(tokenizer)) if uses_chat_template(tokenizer, cfg.chat_template) else ()
+    settings = SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos,
+                                stop_ids)
     lora_params = trainable_parameters(model)
     G = cfg.samples_per_prompt
     last_saved = None
@@ -199,7 +192,8 @@ def train(run: Run) -> Iterator[StepResult]:
         old_logps, _ = score(model, rollouts, cfg.micro_batch_size, adapter=True)  # [N, L]
         base_logps, features = score(model, rollouts, cfg.micro_batch_size, adapter=False)  # [N, L], [N, H]
         prompt_texts = [run.prompts[batch[g]]["prompt"] for g in rollouts.group_ids.tolist()]
-        psi = torch.tensor([float(run.psi(t, p)) for t, p in zip(texts, prompt_texts)], device=run.device)  # [N]
+        psi = torch.tensor(format_penalties(run.psi, cfg.format_penalty, texts, prompt_texts),
+                           device=run.device)  # [N]
         mask = rollouts.completion_mask  # [N, L]
         tensors = dict(old_logps=old_logps, base_logps=base_logps, mask=mask, psi=psi,
                        group_ids=rollouts.group_ids, alpha=cfg.alpha, clip_eps=cfg.clip_eps)
@@ -223,6 +217,11 @@ def train(run: Run) -> Iterator[StepResult]:
                 loss, stats = objective.loss(
                     policy_logps=policy_logps, log_z=head(features[rows]), denominator=denominator,
                     **{k: (v[rows] if torch.is_tensor(v) else v) for k, v in tensors.items()})
+                if not torch.isfinite(loss):
+                    raise PowerflowError(
+                        f"the loss became {loss.item()} at step {step + 1}: nothing was updated or saved from this "
+                        "step; likely causes: --lr or --z-lr too high, an extreme --alpha or format penalty, or "
+                        "fp16 overflow (use bf16 or --quant none on the CPU)")
                 loss.backward()
                 epoch_loss += loss.item()
                 epoch_residuals += stats["residual"].tolist()
@@ -275,8 +274,23 @@ def train(run: Run) -> Iterator[StepResult]:
                    "truncated": bool(rollouts.truncated[0])} if show else None
         yield StepResult(step + 1, cfg.max_steps, row, example, saved)
 
-    if last_saved is not None:
+    if last_saved is not None or not (run.out / "adapter").is_dir():
         ckpt.save_final_adapter(run.out, model, head)
+
+
+def format_penalties(psi: FormatPenalty, spec: str, completions: list[str], prompts: list[str]) -> list[float]:
+    """psi(y) for every completion, checked: a user function that fails or returns junk is named, not traced."""
+    values = []
+    for completion, prompt in zip(completions, prompts):
+        try:
+            value = float(psi(completion, prompt))
+        except Exception as err:  # the user's function may raise anything
+            raise PowerflowError(f"--format-penalty {spec!r} failed on a completion: "
+                                 f"{type(err).__name__}: {err}") from None
+        if not math.isfinite(value):
+            raise PowerflowError(f"--format-penalty {spec!r} returned {value} (it must return a finite number)")
+        values.append(value)
+    return values
 
 
 def _clock(device: torch.device) -> float:

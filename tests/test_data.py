@@ -204,3 +204,16 @@ def test_encode_rendered_chat_prompt_round_trips(tokenizer):
     ids = encode_prompt(tokenizer, rendered, chat_template_used=True)
     assert ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>")  # the template's own first token, nothing before
     assert tokenizer.decode(ids) == rendered
+
+
+def test_chat_stop_ids_find_the_end_of_turn_token(tiny_model_dir):
+    """A base model's EOS is often <|endoftext|> while its chat template closes turns with <|im_end|>."""
+    from powerflow_lite.data import chat_stop_ids
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    tokenizer.eos_token = "<|endoftext|>"
+    assert chat_stop_ids(tokenizer) == [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"  # no special turn end
+    assert chat_stop_ids(tokenizer) == []
+    tokenizer.chat_template = None
+    assert chat_stop_ids(tokenizer) == []

@@ -61,7 +61,7 @@ def test_merge_onto_original_matches_peft(tmp_path, tiny_model_dir, adapter):
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
     assert "adapter_config.json" not in names and "adapter_model.safetensors" not in names
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
-    assert not (tmp_path / "m.tmp").exists()
+    assert not (tmp_path / ".m.tmp").exists()
 
     base_logits = logits_of(tiny_model_dir)
     assert not torch.allclose(peft_logits, base_logits, atol=1e-3)  # the adapter changes the output
@@ -147,4 +147,4 @@ def test_adapter_from_another_base_refused(tmp_path, tiny_model_dir):
     with pytest.raises(PowerflowError, match="another base"):
         merge_adapter(MergeConfig(model=str(tiny_model_dir), adapter=str(tmp_path / "small_adapter"),
                                   output=str(tmp_path / "m")))
-    assert not (tmp_path / "m").exists() and not (tmp_path / "m.tmp").exists()
+    assert not (tmp_path / "m").exists() and not (tmp_path / ".m.tmp").exists()

@@ -129,3 +129,22 @@ def test_nf4_where_it_cannot_run_is_a_clear_error(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(model_module, "nf4_support", lambda device_type: (False, "no kernel for this CPU"))
     with pytest.raises(PowerflowError, match="--quant nf4 cannot run here: no kernel for this CPU; use --quant none"):
         load_base_model(str(tiny_model_dir), "nf4", CPU)
+
+
+def test_base_dropout_is_off_so_train_mode_scores_equal_eval_mode(tmp_path):
+    """With dropout in the base, log pi_theta (train mode) != log pi_old (eval mode) on the same sample."""
+    from powerflow_lite.tiny import build_tiny_model
+
+    tokenizer = build_tokenizer()
+    noisy = build_tiny_model(len(tokenizer))
+    noisy.config.attention_dropout = 0.3
+    noisy.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    policy = add_lora(load_base_model(str(tmp_path / "model"), "none", CPU), r=4, dropout=0.0)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    policy.train()
+    with torch.no_grad():
+        train_logits = policy(ids).logits
+        with eval_mode(policy):
+            eval_logits = policy(ids).logits
+    torch.testing.assert_close(train_logits, eval_logits)

@@ -101,3 +101,14 @@ def test_left_pad():
     ids, mask = left_pad([[1, 2, 3], [4]], pad_id=0, device=CPU)
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_extra_stop_ids_end_completions(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    stop = tokenizer.convert_tokens_to_ids("e")  # an ordinary token, p ~ 1/103 per position
+    torch.manual_seed(0)
+    rollouts = sample(model, tokenizer, prompts(tokenizer), 32, SamplingSettings(max_new_tokens=60, stop_ids=(stop,)))
+    ended = ~rollouts.truncated
+    assert ended.sum() > 10
+    last = rollouts.completion_ids[ended, rollouts.lengths[ended] - 1]
+    assert set(last.tolist()) <= {stop, *eos_token_ids(model, tokenizer)} and stop in last.tolist()

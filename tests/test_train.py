@@ -85,7 +85,7 @@ def test_micro_batches_keep_groups_whole():
     assert micro_batches(12, 2, 3) == [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12)]  # never split a group
 
 
-@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\(\)` has been overridden")
+@pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
 def test_micro_batch_size_does_not_change_the_gradient(tiny_model_dir, prompts_file, tmp_path):
     """Accumulating over micro-batches equals one big batch: compare the LoRA gradients of one step."""
     grads = []
