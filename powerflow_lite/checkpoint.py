@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import PowerflowError
+from .errors import PowerflowError, first_line
 from .partition import LogZHead, save_head
 
 STATE_FILE = "trainer_state.json"
@@ -153,9 +153,9 @@ def load_checkpoint(path: Path, model, head: LogZHead, optimizer, scheduler) -> 
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         return json.loads((path / STATE_FILE).read_text())
     except (RuntimeError, ValueError, KeyError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PowerflowError(f"checkpoint {str(path)!r} does not match this run's model, LoRA or head settings "
-                             f"(was --model, --lora-r, --lora-targets or --z-hidden changed?): {first}") from None
+                             f"(was --model, --lora-r, --lora-targets or --z-hidden changed?): {first_line(err)}"
+                             ) from None
 
 
 def _row_step(line: str) -> int | None:

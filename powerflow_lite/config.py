@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import PowerflowError
+from .errors import PowerflowError, first_line
 from .objectives import OBJECTIVES
 
 
@@ -230,7 +230,7 @@ def read_yaml(path: str, cls) -> dict:
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise PowerflowError(f"--config {path!r} is not valid YAML ({str(err).splitlines()[0]})") from None
+        raise PowerflowError(f"--config {path!r} is not valid YAML ({first_line(err)})") from None
     if not isinstance(data, dict):
         raise PowerflowError(f"--config {path!r} must hold a mapping of option: value")
     names = {f.name for f in dataclasses.fields(cls)}

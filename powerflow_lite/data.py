@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import PowerflowError
+from .errors import PowerflowError, first_line
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
@@ -71,7 +71,7 @@ def _read_file(path: Path, field: str) -> list[dict]:
     except Exception as err:  # pyarrow's errors share no base class we can import cheaply
         if suffix != ".parquet":
             raise
-        raise PowerflowError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
+        raise PowerflowError(f"{path}: not a readable Parquet file ({first_line(err)})") from None
 
 
 def _jsonl_records(path: Path):
@@ -103,8 +103,7 @@ def _read_dataset(name: str, field: str, split: str) -> list[dict]:
 
         dataset = datasets.load_dataset(name, split=split)
     except Exception as err:  # offline, unknown name, bad split: datasets raises many types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PowerflowError(f"{name!r} is neither a prompt file nor a reachable dataset ({first})") from None
+        raise PowerflowError(f"{name!r} is neither a prompt file nor a reachable dataset ({first_line(err)})") from None
     if field not in dataset.column_names:
         raise PowerflowError(f"dataset {name!r} has no column {field!r} (columns: {', '.join(dataset.column_names)}; "
                              f"pick one with --prompt-field)")

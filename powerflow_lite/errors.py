@@ -8,3 +8,9 @@ Anything else escaping is a bug in powerflow-lite and keeps its traceback.
 
 class PowerflowError(Exception):
     """Bad input or an unsupported setup, described in one line for the user."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages run to many lines), or its type's name."""
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

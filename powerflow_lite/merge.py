@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .checkpoint import check_writable, replace_dir
 from .config import MergeConfig
-from .errors import PowerflowError
+from .errors import PowerflowError, first_line
 from .model import load_adapter, load_base_model, load_tokenizer, resolve_device
 
 
@@ -52,7 +52,7 @@ def _load_original(name: str, device, trust_remote_code: bool):
         model = AutoModelForCausalLM.from_pretrained(name, dtype="auto", use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise PowerflowError(f"could not load model {name!r}: {str(err).strip().splitlines()[0]}") from None
+        raise PowerflowError(f"could not load model {name!r}: {first_line(err)}") from None
     return model.to(device)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import PowerflowError
+from .errors import PowerflowError, first_line
 
 ROUND_TRIP_TEXT = "Hello world, 1 + 2 = 3.\n  Done."
 
@@ -83,7 +83,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise PowerflowError(f"could not load a tokenizer from {name!r}: {_first_line(err)}") from None
+        raise PowerflowError(f"could not load a tokenizer from {name!r}: {first_line(err)}") from None
     if not _round_trips(tokenizer) and Path(name, "tokenizer.json").is_file():
         fallback = PreTrainedTokenizerFast.from_pretrained(name)
         if _round_trips(fallback):
@@ -103,18 +103,13 @@ def _round_trips(tokenizer) -> bool:
     return tokenizer.decode(ids, skip_special_tokens=True).strip() == ROUND_TRIP_TEXT.strip()
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 @functools.cache
 def nf4_support(device: str) -> tuple[bool, str]:
     """Can bitsandbytes run an NF4 matmul on `device` ("cpu", "cuda", "cuda:1")? From a real 4-bit forward."""
     try:
         import bitsandbytes as bnb
     except Exception as err:  # an import failure of a compiled package can be any error
-        return False, f"bitsandbytes is not importable ({_first_line(err)})"
+        return False, f"bitsandbytes is not importable ({first_line(err)})"
     if device.startswith("cuda") and not torch.cuda.is_available():
         return False, "no CUDA GPU"
     try:
@@ -125,7 +120,7 @@ def nf4_support(device: str) -> tuple[bool, str]:
             return False, "a 4-bit test matmul returned non-finite values"
     except Exception as err:  # bitsandbytes raises many types on unsupported hardware
         version = getattr(bnb, "__version__", "?")
-        return False, f"bitsandbytes {version} cannot run NF4 on {device}: {_first_line(err)}"
+        return False, f"bitsandbytes {version} cannot run NF4 on {device}: {first_line(err)}"
     return True, f"bitsandbytes {bnb.__version__} NF4 works on {device}"
 
 
@@ -152,7 +147,7 @@ def load_base_model(name: str, quant: str, device: torch.device, trust_remote_co
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as err:
-        raise PowerflowError(f"could not load model {name!r}: {_first_line(err)}") from None
+        raise PowerflowError(f"could not load model {name!r}: {first_line(err)}") from None
     if quant == "none":
         model = model.to(device)
     _disable_cpu_weight_repacking(model)
@@ -194,7 +189,7 @@ def add_lora(model, r: int = 16, lora_alpha: int = 32, dropout: float = 0.0, tar
     try:
         return get_peft_model(model, config)
     except ValueError as err:
-        raise PowerflowError(f"--lora-targets {targets!r}: {_first_line(err)}") from None
+        raise PowerflowError(f"--lora-targets {targets!r}: {first_line(err)}") from None
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -218,7 +213,7 @@ def load_adapter(model, adapter_dir: str | Path, trainable: bool = False):
     except (RuntimeError, ValueError, KeyError) as err:
         raise PowerflowError(
             f"adapter {str(adapter_dir)!r} does not fit this model (was it trained on another base?): "
-            f"{_first_line(err)}"
+            f"{first_line(err)}"
         ) from None
 
 
