@@ -21,14 +21,13 @@ from pathlib import Path
 from .checkpoint import check_writable, replace_dir
 from .config import MergeConfig
 from .errors import PowerflowError, first_line
-from .model import load_adapter, load_base_model, load_tokenizer, resolve_device
+from .model import check_adapter_dir, load_adapter, load_base_model, load_tokenizer, resolve_device
 
 
 def merge_adapter(cfg: MergeConfig) -> Path:
     out = Path(cfg.output).expanduser()
     _check_output(out, cfg.overwrite)
-    if not (Path(cfg.adapter).expanduser() / "adapter_config.json").is_file():
-        raise PowerflowError(f"{cfg.adapter!r} is not an adapter directory (no adapter_config.json)")
+    check_adapter_dir(cfg.adapter)
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     if cfg.base == "nf4":

@@ -201,13 +201,19 @@ def enable_gradient_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def check_adapter_dir(adapter_dir: str | Path) -> Path:
+    """A PEFT adapter directory (it has adapter_config.json), checked before any model is loaded."""
+    path = Path(adapter_dir).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise PowerflowError(f"{str(adapter_dir)!r} is not an adapter directory (no adapter_config.json)")
+    return path
+
+
 def load_adapter(model, adapter_dir: str | Path, trainable: bool = False):
     """Attach a saved PEFT adapter to a loaded base model."""
     from peft import PeftModel
 
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise PowerflowError(f"{str(adapter_dir)!r} is not an adapter directory (no adapter_config.json)")
+    adapter_dir = check_adapter_dir(adapter_dir)
     try:
         return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
     except (RuntimeError, ValueError, KeyError) as err:
