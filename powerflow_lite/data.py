@@ -136,14 +136,15 @@ def render_prompt(tokenizer, text: str, chat_template: str = "auto", system_prom
     return f"{system_prompt}\n\n{text}" if system_prompt else text
 
 
-def chat_stop_ids(tokenizer) -> list[int]:
+def chat_stop_ids(tokenizer, chat_template: str = "auto") -> list[int]:
     """The special token that ends an assistant turn in the chat template (e.g. <|im_end|>, <|eot_id|>).
 
     A base model's generation config often lists only <|endoftext|>, while its chat
     template closes turns with another token; sampling must stop there too. We render a
     conversation with a known answer and take the special token that follows it.
+    With `chat_template="none"` (or no template) prompts are raw text and there is none.
     """
-    if not getattr(tokenizer, "chat_template", None):
+    if not uses_chat_template(tokenizer, chat_template):
         return []
     marker = "POWERFLOW_ANSWER"
     conversation = [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}]

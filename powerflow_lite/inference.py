@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from .config import SampleConfig
-from .data import chat_stop_ids, encode_prompts, load_prompts, uses_chat_template
+from .data import chat_stop_ids, encode_prompts, load_prompts
 from .model import load_adapter, load_base_model, load_tokenizer, resolve_device
 from .sampling import SamplingSettings, sample
 from .scoring import score
@@ -33,9 +33,8 @@ def sample_completions(cfg: SampleConfig) -> Iterator[dict]:
     prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], cfg.chat_template, cfg.system_prompt,
                                 cfg.max_new_tokens, getattr(model.config, "max_position_embeddings", None),
                                 cfg.prompts or "--prompt")
-    stop_ids = tuple(chat_stop_ids(tokenizer)) if uses_chat_template(tokenizer, cfg.chat_template) else ()
     settings = SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos,
-                                stop_ids)
+                                tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
     torch.manual_seed(cfg.seed)
     per_batch = max(1, ROWS_PER_BATCH // cfg.n)
     for first in range(0, len(rows), per_batch):

@@ -24,7 +24,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, to_yaml
-from .data import chat_stop_ids, encode_prompts, load_prompts, prompt_indices, uses_chat_template
+from .data import chat_stop_ids, encode_prompts, load_prompts, prompt_indices
 from .errors import PowerflowError
 from .metrics import MetricsLog, mean, std
 from .model import (
@@ -170,9 +170,8 @@ def setup(cfg: TrainConfig) -> Run:
 
 def train(run: Run) -> Iterator[StepResult]:
     cfg, model, tokenizer, head, objective = run.cfg, run.model, run.tokenizer, run.head, run.objective
-    stop_ids = tuple(chat_stop_ids(tokenizer)) if uses_chat_template(tokenizer, cfg.chat_template) else ()
     settings = SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos,
-                                stop_ids)
+                                tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
     lora_params = trainable_parameters(model)
     G = cfg.samples_per_prompt
     last_saved = None

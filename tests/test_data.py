@@ -213,6 +213,7 @@ def test_chat_stop_ids_find_the_end_of_turn_token(tiny_model_dir):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     tokenizer.eos_token = "<|endoftext|>"
     assert chat_stop_ids(tokenizer) == [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert chat_stop_ids(tokenizer, "none") == []  # raw-text prompts: no chat turns to end
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"  # no special turn end
     assert chat_stop_ids(tokenizer) == []
     tokenizer.chat_template = None
