@@ -70,6 +70,9 @@ class TrainConfig:
     lr: float = option(5e-5, "LoRA learning rate.")
     z_lr: float = option(1e-2, "Learning rate of the log Z'(q) head's bias (its weights: z_lr / sqrt(fan-in)).")
     z_hidden: int = option(256, "Hidden width of the log Z'(q) head.")
+    log_z: str = option("head", "log Z'(q) in the loss: the learned head, or each prompt's batch estimate "
+                        "(the value that minimises the loss over its G completions; the head then learns to track it).",
+                        choices=("head", "batch"))
     weight_decay: float = option(0.0, "AdamW weight decay on the LoRA weights.")
     lr_schedule: str = option("cosine", "Decay after warmup.", choices=("constant", "linear", "cosine"))
     warmup_steps: int = option(5, "Linear learning-rate warmup steps.")

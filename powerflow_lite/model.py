@@ -231,7 +231,8 @@ def eval_mode(model, adapter: bool = True):
     policy without its adapter or out of train mode.
     """
     was_training = model.training
-    model.eval()
+    if was_training:  # switching modes walks every module: worth skipping when there is nothing to switch
+        model.eval()
     try:
         if adapter or not hasattr(model, "disable_adapter"):
             yield model
@@ -239,7 +240,8 @@ def eval_mode(model, adapter: bool = True):
             with model.disable_adapter():
                 yield model
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:

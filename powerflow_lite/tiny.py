@@ -25,12 +25,16 @@ CHATML_TEMPLATE = (
 )
 
 
-def build_tokenizer(chat_template: bool = True):
-    """A character-level fast tokenizer: every printable ASCII character is one token."""
+def build_tokenizer(chat_template: bool = True, alphabet: str | None = None):
+    """A character-level fast tokenizer: every printable ASCII character (or each of `alphabet`) is one token.
+
+    A small alphabet gives a vocabulary small enough to enumerate every completion (`powerflow_lite.exact`).
+    """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+    characters = CHARACTERS if alphabet is None else list(dict.fromkeys(alphabet))
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + characters)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
@@ -77,12 +81,19 @@ def build_tiny_model(
 
 
 def write_tiny_model(
-    path: str | Path, hidden_size: int = 64, num_layers: int = 2, seed: int = 0, chat_template: bool = True
+    path: str | Path,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    seed: int = 0,
+    chat_template: bool = True,
+    alphabet: str | None = None,
+    logit_scale: float = 1.0,
 ) -> Path:
     """Write a tiny model + tokenizer directory (safetensors) that `from_pretrained` loads."""
     path = Path(path)
-    tokenizer = build_tokenizer(chat_template=chat_template)
-    model = build_tiny_model(len(tokenizer), hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+    tokenizer = build_tokenizer(chat_template=chat_template, alphabet=alphabet)
+    model = build_tiny_model(len(tokenizer), hidden_size=hidden_size, num_layers=num_layers, seed=seed,
+                             logit_scale=logit_scale)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path, safe_serialization=True)

@@ -35,7 +35,7 @@ from .model import (
     resolve_device,
     trainable_parameters,
 )
-from .objectives import OBJECTIVES, Objective
+from .objectives import OBJECTIVES, Objective, group_mean
 from .partition import LogZHead
 from .rewards import FormatPenalty, load_format_penalty
 from .sampling import SamplingSettings, sample
@@ -174,6 +174,8 @@ def train(run: Run) -> Iterator[StepResult]:
                                 tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
     lora_params = trainable_parameters(model)
     G = cfg.samples_per_prompt
+    batch_log_z = objective.uses_log_z and cfg.log_z == "batch"
+    whole_groups = objective.grouped or batch_log_z
     last_saved = None
 
     for step in range(run.start_step, cfg.max_steps):
@@ -211,17 +213,22 @@ def train(run: Run) -> Iterator[StepResult]:
         for _ in range(cfg.inner_epochs):
             run.optimizer.zero_grad(set_to_none=True)
             epoch_loss, epoch_residuals, epoch_clipped = 0.0, [], []
-            for rows in micro_batches(len(rollouts), cfg.micro_batch_size, G if objective.grouped else 1):
+            for rows in micro_batches(len(rollouts), cfg.micro_batch_size, G if whole_groups else 1):
                 policy_logps, _ = completion_logprobs(model, rollouts.select(rows))  # [n, L] with grad
-                loss, stats = objective.loss(
-                    policy_logps=policy_logps, log_z=head(features[rows]), denominator=denominator,
-                    **{k: (v[rows] if torch.is_tensor(v) else v) for k, v in tensors.items()})
+                inputs = {k: (v[rows] if torch.is_tensor(v) else v) for k, v in tensors.items()}
+                log_z = head(features[rows])  # [n]
+                head_loss = 0.0
+                if batch_log_z:
+                    target = batch_log_z_estimate(objective, policy_logps.detach(), inputs)  # [n]
+                    head_loss = (log_z - target).square().sum() / len(rollouts)
+                    log_z = target
+                loss, stats = objective.loss(policy_logps=policy_logps, log_z=log_z, denominator=denominator, **inputs)
                 if not torch.isfinite(loss):
                     raise PowerflowError(
                         f"the loss became {loss.item()} at step {step + 1}: nothing was updated or saved from this "
                         "step; likely causes: --lr or --z-lr too high, an extreme --alpha or format penalty, or "
                         "fp16 overflow (use bf16 or --quant none on the CPU)")
-                loss.backward()
+                (loss + head_loss).backward()
                 epoch_loss += loss.item()
                 epoch_residuals += stats["residual"].tolist()
                 epoch_clipped += stats["clipped"].tolist()
@@ -230,6 +237,7 @@ def train(run: Run) -> Iterator[StepResult]:
             run.scheduler.step()
             losses.append(epoch_loss)
             residuals, clipped = epoch_residuals, clipped + epoch_clipped
+        model.eval()  # sampling and scoring run in eval mode: leaving it here saves switching back and forth
         updated = _clock(run.device)
 
         # --- 5. log, checkpoint
@@ -275,6 +283,20 @@ def train(run: Run) -> Iterator[StepResult]:
 
     if last_saved is not None or not (run.out / "adapter").is_dir():
         ckpt.save_final_adapter(run.out, model, head)
+
+
+def batch_log_z_estimate(objective: Objective, policy_logps, inputs: dict):
+    """Each prompt's log Z that minimises the loss over its completions in this batch.  -> [n], no grad
+
+    Every log-Z objective is a weighted sum of squares (c + g)^2 in the constant c = log Z, so
+    the minimiser is c* = -sum(w g) / sum(w), over completions (latb, tb-traj) or over tokens (tb-token).
+    With it in the loss, the loss is the group's weighted variance of the residual (the log-variance,
+    or VarGrad, form of trajectory balance): the same fixed point, and no head to wait for.
+    """
+    _, stats = objective.loss(policy_logps=policy_logps, log_z=torch.zeros_like(inputs["psi"]), **inputs)
+    free = stats["residual"]  # [n] the residual without log Z (per-token mean for tb-token)
+    weight = stats["weight"] * (inputs["mask"].sum(-1).clamp(min=1) if objective.per_token else 1.0)  # [n]
+    return -group_mean(weight * free, inputs["group_ids"]) / group_mean(weight, inputs["group_ids"])
 
 
 def format_penalties(psi: FormatPenalty, spec: str, completions: list[str], prompts: list[str]) -> list[float]:

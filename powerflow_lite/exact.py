@@ -1,0 +1,236 @@
+"""Exact evaluation on problems small enough to enumerate every completion.
+
+With a vocabulary of V tokens and completions of at most L tokens there are at
+most V^L completions per prompt, so log pi_theta(y|q), log p_base(y|q) and
+every target can be computed for all of them and compared without sampling
+error. `examples/exact_alpha.py` uses this to show how close training gets to
+p_base^alpha.
+
+    problem = build_problem(model, [prompt_ids], max_new_tokens=3, vocab_size=8, alpha=2.0, stop_ids=())
+    report = evaluate(model, problem)   # {"kl_alpha": ..., "length_policy": ..., ...}
+
+Two regimes:
+
+* fixed length (`stop_ids=()`, training with `--ignore-eos`): all V^L sequences
+  of exactly L tokens; the target is p_alpha(y) = p_base(y)^alpha / sum_y' p_base(y')^alpha.
+* variable length (`stop_ids=(eos,)`): the sequences that end at their first
+  stop token, plus the (V-s)^L that reach L without one (truncated). Their
+  probabilities under a model sum to one, because sampling stops exactly there.
+
+The LA-TB fixed point (DESIGN section 3). With psi = 0, the `latb` residual is
+r(y) = log Z + (log pi(y) - alpha log p_base(y)) / |y|. Its loss, a weighted mean
+of r^2 over completions the policy samples, is zero exactly when r(y) = 0 for
+every y the policy can sample, that is when
+
+    log pi(y) = alpha log p_base(y) - lambda |y|,   with lambda = log Z.
+
+pi must sum to one, which fixes lambda: f(lambda) = log sum_y p_base(y)^alpha
+exp(-lambda |y|) = 0. Every |y| >= 1, so f is strictly decreasing (f' = -E[|y|]
+under the tilted distribution) and convex, goes to +inf as lambda -> -inf and
+to -inf as lambda -> +inf: the root is unique, and `solve_length_penalty`
+finds it by bracketing and bisection in float64. At fixed length exp(-lambda L)
+is a constant, so the fixed point is p_alpha itself with lambda =
+log(sum p_base^alpha) / L. With lengths that vary it is p_alpha tilted by
+exp(-lambda |y|): the length normalisation is what makes `latb` differ from plain
+trajectory balance (`tb-traj`), whose fixed point is p_alpha in both regimes.
+
+What is reported (`evaluate`), averaged over prompts: KL(pi || p_alpha), KL(pi ||
+LA-TB target), the expected completion length under the policy, the base and
+both targets, and the pairwise inversion rate: among the `top` most likely
+sequences under p_alpha, the fraction of pairs that pi orders the other way.
+
+`minimize_kl` gives the floor: the smallest exact KL the same LoRA family
+reaches when the enumerated KL itself is minimised by gradient descent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .model import eval_mode, trainable_parameters
+from .sampling import Rollouts
+from .scoring import completion_logprobs
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Every completion of every prompt, with the base's log-probs and the targets."""
+
+    prompts: list[list[int]]
+    completion_ids: Tensor  # [M, L] right-padded with pad_id
+    completion_mask: Tensor  # [M, L]
+    alpha: float
+    pad_id: int
+    base_logp: Tensor  # [Q, M] float64, log p_base(y|q)
+    target_alpha: Tensor  # [Q, M] float64, log p_alpha(y|q)
+    target_latb: Tensor  # [Q, M] float64, log of the LA-TB fixed point
+    length_penalty: Tensor  # [Q] float64, lambda_q
+
+    @property
+    def lengths(self) -> Tensor:  # [M] float64
+        return self.completion_mask.sum(-1).double()
+
+    @property
+    def fixed_length(self) -> bool:
+        return bool((self.lengths == self.lengths[0]).all())
+
+
+def enumerate_completions(vocab_size: int, max_new_tokens: int, stop_ids=(), pad_id: int = 0):
+    """All completions: every V^L sequence without stop ids, else those ending at the first stop or at L.
+
+    -> completion_ids [M, L], completion_mask [M, L]
+    """
+    stop = sorted(set(stop_ids))
+    others = [t for t in range(vocab_size) if t not in stop]
+    rows = []
+    if not stop:
+        rows = [list(seq) for seq in itertools.product(range(vocab_size), repeat=max_new_tokens)]
+    else:
+        for k in range(max_new_tokens):
+            rows += [list(prefix) + [s] for prefix in itertools.product(others, repeat=k) for s in stop]
+        rows += [list(seq) for seq in itertools.product(others, repeat=max_new_tokens)]
+    ids = torch.full((len(rows), max_new_tokens), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), max_new_tokens), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def sequence_logprobs(model, prompt_ids: list[int], completion_ids: Tensor, completion_mask: Tensor,
+                      batch_size: int = 4096) -> Tensor:
+    """log pi(y|q) of every completion [M] (float32; grad flows when enabled), adapter as it is set."""
+    device = next(model.parameters()).device
+    parts = []
+    for start in range(0, completion_ids.shape[0], batch_size):
+        ids = completion_ids[start:start + batch_size].to(device)
+        n = ids.shape[0]
+        prompt = torch.tensor(prompt_ids, device=device).expand(n, -1)
+        rollouts = Rollouts(prompt, torch.ones_like(prompt), ids, completion_mask[start:start + batch_size].to(device),
+                            torch.zeros(n, dtype=torch.long, device=device), torch.zeros(n, dtype=torch.bool))
+        logps, _ = completion_logprobs(model, rollouts)  # [n, L]
+        parts.append(logps.sum(-1))
+    return torch.cat(parts)
+
+
+def all_logprobs(model, problem: Problem, adapter: bool = True) -> Tensor:
+    """log pi(y|q) for every prompt and completion [Q, M] float64, no grad."""
+    with torch.no_grad(), eval_mode(model, adapter=adapter):
+        return torch.stack([sequence_logprobs(model, p, problem.completion_ids, problem.completion_mask)
+                            for p in problem.prompts]).double().cpu()
+
+
+def power_target(base_logp: Tensor, alpha: float) -> Tensor:
+    """log p_alpha = alpha log p_base - log sum exp(alpha log p_base), over the last dimension."""
+    scaled = alpha * base_logp.double()
+    return scaled - scaled.logsumexp(-1, keepdim=True)
+
+
+def solve_length_penalty(base_logp: Tensor, lengths: Tensor, alpha: float, tol: float = 1e-12) -> float:
+    """The lambda with sum_y p_base(y)^alpha exp(-lambda |y|) = 1 (see the module docstring).  [M], [M] -> float"""
+    scaled, lengths = alpha * base_logp.double(), lengths.double()
+
+    def f(lam: float) -> float:
+        return float((scaled - lam * lengths).logsumexp(0))
+
+    low, high = -1.0, 1.0
+    while f(low) < 0:
+        low *= 2
+    while f(high) > 0:
+        high *= 2
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if f(mid) > 0 else (low, mid)
+        if high - low < tol:
+            break
+    return 0.5 * (low + high)
+
+
+def latb_target(base_logp: Tensor, lengths: Tensor, alpha: float) -> tuple[Tensor, float]:
+    """log of p_base^alpha exp(-lambda |y|) (sums to one) and lambda.  [M] -> [M], float"""
+    lam = solve_length_penalty(base_logp, lengths, alpha)
+    log_target = alpha * base_logp.double() - lam * lengths.double()
+    return log_target - log_target.logsumexp(0), lam  # the renormalisation only removes the solver's rounding
+
+
+def kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p || q) over the last dimension, from log-probabilities."""
+    p = log_p.exp()
+    return (p * (log_p - log_q)).sum(-1)
+
+
+def expected_length(log_p: Tensor, lengths: Tensor) -> Tensor:
+    return (log_p.exp() * lengths).sum(-1)
+
+
+def inversion_rate(log_pi: Tensor, log_target: Tensor, top: int = 32) -> float:
+    """Among the `top` most likely sequences under the target, the fraction of pairs pi orders the other way."""
+    order = log_target.argsort(descending=True)[:top]
+    t, p = log_target[order], log_pi[order]
+    above = t[:, None] > t[None, :]  # pairs (i, j) the target ranks i over j, ties left out
+    inverted = above & (p[:, None] < p[None, :])
+    return float(inverted.sum()) / max(1, int(above.sum()))
+
+
+def build_problem(model, prompts: list[list[int]], max_new_tokens: int, vocab_size: int, alpha: float,
+                  stop_ids=(), pad_id: int = 0) -> Problem:
+    """Enumerate the completions and compute the base log-probs (adapter off) and both targets."""
+    ids, mask = enumerate_completions(vocab_size, max_new_tokens, stop_ids, pad_id)
+    partial = Problem(prompts, ids, mask, alpha, pad_id, *(torch.empty(0),) * 4)
+    base = all_logprobs(model, partial, adapter=False)  # [Q, M]
+    lengths = partial.lengths
+    targets = [latb_target(row, lengths, alpha) for row in base]
+    return Problem(prompts, ids, mask, alpha, pad_id, base, power_target(base, alpha),
+                   torch.stack([t for t, _ in targets]), torch.tensor([lam for _, lam in targets], dtype=torch.float64))
+
+
+def evaluate(model, problem: Problem, policy_logp: Tensor | None = None) -> dict[str, float]:
+    """Exact KLs, expected lengths and the inversion rate of the policy (adapter on), averaged over prompts."""
+    pi = all_logprobs(model, problem, adapter=True) if policy_logp is None else policy_logp  # [Q, M]
+    lengths = problem.lengths
+    return {
+        "kl_alpha": kl(pi, problem.target_alpha).mean().item(),
+        "kl_latb": kl(pi, problem.target_latb).mean().item(),
+        "kl_base_alpha": kl(problem.base_logp, problem.target_alpha).mean().item(),
+        "kl_base_latb": kl(problem.base_logp, problem.target_latb).mean().item(),
+        "length_policy": expected_length(pi, lengths).mean().item(),
+        "length_base": expected_length(problem.base_logp, lengths).mean().item(),
+        "length_alpha": expected_length(problem.target_alpha, lengths).mean().item(),
+        "length_latb": expected_length(problem.target_latb, lengths).mean().item(),
+        "inversion_rate": sum(inversion_rate(p, t) for p, t in zip(pi, problem.target_alpha)) / len(pi),
+        "mass_check": (pi.exp().sum(-1) - 1).abs().max().item(),  # ~0: the enumeration covers every completion
+    }
+
+
+def minimize_kl(model, problem: Problem, target: str = "alpha", steps: int = 400, lr: float = 1e-2) -> list[float]:
+    """Minimise the exact mean KL(pi || target) over the model's trainable (LoRA) weights with Adam.
+
+    Returns the KL after every step; the last value (or the smallest) is the floor of the LoRA family.
+    """
+    log_target = problem.target_alpha if target == "alpha" else problem.target_latb
+    params = trainable_parameters(model)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    device = next(model.parameters()).device
+    log_target = log_target.to(device=device, dtype=torch.float32)
+    curve = []
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        with eval_mode(model, adapter=True), torch.enable_grad():
+            pi = torch.stack([sequence_logprobs(model, p, problem.completion_ids, problem.completion_mask)
+                              for p in problem.prompts])  # [Q, M]
+            loss = kl(pi, log_target).mean()
+        loss.backward()
+        optimizer.step()
+        curve.append(loss.item())
+    return curve
+
+
+def fraction_attained(start: float, end: float, floor: float) -> float:
+    """(start - end) / (start - floor): 1 means the run reached what the LoRA family can reach."""
+    gap = start - floor
+    return (start - end) / gap if gap > 0 else math.nan
