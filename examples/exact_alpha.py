@@ -32,16 +32,21 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import transformers
 
 from powerflow_lite import exact
 from powerflow_lite.config import TrainConfig
 from powerflow_lite.model import add_lora, load_base_model, load_tokenizer
 from powerflow_lite.tiny import write_tiny_model
+
+transformers.utils.logging.disable_progress_bar()  # one progress line of our own instead of one per model load
+warnings.filterwarnings("ignore", category=FutureWarning)
 
 ALPHAS = (0.5, 2.0, 4.0)
 OBJECTIVES = ("latb", "tb-traj", "tb-token", "rl-traj", "rl-token")
@@ -52,11 +57,13 @@ MAX_NEW_TOKENS, VOCAB, EOS = 3, 8, 2
 TRAINING = dict(prompts_per_step=2, samples_per_prompt=16, max_new_tokens=MAX_NEW_TOKENS, chat_template="none",
                 quant="none", device="cpu", lora_r=8, lora_alpha=16, gradient_checkpointing=False, save_every=0,
                 show_every=0, micro_batch_size=32, lr=1e-3, z_lr=1e-2, warmup_steps=0)
-# Before/after rows: latb on the peaky base with one setting changed from the default.
+# Before/after rows: latb on the peaky base at alpha 4 with settings changed from the default.
 VARIANTS: dict[str, dict] = {
     "default": {},
+    "z-init 0, z-lr 1e-3": {"z_init": "zero", "z_lr": 1e-3},  # a head that starts at 0 and learns slowly
+    "z-lr 1e-3": {"z_lr": 1e-3},  # the same slow head, started at the first batch's estimate
+    "log-z batch, z-init 0, z-lr 1e-3": {"log_z": "batch", "z_init": "zero", "z_lr": 1e-3},  # no head in the loss
     "constant lr": {"lr_schedule": "constant"},  # the default decays the lr along a cosine
-    "log-z batch": {"log_z": "batch"},  # each prompt's batch estimate of log Z instead of the learned head
 }
 
 
@@ -95,7 +102,7 @@ def cases(quick: bool) -> list[Case]:
     out = [Case(o, a, "fixed", "x4") for o in OBJECTIVES for a in ALPHAS]
     out += [Case(o, a, "fixed", "x8") for o in sequence_level for a in ALPHAS]
     out += [Case(o, a, "eos", "x4") for o in sequence_level for a in ALPHAS]
-    out += [Case("latb", a, "fixed", "x8", v) for v in VARIANTS if v != "default" for a in ALPHAS]
+    out += [Case("latb", 4.0, "fixed", "x8", v) for v in VARIANTS if v != "default"]
     return out
 
 
@@ -155,19 +162,30 @@ def run_study(args) -> dict:
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     todo = cases(args.quick)
     floor_keys = sorted({(c.problem_key, c.target) for c in todo})
+    jobs = [(train_case, (c, str(root), args.steps, args.eval_every, args.seed)) for c in todo]
+    jobs += [(floor_of, (*fk, str(root), args.floor_steps, args.seed)) for fk in floor_keys]
     started = time.perf_counter()
-    with ProcessPoolExecutor(args.workers) as pool:
-        runs = [pool.submit(train_case, c, str(root), args.steps, args.eval_every, args.seed) for c in todo]
-        floors = {fk: pool.submit(floor_of, *fk, str(root), args.floor_steps, args.seed) for fk in floor_keys}
-        results = [r.result() for r in runs]
-        floors = {fk: f.result() for fk, f in floors.items()}
+    if args.workers == 1:  # in this process: easier to debug and to test
+        outputs = [function(*job_args) for function, job_args in jobs]
+    else:
+        with ProcessPoolExecutor(args.workers) as pool:
+            futures = [pool.submit(function, *job_args) for function, job_args in jobs]
+            for done, _ in enumerate(as_completed(futures), 1):
+                print(f"\r{done}/{len(jobs)} runs and floors done, {time.perf_counter() - started:.0f} s", end="",
+                      file=sys.stderr, flush=True)
+            print(file=sys.stderr)
+            outputs = [f.result() for f in futures]
+    results = outputs[:len(todo)]
+    floors = dict(zip(floor_keys, outputs[len(todo):]))
+    descent = dict(floors)
     # (b) of the floor: nothing the LoRA family passed through can be below what it can reach
     for r in results:
         for target, column in (("alpha", 1), ("latb", 2)):
             if (r.case.problem_key, target) in floors:
                 floors[r.case.problem_key, target] = min(floors[r.case.problem_key, target],
                                                          min(point[column] for point in r.curve))
-    rows = [table_row(r, floors[r.case.problem_key, r.case.target]) for r in results]
+    rows = [{**table_row(r, floors[r.case.problem_key, r.case.target]),
+             "kl_floor_descent": descent[r.case.problem_key, r.case.target]} for r in results]
     return {"rows": rows, "curves": [{**asdict(r.case), "curve": r.curve} for r in results],
             "settings": {"steps": args.steps, "seed": args.seed, "training": TRAINING, "variants": VARIANTS,
                          "bases": BASES, "prompts": PROMPTS, "max_new_tokens": MAX_NEW_TOKENS, "vocab": VOCAB},
@@ -226,6 +244,8 @@ def plot(study: dict, path: Path) -> bool:
                     continue
                 column = 2 if c["objective"] == "latb" and regime == "eos" else 1
                 label = c["objective"] + ("" if c["variant"] == "default" else f" ({c['variant']})")
+                if regime == "eos":
+                    label += " vs LA-TB target" if column == 2 else " vs p_alpha"
                 ax.plot([p[0] for p in c["curve"]], [max(p[column], 1e-5) for p in c["curve"]], label=label,
                         linestyle="-" if c["variant"] == "default" else "--")
             ax.set_yscale("log")

@@ -70,6 +70,8 @@ class TrainConfig:
     lr: float = option(5e-5, "LoRA learning rate.")
     z_lr: float = option(1e-2, "Learning rate of the log Z'(q) head's bias (its weights: z_lr / sqrt(fan-in)).")
     z_hidden: int = option(256, "Hidden width of the log Z'(q) head.")
+    z_init: str = option("batch", "Start log Z' at the value that zeroes the first batch's mean residual, "
+                         "or at 0 (slower; kept for comparison).", choices=("batch", "zero"))
     log_z: str = option("head", "log Z'(q) in the loss: the learned head, or each prompt's batch estimate "
                         "(the value that minimises the loss over its G completions; the head then learns to track it).",
                         choices=("head", "batch"))

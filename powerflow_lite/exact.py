@@ -161,7 +161,8 @@ def latb_target(base_logp: Tensor, lengths: Tensor, alpha: float) -> tuple[Tenso
 def kl(log_p: Tensor, log_q: Tensor) -> Tensor:
     """KL(p || q) over the last dimension, from log-probabilities."""
     p = log_p.exp()
-    return (p * (log_p - log_q)).sum(-1)
+    terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))  # 0 log 0 = 0, not nan
+    return terms.sum(-1)
 
 
 def expected_length(log_p: Tensor, lengths: Tensor) -> Tensor:

@@ -202,8 +202,9 @@ def train(run: Run) -> Iterator[StepResult]:
 
         # --- 3. the first batch sets log Z's starting value (see partition.py)
         if objective.uses_log_z and not run.z_initialized:
-            _, stats = objective.loss(policy_logps=old_logps, log_z=torch.zeros_like(psi), **tensors)
-            head.init_bias_from_residuals(stats["residual"])
+            if cfg.z_init == "batch":
+                _, stats = objective.loss(policy_logps=old_logps, log_z=torch.zeros_like(psi), **tensors)
+                head.init_bias_from_residuals(stats["residual"])
             run.z_initialized = True
 
         # --- 4. K inner epochs of updates over micro-batches (gradient accumulation)

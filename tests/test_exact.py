@@ -19,7 +19,7 @@ LOG = torch.log
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """These models are tiny: with other jobs on a 2-core machine, two spinning OpenMP threads make the file
-    several times slower (measured 74 s against 18 s), while one thread loses nothing."""
+    several times slower (measured 74 s against 18 s under such load)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -293,6 +293,9 @@ def test_training_reduces_exact_kl(exact_setup, tmp_path, alpha):
     assert steps == list(range(1, 61))
     after = exact.evaluate(run.model, problem)
     assert after["kl_alpha"] < 0.2 * before["kl_alpha"]
+    # the base is scored with the adapter off: the trained policy gives the same problem
+    again = exact.build_problem(run.model, run.prompt_ids, 3, 8, alpha, ())
+    torch.testing.assert_close(again.base_logp, problem.base_logp, atol=1e-6, rtol=0)
 
 
 def test_minimize_kl_lowers_the_exact_kl(exact_setup, tmp_path):
@@ -302,7 +305,7 @@ def test_minimize_kl_lowers_the_exact_kl(exact_setup, tmp_path):
     assert len(curve) == 30
     assert curve[0] == pytest.approx(start, abs=1e-5)  # the first value is taken before the first update
     end = exact.evaluate(run.model, problem)["kl_alpha"]
-    assert end < 0.5 * start
+    assert end < 0.2 * start  # measured: 0.27 -> 0.009 (x 0.035)
     assert end == pytest.approx(curve[-1], rel=0.2)  # one more step than the curve's last value, so close
 
 
