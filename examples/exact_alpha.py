@@ -162,8 +162,9 @@ def run_study(args) -> dict:
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     todo = cases(args.quick)
     floor_keys = sorted({(c.problem_key, c.target) for c in todo})
-    jobs = [(train_case, (c, str(root), args.steps, args.eval_every, args.seed)) for c in todo]
-    jobs += [(floor_of, (*fk, str(root), args.floor_steps, args.seed)) for fk in floor_keys]
+    # the floors are the longest jobs: first, so that the pool does not end on one of them
+    jobs = [(floor_of, (*fk, str(root), args.floor_steps, args.seed)) for fk in floor_keys]
+    jobs += [(train_case, (c, str(root), args.steps, args.eval_every, args.seed)) for c in todo]
     started = time.perf_counter()
     if args.workers == 1:  # in this process: easier to debug and to test
         outputs = [function(*job_args) for function, job_args in jobs]
@@ -175,8 +176,7 @@ def run_study(args) -> dict:
                       file=sys.stderr, flush=True)
             print(file=sys.stderr)
             outputs = [f.result() for f in futures]
-    results = outputs[:len(todo)]
-    floors = dict(zip(floor_keys, outputs[len(todo):]))
+    floors, results = dict(zip(floor_keys, outputs)), outputs[len(floor_keys):]
     descent = dict(floors)
     # (b) of the floor: nothing the LoRA family passed through can be below what it can reach
     for r in results:

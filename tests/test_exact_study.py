@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ STUDY = Path(__file__).resolve().parents[1] / "examples" / "exact_alpha.py"
 def study_module():
     spec = importlib.util.spec_from_file_location("exact_alpha", STUDY)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["exact_alpha"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
