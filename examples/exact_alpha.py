@@ -42,7 +42,9 @@ import transformers
 
 from powerflow_lite import exact
 from powerflow_lite.config import TrainConfig
+from powerflow_lite.data import chat_stop_ids
 from powerflow_lite.model import add_lora, load_base_model, load_tokenizer
+from powerflow_lite.sampling import eos_token_ids
 from powerflow_lite.tiny import write_tiny_model
 
 transformers.utils.logging.disable_progress_bar()  # one progress line of our own instead of one per model load
@@ -52,7 +54,7 @@ ALPHAS = (0.5, 2.0, 4.0)
 OBJECTIVES = ("latb", "tb-traj", "tb-token", "rl-traj", "rl-token")
 BASES = {"x4": 4.0, "x8": 8.0}  # multiplier of the random LM head's logits: larger is a peakier base
 PROMPTS = ("abc", "edd")
-MAX_NEW_TOKENS, VOCAB, EOS = 3, 8, 2
+MAX_NEW_TOKENS = 3
 # What the study trains with; the rest is TrainConfig's defaults. A tiny LoRA wants a larger lr than a 1.5B one.
 TRAINING = dict(prompts_per_step=2, samples_per_prompt=16, max_new_tokens=MAX_NEW_TOKENS, chat_template="none",
                 quant="none", device="cpu", lora_r=8, lora_alpha=16, gradient_checkpointing=False, save_every=0,
@@ -111,9 +113,12 @@ def model_dirs(root: Path) -> dict[str, Path]:
                                    alphabet="abcde", logit_scale=scale) for name, scale in BASES.items()}
 
 
-def problem_for(model, prompt_ids, case: Case) -> exact.Problem:
-    stop_ids = () if case.regime == "fixed" else (EOS,)
-    return exact.build_problem(model, prompt_ids, MAX_NEW_TOKENS, VOCAB, case.alpha, stop_ids)
+def problem_for(model, tokenizer, prompt_ids, case: Case) -> exact.Problem:
+    """Enumerate what the trainer's sampler can draw: its vocabulary, and its stop ids unless --ignore-eos."""
+    stop_ids = () if case.regime == "fixed" else tuple(eos_token_ids(model, tokenizer)) + tuple(
+        chat_stop_ids(tokenizer, TRAINING["chat_template"]))
+    return exact.build_problem(model, prompt_ids, MAX_NEW_TOKENS, len(tokenizer), case.alpha, stop_ids,
+                               tokenizer.pad_token_id)
 
 
 def train_case(case: Case, root: str, steps: int, eval_every: int, seed: int) -> Result:
@@ -128,7 +133,7 @@ def train_case(case: Case, root: str, steps: int, eval_every: int, seed: int) ->
                           ignore_eos=case.regime == "fixed", seed=seed, **{**TRAINING, **VARIANTS[case.variant]})
         started = time.perf_counter()
         run = setup(cfg)
-        problem = problem_for(run.model, run.prompt_ids, case)
+        problem = problem_for(run.model, run.tokenizer, run.prompt_ids, case)
         result = Result(case, start=exact.evaluate(run.model, problem))
         result.curve.append((0, result.start["kl_alpha"], result.start["kl_latb"]))
         for step in train(run):
@@ -140,7 +145,7 @@ def train_case(case: Case, root: str, steps: int, eval_every: int, seed: int) ->
 
 
 def floor_of(key: tuple, target: str, root: str, steps: int, seed: int) -> float:
-    """Minimise the exact KL over a fresh LoRA (same rank, targets and seed as training) at two learning rates."""
+    """Minimise the exact KL over a fresh LoRA (same rank, targets and seed as training) with Adam."""
     alpha, regime, base = key
     torch.set_num_threads(1)
     directory = str(Path(root) / f"model-{base}")
@@ -150,7 +155,8 @@ def floor_of(key: tuple, target: str, root: str, steps: int, seed: int) -> float
         torch.manual_seed(seed)  # as setup() seeds LoRA initialisation
         model = add_lora(load_base_model(directory, "none", torch.device("cpu"), False), TRAINING["lora_r"],
                          TRAINING["lora_alpha"], 0.0, "all-linear", False)
-        problem = problem_for(model, [tokenizer(p).input_ids for p in PROMPTS], Case("latb", alpha, regime, base))
+        problem = problem_for(model, tokenizer, [tokenizer(p).input_ids for p in PROMPTS],
+                              Case("latb", alpha, regime, base))
         best = min(best, min(exact.minimize_kl(model, problem, target, steps, lr)))
     return best
 
@@ -188,7 +194,7 @@ def run_study(args) -> dict:
              "kl_floor_descent": descent[r.case.problem_key, r.case.target]} for r in results]
     return {"rows": rows, "curves": [{**asdict(r.case), "curve": r.curve} for r in results],
             "settings": {"steps": args.steps, "seed": args.seed, "training": TRAINING, "variants": VARIANTS,
-                         "bases": BASES, "prompts": PROMPTS, "max_new_tokens": MAX_NEW_TOKENS, "vocab": VOCAB},
+                         "bases": BASES, "prompts": PROMPTS, "max_new_tokens": MAX_NEW_TOKENS},
             "seconds": time.perf_counter() - started}
 
 

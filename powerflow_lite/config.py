@@ -112,6 +112,9 @@ class TrainConfig:
         if OBJECTIVES[self.objective].grouped and self.samples_per_prompt < 2:
             raise PowerflowError(f"--objective {self.objective} compares completions of a prompt: "
                                  "needs --samples-per-prompt >= 2")
+        if self.log_z == "batch" and self.samples_per_prompt < 2:
+            raise PowerflowError("--log-z batch estimates log Z from a prompt's completions: "
+                                 "needs --samples-per-prompt >= 2")
         if self.seed >= 2**32:
             raise PowerflowError(f"--seed must be < 2**32, got {self.seed}")
 
@@ -121,6 +124,8 @@ class TrainConfig:
         if self.temperature != 1.0 or self.top_p != 1.0:
             notes.append(f"sampling with temperature={self.temperature}, top_p={self.top_p}: the behaviour policy is "
                          "then not the policy itself, so the objective no longer targets p_base^alpha exactly")
+        if self.log_z == "batch" and not OBJECTIVES[self.objective].uses_log_z:
+            notes.append(f"--log-z batch has no effect with --objective {self.objective}, which has no log Z")
         if self.min_new_tokens:
             notes.append("--min-new-tokens forbids EOS early on: those EOS probabilities are not sampled on-policy")
         return notes

@@ -112,7 +112,8 @@ def sequence_logprobs(model, prompt_ids: list[int], completion_ids: Tensor, comp
         n = ids.shape[0]
         prompt = torch.tensor(prompt_ids, device=device).expand(n, -1)
         rollouts = Rollouts(prompt, torch.ones_like(prompt), ids, completion_mask[start:start + batch_size].to(device),
-                            torch.zeros(n, dtype=torch.long, device=device), torch.zeros(n, dtype=torch.bool))
+                            torch.zeros(n, dtype=torch.long, device=device),
+                            torch.zeros(n, dtype=torch.bool, device=device))
         logps, _ = completion_logprobs(model, rollouts)  # [n, L]
         parts.append(logps.sum(-1))
     return torch.cat(parts)
@@ -211,7 +212,7 @@ def evaluate(model, problem: Problem, policy_logp: Tensor | None = None) -> dict
 def minimize_kl(model, problem: Problem, target: str = "alpha", steps: int = 400, lr: float = 1e-2) -> list[float]:
     """Minimise the exact mean KL(pi || target) over the model's trainable (LoRA) weights with Adam.
 
-    Returns the KL after every step; the last value (or the smallest) is the floor of the LoRA family.
+    Returns the KL before every step (the first is the start); the smallest is the floor of the LoRA family.
     """
     log_target = problem.target_alpha if target == "alpha" else problem.target_latb
     params = trainable_parameters(model)

@@ -238,7 +238,9 @@ def train(run: Run) -> Iterator[StepResult]:
             run.scheduler.step()
             losses.append(epoch_loss)
             residuals, clipped = epoch_residuals, clipped + epoch_clipped
-        model.eval()  # sampling and scoring run in eval mode: leaving it here saves switching back and forth
+        # Sampling and scoring run in eval mode (eval_mode() skips the switch when there is nothing to switch):
+        # back to it now rather than walking every module twice more per step.
+        model.eval()
         updated = _clock(run.device)
 
         # --- 5. log, checkpoint

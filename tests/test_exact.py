@@ -269,16 +269,16 @@ def exact_setup(tmp_path_factory):
     return model, prompts
 
 
-def make_run(exact_setup, output, alpha: float, max_steps: int):
+def make_run(exact_setup, output, alpha: float, max_steps: int, ignore_eos: bool = True):
     model, prompts = exact_setup
     cfg = TrainConfig(model=str(model), prompts=str(prompts), output=str(output), alpha=alpha, objective="latb",
                       max_steps=max_steps, prompts_per_step=2, samples_per_prompt=16, max_new_tokens=3,
-                      ignore_eos=True, chat_template="none", quant="none", device="cpu", lora_r=8, lora_alpha=16,
+                      ignore_eos=ignore_eos, chat_template="none", quant="none", device="cpu", lora_r=8, lora_alpha=16,
                       gradient_checkpointing=False, save_every=0, show_every=0, micro_batch_size=32, lr=1e-3,
                       z_lr=1e-2, warmup_steps=0, lr_schedule="constant", seed=0)
     run = setup(cfg)
     assert run.prompt_ids == [[3, 4, 5], [7, 6, 6]]  # "abc", "edd" with no template
-    return run, exact.build_problem(run.model, run.prompt_ids, 3, 8, alpha, ())
+    return run, exact.build_problem(run.model, run.prompt_ids, 3, 8, alpha, () if ignore_eos else (EOS,))
 
 
 @pytest.mark.parametrize("alpha", [0.5, 2.0])
@@ -321,3 +321,15 @@ def test_fraction_attained_by_hand(start, end, floor, expected):
 @pytest.mark.parametrize("floor", [1.0, 1.5])
 def test_fraction_attained_is_nan_without_a_gap(floor):
     assert math.isnan(exact.fraction_attained(1.0, 0.2, floor))
+
+
+def test_latb_with_eos_learns_the_length_aware_target_not_p_alpha(exact_setup, tmp_path):
+    """With EOS, latb's fixed point is p_base^alpha exp(-lambda |y|): KL to it falls, KL to p_alpha stays large."""
+    run, problem = make_run(exact_setup, tmp_path / "out", 2.0, max_steps=60, ignore_eos=False)
+    before = exact.evaluate(run.model, problem)
+    assert before["length_alpha"] < before["length_base"] - 1  # p_alpha is much shorter than the base here
+    list(train(run))
+    after = exact.evaluate(run.model, problem)
+    assert after["kl_latb"] < 0.2 * before["kl_latb"]
+    assert after["kl_alpha"] > 0.5 * before["kl_alpha"] and after["kl_alpha"] > 10 * after["kl_latb"]
+    assert abs(after["length_policy"] - after["length_latb"]) < 0.1

@@ -36,7 +36,7 @@ def test_quick_study_writes_a_consistent_table(study_module, tmp_path, capsys):
         assert math.isclose(row["attained"], (row["kl_start"] - row["kl_end"]) / (row["kl_start"] - row["kl_floor"]))
     # latb's target differs from p_alpha only where lengths vary
     assert [r["target"] for r in rows] == ["alpha", "alpha", "latb", "alpha"]
-    assert math.isclose(rows[0]["length_trained"], 3.0, rel_tol=1e-6) and rows[2]["length_trained"] < 2.99
+    assert math.isclose(rows[0]["length_trained"], 3.0, rel_tol=1e-6) and rows[2]["length_base"] < 2.99
     table = (tmp_path / "exact_alpha.md").read_text()
     assert table.count("\n") == 2 + len(rows) and table in capsys.readouterr().out
     if importlib.util.find_spec("matplotlib"):
