@@ -119,11 +119,16 @@ def sequence_logprobs(model, prompt_ids: list[int], completion_ids: Tensor, comp
     return torch.cat(parts)
 
 
+def problem_logprobs(model, problem: Problem) -> Tensor:
+    """log pi(y|q) for every prompt and completion [Q, M] (float32; grad flows when enabled), adapter as set."""
+    return torch.stack([sequence_logprobs(model, p, problem.completion_ids, problem.completion_mask)
+                        for p in problem.prompts])
+
+
 def all_logprobs(model, problem: Problem, adapter: bool = True) -> Tensor:
     """log pi(y|q) for every prompt and completion [Q, M] float64, no grad."""
     with torch.no_grad(), eval_mode(model, adapter=adapter):
-        return torch.stack([sequence_logprobs(model, p, problem.completion_ids, problem.completion_mask)
-                            for p in problem.prompts]).double().cpu()
+        return problem_logprobs(model, problem).double().cpu()
 
 
 def power_target(base_logp: Tensor, alpha: float) -> Tensor:
@@ -223,9 +228,7 @@ def minimize_kl(model, problem: Problem, target: str = "alpha", steps: int = 400
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
         with eval_mode(model, adapter=True), torch.enable_grad():
-            pi = torch.stack([sequence_logprobs(model, p, problem.completion_ids, problem.completion_mask)
-                              for p in problem.prompts])  # [Q, M]
-            loss = kl(pi, log_target).mean()
+            loss = kl(problem_logprobs(model, problem), log_target).mean()  # [Q, M] -> mean over prompts
         loss.backward()
         optimizer.step()
         curve.append(loss.item())

@@ -35,7 +35,7 @@ from .model import (
     resolve_device,
     trainable_parameters,
 )
-from .objectives import OBJECTIVES, Objective, group_mean
+from .objectives import OBJECTIVES, Objective, batch_log_z_estimate
 from .partition import LogZHead
 from .rewards import FormatPenalty, load_format_penalty
 from .sampling import SamplingSettings, sample
@@ -286,20 +286,6 @@ def train(run: Run) -> Iterator[StepResult]:
 
     if last_saved is not None or not (run.out / "adapter").is_dir():
         ckpt.save_final_adapter(run.out, model, head)
-
-
-def batch_log_z_estimate(objective: Objective, policy_logps, inputs: dict):
-    """Each prompt's log Z that minimises the loss over its completions in this batch.  -> [n], no grad
-
-    Every log-Z objective is a weighted sum of squares (c + g)^2 in the constant c = log Z, so
-    the minimiser is c* = -sum(w g) / sum(w), over completions (latb, tb-traj) or over tokens (tb-token).
-    With it in the loss, the loss is the group's weighted variance of the residual (the log-variance,
-    or VarGrad, form of trajectory balance): the same fixed point, and no head to wait for.
-    """
-    _, stats = objective.loss(policy_logps=policy_logps, log_z=torch.zeros_like(inputs["psi"]), **inputs)
-    free = stats["residual"]  # [n] the residual without log Z (per-token mean for tb-token)
-    weight = stats["weight"] * (inputs["mask"].sum(-1).clamp(min=1) if objective.per_token else 1.0)  # [n]
-    return -group_mean(weight * free, inputs["group_ids"]) / group_mean(weight, inputs["group_ids"])
 
 
 def format_penalties(psi: FormatPenalty, spec: str, completions: list[str], prompts: list[str]) -> list[float]:

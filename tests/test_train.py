@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from powerflow_lite.config import TrainConfig
 from powerflow_lite.errors import PowerflowError
 from powerflow_lite.metrics import read_metrics
-from powerflow_lite.objectives import OBJECTIVES
-from powerflow_lite.train import batch_log_z_estimate, lr_lambda, micro_batches, setup, train
+from powerflow_lite.objectives import OBJECTIVES, batch_log_z_estimate
+from powerflow_lite.train import lr_lambda, micro_batches, setup, train
 
 TIMING = {"time_sample", "time_score", "time_update", "sample_tokens_per_s"}
 
