@@ -4,6 +4,8 @@
     powerflow train --model Qwen/Qwen2.5-0.5B-Instruct --alpha 0.5 --prompts examples/prompts/creative.jsonl
     powerflow sample --model M --adapter runs/powerflow/adapter --prompt "Write a haiku." -n 4
     powerflow merge-adapter --model M --adapter runs/powerflow/adapter --output runs/powerflow/merged
+    powerflow eval --run runs/powerflow --data examples/data/creative-sample.jsonl -k 8 --compare-base
+    powerflow plot runs/powerflow
     powerflow env
 
 Every config flag, its help line and its default come from the dataclasses in
@@ -25,7 +27,17 @@ from rich.panel import Panel
 from rich.table import Table
 
 from . import demo as demo_module
-from .config import MergeConfig, SampleConfig, TrainConfig, field_type, flag_name, load_config, resolve_train_config
+from .config import (
+    EvalConfig,
+    MergeConfig,
+    SampleConfig,
+    TrainConfig,
+    field_type,
+    flag_name,
+    load_config,
+    resolve_eval_config,
+    resolve_train_config,
+)
 from .errors import PowerflowError
 
 # Plain click help: rich's two-column panels squeeze 40 options into an unreadable 80-column layout.
@@ -161,6 +173,33 @@ def merge_adapter(**flags) -> None:
     out = merge(load_config(MergeConfig, overrides=flags))
     console.print(f"merged model written to {out} (loads with AutoModelForCausalLM.from_pretrained, no PEFT)",
                   markup=False)
+
+
+@app.command("eval", help="Measure a model or adapter: math accuracy (avg@k, pass@k, maj@k) or creative "
+                         "diversity and quality; --compare-base puts the base model beside it.")
+@with_config_flags(EvalConfig, extra=[CONFIG_FILE])
+def eval_command(config: str | None = None, **flags) -> None:
+    from .display import eval_progress, eval_table
+    from .evaluate import SAMPLES, SUMMARY, evaluate
+
+    cfg = resolve_eval_config(config, flags)
+    with eval_progress(console) as progress:
+        summary = evaluate(cfg, progress)
+    console.print(eval_table(summary))
+    if summary["skipped_without_answer"]:
+        console.print(f"skipped {summary['skipped_without_answer']} rows without a reference answer", markup=False)
+    out = cfg.output.rstrip("/")
+    console.print(f"every sample with its grade: {out}/{SAMPLES}; figures: {out}/{SUMMARY}", markup=False)
+
+
+@app.command(help="Draw a run's training curves (and eval metrics) from OUT/metrics.jsonl into a PNG.")
+def plot(run: str = typer.Argument(..., help="A powerflow train output directory (holding metrics.jsonl)."),
+         out: str = typer.Option("", "--out", help="PNG file to write [default: RUN/training.png]."),
+         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing PNG.")) -> None:
+    from .plot import plot_run
+
+    path = plot_run(run, out, overwrite)
+    console.print(f"wrote {path}", markup=False)
 
 
 @app.command(help="Versions, device, GPU memory and whether 4-bit NF4 runs here.")

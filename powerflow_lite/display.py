@@ -1,12 +1,14 @@
-"""What `powerflow train` shows while it runs: the CLI's presentation layer, used only by cli.py.
+"""What `powerflow train` and `powerflow eval` show: the CLI's presentation layer, used only by cli.py.
 
-On a terminal: a progress bar with ETA above a live table of the latest step's
-key figures, and every --show-every steps one prompt with its completion.
+train, on a terminal: a progress bar with ETA above a live table of the latest
+step's key figures, and every --show-every steps one prompt with its completion.
 Elsewhere (CI logs, `| tee`): one plain line per step.
+eval: a progress bar over the completions, then one table (base and adapter side by side).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterable
 
 from rich.console import Console, Group
@@ -80,3 +82,72 @@ def show_training(steps: Iterable[StepResult], console: Console, start_step: int
                 live.console.print(_example_panel(last))
             live.update(Group(progress, _table(last)))
     return last
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def eval_rows(summary: dict) -> list[tuple[str, str, callable]]:
+    """(label, summary key, format) for the figures this summary has, in reading order."""
+    k = summary["k"]
+    some = next(iter(summary["results"].values()))
+    rows = []
+    if summary["task"] == "math":
+        rows += [(f"avg@{k}", "avg_at_k", _percent), ("  ± std. error over prompts", "avg_at_k_stderr", _percent)]
+        rows += [(f"pass@{j}", f"pass_at.{j}", _percent) for j in some["pass_at"]]
+        rows += [(f"maj@{k}", "maj_at_k", _percent), ("with \\boxed{} answer", "boxed_frac", _percent)]
+    else:
+        rows += [("semantic diversity (0-100)", "diversity", lambda v: f"{v:.2f}")] if "diversity" in some else []
+        rows += [("distinct-1", "distinct_1", lambda v: f"{v:.3f}"), ("distinct-2", "distinct_2", lambda v: f"{v:.3f}")]
+        rows += [("judge rating (1-9)", "judge_score", lambda v: f"{v:.2f}")] if "judge_score" in some else []
+    rows += [("base log-prob / token", "base_logp_per_token", lambda v: f"{v:.3f}"),
+             ("mean length (tokens)", "length_mean", lambda v: f"{v:.1f}"),
+             ("truncated", "truncated_frac", _percent)]
+    return rows
+
+
+def _lookup(result: dict, key: str) -> float:
+    for part in key.split("."):
+        result = result[part]
+    return result
+
+
+def eval_table(summary: dict) -> Table:
+    results = summary["results"]
+    title = (f"{summary['task']}: {summary['data']}, {summary['prompts']} prompts x {summary['k']} samples"
+             f" ({summary['seconds']:.0f} s)")
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    for variant in results:
+        table.add_column(variant, justify="right")
+    compare = list(results) == ["base", "adapter"]
+    if compare:
+        table.add_column("change", justify="right")
+    for label, key, render in eval_rows(summary):
+        values = [_lookup(result, key) for result in results.values()]
+        cells = [render(v) for v in values]
+        if compare:
+            delta = values[1] - values[0]
+            sign = "+" if delta >= 0 else "-"
+            cells.append(sign + render(abs(delta)) if render is not _percent else f"{100 * delta:+.1f} pts")
+        table.add_row(label, *cells)
+    return table
+
+
+@contextmanager
+def eval_progress(console: Console):
+    """A progress bar over the completions, as a callback for evaluate(); silent off a terminal."""
+    if not console.is_terminal:
+        yield None
+        return
+    progress = Progress(TextColumn("[bold]sampling {task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("completions"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                        console=console, transient=True)
+    task = progress.add_task("", total=None)
+
+    def update(done: int, total: int, variant: str) -> None:
+        progress.update(task, completed=done, total=total, description=variant)
+
+    with progress:
+        yield update

@@ -16,7 +16,7 @@ import torch
 
 from .config import SampleConfig
 from .data import chat_stop_ids, encode_prompts, load_prompts
-from .model import load_adapter, load_base_model, load_tokenizer, resolve_device
+from .model import eval_mode, load_adapter, load_base_model, load_tokenizer, resolve_device
 from .sampling import SamplingSettings, sample
 from .scoring import score
 
@@ -36,19 +36,30 @@ def sample_completions(cfg: SampleConfig) -> Iterator[dict]:
     settings = SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos,
                                 tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
     torch.manual_seed(cfg.seed)
-    per_batch = max(1, ROWS_PER_BATCH // cfg.n)
-    for first in range(0, len(rows), per_batch):
-        batch = rows[first:first + per_batch]
-        rollouts = sample(model, tokenizer, prompt_ids[first:first + per_batch], cfg.n, settings)
-        texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
-        logps = score(model, rollouts, ROWS_PER_BATCH, adapter=True)[0].sum(-1).tolist()
-        base_logps = score(model, rollouts, ROWS_PER_BATCH, adapter=False)[0].sum(-1).tolist() if cfg.adapter else None
-        for row_index, (text, group) in enumerate(zip(texts, rollouts.group_ids.tolist())):
-            record = {**batch[group], "prompt_index": first + group, "sample": row_index % cfg.n,
-                      "completion": text, "tokens": int(rollouts.lengths[row_index]),
-                      "finish_reason": "length" if rollouts.truncated[row_index] else "eos",
-                      "logp": logps[row_index]}
-            if base_logps is not None:
-                record["logp_base"] = base_logps[row_index]
-            yield record
+    for record in generate_records(model, tokenizer, prompt_ids, cfg.n, settings, ROWS_PER_BATCH,
+                                   score_base=bool(cfg.adapter)):
+        yield {**rows[record["prompt_index"]], **record}
 
+
+def generate_records(model, tokenizer, prompt_ids: list[list[int]], n: int, settings: SamplingSettings,
+                     rows_per_batch: int, adapter: bool = True, score_base: bool = True) -> Iterator[dict]:
+    """n completions per prompt, as records: text, length, how it ended, log pi and (score_base) log p_base.
+
+    With `adapter=False` the adapter is off for sampling and scoring alike, so
+    the records are the base model's own and "logp" is already its log-prob.
+    """
+    per_batch = max(1, rows_per_batch // n)
+    with eval_mode(model, adapter=adapter):
+        for first in range(0, len(prompt_ids), per_batch):
+            rollouts = sample(model, tokenizer, prompt_ids[first:first + per_batch], n, settings)
+            texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
+            logps = score(model, rollouts, rows_per_batch, adapter=True)[0].sum(-1).tolist()
+            base_logps = (score(model, rollouts, rows_per_batch, adapter=False)[0].sum(-1).tolist()
+                          if adapter and score_base else None)
+            for row, (text, group) in enumerate(zip(texts, rollouts.group_ids.tolist())):
+                record = {"prompt_index": first + group, "sample": row % n, "completion": text,
+                          "tokens": int(rollouts.lengths[row]),
+                          "finish_reason": "length" if rollouts.truncated[row] else "eos", "logp": logps[row]}
+                if base_logps is not None:
+                    record["logp_base"] = base_logps[row]
+                yield record

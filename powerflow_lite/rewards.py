@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -76,3 +77,18 @@ def load_format_penalty(spec: str) -> FormatPenalty:
     if not callable(function):
         raise PowerflowError(f"--format-penalty {spec!r}: {module_name!r} has no function {function_name!r}")
     return function
+
+
+def format_penalties(psi: FormatPenalty, spec: str, completions: list[str], prompts: list[str]) -> list[float]:
+    """psi(y) for every completion, checked: a user function that fails or returns junk is named, not traced."""
+    values = []
+    for completion, prompt in zip(completions, prompts):
+        try:
+            value = float(psi(completion, prompt))
+        except Exception as err:  # the user's function may raise anything
+            raise PowerflowError(f"--format-penalty {spec!r} failed on a completion: "
+                                 f"{type(err).__name__}: {err}") from None
+        if not math.isfinite(value):
+            raise PowerflowError(f"--format-penalty {spec!r} returned {value} (it must return a finite number)")
+        values.append(value)
+    return values

@@ -26,6 +26,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig, to_yaml
 from .data import chat_stop_ids, encode_prompts, load_prompts, prompt_indices
 from .errors import PowerflowError
+from .evaluate import setup_training_eval, training_metrics
 from .metrics import MetricsLog, mean, std
 from .model import (
     add_lora,
@@ -37,7 +38,7 @@ from .model import (
 )
 from .objectives import OBJECTIVES, Objective, batch_log_z_estimate
 from .partition import LogZHead
-from .rewards import FormatPenalty, load_format_penalty
+from .rewards import FormatPenalty, format_penalties, load_format_penalty
 from .sampling import SamplingSettings, sample
 from .scoring import completion_logprobs, score
 
@@ -63,6 +64,8 @@ class Run:
     z_initialized: bool = False
     resumed_from: Path | None = None
     info: dict = field(default_factory=dict)
+    eval_set: object = None  # evaluate.EvalSet with --eval-data
+    embed: object = None  # sentence embedder for creative evals
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,8 @@ def setup(cfg: TrainConfig) -> Run:
 
     run = Run(cfg, out, device, model, tokenizer, head, optimizer, scheduler, OBJECTIVES[cfg.objective], psi,
               rows, prompt_ids, MetricsLog(out / "metrics.jsonl"))
+    if cfg.eval_data:
+        run.eval_set, run.embed = setup_training_eval(cfg, tokenizer, base, device)
     if resume_path is not None:
         state = ckpt.load_checkpoint(resume_path, model, head, optimizer, scheduler)
         run.start_step, run.z_initialized, run.resumed_from = state["step"], state["z_initialized"], resume_path
@@ -177,6 +182,8 @@ def train(run: Run) -> Iterator[StepResult]:
     batch_log_z = objective.uses_log_z and cfg.log_z == "batch"
     whole_groups = objective.grouped or batch_log_z
     last_saved = None
+    if run.eval_set is not None and run.start_step == 0:  # where the curves start: the base model itself
+        run.metrics.write({"step": 0, **_evaluate(run, settings.stop_ids)})
 
     for step in range(run.start_step, cfg.max_steps):
         seed_step(cfg.seed, step)
@@ -272,6 +279,8 @@ def train(run: Run) -> Iterator[StepResult]:
         }
         if run.device.type == "cuda":
             row["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(run.device) / 2**30
+        if run.eval_set is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps):
+            row.update(_evaluate(run, settings.stop_ids))
         run.metrics.write(row)
 
         saved = None
@@ -288,19 +297,12 @@ def train(run: Run) -> Iterator[StepResult]:
         ckpt.save_final_adapter(run.out, model, head)
 
 
-def format_penalties(psi: FormatPenalty, spec: str, completions: list[str], prompts: list[str]) -> list[float]:
-    """psi(y) for every completion, checked: a user function that fails or returns junk is named, not traced."""
-    values = []
-    for completion, prompt in zip(completions, prompts):
-        try:
-            value = float(psi(completion, prompt))
-        except Exception as err:  # the user's function may raise anything
-            raise PowerflowError(f"--format-penalty {spec!r} failed on a completion: "
-                                 f"{type(err).__name__}: {err}") from None
-        if not math.isfinite(value):
-            raise PowerflowError(f"--format-penalty {spec!r} returned {value} (it must return a finite number)")
-        values.append(value)
-    return values
+def _evaluate(run: Run, stop_ids: tuple[int, ...]) -> dict:
+    """eval_* metrics of the policy now: temperature 1, stopping at EOS, whatever the training sampler does."""
+    cfg = run.cfg
+    return training_metrics(run.model, run.tokenizer, run.eval_set, cfg.eval_k,
+                            SamplingSettings(cfg.max_new_tokens, stop_ids=stop_ids), cfg.seed, run.embed,
+                            cfg.prompts_per_step * cfg.samples_per_prompt)
 
 
 def _clock(device: torch.device) -> float:

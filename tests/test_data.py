@@ -102,9 +102,16 @@ def test_jsonl_error_names_path_and_line(tmp_path, bad_line, message):
 
 
 def test_missing_field_lists_the_fields_there_are(tmp_path):
-    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"question": "Q", "answer": "A"})])
-    with pytest.raises(PowerflowError, match="fields: question, answer"):
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"text": "Q", "answer": "A"})])
+    with pytest.raises(PowerflowError, match="looked for prompt, problem, question; fields: text, answer"):
         load_prompts(str(path))
+
+
+def test_prompt_field_is_found_when_not_named(tmp_path):
+    # no "prompt" field: "problem" comes before "question" in the order tried
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"question": "Q", "problem": "P"})])
+    assert load_prompts(str(path))[0]["prompt"] == "P"
+    assert load_prompts(str(path), field="question")[0]["prompt"] == "Q"
 
 
 def test_missing_file(tmp_path):

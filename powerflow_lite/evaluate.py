@@ -1,0 +1,240 @@
+"""`powerflow eval`: what training bought, measured on k samples per prompt at temperature 1.
+
+    powerflow eval --run runs/reasoning-alpha4 --data math500 -k 16 --compare-base
+    powerflow eval --model M --adapter A --data examples/data/creative-sample.jsonl --task creative -k 8
+
+math:     avg@k (mean accuracy over all samples), pass@k' (unbiased), maj@k, the
+          fraction with a \\boxed{} answer, mean length, fraction truncated.
+creative: semantic diversity, distinct-1/2, base log-prob per token, and a
+          judge's rating with --judge (their limits: creative.py).
+Both:     log-prob per token of the samples under the base model (adapter off).
+
+With --compare-base the base model (adapter off, same weights, same prompts,
+same seed) is evaluated in the same run. OUT/samples.jsonl holds every sample
+and its grade, written as they are made; OUT/summary.json the figures.
+The same measures run inside training with --eval-data / --eval-every
+(`policy_metrics`), written into metrics.jsonl as eval_* keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .checkpoint import check_writable
+from .config import MATH_SYSTEM_PROMPT, EvalConfig
+from .creative import distinct_n, judge_scores, load_embedder, semantic_diversity
+from .data import chat_stop_ids, encode_prompts, load_prompts
+from .errors import PowerflowError
+from .grading import grade_math, majority_correct, pass_at_k, pass_ks
+from .inference import generate_records
+from .metrics import mean
+from .model import load_adapter, load_base_model, load_tokenizer, resolve_device
+from .sampling import SamplingSettings
+
+SUMMARY, SAMPLES = "summary.json", "samples.jsonl"
+EVAL_SEED_OFFSET = 2**32  # training steps seed from (seed, step) below this: eval noise is its own stream
+Progress = Callable[[int, int, str], None]  # (completions done, completions in all, variant)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    rows: list[dict]  # row["prompt"]; row["answer"] (str or None) for math
+    prompt_ids: list[list[int]]
+    task: str  # "math" or "creative"
+    skipped: int = 0  # math rows dropped for want of a reference answer
+
+
+def load_eval_set(source: str, tokenizer, max_positions: int | None, task: str = "auto", prompt_field: str = "",
+                  answer_field: str = "", split: str = "", limit: int = 0, chat_template: str = "auto",
+                  system_prompt: str = "auto", max_new_tokens: int = 1024) -> EvalSet:
+    """Prompts (and reference answers) rendered and tokenized as training renders them."""
+    rows = load_prompts(source, prompt_field, split, None if task == "creative" else answer_field)
+    if task == "auto":
+        task = "math" if any(row.get("answer") for row in rows) else "creative"
+    skipped = 0
+    if task == "math":
+        kept = [row for row in rows if row.get("answer")]
+        skipped, rows = len(rows) - len(kept), kept
+        if not rows:
+            raise PowerflowError(f"--task math: no row of {source!r} has a reference answer "
+                                 "(name its field with --answer-field)")
+    rows = rows[:limit] if limit else rows
+    if system_prompt == "auto":
+        system_prompt = MATH_SYSTEM_PROMPT if task == "math" else ""
+    prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], chat_template, system_prompt,
+                                max_new_tokens, max_positions, source)
+    return EvalSet(rows, prompt_ids, task, skipped)
+
+
+def policy_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: SamplingSettings, seed: int,
+                   embed=None, rows_per_batch: int = 64) -> tuple[dict, list[dict]]:
+    """Sample, grade and summarise the model as it is (adapter on); the global RNG is left as it was."""
+    with torch.random.fork_rng(devices=_cuda_devices(model)):
+        torch.manual_seed(EVAL_SEED_OFFSET + seed)  # the same noise at every evaluation, apart from training's
+        records = list(generate_records(model, tokenizer, eval_set.prompt_ids, k, settings, rows_per_batch,
+                                        score_base=True))
+    return summarize(eval_set, records, k, embed), records
+
+
+def setup_training_eval(cfg, tokenizer, base, device: torch.device) -> tuple[EvalSet, object]:
+    """The eval set of --eval-data, prompted as training prompts (same template and system prompt), and an embedder."""
+    eval_set = load_eval_set(cfg.eval_data, tokenizer, getattr(base.config, "max_position_embeddings", None),
+                             cfg.eval_task, limit=cfg.eval_limit, chat_template=cfg.chat_template,
+                             system_prompt=cfg.system_prompt, max_new_tokens=cfg.max_new_tokens)
+    if eval_set.task == "creative" and cfg.eval_k < 2:
+        raise PowerflowError(f"--eval-data {cfg.eval_data!r} is creative: diversity needs --eval-k >= 2")
+    return eval_set, load_embedder("", device) if eval_set.task == "creative" else None
+
+
+def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: SamplingSettings, seed: int,
+                     embed=None, rows_per_batch: int = 64) -> dict:
+    """The eval_* keys of a metrics.jsonl row (metrics.EVAL_METRICS), measured on the policy as it is now."""
+    started = time.perf_counter()
+    summary, _ = policy_metrics(model, tokenizer, eval_set, k, settings, seed, embed, rows_per_batch)
+    keys = (["avg_at_k", "maj_at_k", "boxed_frac"] if eval_set.task == "math"
+            else ["diversity", "distinct_1", "distinct_2"]) + ["length_mean", "truncated_frac", "base_logp_per_token"]
+    row = {f"eval_{key}": summary[key] for key in keys if key in summary}
+    if eval_set.task == "math":
+        row["eval_pass_at_k"] = summary["pass_at"][str(k)]
+    row["time_eval"] = time.perf_counter() - started
+    return row
+
+
+def summarize(eval_set: EvalSet, records: list[dict], k: int, embed=None, judge=None) -> dict:
+    """The summary figures; grades each record in place (math: answer, boxed, correct)."""
+    by_prompt = [records[i * k:(i + 1) * k] for i in range(len(eval_set.rows))]
+    tokens = sum(r["tokens"] for r in records)
+    summary = {
+        "prompts": len(by_prompt),
+        "samples": len(records),
+        "length_mean": mean([r["tokens"] for r in records]),
+        "truncated_frac": mean([r["finish_reason"] == "length" for r in records]),
+        "base_logp_per_token": sum(r.get("logp_base", r["logp"]) for r in records) / max(tokens, 1),
+    }
+    if eval_set.task == "math":
+        summary.update(_math_summary(eval_set, by_prompt, k))
+    else:
+        summary.update(_creative_summary(eval_set, by_prompt, embed, judge))
+    return summary
+
+
+def _math_summary(eval_set: EvalSet, by_prompt: list[list[dict]], k: int) -> dict:
+    accuracy, passes, majority, boxed = [], {j: [] for j in pass_ks(k)}, [], []
+    for row, group in zip(eval_set.rows, by_prompt):
+        grades = [grade_math(r["completion"], row["answer"]) for r in group]
+        for record, grade in zip(group, grades):
+            record.update(reference=row["answer"], answer=grade.answer, boxed=grade.boxed, correct=grade.correct)
+        correct = sum(g.correct for g in grades)
+        accuracy.append(correct / k)
+        for j in passes:
+            passes[j].append(pass_at_k(k, correct, j))
+        majority.append(majority_correct([g.parsed for g in grades], [g.correct for g in grades]))
+        boxed += [g.boxed for g in grades]
+    spread = math.sqrt(sum((a - mean(accuracy)) ** 2 for a in accuracy) / max(len(accuracy) - 1, 1))
+    return {
+        "avg_at_k": mean(accuracy),
+        "avg_at_k_stderr": spread / math.sqrt(len(accuracy)),  # across prompts: how much another draw could move it
+        "pass_at": {str(j): mean(values) for j, values in passes.items()},
+        "maj_at_k": mean(majority),
+        "boxed_frac": mean(boxed),
+    }
+
+
+def _creative_summary(eval_set: EvalSet, by_prompt: list[list[dict]], embed, judge) -> dict:
+    summary = {
+        "distinct_1": mean([distinct_n([r["completion"] for r in group], 1) for group in by_prompt]),
+        "distinct_2": mean([distinct_n([r["completion"] for r in group], 2) for group in by_prompt]),
+    }
+    if embed is not None and len(by_prompt[0]) > 1:
+        summary["diversity"] = mean([semantic_diversity(embed([r["completion"] for r in group]))
+                                     for group in by_prompt])
+    if judge is not None:
+        model, tokenizer = judge
+        flat = [(row["prompt"], r) for row, group in zip(eval_set.rows, by_prompt) for r in group]
+        for (prompt, record), score in zip(flat, judge_scores(model, tokenizer, [p for p, _ in flat],
+                                                              [r["completion"] for _, r in flat])):
+            record["judge"] = score
+        summary["judge_score"] = mean([r["judge"] for _, r in flat])
+    return summary
+
+
+def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
+    """The whole `powerflow eval` run; returns the summary it writes to OUT/summary.json."""
+    out = _check_output(cfg)
+    device = resolve_device(cfg.device)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    model = load_base_model(cfg.model, cfg.quant, device, cfg.trust_remote_code)
+    if cfg.adapter:
+        model = load_adapter(model, cfg.adapter)
+    eval_set = load_eval_set(cfg.data, tokenizer, getattr(model.config, "max_position_embeddings", None), cfg.task,
+                             cfg.prompt_field, cfg.answer_field, cfg.split, cfg.limit, cfg.chat_template,
+                             cfg.system_prompt, cfg.max_new_tokens)
+    embed = load_embedder(cfg.embedder, device) if eval_set.task == "creative" else None
+    judge = None
+    if cfg.judge and eval_set.task == "creative":
+        judge = (load_base_model(cfg.judge, cfg.quant, device, cfg.trust_remote_code),
+                 load_tokenizer(cfg.judge, cfg.trust_remote_code))
+    settings = SamplingSettings(cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                stop_ids=tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
+    variants = (["base"] if cfg.compare_base else []) + ["adapter" if cfg.adapter else "base"]
+
+    _make_output(out, cfg.overwrite)
+    started = time.perf_counter()
+    results = {}
+    total = len(eval_set.rows) * cfg.k * len(variants)
+    done = 0
+    with (out / SAMPLES).open("x", encoding="utf-8") as handle:
+        for variant in variants:
+            torch.manual_seed(cfg.seed)  # both variants see the same noise
+            records = []
+            for record in generate_records(model, tokenizer, eval_set.prompt_ids, cfg.k, settings, cfg.batch_size,
+                                           adapter=variant == "adapter"):
+                prompt = eval_set.rows[record["prompt_index"]]["prompt"]
+                records.append({"variant": variant, **record, "prompt": prompt})
+                done += 1
+                if progress:
+                    progress(done, total, variant)
+            results[variant] = summarize(eval_set, records, cfg.k, embed, judge)
+            for record in records:  # graded by now
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+    summary = {"task": eval_set.task, "data": cfg.data, "k": cfg.k, "prompts": len(eval_set.rows),
+               "skipped_without_answer": eval_set.skipped, "seconds": time.perf_counter() - started,
+               "results": results, "config": dataclasses.asdict(cfg)}
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return summary
+
+
+def _check_output(cfg: EvalConfig) -> Path:
+    out = Path(cfg.output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise PowerflowError(f"--output {cfg.output!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not cfg.overwrite:
+            raise PowerflowError(f"output directory {cfg.output!r} already exists: pass --overwrite to replace it, "
+                                 "or choose another --output")
+        if not ((out / SUMMARY).exists() or (out / SAMPLES).exists()):
+            raise PowerflowError(f"--overwrite refused: {cfg.output!r} does not look like a powerflow eval output "
+                                 f"(no {SUMMARY} or {SAMPLES}), so nothing was deleted")
+    check_writable(out)
+    return out
+
+
+def _make_output(out: Path, overwrite: bool) -> None:
+    if overwrite and out.is_dir():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _cuda_devices(model) -> list[int]:
+    device = next(model.parameters()).device
+    return [device.index or 0] if device.type == "cuda" else []

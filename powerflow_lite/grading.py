@@ -1,0 +1,127 @@
+"""Math grading and the estimators `powerflow eval` reports: avg@k, pass@k, maj@k.
+
+    grade_math("... so the answer is \\boxed{0.5}", "\\frac{1}{2}")   # Grade(correct=True, answer='1/2', boxed=True)
+    pass_at_k(n=16, c=3, k=4)                                      # unbiased pass@4 from 16 samples, 3 right
+
+Answers are compared with Hugging Face's `math-verify` (the grader the PowerFlow
+paper and Open-R1 use): it extracts the last \\boxed{...} (or, failing that, the
+last LaTeX or plain expression), parses both sides with sympy and compares them
+symbolically, so 1/2, 0.5 and \\frac12 agree. A completion with no boxed answer is
+still graded from what math-verify can extract; `boxed` records whether the
+model followed the format, and the summary reports that fraction separately.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+
+from .errors import PowerflowError
+from .rewards import has_boxed
+
+INSTALL_HINT = "pip install math-verify (or pip install 'powerflow-lite[eval]')"
+
+
+@dataclass(frozen=True)
+class Grade:
+    correct: bool
+    answer: str | None  # the extracted final answer, as math-verify reads it; None when there is none
+    boxed: bool  # the completion holds a complete \boxed{...}
+    parsed: tuple = field(default=(), repr=False, compare=False)  # math-verify's parse, for maj@k's vote
+
+
+def _math_verify():
+    try:
+        import math_verify
+    except ImportError:
+        raise PowerflowError(f"--task math grades answers with math-verify: {INSTALL_HINT}") from None
+    return math_verify
+
+
+def _timeouts() -> dict:
+    """math-verify times its sympy work with signal.alarm, which only the main thread may use."""
+    if threading.current_thread() is threading.main_thread():
+        return {}
+    return {"parsing_timeout": None, "timeout_seconds": None}
+
+
+def parse_answer(text: str, reference: bool = False) -> list:
+    """math-verify's parse; a reference answer is bare LaTeX ("\\frac{1}{2}"), so it is read as $...$."""
+    mv = _math_verify()
+    timeouts = _timeouts()
+    parse_timeout = {"parsing_timeout": timeouts["parsing_timeout"]} if timeouts else {}
+    if reference and "$" not in text and "\\boxed" not in text:
+        parsed = mv.parse(f"${text}$", **parse_timeout)
+        if parsed:
+            return parsed
+    return mv.parse(text, **parse_timeout)
+
+
+def same_answer(gold: list, prediction: list) -> bool:
+    if not gold or not prediction:
+        return False
+    mv = _math_verify()
+    timeouts = _timeouts()
+    return bool(mv.verify(gold, prediction, **({"timeout_seconds": None} if timeouts else {})))
+
+
+def grade_math(completion: str, reference: str) -> Grade:
+    gold = parse_answer(reference, reference=True)
+    if not gold:
+        raise PowerflowError(f"math-verify cannot read the reference answer {reference!r}")
+    prediction = parse_answer(completion)
+    answer = str(prediction[-1]) if prediction else None  # math-verify returns [sympy value, source text]
+    return Grade(same_answer(gold, prediction), answer, has_boxed(completion), tuple(prediction))
+
+
+def last_boxed(text: str) -> str | None:
+    """The contents of the last complete \\boxed{...} in `text` (braces balanced), or None."""
+    start = text.rfind("\\boxed{")
+    while start != -1:
+        depth, i = 1, start + len("\\boxed{")
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            return text[start + len("\\boxed{"): i - 1].strip()
+        start = text.rfind("\\boxed{", 0, start)
+    return None
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k) (Chen et al., 2021)."""
+    if not 0 < k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass@k needs 0 < k <= n and 0 <= c <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    # The product form avoids huge binomials: C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i).
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def majority_correct(answers: list, correct: list[bool]) -> bool:
+    """maj@k: the most common final answer (equivalent forms count as one) is right.
+
+    `answers` are math-verify parses of the k samples (empty when a sample has none,
+    and those do not vote). Ties go to the answer seen first.
+    """
+    clusters: list[list[int]] = []  # sample indices per distinct answer
+    for index, parsed in enumerate(answers):
+        if not parsed:
+            continue
+        for cluster in clusters:
+            if same_answer(answers[cluster[0]], parsed):
+                cluster.append(index)
+                break
+        else:
+            clusters.append([index])
+    if not clusters:
+        return False
+    winner = max(clusters, key=len)  # max keeps the first of equal sizes
+    return correct[winner[0]]
+
+
+def pass_ks(k: int) -> list[int]:
+    """The k' at which pass@k' is reported: powers of two below k, and k itself."""
+    values = [2**i for i in range(int(math.log2(k)) + 1) if 2**i < k]
+    return values + [k]

@@ -1,0 +1,139 @@
+"""`powerflow plot OUT`: the training curves of a run as one PNG, for people who would rather look than read.
+
+    powerflow plot runs/powerflow                 # writes runs/powerflow/training.png
+    powerflow plot runs/powerflow --out a.png
+
+Panels: loss; log Z'(q) (mean ± std over the step's prompts); completion
+length (mean, min-max band, and the eval samples' mean); log-prob per token of
+the samples under the policy and the base; and, when the run evaluated with
+--eval-every, the eval figures against the step (step 0 is before training).
+Needs matplotlib: pip install 'powerflow-lite[plot]'.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .errors import PowerflowError
+
+EVAL_PANELS = [  # (title, keys): eval_* keys of metrics.jsonl, drawn where the run has them
+    ("eval: accuracy", ("eval_avg_at_k", "eval_pass_at_k", "eval_maj_at_k", "eval_boxed_frac")),
+    ("eval: semantic diversity (0-100)", ("eval_diversity",)),
+    ("eval: distinct-n", ("eval_distinct_1", "eval_distinct_2")),
+    ("eval: base log-prob / token", ("eval_base_logp_per_token",)),
+]
+
+
+def read_rows(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        raise PowerflowError(f"{str(run)!r} holds no metrics.jsonl: give a powerflow train output directory")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash: the rest of the file is still worth drawing
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    if not rows:
+        raise PowerflowError(f"{path} has no metric rows yet")
+    return rows
+
+
+def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of the rows that have a finite `key`."""
+    pairs = [(r["step"], float(r[key])) for r in rows
+             if isinstance(r.get(key), (int, float)) and math.isfinite(float(r[key]))]
+    return [s for s, _ in pairs], [v for _, v in pairs]
+
+
+def plot_run(run: str, out: str = "", overwrite: bool = False) -> Path:
+    """Draw the panels the run has data for; returns the PNG's path."""
+    directory = Path(run).expanduser()
+    rows = read_rows(directory)
+    target = Path(out).expanduser() if out else directory / "training.png"
+    if target.exists() and not overwrite:
+        raise PowerflowError(f"{target} exists: pass --overwrite to replace it, or --out another file")
+    if target.suffix.lower() != ".png":
+        raise PowerflowError(f"--out {str(target)!r}: powerflow plot writes PNG files (end the name in .png)")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display needed
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        raise PowerflowError("powerflow plot needs matplotlib: pip install 'powerflow-lite[plot]'") from None
+
+    panels = [p for p in _training_panels(rows) if p[1]] + [
+        (title, [(k.removeprefix("eval_"), *series(rows, k), "o-") for k in keys if series(rows, k)[0]])
+        for title, keys in EVAL_PANELS]
+    panels = [(title, lines) for title, lines in panels if lines]
+    columns = 2
+    figure_rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(figure_rows, columns, figsize=(11, 3.2 * figure_rows), squeeze=False)
+    for axis, (title, lines) in zip(axes.flat, panels):
+        for label, steps, values, style in lines:
+            if label.endswith(" band"):
+                axis.fill_between(steps, values[0], values[1], alpha=0.2, label=label.removesuffix(" band"))
+            else:
+                axis.plot(steps, values, style, label=label, markersize=3)
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("step")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        if len(lines) > 1:
+            axis.legend(fontsize=8)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.axis("off")
+    figure.suptitle(_title(directory), fontsize=11)
+    figure.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=110, metadata={"Software": "powerflow-lite"})
+    plt.close(figure)
+    return target
+
+
+def _training_panels(rows: list[dict]) -> list[tuple[str, list]]:
+    def band(low_key: str, high_key: str, label: str):
+        steps, low = series(rows, low_key)
+        _, high = series(rows, high_key)
+        return (label + " band", steps, (low, high), "") if steps and len(low) == len(high) else None
+
+    def mean_std(key: str, spread: str):
+        steps, mu = series(rows, key)
+        _, sd = series(rows, spread)
+        if not steps or len(sd) != len(mu):
+            return None
+        return ("± std band", steps, ([m - s for m, s in zip(mu, sd)], [m + s for m, s in zip(mu, sd)]), "")
+
+    def line(key: str, label: str, style: str = "-"):
+        steps, values = series(rows, key)
+        return (label, steps, values, style) if steps else None
+
+    panels = [
+        ("loss", [line("loss", "loss")]),
+        ("log Z'(q)", [line("log_z_mean", "mean"), mean_std("log_z_mean", "log_z_std")]),
+        ("completion length (tokens)", [line("length_mean", "mean"), band("length_min", "length_max", "min-max"),
+                                        line("eval_length_mean", "eval samples", "o--")]),
+        ("log-prob per token", [line("policy_logp_per_token", "policy"), line("base_logp_per_token", "base")]),
+    ]
+    return [(title, [entry for entry in lines if entry]) for title, lines in panels]
+
+
+def _title(directory: Path) -> str:
+    config = directory / "config.yaml"
+    if not config.is_file():
+        return str(directory)
+    import yaml
+
+    try:
+        saved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return str(directory)
+    return f"{directory}: {saved.get('model', '?')}, alpha={saved.get('alpha', '?')}, {saved.get('objective', '?')}"

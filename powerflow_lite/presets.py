@@ -1,0 +1,40 @@
+"""Named datasets from the PowerFlow paper: where each lives on the hub and which fields hold what.
+
+    powerflow train --prompts numina-cot --split "train[:18000]" ...   # the paper's training prompts
+    powerflow eval --data math500 -k 16 ...                            # MATH500, AIME25, AMC23 for evaluation
+
+A preset only names a hub dataset, its split and its fields; it loads through
+the same code as a local file, so `examples/data/*-sample.jsonl` (files with the
+same fields) exercise every preset's field mapping offline. The hub needs a
+network connection; where there is none, download the data elsewhere and pass
+the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    hub_id: str
+    split: str  # used unless --split names another
+    prompt_field: str
+    answer_field: str  # "solution" means a worked solution: the answer is its last \boxed{...}
+    about: str
+
+
+PRESETS: dict[str, Preset] = {
+    "numina-cot": Preset("AI-MO/NuminaMath-CoT", "train", "problem", "solution",
+                         "860k competition-style problems with worked solutions; the paper trains on 18k"),
+    "math500": Preset("HuggingFaceH4/MATH-500", "test", "problem", "answer",
+                      "500 problems from the MATH test set (the PRM800K subset)"),
+    "aime25": Preset("math-ai/aime25", "test", "problem", "answer",
+                     "the 30 problems of AIME 2025 (I and II); integer answers"),
+    "amc23": Preset("math-ai/amc23", "test", "question", "answer",
+                    "40 problems of AMC 2023; numeric answers"),
+}
+
+# Fields tried, in order, when the prompt or answer field is not named (local files and hub datasets alike).
+PROMPT_FIELDS = ("prompt", "problem", "question")
+ANSWER_FIELDS = ("answer", "solution")  # a "solution" is a worked solution: its last \boxed{...} is the answer
