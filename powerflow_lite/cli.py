@@ -104,7 +104,7 @@ DEMO = _extra("demo", bool, "--demo", default=False,
 @app.command(help="Fine-tune a LoRA adapter so the policy matches p_base(y|q)^alpha.")
 @with_config_flags(TrainConfig, extra=[CONFIG_FILE, DEMO])
 def train(config: str | None = None, demo: bool = False, **flags) -> None:
-    from .display import show_training
+    from .display import eval_text, show_training
     from .train import setup
     from .train import train as train_steps
 
@@ -125,6 +125,9 @@ def train(config: str | None = None, demo: bool = False, **flags) -> None:
         console.print(f"nothing to do: {run.out} is already at step {run.start_step} of {cfg.max_steps}",
                       markup=False)
         return
+    if "eval_before" in info and eval_text(last.metrics):
+        console.print(f"eval before training: {eval_text(info['eval_before'])}\n"
+                      f"eval after step {last.step}: {eval_text(last.metrics)}", markup=False)
     console.print(f"done: {last.step} steps; adapter in {run.out / 'adapter'}, metrics in "
                   f"{run.out / 'metrics.jsonl'}\ntry it: powerflow sample --model {cfg.model} "
                   f"--adapter {run.out / 'adapter'} --prompt \"...\"", markup=False)

@@ -35,12 +35,24 @@ ROWS = [  # (label, how to render the metrics row)
 ]
 
 
+def eval_text(m: dict) -> str:
+    """The eval figures of a metrics row in a few words ("" when the step did not evaluate)."""
+    if "eval_avg_at_k" in m:
+        return (f"avg@k {m['eval_avg_at_k']:.1%}  pass@k {m['eval_pass_at_k']:.1%}  maj@k {m['eval_maj_at_k']:.1%}  "
+                f"boxed {m['eval_boxed_frac']:.0%}")
+    if "eval_distinct_2" in m:
+        diversity = f"diversity {m['eval_diversity']:.1f}  " if "eval_diversity" in m else ""
+        return f"{diversity}distinct-2 {m['eval_distinct_2']:.3f}  base logp/token {m['eval_base_logp_per_token']:.3f}"
+    return ""
+
+
 def plain_line(result: StepResult) -> str:
     m = result.metrics
+    evaluated = f"\n  eval: {eval_text(m)}" if eval_text(m) else ""
     return (f"step {result.step}/{result.max_steps}  loss {m['loss']:.4g}  log_z {m['log_z_mean']:.3f}"
             f"±{m['log_z_std']:.3f}  len {m['length_mean']:.1f}  trunc {m['truncated_frac']:.0%}  "
             f"logp pi/base {m['policy_logp_per_token']:.3f}/{m['base_logp_per_token']:.3f}  "
-            f"grad {m['grad_norm']:.3g}  {m['sample_tokens_per_s']:.1f} tok/s")
+            f"grad {m['grad_norm']:.3g}  {m['sample_tokens_per_s']:.1f} tok/s{evaluated}")
 
 
 def _table(result: StepResult | None) -> Table:
@@ -52,6 +64,10 @@ def _table(result: StepResult | None) -> Table:
     if result and "peak_gpu_mem_gib" in result.metrics:
         table.add_row(Text("peak GPU memory"), Text(f"{result.metrics['peak_gpu_mem_gib']:.2f} GiB"))
     return table
+
+
+def _eval_panel(result: StepResult) -> Panel:
+    return Panel(Text(eval_text(result.metrics)), title=f"eval after step {result.step}", title_align="left")
 
 
 def _example_panel(result: StepResult) -> Panel:
@@ -80,6 +96,8 @@ def show_training(steps: Iterable[StepResult], console: Console, start_step: int
             progress.update(task, completed=last.step)
             if last.example:
                 live.console.print(_example_panel(last))
+            if eval_text(last.metrics):
+                live.console.print(_eval_panel(last))
             live.update(Group(progress, _table(last)))
     return last
 

@@ -183,7 +183,8 @@ def train(run: Run) -> Iterator[StepResult]:
     whole_groups = objective.grouped or batch_log_z
     last_saved = None
     if run.eval_set is not None and run.start_step == 0:  # where the curves start: the base model itself
-        run.metrics.write({"step": 0, **_evaluate(run, settings.stop_ids)})
+        run.info["eval_before"] = {"step": 0, **_evaluate(run, settings.stop_ids)}
+        run.metrics.write(run.info["eval_before"])
 
     for step in range(run.start_step, cfg.max_steps):
         seed_step(cfg.seed, step)

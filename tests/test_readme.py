@@ -3,8 +3,9 @@
 import re
 from pathlib import Path
 
-from powerflow_lite.config import MergeConfig, SampleConfig, TrainConfig, flag_name
-from powerflow_lite.metrics import METRICS
+from powerflow_lite.config import EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name
+from powerflow_lite.metrics import EVAL_METRICS, METRICS
+from powerflow_lite.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -24,14 +25,24 @@ def test_quick_start_is_two_commands_and_ci_runs_the_second():
 
 
 def test_every_documented_flag_exists():
-    flags = {flag_name(f.name) for cls in (TrainConfig, SampleConfig, MergeConfig)
+    flags = {flag_name(f.name) for cls in (TrainConfig, SampleConfig, MergeConfig, EvalConfig)
              for f in cls.__dataclass_fields__.values()}
     flags |= {"--no" + flag[1:] for flag in flags}  # every on/off option has a --no- form
-    flags |= {"--config", "--demo", "--json", "--help", "--no-deps"}
+    flags |= {"--config", "--demo", "--json", "--help", "--no-deps", "--out"}  # --out: also powerflow plot's
     flags |= set(re.findall(r'add_argument\("(--[a-z-]+)"', (ROOT / "examples" / "exact_alpha.py").read_text()))
     documented = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", README))
     assert documented - flags == set()
 
 
 def test_every_metric_is_documented():
-    assert all(f"`{key}`" in README for key in METRICS)
+    assert all(f"`{key}`" in README for key in {**METRICS, **EVAL_METRICS})
+
+
+def test_presets_table_matches_the_code():
+    # each preset's row names its hub id, split and fields exactly as presets.py loads them
+    rows = {line.split("|")[1].strip(" `"): line for line in README.splitlines() if line.startswith("| `")}
+    for name, preset in PRESETS.items():
+        cells = [cell.strip() for cell in rows[name].split("|")[1:-1]]
+        hub_id, split, prompt_field, answer_field = cells[1:5]
+        assert (hub_id, split, prompt_field) == (f"`{preset.hub_id}`", f"`{preset.split}`", f"`{preset.prompt_field}`")
+        assert answer_field.startswith(f"`{preset.answer_field}`")
