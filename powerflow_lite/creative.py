@@ -126,9 +126,10 @@ def judge_scores(judge, tokenizer, prompts: list[str], completions: list[str], b
     from .data import render_prompt, uses_chat_template
 
     digits = [tokenizer(str(r), add_special_tokens=False).input_ids for r in range(1, 10)]
-    if any(len(ids) != 1 for ids in digits):
-        raise PowerflowError("--judge: this tokenizer does not encode the digits 1-9 as single tokens")
-    digit_ids = torch.tensor([ids[0] for ids in digits])
+    ids = [d[0] for d in digits if len(d) == 1]
+    if len(set(ids)) != 9 or tokenizer.unk_token_id in ids:
+        raise PowerflowError("--judge: this tokenizer does not encode the digits 1-9 as nine single tokens")
+    digit_ids = torch.tensor(ids)
     templated = uses_chat_template(tokenizer, "auto")
     device = next(judge.parameters()).device
     ratings = torch.arange(1, 10, dtype=torch.float64)

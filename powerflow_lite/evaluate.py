@@ -13,7 +13,7 @@ With --compare-base the base model (adapter off, same weights, same prompts,
 same seed) is evaluated in the same run. OUT/samples.jsonl holds every sample
 and its grade, written as they are made; OUT/summary.json the figures.
 The same measures run inside training with --eval-data / --eval-every
-(`policy_metrics`), written into metrics.jsonl as eval_* keys.
+(`training_metrics`), written into metrics.jsonl as eval_* keys.
 """
 
 from __future__ import annotations
@@ -75,16 +75,6 @@ def load_eval_set(source: str, tokenizer, max_positions: int | None, task: str =
     return EvalSet(rows, prompt_ids, task, skipped)
 
 
-def policy_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: SamplingSettings, seed: int,
-                   embed=None, rows_per_batch: int = 64) -> tuple[dict, list[dict]]:
-    """Sample, grade and summarise the model as it is (adapter on); the global RNG is left as it was."""
-    with torch.random.fork_rng(devices=_cuda_devices(model)):
-        torch.manual_seed(EVAL_SEED_OFFSET + seed)  # the same noise at every evaluation, apart from training's
-        records = list(generate_records(model, tokenizer, eval_set.prompt_ids, k, settings, rows_per_batch,
-                                        score_base=True))
-    return summarize(eval_set, records, k, embed), records
-
-
 def setup_training_eval(cfg, tokenizer, base, device: torch.device) -> tuple[EvalSet, object]:
     """The eval set of --eval-data, prompted as training prompts (same template and system prompt), and an embedder."""
     eval_set = load_eval_set(cfg.eval_data, tokenizer, getattr(base.config, "max_position_embeddings", None),
@@ -99,7 +89,10 @@ def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: Samp
                      embed=None, rows_per_batch: int = 64) -> dict:
     """The eval_* keys of a metrics.jsonl row (metrics.EVAL_METRICS), measured on the policy as it is now."""
     started = time.perf_counter()
-    summary, _ = policy_metrics(model, tokenizer, eval_set, k, settings, seed, embed, rows_per_batch)
+    with torch.random.fork_rng(devices=_cuda_devices(model)):  # training's random draws stay as they were
+        torch.manual_seed(EVAL_SEED_OFFSET + seed)  # the same noise at every evaluation: changes come from the model
+        records = list(generate_records(model, tokenizer, eval_set.prompt_ids, k, settings, rows_per_batch))
+    summary = summarize(eval_set, records, k, embed)
     keys = (["avg_at_k", "maj_at_k", "boxed_frac"] if eval_set.task == "math"
             else ["diversity", "distinct_1", "distinct_2"]) + ["length_mean", "truncated_frac", "base_logp_per_token"]
     row = {f"eval_{key}": summary[key] for key in keys if key in summary}

@@ -1,12 +1,14 @@
 """Math grading and the estimators `powerflow eval` reports: avg@k, pass@k, maj@k.
 
-    grade_math("... so the answer is \\boxed{0.5}", "\\frac{1}{2}")   # Grade(correct=True, answer='1/2', boxed=True)
+    grade_math("... so the answer is \\boxed{0.5}", "\\frac{1}{2}")   # Grade(correct=True, answer='\\frac{1}{2}', ...)
     pass_at_k(n=16, c=3, k=4)                                      # unbiased pass@4 from 16 samples, 3 right
 
 Answers are compared with Hugging Face's `math-verify` (the grader the PowerFlow
 paper and Open-R1 use): it extracts the last \\boxed{...} (or, failing that, the
 last LaTeX or plain expression), parses both sides with sympy and compares them
-symbolically, so 1/2, 0.5 and \\frac12 agree. A completion with no boxed answer is
+symbolically, so 1/2, 0.5 and \\frac12 agree. Two boxes close together ("\\boxed{3},
+\\boxed{5}") are read as one answer, the set {3, 5}. `answer` is math-verify's
+reading (0.5 comes back as \\frac{1}{2}). A completion with no boxed answer is
 still graded from what math-verify can extract; `boxed` records whether the
 model followed the format, and the summary reports that fraction separately.
 """
@@ -63,7 +65,8 @@ def same_answer(gold: list, prediction: list) -> bool:
         return False
     mv = _math_verify()
     timeouts = _timeouts()
-    return bool(mv.verify(gold, prediction, **({"timeout_seconds": None} if timeouts else {})))
+    # verify() takes lists (a tuple would be wrapped as one opaque item and never match)
+    return bool(mv.verify(list(gold), list(prediction), **({"timeout_seconds": None} if timeouts else {})))
 
 
 def grade_math(completion: str, reference: str) -> Grade:
