@@ -75,16 +75,18 @@ def _first_present(record: dict, names: tuple[str, ...], what: str, flag: str, p
 def _attach_answers(rows: list[dict], records: list, field: str, path: Path) -> None:
     """row["answer"]: the field's text, or for a worked solution the last \\boxed{...} in it.
 
-    An empty `field` takes the first of ANSWER_FIELDS the data has; with none, every answer is None.
+    An empty `field` takes the first of ANSWER_FIELDS that any row has, and rows
+    without it get None; a named field must be in every row.
     """
     from .grading import last_boxed
 
-    field = field or next((name for name in ANSWER_FIELDS if name in records[0][1]), "")
+    named = bool(field)
+    field = field or next((name for name in ANSWER_FIELDS if any(name in record for _, record in records)), "")
     for row, (n, record) in zip(rows, records):
-        if field and field not in record:
+        if named and field not in record:
             raise PowerflowError(f"{path}:{n}: no {field!r} field for the reference answer "
                                  f"(fields: {', '.join(map(str, record))}; pick one with --answer-field)")
-        value = record[field] if field else None
+        value = record.get(field) if field else None
         text = None if value is None else str(value).strip()
         row["answer"] = (last_boxed(text) if field == "solution" else text) if text else None
 

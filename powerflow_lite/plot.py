@@ -74,6 +74,8 @@ def plot_run(run: str, out: str = "", overwrite: bool = False) -> Path:
         (title, [(k.removeprefix("eval_"), *series(rows, k), "o-") for k in keys if series(rows, k)[0]])
         for title, keys in EVAL_PANELS]
     panels = [(title, lines) for title, lines in panels if lines]
+    if not panels:
+        raise PowerflowError(f"{directory / 'metrics.jsonl'} has no finite values to draw yet")
     columns = 2
     figure_rows = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(figure_rows, columns, figsize=(11, 3.2 * figure_rows), squeeze=False)

@@ -225,3 +225,12 @@ def test_chat_stop_ids_find_the_end_of_turn_token(tiny_model_dir):
     assert chat_stop_ids(tokenizer) == []
     tokenizer.chat_template = None
     assert chat_stop_ids(tokenizer) == []
+
+
+def test_answer_field_is_found_in_any_row_and_missing_answers_are_none(tmp_path):
+    # the first row has no answer: the field still comes from the rows that do
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"problem": "A"}), json.dumps({"problem": "B", "answer": 2}),
+                                              json.dumps({"problem": "C", "answer": None})])
+    assert [row["answer"] for row in load_prompts(str(path), answer_field="")] == [None, "2", None]
+    with pytest.raises(PowerflowError, match=r"p.jsonl:1: no 'answer' field"):
+        load_prompts(str(path), answer_field="answer")  # a field named by the user must be in every row

@@ -1,0 +1,500 @@
+"""`powerflow eval` and eval during training: presets and loaders, grades recomputed by hand, --compare-base, errors.
+
+The end-to-end tests use a digit model (vocabulary: pad, im_start, EOS and the
+characters 0-9) so that a one-token completion is a single digit and every
+grade can be recomputed here without math-verify.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from powerflow_lite.cli import main
+from powerflow_lite.config import MATH_SYSTEM_PROMPT
+from powerflow_lite.data import load_prompts
+from powerflow_lite.errors import PowerflowError
+from powerflow_lite.evaluate import EVAL_SEED_OFFSET, load_eval_set
+from powerflow_lite.metrics import EVAL_METRICS, read_metrics
+from powerflow_lite.tiny import build_tokenizer, write_tiny_model
+
+DATA = Path(__file__).resolve().parent.parent / "examples" / "data"
+PROMPTS = ["12", "345", "6789", "0", "55"]  # digits only: every character is a token of the digit model
+DIGIT_SETTINGS = ["--quant", "none", "--chat-template", "none", "--system-prompt", ""]
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_jsonl(path, rows) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def run_cli(capsys, args) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def snapshot(directory: Path) -> dict:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+# --- presets: the hub id, split and fields of each, with datasets.load_dataset faked by the sample files
+
+PRESET_CASES = {  # preset: (sample file, hub id, split, prompt field)
+    "math500": ("math500-sample.jsonl", "HuggingFaceH4/MATH-500", "test", "problem"),
+    "aime25": ("aime25-sample.jsonl", "math-ai/aime25", "test", "problem"),
+    "amc23": ("amc23-sample.jsonl", "math-ai/amc23", "test", "question"),
+    "numina-cot": ("numina-cot-sample.jsonl", "AI-MO/NuminaMath-CoT", "train", "problem"),
+}
+# The last \boxed{...} of each worked solution in numina-cot-sample.jsonl, read off the file by hand.
+NUMINA_ANSWERS = ["3", "155", "8", "14", "-3", "25\\pi", "62", "8\\sqrt{2}"]
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """datasets.load_dataset returning the sample file of the hub id asked for; records every call."""
+    import datasets
+
+    files = {hub_id: DATA / sample for sample, hub_id, _, _ in PRESET_CASES.values()}
+    calls = []
+
+    def load_dataset(name, split=None, **kwargs):
+        calls.append((name, split))
+        return datasets.Dataset.from_list(read_jsonl(files[name]))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+@pytest.mark.parametrize("preset", list(PRESET_CASES))
+def test_preset_loads_its_hub_dataset_and_maps_fields(fake_hub, preset):
+    sample, hub_id, split, prompt_field = PRESET_CASES[preset]
+    raw = read_jsonl(DATA / sample)
+    rows = load_prompts(preset, answer_field="")
+    assert fake_hub == [(hub_id, split)]
+    assert [row["prompt"] for row in rows] == [record[prompt_field] for record in raw]
+    if preset == "numina-cot":
+        assert [row["answer"] for row in rows] == NUMINA_ANSWERS
+    else:
+        assert [row["answer"] for row in rows] == [str(record["answer"]) for record in raw]
+    assert all(set(record) <= set(row) for record, row in zip(raw, rows))  # the dataset's own fields are kept
+
+
+def test_amc23_float_answer_is_written_out(fake_hub):
+    assert read_jsonl(DATA / "amc23-sample.jsonl")[0]["answer"] == 3.0  # the hub's type: a float
+    assert load_prompts("amc23", answer_field="")[0]["answer"] == "3.0"
+
+
+def test_explicit_split_wins_over_the_presets(fake_hub):
+    load_prompts("math500", split="test[:3]", answer_field="")
+    load_prompts("numina-cot", split="train[:18000]")
+    assert fake_hub == [("HuggingFaceH4/MATH-500", "test[:3]"), ("AI-MO/NuminaMath-CoT", "train[:18000]")]
+
+
+def test_eval_cli_reads_a_preset_through_the_hub(fake_hub, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, ["eval", "--model", tiny_model_dir, "--data", "amc23", "--split", "test[:5]",
+                                    "-k", "1", "--max-new-tokens", "2", "--quant", "none", "--output", out])
+    assert (code, err) == (0, "")
+    assert fake_hub == [("math-ai/amc23", "test[:5]")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["task"], summary["prompts"]) == ("math", 5)  # answers found, so task auto is math
+    samples = read_jsonl(out / "samples.jsonl")
+    assert [s["reference"] for s in samples] == ["3.0", "22.0", "12.0", "60.0", "5.0"]
+    assert samples[0]["prompt"] == read_jsonl(DATA / "amc23-sample.jsonl")[0]["question"]
+
+
+def test_unreachable_hub_dataset_is_one_error_line(monkeypatch, tiny_model_dir, tmp_path, capsys):
+    import datasets
+
+    def offline(name, split=None, **kwargs):
+        raise ConnectionError("Couldn't reach 'HuggingFaceH4/MATH-500' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    code, _, err = run_cli(capsys, ["eval", "--model", tiny_model_dir, "--data", "math500", "--quant", "none",
+                                    "--output", tmp_path / "out"])
+    assert code == 2 and "'HuggingFaceH4/MATH-500' is neither a prompt file nor a reachable dataset" in \
+        one_error_line(err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_preset_without_answer_field_gives_prompts_only(fake_hub):
+    """Training reads a preset for its prompts: no answer key is added."""
+    rows = load_prompts("numina-cot")
+    assert len(rows) == 8 and all("answer" not in row for row in rows)
+
+
+# --- local files
+
+
+def test_jsonl_csv_and_parquet_math_samples_give_the_same_pairs():
+    pairs = {}
+    for name in ("math500-sample.jsonl", "math-sample.csv", "math-sample.parquet"):
+        rows = load_prompts(str(DATA / name), answer_field="")
+        pairs[name] = [(row["prompt"], row["answer"]) for row in rows]
+    assert len(pairs["math500-sample.jsonl"]) == 12
+    assert pairs["math-sample.csv"] == pairs["math500-sample.jsonl"]
+    assert pairs["math-sample.parquet"] == pairs["math500-sample.jsonl"]
+    assert pairs["math500-sample.jsonl"][2] == ("What is $\\frac{1}{2} + \\frac{1}{4}$?", "\\frac{3}{4}")
+
+
+@pytest.mark.parametrize("record, prompt, answer", [
+    ({"prompt": "P", "problem": "X", "answer": "1", "solution": "\\boxed{2}"}, "P", "1"),  # first of each list
+    ({"problem": "X", "solution": "first \\boxed{\\frac{1}{2}}, at last \\boxed{7}."}, "X", "7"),  # last boxed
+    ({"problem": "X", "solution": "\\boxed{\\frac{1}{2}}"}, "X", "\\frac{1}{2}"),  # braces balanced
+    ({"question": "Q", "answer": 5}, "Q", "5"),
+    ({"question": "Q", "answer": "  -2 "}, "Q", "-2"),
+    ({"question": "Q"}, "Q", None),  # no answer field at all
+    ({"question": "Q", "answer": ""}, "Q", None),
+    ({"question": "Q", "solution": "no box here"}, "Q", None),
+])
+def test_prompt_and_answer_fields_are_detected(tmp_path, record, prompt, answer):
+    path = write_jsonl(tmp_path / "p.jsonl", [record])
+    [row] = load_prompts(str(path), answer_field="")
+    assert (row["prompt"], row["answer"]) == (prompt, answer)
+
+
+def test_named_answer_field_wins_over_detection(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"problem": "X", "answer": "1", "final": "2"}])
+    assert load_prompts(str(path), answer_field="final")[0]["answer"] == "2"
+
+
+def test_missing_named_answer_field_names_file_and_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"problem": "A", "final": "1"}) + "\n\n" + json.dumps({"problem": "B"}) + "\n")
+    with pytest.raises(PowerflowError) as caught:
+        load_prompts(str(path), answer_field="final")
+    assert str(caught.value).startswith(f"{path}:3: no 'final' field")  # line 3: the blank line 2 counts
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer():
+    return build_tokenizer(chat_template=True)
+
+
+@pytest.mark.parametrize("name, task, rows", [
+    ("math500-sample.jsonl", "math", 12), ("aime25-sample.jsonl", "math", 5), ("amc23-sample.jsonl", "math", 5),
+    ("math-sample.csv", "math", 12), ("math-sample.parquet", "math", 12), ("numina-cot-sample.jsonl", "math", 8),
+    ("creative-sample.jsonl", "creative", 8),
+])
+def test_task_auto_follows_the_reference_answers(chat_tokenizer, name, task, rows):
+    eval_set = load_eval_set(str(DATA / name), chat_tokenizer, None)
+    assert (eval_set.task, eval_set.skipped, len(eval_set.rows), len(eval_set.prompt_ids)) == (task, 0, rows, rows)
+    rendered = chat_tokenizer.decode(eval_set.prompt_ids[0])
+    # system prompt auto: the paper's for math, none for creative writing
+    assert (MATH_SYSTEM_PROMPT in rendered) == (task == "math")
+    assert eval_set.rows[0]["prompt"] in rendered
+
+
+def test_math_rows_without_answer_are_skipped_and_counted(tmp_path, chat_tokenizer):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"problem": "A", "answer": "1"}, {"problem": "B", "answer": None},
+                                              {"problem": "C", "answer": "3"}, {"problem": "D", "answer": ""}])
+    eval_set = load_eval_set(str(path), chat_tokenizer, None, limit=1)
+    assert (eval_set.task, eval_set.skipped) == ("math", 2)
+    assert [(row["prompt"], row["answer"]) for row in eval_set.rows] == [("A", "1")]  # limit after skipping
+
+
+# --- end to end on the digit model: every figure recomputed from samples.jsonl
+
+
+@pytest.fixture(scope="module")
+def digit_model(tmp_path_factory):
+    """Peaky next-token distributions (logit_scale 8), so some digits are far likelier than others."""
+    return write_tiny_model(tmp_path_factory.mktemp("digits") / "model", hidden_size=32, num_layers=2, seed=0,
+                            chat_template=False, alphabet="0123456789", logit_scale=8.0)
+
+
+def load_base(model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir).get_vocab()
+
+
+def test_math_eval_grades_and_figures_recomputed(digit_model, tmp_path, capsys):
+    # References: the most likely digit after the prompt for the first three prompts (mostly right), the least
+    # likely one for the last two (mostly wrong). Computed here with transformers, not with powerflow.
+    model, vocab = load_base(digit_model)
+    digit_ids = [vocab[d] for d in "0123456789"]
+    references = []
+    with torch.no_grad():
+        for n, prompt in enumerate(PROMPTS):
+            probs = model(torch.tensor([[vocab[c] for c in prompt]])).logits[0, -1, digit_ids]
+            references.append(str(int(probs.argmax() if n < 3 else probs.argmin())))
+    data = write_jsonl(tmp_path / "p.jsonl", [{"problem": p, "answer": a} for p, a in zip(PROMPTS, references)])
+    out = tmp_path / "out"
+    k = 8
+    code, printed, err = run_cli(capsys, ["eval", "--model", digit_model, "--data", data, "-k", k,
+                                          "--max-new-tokens", "1", *DIGIT_SETTINGS, "--output", out])
+    assert (code, err) == (0, "")
+    assert "avg@8" in printed
+
+    samples = read_jsonl(out / "samples.jsonl")
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["prompt"] for s in samples] == [p for p in PROMPTS for _ in range(k)]
+    assert [s["sample"] for s in samples] == list(range(k)) * len(PROMPTS)
+    for s, reference in zip(samples, [r for r in references for _ in range(k)]):
+        assert s["variant"] == "base" and s["reference"] == reference and s["tokens"] == 1
+        assert s["correct"] == (s["completion"].strip() == reference), s
+        assert s["boxed"] is False
+    correct = [s["correct"] for s in samples]
+    assert any(correct) and not all(correct)  # the grades below are not all one value
+
+    result = summary["results"]["base"]
+    per_prompt = [samples[i * k:(i + 1) * k] for i in range(len(PROMPTS))]
+    counts = [sum(s["correct"] for s in group) for group in per_prompt]
+    assert result["avg_at_k"] == pytest.approx(sum(correct) / len(correct), abs=1e-12)
+    assert set(result["pass_at"]) == {"1", "2", "4", "8"}
+    for j, value in result["pass_at"].items():
+        expected = sum(1 - math.comb(k - c, int(j)) / math.comb(k, int(j)) for c in counts) / len(counts)
+        assert value == pytest.approx(expected, abs=1e-12), j
+
+    def majority_right(group, reference):  # digits vote; empty completions (EOS, specials) do not
+        votes = Counter(s["completion"].strip() for s in group if s["completion"].strip())
+        if not votes:
+            return False
+        top = max(votes.values())
+        winner = next(s["completion"].strip() for s in group if votes.get(s["completion"].strip()) == top)
+        return winner == reference
+
+    majority = [majority_right(group, reference) for group, reference in zip(per_prompt, references)]
+    assert result["maj_at_k"] == pytest.approx(sum(majority) / len(majority), abs=1e-12)
+    assert 0 < result["maj_at_k"] < 1  # both outcomes occur, so the vote is really checked
+    assert (result["boxed_frac"], result["length_mean"], result["prompts"], result["samples"]) == (0, 1, 5, 40)
+    assert result["truncated_frac"] == pytest.approx(sum(s["finish_reason"] == "length" for s in samples) / 40)
+    assert (summary["task"], summary["k"], summary["prompts"], summary["skipped_without_answer"]) == ("math", 8, 5, 0)
+
+
+# --- training runs shared by --compare-base and eval during training
+
+TRAIN_STEPS = 3
+
+
+def train_args(model_dir, prompts, output, *extra):
+    return ["train", "--model", model_dir, "--alpha", "2", "--prompts", prompts, "--output", output,
+            "--max-steps", TRAIN_STEPS, "--prompts-per-step", "2", "--samples-per-prompt", "2",
+            "--max-new-tokens", "3", "--lr", "1e-2", "--warmup-steps", "0", "--save-every", "0", "--show-every", "0",
+            "--quant", "none", "--chat-template", "none", *extra]
+
+
+@pytest.fixture(scope="module")
+def runs(digit_model, tmp_path_factory):
+    """The same seed twice: with eval every 2 steps and without; returns (problems, eval run, plain run)."""
+    root = tmp_path_factory.mktemp("train")
+    problems = write_jsonl(root / "problems.jsonl", [{"problem": p, "answer": p[-1]} for p in PROMPTS])
+    with_eval, plain = root / "with-eval", root / "plain"
+    assert main([str(a) for a in train_args(digit_model, problems, with_eval, "--eval-data", problems,
+                                            "--eval-every", "2", "--eval-k", "2", "--eval-limit", "4")]) == 0
+    assert main([str(a) for a in train_args(digit_model, problems, plain)]) == 0
+    return problems, with_eval, plain
+
+
+def completion_logp(model, prompt_ids: list[int], completion_ids: list[int]) -> float:
+    """Teacher-forced sum of log p(completion token | prompt, earlier completion tokens)."""
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logps = model(ids).logits[0].float().log_softmax(-1)  # [P+L, V]
+    start = len(prompt_ids) - 1  # the position that predicts the first completion token
+    return sum(logps[start + t, token].item() for t, token in enumerate(completion_ids))
+
+
+def test_compare_base_scores_with_the_adapter_off(runs, digit_model, tmp_path, capsys):
+    from peft import PeftModel
+
+    problems, _, run = runs
+    k = 4
+    out, base_out = tmp_path / "compare", tmp_path / "base-only"
+    code, printed, err = run_cli(capsys, ["eval", "--run", run, "--data", problems, "-k", k, "--compare-base",
+                                          "--output", out])
+    assert (code, err) == (0, "")
+    header = next(line for line in printed.splitlines() if "base" in line and "adapter" in line)
+    assert "change" in header
+
+    summary = json.loads((out / "summary.json").read_text())
+    config = summary["config"]  # --run filled in the model, adapter and the run's prompt format
+    assert (config["model"], config["adapter"]) == (str(digit_model), str(run / "adapter"))
+    assert (config["quant"], config["chat_template"], config["system_prompt"], config["max_new_tokens"]) == \
+           ("none", "none", "", 3)
+    assert list(summary["results"]) == ["base", "adapter"]
+    samples = read_jsonl(out / "samples.jsonl")
+    base = [s for s in samples if s["variant"] == "base"]
+    adapted = [s for s in samples if s["variant"] == "adapter"]
+    assert len(base) == len(adapted) == k * len(PROMPTS) and len(samples) == 2 * k * len(PROMPTS)
+    assert all("logp_base" not in s for s in base)  # the base's own log-prob is its base score
+
+    # The base variant is what the base model alone samples with the same seed and settings.
+    code, _, err = run_cli(capsys, ["eval", "--model", digit_model, "--data", problems, "-k", k,
+                                    "--max-new-tokens", "3", *DIGIT_SETTINGS, "--output", base_out])
+    assert (code, err) == (0, "")
+    alone = read_jsonl(base_out / "samples.jsonl")
+    assert [s["completion"] for s in alone] == [s["completion"] for s in base]
+    assert [s["logp"] for s in alone] == pytest.approx([s["logp"] for s in base], abs=1e-5)
+
+    # The adapter variant's logp_base is the base model's log-prob of the same text, recomputed here.
+    model, vocab = load_base(digit_model)
+    adapter_model = PeftModel.from_pretrained(load_base(digit_model)[0], run / "adapter").eval()
+    checked = 0
+    for s in adapted:
+        completion_ids = [vocab[c] for c in s["completion"]] + ([vocab["<|im_end|>"]] if s["finish_reason"] == "eos"
+                                                                  else [])
+        if len(completion_ids) != s["tokens"]:  # a special token was sampled and dropped from the text
+            continue
+        prompt_ids = [vocab[c] for c in s["prompt"]]
+        assert s["logp_base"] == pytest.approx(completion_logp(model, prompt_ids, completion_ids), abs=1e-4)
+        assert s["logp"] == pytest.approx(completion_logp(adapter_model, prompt_ids, completion_ids), abs=1e-4)
+        checked += 1
+    assert checked >= len(adapted) // 2
+    assert max(abs(s["logp"] - s["logp_base"]) for s in adapted) > 1e-3  # the adapter really moved the model
+
+
+# --- bad input: one error line, exit code 2, nothing written
+
+
+def one_error_line(err: str) -> str:
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--compare-base"], "--compare-base compares the adapter with the base"),
+    (["-k", "0"], "-k must be > 0"),
+    (["--task", "creative", "-k", "1"], "needs -k >= 2"),
+    (["--data", "/nonexistent/problems.jsonl"], "not found"),
+    (["--data", str(DATA / "creative-sample.jsonl"), "--task", "math"], "no row of"),
+    (["--data", str(DATA / "math500-sample.jsonl"), "--answer-field", "final"], "math500-sample.jsonl:1: no 'final'"),
+    (["--task", "poetry"], "--task 'poetry' is not one of"),
+])
+def test_bad_eval_input_is_one_line_and_exit_2(digit_model, tmp_path, capsys, extra, message):
+    data = write_jsonl(tmp_path / "p.jsonl", [{"problem": "12", "answer": "3"}])
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, ["eval", "--model", digit_model, "--data", data, "-k", "2", "--max-new-tokens",
+                                    "1", *DIGIT_SETTINGS, "--output", out, *extra])
+    assert code == 2 and message in one_error_line(err)
+    assert not out.exists()
+
+
+def test_run_that_is_not_a_training_output_is_refused(digit_model, tmp_path, capsys):
+    (tmp_path / "not-a-run").mkdir()
+    code, _, err = run_cli(capsys, ["eval", "--run", tmp_path / "not-a-run", "--data", DATA / "aime25-sample.jsonl",
+                                    "--output", tmp_path / "out"])
+    assert code == 2 and "--run" in one_error_line(err) and "no config.yaml" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def eval_output(digit_model, tmp_path, capsys):
+    """A finished eval output; returns a function that runs eval into it with extra flags."""
+    data = write_jsonl(tmp_path / "p.jsonl", [{"problem": p, "answer": "1"} for p in PROMPTS[:2]])
+    out = tmp_path / "out"
+
+    def run(*extra):
+        return run_cli(capsys, ["eval", "--model", digit_model, "--data", data, "-k", "2", "--max-new-tokens", "2",
+                                *DIGIT_SETTINGS, "--output", out, *extra])
+
+    assert run()[0] == 0
+    return out, run
+
+
+def test_existing_eval_output_needs_overwrite_and_is_then_replaced(eval_output):
+    out, run = eval_output
+    (out / "notes.txt").write_text("stale")
+    before = snapshot(out)
+    code, _, err = run("--seed", "7")
+    assert code == 2 and "--overwrite" in one_error_line(err)
+    assert snapshot(out) == before
+    code, _, err = run("--seed", "7", "--overwrite")
+    assert (code, err) == (0, "")
+    assert sorted(p.name for p in out.iterdir()) == ["samples.jsonl", "summary.json"]  # the stale file went
+    assert json.loads((out / "summary.json").read_text())["config"]["seed"] == 7
+    assert len(read_jsonl(out / "samples.jsonl")) == 4
+
+
+def test_overwrite_never_deletes_a_directory_eval_did_not_write(digit_model, tmp_path, capsys):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    args = ["eval", "--model", digit_model, "--data", DATA / "aime25-sample.jsonl", "-k", "2", *DIGIT_SETTINGS,
+            "--output", precious]
+    code, _, err = run_cli(capsys, args)
+    assert code == 2 and "already exists" in one_error_line(err)
+    code, _, err = run_cli(capsys, [*args, "--overwrite"])
+    assert code == 2 and "does not look like a powerflow eval output" in one_error_line(err)
+    assert snapshot(precious) == {"thesis.tex": b"years of work"}
+
+
+def test_output_that_is_a_file_is_refused(digit_model, tmp_path, capsys):
+    target = tmp_path / "out"
+    target.write_text("keep")
+    code, _, err = run_cli(capsys, ["eval", "--model", digit_model, "--data", DATA / "aime25-sample.jsonl",
+                                    *DIGIT_SETTINGS, "--output", target, "--overwrite"])
+    assert code == 2 and "not a directory" in one_error_line(err)
+    assert target.read_text() == "keep"
+
+
+# --- eval during training
+
+
+MATH_EVAL_KEYS = {key for key, text in EVAL_METRICS.items() if not text.startswith("creative:")}
+
+
+def test_eval_rows_in_metrics_jsonl(runs):
+    _, with_eval, _ = runs
+    rows = read_metrics(with_eval / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [0, 1, 2, 3]
+    assert MATH_EVAL_KEYS == {"eval_avg_at_k", "eval_pass_at_k", "eval_maj_at_k", "eval_boxed_frac",
+                              "eval_length_mean", "eval_truncated_frac", "eval_base_logp_per_token", "time_eval"}
+    assert set(rows[0]) == {"step"} | MATH_EVAL_KEYS  # before training: the eval alone
+    assert not any(key.startswith("eval_") or key == "time_eval" for key in rows[1])  # 1 is not a multiple of 2
+    for row in rows[2:]:  # step 2 (every 2) and step 3 (the last)
+        assert MATH_EVAL_KEYS <= set(row) and "loss" in row
+        assert not set(row) & {"eval_diversity", "eval_distinct_1", "eval_distinct_2"}
+    for row in (rows[0], *rows[2:]):
+        assert 0 <= row["eval_avg_at_k"] <= row["eval_pass_at_k"] <= 1
+        assert 1 <= row["eval_length_mean"] <= 3 and row["eval_base_logp_per_token"] < 0 and row["time_eval"] > 0
+
+
+def test_eval_does_not_perturb_training(runs):
+    _, with_eval, plain = runs
+    evaluated = [row for row in read_metrics(with_eval / "metrics.jsonl") if row["step"] > 0]
+    reference = read_metrics(plain / "metrics.jsonl")
+    assert [row["step"] for row in reference] == [1, 2, 3]
+    for key in ("loss", "log_z_mean", "residual_mean", "length_mean", "policy_logp_per_token", "base_logp_per_token",
+                "grad_norm"):
+        assert [row[key] for row in evaluated] == [row[key] for row in reference], key
+
+
+def test_step_0_eval_is_what_powerflow_eval_measures_on_the_base(runs, digit_model, tmp_path, capsys):
+    """Same prompts, template, k, limit, batch and noise stream: the same samples, so the same figures."""
+    problems, with_eval, _ = runs
+    saved = yaml.safe_load((with_eval / "config.yaml").read_text())
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, [
+        "eval", "--model", digit_model, "--data", problems, "-k", saved["eval_k"], "--limit", saved["eval_limit"],
+        "--max-new-tokens", saved["max_new_tokens"], *DIGIT_SETTINGS,
+        "--batch-size", saved["prompts_per_step"] * saved["samples_per_prompt"],
+        "--seed", EVAL_SEED_OFFSET + saved["seed"], "--output", out])
+    assert (code, err) == (0, "")
+    result = json.loads((out / "summary.json").read_text())["results"]["base"]
+    step0 = read_metrics(with_eval / "metrics.jsonl")[0]
+    for key in ("avg_at_k", "maj_at_k", "boxed_frac", "length_mean", "truncated_frac"):
+        assert step0[f"eval_{key}"] == result[key], key
+    assert step0["eval_pass_at_k"] == result["pass_at"][str(saved["eval_k"])]
+    assert step0["eval_base_logp_per_token"] == pytest.approx(result["base_logp_per_token"], abs=1e-5)
+
+
+def test_eval_data_without_eval_every_is_refused(digit_model, tmp_path, capsys):
+    problems = write_jsonl(tmp_path / "p.jsonl", [{"problem": "12", "answer": "3"}])
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, train_args(digit_model, problems, out, "--eval-data", problems))
+    assert code == 2 and "--eval-every" in one_error_line(err)
+    assert not out.exists()
