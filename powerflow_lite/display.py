@@ -116,7 +116,9 @@ def eval_rows(summary: dict) -> list[tuple[str, str, callable]]:
         rows += [(f"pass@{j}", f"pass_at.{j}", _percent) for j in some["pass_at"]]
         rows += [(f"maj@{k}", "maj_at_k", _percent), ("with \\boxed{} answer", "boxed_frac", _percent)]
     else:
-        rows += [("semantic diversity (0-100)", "diversity", lambda v: f"{v:.2f}")] if "diversity" in some else []
+        if "diversity" in some:
+            rows += [("semantic diversity (0-100)", "diversity", lambda v: f"{v:.2f}"),
+                     ("  ± std. error over prompts", "diversity_stderr", lambda v: f"{v:.2f}")]
         rows += [("distinct-1", "distinct_1", lambda v: f"{v:.3f}"), ("distinct-2", "distinct_2", lambda v: f"{v:.3f}")]
         rows += [("judge rating (1-9)", "judge_score", lambda v: f"{v:.2f}")] if "judge_score" in some else []
     rows += [("base log-prob / token", "base_logp_per_token", lambda v: f"{v:.3f}"),
@@ -145,12 +147,22 @@ def eval_table(summary: dict) -> Table:
     for label, key, render in eval_rows(summary):
         values = [_lookup(result, key) for result in results.values()]
         cells = [render(v) for v in values]
-        if compare:
-            delta = values[1] - values[0]
-            sign = "+" if delta >= 0 else "-"
-            cells.append(sign + render(abs(delta)) if render is not _percent else f"{100 * delta:+.1f} pts")
+        if compare:  # a standard error's own change means nothing: leave it blank
+            cells.append("" if key.endswith("_stderr") else
+                         _change(values[1] - values[0], render, summary.get("change", {}).get(key)))
         table.add_row(label, *cells)
     return table
+
+
+def _change(delta: float, render, paired: dict | None) -> str:
+    """The adapter's change, with the paired standard error where the summary has one."""
+    if render is _percent:
+        text = f"{100 * delta:+.1f}"
+        error = f" ± {100 * paired['stderr']:.1f}" if paired else ""
+        return f"{text}{error} pts"
+    magnitude = render(abs(delta))
+    sign = "" if float(magnitude) == 0 else ("+" if delta > 0 else "-")
+    return sign + magnitude + (f" ± {render(paired['stderr'])}" if paired else "")
 
 
 @contextmanager

@@ -36,7 +36,7 @@ from .data import chat_stop_ids, encode_prompts, load_prompts
 from .errors import PowerflowError
 from .grading import grade_math, majority_correct, pass_at_k, pass_ks
 from .inference import generate_records
-from .metrics import mean
+from .metrics import mean, std
 from .model import load_adapter, load_base_model, load_tokenizer, resolve_device
 from .sampling import SamplingSettings
 
@@ -132,10 +132,10 @@ def _math_summary(eval_set: EvalSet, by_prompt: list[list[dict]], k: int) -> dic
             passes[j].append(pass_at_k(k, correct, j))
         majority.append(majority_correct([g.parsed for g in grades], [g.correct for g in grades]))
         boxed += [g.boxed for g in grades]
-    spread = math.sqrt(sum((a - mean(accuracy)) ** 2 for a in accuracy) / max(len(accuracy) - 1, 1))
     return {
         "avg_at_k": mean(accuracy),
-        "avg_at_k_stderr": spread / math.sqrt(len(accuracy)),  # across prompts: how much another draw could move it
+        "avg_at_k_stderr": stderr(accuracy),  # across prompts: how much another draw of problems could move it
+        "avg_at_k_per_prompt": accuracy,
         "pass_at": {str(j): mean(values) for j, values in passes.items()},
         "maj_at_k": mean(majority),
         "boxed_frac": mean(boxed),
@@ -148,8 +148,8 @@ def _creative_summary(eval_set: EvalSet, by_prompt: list[list[dict]], embed, jud
         "distinct_2": mean([distinct_n([r["completion"] for r in group], 2) for group in by_prompt]),
     }
     if embed is not None and len(by_prompt[0]) > 1:
-        summary["diversity"] = mean([semantic_diversity(embed([r["completion"] for r in group]))
-                                     for group in by_prompt])
+        diversity = [semantic_diversity(embed([r["completion"] for r in group])) for group in by_prompt]
+        summary.update(diversity=mean(diversity), diversity_stderr=stderr(diversity), diversity_per_prompt=diversity)
     if judge is not None:
         model, tokenizer = judge
         flat = [(row["prompt"], r) for row, group in zip(eval_set.rows, by_prompt) for r in group]
@@ -158,6 +158,25 @@ def _creative_summary(eval_set: EvalSet, by_prompt: list[list[dict]], embed, jud
             record["judge"] = score
         summary["judge_score"] = mean([r["judge"] for _, r in flat])
     return summary
+
+
+def stderr(values: list[float]) -> float:
+    """Standard error of the mean of `values` (0 for fewer than two)."""
+    return std(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+
+
+def paired_changes(base: dict, adapter: dict) -> dict:
+    """adapter - base of the per-prompt figures, with the standard error of the mean paired difference.
+
+    Both variants answer the same prompts with the same seed, so the per-prompt
+    differences are what varies; their spread is the honest error bar of a change.
+    """
+    changes = {}
+    for key in ("avg_at_k", "diversity"):
+        if f"{key}_per_prompt" in base and f"{key}_per_prompt" in adapter:
+            differences = [a - b for a, b in zip(adapter[f"{key}_per_prompt"], base[f"{key}_per_prompt"])]
+            changes[key] = {"mean": mean(differences), "stderr": stderr(differences)}
+    return changes
 
 
 def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
@@ -203,6 +222,8 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
     summary = {"task": eval_set.task, "data": cfg.data, "k": cfg.k, "prompts": len(eval_set.rows),
                "skipped_without_answer": eval_set.skipped, "seconds": time.perf_counter() - started,
                "results": results, "config": dataclasses.asdict(cfg)}
+    if list(results) == ["base", "adapter"]:
+        summary["change"] = paired_changes(results["base"], results["adapter"])
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return summary
 

@@ -19,8 +19,9 @@ import yaml
 from powerflow_lite.cli import main
 from powerflow_lite.config import MATH_SYSTEM_PROMPT
 from powerflow_lite.data import load_prompts
+from powerflow_lite.display import eval_table
 from powerflow_lite.errors import PowerflowError
-from powerflow_lite.evaluate import EVAL_SEED_OFFSET, load_eval_set
+from powerflow_lite.evaluate import EVAL_SEED_OFFSET, load_eval_set, paired_changes, stderr
 from powerflow_lite.metrics import EVAL_METRICS, read_metrics
 from powerflow_lite.tiny import build_tokenizer, write_tiny_model
 
@@ -498,3 +499,34 @@ def test_eval_data_without_eval_every_is_refused(digit_model, tmp_path, capsys):
     code, _, err = run_cli(capsys, train_args(digit_model, problems, out, "--eval-data", problems))
     assert code == 2 and "--eval-every" in one_error_line(err)
     assert not out.exists()
+
+
+# --- the change column: paired differences over prompts
+
+
+def test_paired_change_and_its_standard_error_by_hand():
+    base = {"avg_at_k_per_prompt": [0.25, 0.5, 0.0, 1.0]}
+    adapter = {"avg_at_k_per_prompt": [0.5, 0.5, 0.25, 1.0]}
+    # differences 0.25, 0, 0.25, 0: mean 0.125; sample variance = 4 * 0.125^2 / 3 = 1/48; stderr = sqrt(1/48) / 2
+    change = paired_changes(base, adapter)
+    assert change == {"avg_at_k": {"mean": pytest.approx(0.125), "stderr": pytest.approx(math.sqrt(1 / 48) / 2)}}
+    assert stderr([3.0]) == 0.0  # one prompt: no spread to speak of
+    assert paired_changes({"diversity_per_prompt": [1.0]}, {}) == {}  # only figures both variants have
+
+
+def test_table_shows_the_change_with_its_paired_error(capsys):
+    summary = {"task": "creative", "data": "d", "k": 4, "prompts": 2, "seconds": 1.0,
+               "results": {variant: {"diversity": d, "diversity_stderr": 1.0, "distinct_1": 0.5, "distinct_2": 0.5,
+                                     "base_logp_per_token": -3.0, "length_mean": 10.0, "truncated_frac": t}
+                           for variant, d, t in (("base", 60.0, 0.5), ("adapter", 63.5, 0.25))},
+               "change": {"diversity": {"mean": 3.5, "stderr": 1.25}}}
+    from rich.console import Console
+
+    console = Console(width=120, record=True)
+    console.print(eval_table(summary))
+    lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+             for line in console.export_text().splitlines() if line.startswith("│")}
+    assert lines["semantic diversity (0-100)"] == ["60.00", "63.50", "+3.50 ± 1.25"]
+    assert lines["± std. error over prompts"] == ["1.00", "1.00", ""]
+    assert lines["distinct-1"] == ["0.500", "0.500", "0.000"]  # no sign on a zero change
+    assert lines["truncated"] == ["50.0%", "25.0%", "-25.0 pts"]
