@@ -157,7 +157,7 @@ def eval_table(summary: dict) -> Table:
 def _change(delta: float, render, paired: dict | None) -> str:
     """The adapter's change, with the paired standard error where the summary has one."""
     if render is _percent:
-        text = f"{100 * delta:+.1f}"
+        text = f"{100 * delta:+.1f}" if round(100 * delta, 1) else "0.0"
         error = f" ± {100 * paired['stderr']:.1f}" if paired else ""
         return f"{text}{error} pts"
     magnitude = render(abs(delta))

@@ -190,9 +190,12 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
     eval_set = load_eval_set(cfg.data, tokenizer, getattr(model.config, "max_position_embeddings", None), cfg.task,
                              cfg.prompt_field, cfg.answer_field, cfg.split, cfg.limit, cfg.chat_template,
                              cfg.system_prompt, cfg.max_new_tokens)
+    if eval_set.task == "math" and (cfg.judge or cfg.embedder):
+        raise PowerflowError(f"--{'judge' if cfg.judge else 'embedder'} measures creative samples; "
+                             f"{cfg.data!r} is evaluated as --task math")
     embed = load_embedder(cfg.embedder, device) if eval_set.task == "creative" else None
     judge = None
-    if cfg.judge and eval_set.task == "creative":
+    if cfg.judge:
         judge = (load_base_model(cfg.judge, cfg.quant, device, cfg.trust_remote_code),
                  load_tokenizer(cfg.judge, cfg.trust_remote_code))
     settings = SamplingSettings(cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,

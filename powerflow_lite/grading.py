@@ -3,19 +3,22 @@
     grade_math("... so the answer is \\boxed{0.5}", "\\frac{1}{2}")   # Grade(correct=True, answer='\\frac{1}{2}', ...)
     pass_at_k(n=16, c=3, k=4)                                      # unbiased pass@4 from 16 samples, 3 right
 
-Answers are compared with Hugging Face's `math-verify` (the grader the PowerFlow
-paper and Open-R1 use): it extracts the last \\boxed{...} (or, failing that, the
-last LaTeX or plain expression), parses both sides with sympy and compares them
-symbolically, so 1/2, 0.5 and \\frac12 agree. Two boxes close together ("\\boxed{3},
-\\boxed{5}") are read as one answer, the set {3, 5}. `answer` is math-verify's
-reading (0.5 comes back as \\frac{1}{2}). A completion with no boxed answer is
-still graded from what math-verify can extract; `boxed` records whether the
-model followed the format, and the summary reports that fraction separately.
+Answers are compared with Hugging Face's `math-verify` (the grader Open-R1 and
+lighteval use): the final answer is the last \\boxed{...}, or failing that an
+anchored statement ("the final answer is 7"), or the whole completion when it is
+nothing but an expression; both sides are parsed with sympy and compared
+symbolically, so 1/2, 0.5 and \\frac12 agree. The last bare number of a longer
+text is not taken as its answer (math-verify's loosest fallback): a completion
+cut off mid-sentence would be graded on noise. Two boxes close together
+("\\boxed{3}, \\boxed{5}") are read as one answer, the set {3, 5}. `answer` is
+math-verify's reading (0.5 comes back as \\frac{1}{2}); `boxed` records whether
+the model followed the format, and the summary reports that fraction separately.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import threading
 from dataclasses import dataclass, field
 
@@ -49,11 +52,30 @@ def _timeouts() -> dict:
 
 
 def parse_answer(text: str, reference: bool = False) -> list:
-    """math-verify's parse; a reference answer is bare LaTeX ("\\frac{1}{2}"), so it is read as $...$."""
+    """math-verify's parse of a completion's final answer, or of a reference answer.
+
+    A completion's answer is its last \\boxed{} or an anchored statement ("the final
+    answer is 7"), or the whole completion when it is nothing but an expression;
+    never just the last number in the text: a completion cut off mid-sentence
+    would otherwise be graded on whatever number it stopped near.
+    A reference answer is bare LaTeX ("\\frac{1}{2}"), so it is read as $...$.
+    """
     mv = _math_verify()
     timeouts = _timeouts()
     parse_timeout = {"parsing_timeout": timeouts["parsing_timeout"]} if timeouts else {}
-    if reference and "$" not in text and "\\boxed" not in text:
+    if not reference:
+        anchored = [mv.LatexExtractionConfig(try_extract_without_anchor=False, boxed_match_priority=0),
+                    mv.ExprExtractionConfig(try_extract_without_anchor=False)]
+        parsed = mv.parse(text, extraction_config=anchored, **parse_timeout)
+        if parsed or not text.strip():
+            return parsed
+        # A completion that is nothing but an expression ("6", "\\frac{1}{2}") is its own answer.
+        bare = text.strip().strip("$").strip()
+        if re.search(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", "", bare)):  # words, not an expression
+            return []
+        parsed = mv.parse(f"${bare}$", **parse_timeout)
+        return parsed if parsed and parsed[-1].replace(" ", "") == bare.replace(" ", "") else []
+    if "$" not in text and "\\boxed" not in text:
         parsed = mv.parse(f"${text}$", **parse_timeout)
         if parsed:
             return parsed

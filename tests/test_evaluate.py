@@ -374,6 +374,7 @@ def one_error_line(err: str) -> str:
     (["--data", str(DATA / "creative-sample.jsonl"), "--task", "math"], "no row of"),
     (["--data", str(DATA / "math500-sample.jsonl"), "--answer-field", "final"], "math500-sample.jsonl:1: no 'final'"),
     (["--task", "poetry"], "--task 'poetry' is not one of"),
+    (["--judge", "/some/judge"], "--judge measures creative samples"),
 ])
 def test_bad_eval_input_is_one_line_and_exit_2(digit_model, tmp_path, capsys, extra, message):
     data = write_jsonl(tmp_path / "p.jsonl", [{"problem": "12", "answer": "3"}])

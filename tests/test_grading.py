@@ -38,15 +38,22 @@ def test_wrong_boxed_answer():
     assert (grade.correct, grade.answer, grade.boxed) == (False, "8", True)
 
 
-def test_unboxed_answer_is_read_from_the_last_expression():
-    # Documented: math-verify falls back to the last expression; `boxed` records the missing format.
-    grade = grade_math("so x equals 7.", "7")
+def test_unboxed_anchored_answer_is_read():
+    # Without a box, an anchored statement still counts; `boxed` records the missing format.
+    grade = grade_math("3 + 4 = 7. The final answer is 7.", "7")
     assert (grade.correct, grade.answer, grade.boxed) == (True, "7", False)
 
 
 def test_unboxed_wrong_answer_is_wrong():
-    grade = grade_math("so x equals 8.", "7")
-    assert (grade.correct, grade.boxed) == (False, False)
+    grade = grade_math("The answer is 8.", "7")
+    assert (grade.correct, grade.answer, grade.boxed) == (False, "8", False)
+
+
+def test_last_bare_number_is_not_an_answer():
+    # math-verify's loosest fallback would read 7 here; a cut-off completion must not be graded on noise
+    grade = grade_math("so x equals 7", "7")
+    assert (grade.correct, grade.answer, grade.boxed) == (False, None, False)
+    assert not grade_math("we pick 3 and then 7, so", "7").correct
 
 
 def test_no_answer_at_all():
@@ -104,9 +111,10 @@ def test_ordered_pair():
 def test_reference_is_read_as_latex():
     # A bare reference is wrapped in $...$: read as plain text, "10\sqrt{2}" would be just 10 and "\sqrt{200}" nothing.
     assert parse_answer("10\\sqrt{2}", reference=True)[0] == 10 * sympy.sqrt(2)
-    assert parse_answer("10\\sqrt{2}")[0] == 10
+    assert parse_answer("10\\sqrt{2}")[0] == 10 * sympy.sqrt(2)  # a completion that is only an expression: itself
+    assert parse_answer("it is 10\\sqrt{2} or so") == []  # words around it and no anchor: no answer
     assert sympy.simplify(parse_answer("\\sqrt{200}", reference=True)[0] - 10 * sympy.sqrt(2)) == 0
-    assert parse_answer("\\sqrt{200}") == []
+    assert sympy.simplify(parse_answer("\\sqrt{200}")[0] - 10 * sympy.sqrt(2)) == 0  # bare LaTeX completion: LaTeX
     assert parse_answer("\\frac{3}{4}", reference=True)[0] == sympy.Rational(3, 4)
 
 
