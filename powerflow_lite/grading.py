@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass, field
 
 from .errors import PowerflowError
-from .rewards import has_boxed
+from .rewards import boxed_answers, has_boxed
 
 INSTALL_HINT = "pip install math-verify (or pip install 'powerflow-lite[eval]')"
 
@@ -102,16 +102,8 @@ def grade_math(completion: str, reference: str) -> Grade:
 
 def last_boxed(text: str) -> str | None:
     """The contents of the last complete \\boxed{...} in `text` (braces balanced), or None."""
-    start = text.rfind("\\boxed{")
-    while start != -1:
-        depth, i = 1, start + len("\\boxed{")
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            return text[start + len("\\boxed{"): i - 1].strip()
-        start = text.rfind("\\boxed{", 0, start)
-    return None
+    answers = boxed_answers(text)
+    return answers[-1] if answers else None
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

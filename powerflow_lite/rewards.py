@@ -26,18 +26,24 @@ FormatPenalty = Callable[[str, str], float]
 BOXED_PENALTY = -0.5
 
 
-def has_boxed(text: str) -> bool:
-    """True when `text` contains \\boxed{...} with balanced braces and something inside."""
+def boxed_answers(text: str) -> list[str]:
+    """The contents of every complete \\boxed{...} in `text` (braces balanced), stripped, in order of their start."""
+    found = []
     start = text.find("\\boxed{")
     while start != -1:
         depth, i = 1, start + len("\\boxed{")
         while i < len(text) and depth:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
-        if depth == 0 and text[start + len("\\boxed{") : i - 1].strip():
-            return True
+        if depth == 0:
+            found.append(text[start + len("\\boxed{") : i - 1].strip())
         start = text.find("\\boxed{", start + 1)
-    return False
+    return found
+
+
+def has_boxed(text: str) -> bool:
+    """True when `text` contains \\boxed{...} with balanced braces and something inside."""
+    return any(boxed_answers(text))
 
 
 def boxed(completion: str, prompt: str = "") -> float:
