@@ -233,7 +233,8 @@ class EvalConfig:
     seed: int = option(0, "Sampling seed.")
     output: str = option("runs/eval", "Directory for summary.json and samples.jsonl (refused if it exists, unless "
                                       "--overwrite).")
-    overwrite: bool = option(False, "Replace an existing --output directory written by powerflow eval.")
+    overwrite: bool = option(False, "Replace the summary.json and samples.jsonl of an earlier eval in --output "
+                                    "(nothing else there is touched).")
     trust_remote_code: bool = option(False, "Run code shipped with the model.")
 
     def __post_init__(self):
@@ -262,9 +263,13 @@ def resolve_eval_config(config_path: str | None, flags: dict) -> EvalConfig:
         if not (run / "config.yaml").is_file():
             raise PowerflowError(f"--run {explicit['run']!r} is not a powerflow train output directory "
                                  "(no config.yaml)")
-        saved = read_yaml(str(run / "config.yaml"), TrainConfig)
+        saved = read_yaml(str(run / "config.yaml"), TrainConfig, flag="--run: the run's config")
         layered = {key: saved[key] for key in RUN_KEYS if key in saved}
         layered["adapter"] = str(run / "adapter")
+        if not (run / "adapter").is_dir() and "adapter" not in explicit:
+            checkpoints = sorted(run.glob("checkpoint-*"), key=lambda p: p.stat().st_mtime)
+            hint = f" (pass --adapter {checkpoints[-1]})" if checkpoints else ""
+            raise PowerflowError(f"--run {explicit['run']!r} has no final adapter yet{hint}")
     return EvalConfig(**{**layered, **explicit})
 
 
@@ -315,24 +320,24 @@ def _coerce(cls, name: str, value, source: str, key: str | None = None):
     return value
 
 
-def read_yaml(path: str, cls) -> dict:
+def read_yaml(path: str, cls, flag: str = "--config") -> dict:
     """A YAML mapping of config keys (snake_case or kebab-case); unknown keys are named in the error."""
     file = Path(path)
     if not file.is_file():
-        raise PowerflowError(f"--config {path!r} not found")
+        raise PowerflowError(f"{flag} {path!r} not found")
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise PowerflowError(f"--config {path!r} is not valid YAML ({first_line(err)})") from None
+        raise PowerflowError(f"{flag} {path!r} is not valid YAML ({first_line(err)})") from None
     if not isinstance(data, dict):
-        raise PowerflowError(f"--config {path!r} must hold a mapping of option: value")
+        raise PowerflowError(f"{flag} {path!r} must hold a mapping of option: value")
     names = {f.name for f in dataclasses.fields(cls)}
     values = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in names:
-            raise PowerflowError(f"--config {path!r}: unknown key {key!r}")
-        values[name] = _coerce(cls, name, value, f"--config {path!r}", key=str(key))
+            raise PowerflowError(f"{flag} {path!r}: unknown key {key!r}")
+        values[name] = _coerce(cls, name, value, f"{flag} {path!r}", key=str(key))
     return values
 
 

@@ -10,7 +10,9 @@ What each number can and cannot tell you:
   its k samples and averaged over prompts. 0 means the samples mean the same;
   it rises with any change of topic, including a drift into nonsense, so read
   it next to a quality measure. Its scale depends on the embedding model:
-  compare numbers from the same --embedder only.
+  compare numbers from the same --embedder only. The embedder reads at most its
+  max_seq_length word pieces (256 for all-MiniLM-L6-v2): of longer samples only
+  the opening is compared.
 * distinct-n counts surface repetition (whitespace words); cheap, embedding-free,
   and blind to paraphrase.
 * base log-prob per token (computed in evaluate.py) is how likely the base
@@ -76,12 +78,12 @@ def load_embedder(path: str = "", device: torch.device | str = "cpu", batch_size
     directory = Path(path).expanduser() if path else default_embedder_path()
     if not (directory / "config.json").is_file():
         raise PowerflowError(f"--embedder {str(directory)!r} is not a model directory (no config.json)")
+    pooling = _pooling_mode(directory)
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
         encoder = AutoModel.from_pretrained(directory, use_safetensors=True).to(device).eval()
     except Exception as err:  # transformers raises OSError, ValueError, KeyError for unusable directories
         raise PowerflowError(f"cannot load the embedding model {str(directory)!r}: {first_line(err)}") from None
-    pooling = _pooling_mode(directory)
     settings = _read_json(directory / "sentence_bert_config.json")
     max_length = int(settings.get("max_seq_length") or getattr(tokenizer, "model_max_length", 512) or 512)
     max_length = min(max_length, getattr(encoder.config, "max_position_embeddings", max_length))
@@ -106,19 +108,34 @@ def load_embedder(path: str = "", device: torch.device | str = "cpu", batch_size
     return embed
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PowerflowError(f"--embedder: {path} is not valid JSON ({first_line(err)})") from None
+
+
+SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")  # sentence-transformers modules we reproduce
 
 
 def _pooling_mode(directory: Path) -> str:
+    """mean, cls or max, from the directory's pooling config; anything we would compute differently is refused."""
     modules = _read_json(directory / "modules.json") if (directory / "modules.json").is_file() else []
-    folder = next((m.get("path", "") for m in modules if m.get("type", "").endswith("Pooling")), "1_Pooling")
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise PowerflowError(f"--embedder: {directory / 'modules.json'} is not a list of modules")
+    other = [m.get("type", "?") for m in modules if not str(m.get("type", "")).endswith(SUPPORTED_MODULES)]
+    if other:
+        raise PowerflowError(f"--embedder {str(directory)!r} has modules we do not reproduce ({', '.join(other)}): "
+                             "only an encoder with mean, CLS or max pooling (and normalisation) is supported")
+    folder = next((m.get("path", "") for m in modules if str(m.get("type", "")).endswith("Pooling")), "1_Pooling")
     config = _read_json(directory / folder / "config.json")
-    if config.get("pooling_mode_cls_token"):
-        return "cls"
-    if config.get("pooling_mode_max_tokens"):
-        return "max"
-    return "mean"
+    modes = {key.removeprefix("pooling_mode_").removesuffix("_tokens").removesuffix("_token")
+             for key, on in config.items() if key.startswith("pooling_mode_") and on is True}
+    modes.discard("mean_sqrt_len")  # mean scaled by sqrt(length): the same direction, so the same cosine
+    if len(modes) > 1 or not modes <= {"mean", "cls", "max"}:
+        raise PowerflowError(f"--embedder {str(directory)!r}: pooling {', '.join(sorted(modes))} is not supported "
+                             "(mean, CLS or max)")
+    return modes.pop() if modes else "mean"
 
 
 def judge_scores(judge, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 8) -> list[float]:

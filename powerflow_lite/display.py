@@ -9,7 +9,7 @@ eval: a progress bar over the completions, then one table (base and adapter side
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable
+from typing import Callable, Iterable
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -106,7 +106,7 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def eval_rows(summary: dict) -> list[tuple[str, str, callable]]:
+def eval_rows(summary: dict) -> list[tuple[str, str, Callable]]:
     """(label, summary key, format) for the figures this summary has, in reading order."""
     k = summary["k"]
     some = next(iter(summary["results"].values()))

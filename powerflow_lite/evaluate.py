@@ -11,7 +11,7 @@ Both:     log-prob per token of the samples under the base model (adapter off).
 
 With --compare-base the base model (adapter off, same weights, same prompts,
 same seed) is evaluated in the same run. OUT/samples.jsonl holds every sample
-and its grade, written as they are made; OUT/summary.json the figures.
+and its grade, written as each variant is graded; OUT/summary.json the figures.
 The same measures run inside training with --eval-data / --eval-every
 (`training_metrics`), written into metrics.jsonl as eval_* keys.
 """
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +32,14 @@ from .config import MATH_SYSTEM_PROMPT, EvalConfig
 from .creative import distinct_n, judge_scores, load_embedder, semantic_diversity
 from .data import chat_stop_ids, encode_prompts, load_prompts
 from .errors import PowerflowError
-from .grading import grade_math, majority_correct, pass_at_k, pass_ks
+from .grading import grade_math, majority_correct, parse_answer, pass_at_k, pass_ks
 from .inference import generate_records
-from .metrics import mean, std
-from .model import load_adapter, load_base_model, load_tokenizer, resolve_device
+from .metrics import EVAL_METRICS, mean, stderr
+from .model import context_length, load_adapter, load_base_model, load_tokenizer, resolve_device
 from .sampling import SamplingSettings
 
 SUMMARY, SAMPLES = "summary.json", "samples.jsonl"
-EVAL_SEED_OFFSET = 2**32  # training steps seed from (seed, step) below this: eval noise is its own stream
+EVAL_SEED_OFFSET = 2**32  # eval noise is a stream of its own, apart from training's (seed, step) seeds
 Progress = Callable[[int, int, str], None]  # (completions done, completions in all, variant)
 
 
@@ -68,6 +66,11 @@ def load_eval_set(source: str, tokenizer, max_positions: int | None, task: str =
             raise PowerflowError(f"--task math: no row of {source!r} has a reference answer "
                                  "(name its field with --answer-field)")
     rows = rows[:limit] if limit else rows
+    if task == "math":  # every reference must be readable before anything is sampled
+        for n, row in enumerate(rows, 1):
+            if not parse_answer(row["answer"], reference=True):
+                raise PowerflowError(f"{source}: math-verify cannot read the reference answer {row['answer']!r} "
+                                     f"of prompt {n} ({row['prompt'][:60]!r})")
     if system_prompt == "auto":
         system_prompt = MATH_SYSTEM_PROMPT if task == "math" else ""
     prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], chat_template, system_prompt,
@@ -75,9 +78,9 @@ def load_eval_set(source: str, tokenizer, max_positions: int | None, task: str =
     return EvalSet(rows, prompt_ids, task, skipped)
 
 
-def setup_training_eval(cfg, tokenizer, base, device: torch.device) -> tuple[EvalSet, object]:
+def setup_training_eval(cfg, tokenizer, device: torch.device) -> tuple[EvalSet, object]:
     """The eval set of --eval-data, prompted as training prompts (same template and system prompt), and an embedder."""
-    eval_set = load_eval_set(cfg.eval_data, tokenizer, getattr(base.config, "max_position_embeddings", None),
+    eval_set = load_eval_set(cfg.eval_data, tokenizer, context_length(cfg.model, cfg.trust_remote_code),
                              cfg.eval_task, limit=cfg.eval_limit, chat_template=cfg.chat_template,
                              system_prompt=cfg.system_prompt, max_new_tokens=cfg.max_new_tokens)
     if eval_set.task == "creative" and cfg.eval_k < 2:
@@ -93,11 +96,9 @@ def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: Samp
         torch.manual_seed(EVAL_SEED_OFFSET + seed)  # the same noise at every evaluation: changes come from the model
         records = list(generate_records(model, tokenizer, eval_set.prompt_ids, k, settings, rows_per_batch))
     summary = summarize(eval_set, records, k, embed)
-    keys = (["avg_at_k", "maj_at_k", "boxed_frac"] if eval_set.task == "math"
-            else ["diversity", "distinct_1", "distinct_2"]) + ["length_mean", "truncated_frac", "base_logp_per_token"]
-    row = {f"eval_{key}": summary[key] for key in keys if key in summary}
     if eval_set.task == "math":
-        row["eval_pass_at_k"] = summary["pass_at"][str(k)]
+        summary["pass_at_k"] = summary["pass_at"][str(k)]
+    row = {key: summary[key.removeprefix("eval_")] for key in EVAL_METRICS if key.removeprefix("eval_") in summary}
     row["time_eval"] = time.perf_counter() - started
     return row
 
@@ -160,11 +161,6 @@ def _creative_summary(eval_set: EvalSet, by_prompt: list[list[dict]], embed, jud
     return summary
 
 
-def stderr(values: list[float]) -> float:
-    """Standard error of the mean of `values` (0 for fewer than two)."""
-    return std(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-
-
 def paired_changes(base: dict, adapter: dict) -> dict:
     """adapter - base of the per-prompt figures, with the standard error of the mean paired difference.
 
@@ -184,20 +180,23 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
     out = _check_output(cfg)
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    model = load_base_model(cfg.model, cfg.quant, device, cfg.trust_remote_code)
-    if cfg.adapter:
-        model = load_adapter(model, cfg.adapter)
-    eval_set = load_eval_set(cfg.data, tokenizer, getattr(model.config, "max_position_embeddings", None), cfg.task,
+    # The data, the references and the measuring models first: a mistake there costs no model load.
+    eval_set = load_eval_set(cfg.data, tokenizer, context_length(cfg.model, cfg.trust_remote_code), cfg.task,
                              cfg.prompt_field, cfg.answer_field, cfg.split, cfg.limit, cfg.chat_template,
                              cfg.system_prompt, cfg.max_new_tokens)
     if eval_set.task == "math" and (cfg.judge or cfg.embedder):
         raise PowerflowError(f"--{'judge' if cfg.judge else 'embedder'} measures creative samples; "
                              f"{cfg.data!r} is evaluated as --task math")
+    if eval_set.task == "creative" and cfg.k < 2:
+        raise PowerflowError(f"{cfg.data!r} is evaluated as --task creative: diversity needs -k >= 2")
     embed = load_embedder(cfg.embedder, device) if eval_set.task == "creative" else None
     judge = None
     if cfg.judge:
         judge = (load_base_model(cfg.judge, cfg.quant, device, cfg.trust_remote_code),
                  load_tokenizer(cfg.judge, cfg.trust_remote_code))
+    model = load_base_model(cfg.model, cfg.quant, device, cfg.trust_remote_code)
+    if cfg.adapter:
+        model = load_adapter(model, cfg.adapter)
     settings = SamplingSettings(cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                 stop_ids=tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
     variants = (["base"] if cfg.compare_base else []) + ["adapter" if cfg.adapter else "base"]
@@ -247,9 +246,14 @@ def _check_output(cfg: EvalConfig) -> Path:
 
 
 def _make_output(out: Path, overwrite: bool) -> None:
-    if overwrite and out.is_dir():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Create --output; with --overwrite remove only the two files an eval writes (nothing else in it is ours)."""
+    try:
+        if overwrite:
+            for name in (SUMMARY, SAMPLES):
+                (out / name).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PowerflowError(f"cannot write to --output {str(out)!r}: {err.strerror}") from None
 
 
 def _cuda_devices(model) -> list[int]:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from .errors import PowerflowError
 from .rewards import boxed_answers, has_boxed
 
+# A completion that is only an answer: a number somewhere, and nothing but math characters around it.
+BARE_EXPRESSION = re.compile(r"(?=.*\d)[\w\s.,+\-*/^()\[\]{}=\\!%']*")
 INSTALL_HINT = "pip install math-verify (or pip install 'powerflow-lite[eval]')"
 
 
@@ -71,11 +73,11 @@ def parse_answer(text: str, reference: bool = False) -> list:
             return parsed
         # A completion that is nothing but an expression ("6", "\\frac{1}{2}") is its own answer.
         bare = text.strip().strip("$").strip()
-        if re.search(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", "", bare)):  # words, not an expression
-            return []
+        if not BARE_EXPRESSION.fullmatch(bare) or re.search(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", "", bare)):
+            return []  # words or symbol soup, not an expression
         parsed = mv.parse(f"${bare}$", **parse_timeout)
         return parsed if parsed and parsed[-1].replace(" ", "") == bare.replace(" ", "") else []
-    if "$" not in text and "\\boxed" not in text:
+    if not re.search(r"(?<!\\)\$", text) and "\\boxed" not in text:  # an escaped \$ (money) is not math mode
         parsed = mv.parse(f"${text}$", **parse_timeout)
         if parsed:
             return parsed

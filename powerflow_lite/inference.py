@@ -48,16 +48,17 @@ def generate_records(model, tokenizer, prompt_ids: list[list[int]], n: int, sett
     With `adapter=False` the adapter is off for sampling and scoring alike, so
     the records are the base model's own and "logp" is already its log-prob.
     """
-    per_batch = max(1, rows_per_batch // n)
+    rows = [(index, ids) for index, ids in enumerate(prompt_ids) for _ in range(n)]  # n rows per prompt, in order
     with eval_mode(model, adapter=adapter):
-        for first in range(0, len(prompt_ids), per_batch):
-            rollouts = sample(model, tokenizer, prompt_ids[first:first + per_batch], n, settings)
+        for first in range(0, len(rows), rows_per_batch):  # a batch may split a prompt's n samples: -k > batch
+            batch = rows[first:first + rows_per_batch]
+            rollouts = sample(model, tokenizer, [ids for _, ids in batch], 1, settings)
             texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
             logps = score(model, rollouts, rows_per_batch, adapter=True)[0].sum(-1).tolist()
             base_logps = (score(model, rollouts, rows_per_batch, adapter=False)[0].sum(-1).tolist()
                           if adapter and score_base else None)
-            for row, (text, group) in enumerate(zip(texts, rollouts.group_ids.tolist())):
-                record = {"prompt_index": first + group, "sample": row % n, "completion": text,
+            for row, (text, (index, _)) in enumerate(zip(texts, batch)):
+                record = {"prompt_index": index, "sample": (first + row) % n, "completion": text,
                           "tokens": int(rollouts.lengths[row]),
                           "finish_reason": "length" if rollouts.truncated[row] else "eos", "logp": logps[row]}
                 if base_logps is not None:

@@ -62,6 +62,11 @@ def std(values: list[float]) -> float:
     return math.sqrt(sum((v - mu) ** 2 for v in values) / (len(values) - 1))
 
 
+def stderr(values: list[float]) -> float:
+    """Standard error of the mean of `values` (0 for fewer than two)."""
+    return std(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+
+
 class MetricsLog:
     """Appends one row per step and flushes it, so a crash loses at most the step in flight."""
 

@@ -124,6 +124,18 @@ def nf4_support(device: str) -> tuple[bool, str]:
     return True, f"bitsandbytes {bnb.__version__} NF4 works on {device}"
 
 
+def context_length(name: str, trust_remote_code: bool = False) -> int | None:
+    """The model's context (max_position_embeddings) from its config alone: prompts are checked before weights load."""
+    from transformers import AutoConfig
+
+    check_model_source(name)
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise PowerflowError(f"could not load model {name!r}: {first_line(err)}") from None
+    return getattr(config.get_text_config(), "max_position_embeddings", None)
+
+
 def load_base_model(name: str, quant: str, device: torch.device, trust_remote_code: bool = False):
     """The frozen base model: `quant="nf4"` (double quant) or `"none"` (bf16 on GPU, fp32 on CPU)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig

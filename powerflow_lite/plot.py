@@ -16,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from .errors import PowerflowError
+from .errors import PowerflowError, first_line
 
 EVAL_PANELS = [  # (title, keys): eval_* keys of metrics.jsonl, drawn where the run has them
     ("eval: accuracy", ("eval_avg_at_k", "eval_pass_at_k", "eval_maj_at_k", "eval_boxed_frac")),
@@ -30,8 +30,12 @@ def read_rows(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.is_file():
         raise PowerflowError(f"{str(run)!r} holds no metrics.jsonl: give a powerflow train output directory")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as err:
+        raise PowerflowError(f"cannot read {path}: {first_line(err)}") from None
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:
@@ -57,6 +61,8 @@ def plot_run(run: str, out: str = "", overwrite: bool = False) -> Path:
     directory = Path(run).expanduser()
     rows = read_rows(directory)
     target = Path(out).expanduser() if out else directory / "training.png"
+    if target.is_dir():
+        raise PowerflowError(f"--out {str(target)!r} is a directory")
     if target.exists() and not overwrite:
         raise PowerflowError(f"{target} exists: pass --overwrite to replace it, or --out another file")
     if target.suffix.lower() != ".png":
@@ -95,9 +101,13 @@ def plot_run(run: str, out: str = "", overwrite: bool = False) -> Path:
         axis.axis("off")
     figure.suptitle(_title(directory), fontsize=11)
     figure.tight_layout()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, dpi=110, metadata={"Software": "powerflow-lite"})
-    plt.close(figure)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(target, dpi=110, metadata={"Software": "powerflow-lite"})
+    except OSError as err:
+        raise PowerflowError(f"cannot write {target}: {err.strerror or first_line(err)}") from None
+    finally:
+        plt.close(figure)
     return target
 
 
@@ -136,6 +146,8 @@ def _title(directory: Path) -> str:
 
     try:
         saved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return str(directory)
+    if not isinstance(saved, dict):
         return str(directory)
     return f"{directory}: {saved.get('model', '?')}, alpha={saved.get('alpha', '?')}, {saved.get('objective', '?')}"

@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -26,7 +26,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig, to_yaml
 from .data import chat_stop_ids, encode_prompts, load_prompts, prompt_indices
 from .errors import PowerflowError
-from .evaluate import setup_training_eval, training_metrics
+from .evaluate import EvalSet, setup_training_eval, training_metrics
 from .metrics import MetricsLog, mean, std
 from .model import (
     add_lora,
@@ -64,8 +64,8 @@ class Run:
     z_initialized: bool = False
     resumed_from: Path | None = None
     info: dict = field(default_factory=dict)
-    eval_set: object = None  # evaluate.EvalSet with --eval-data
-    embed: object = None  # sentence embedder for creative evals
+    eval_set: EvalSet | None = None  # with --eval-data
+    embed: Callable | None = None  # sentence embedder of creative evals
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,8 @@ def setup(cfg: TrainConfig) -> Run:
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
 
+    eval_set, embed = setup_training_eval(cfg, tokenizer, device) if cfg.eval_data else (None, None)
+
     torch.manual_seed(cfg.seed)  # LoRA and head initialisation
     base = load_base_model(cfg.model, cfg.quant, device, cfg.trust_remote_code)
     prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], cfg.chat_template, cfg.system_prompt,
@@ -149,9 +151,7 @@ def setup(cfg: TrainConfig) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
 
     run = Run(cfg, out, device, model, tokenizer, head, optimizer, scheduler, OBJECTIVES[cfg.objective], psi,
-              rows, prompt_ids, MetricsLog(out / "metrics.jsonl"))
-    if cfg.eval_data:
-        run.eval_set, run.embed = setup_training_eval(cfg, tokenizer, base, device)
+              rows, prompt_ids, MetricsLog(out / "metrics.jsonl"), eval_set=eval_set, embed=embed)
     if resume_path is not None:
         state = ckpt.load_checkpoint(resume_path, model, head, optimizer, scheduler)
         run.start_step, run.z_initialized, run.resumed_from = state["step"], state["z_initialized"], resume_path

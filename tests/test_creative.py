@@ -237,6 +237,38 @@ def test_mean_pooling_when_there_is_no_pooling_config(embedder_dir, tmp_path):
                                load_embedder(str(embedder_dir))([SHORT, LONG]), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("pooling, message", [
+    ({"pooling_mode_lasttoken": True, "pooling_mode_mean_tokens": False}, "pooling lasttoken is not supported"),
+    ({"pooling_mode_weightedmean_tokens": True, "pooling_mode_mean_tokens": False}, "weightedmean"),
+    ({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}, "pooling cls, mean is not supported"),
+])
+def test_pooling_we_would_compute_differently_is_refused(embedder_dir, tmp_path, pooling, message):
+    directory = shutil.copytree(embedder_dir, tmp_path / "odd")
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    with pytest.raises(PowerflowError, match=message):
+        load_embedder(str(directory))
+
+
+def test_mean_sqrt_len_pooling_is_mean_up_to_scale(embedder_dir, tmp_path):
+    # mean x sqrt(length) points the same way as the mean: after normalising, the same embedding
+    directory = shutil.copytree(embedder_dir, tmp_path / "sqrt")
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_sqrt_len_tokens": True}))
+    torch.testing.assert_close(load_embedder(str(directory))([SHORT, LONG]),
+                               load_embedder(str(embedder_dir))([SHORT, LONG]), rtol=0, atol=1e-6)
+
+
+def test_extra_modules_and_bad_modules_json_are_refused(embedder_dir, tmp_path):
+    directory = shutil.copytree(embedder_dir, tmp_path / "dense")
+    modules = json.loads((directory / "modules.json").read_text())
+    (directory / "modules.json").write_text(json.dumps(
+        modules + [{"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]))
+    with pytest.raises(PowerflowError, match="sentence_transformers.models.Dense"):
+        load_embedder(str(directory))
+    (directory / "modules.json").write_text("[{not json")
+    with pytest.raises(PowerflowError, match="not valid JSON"):
+        load_embedder(str(directory))
+
+
 def test_identical_texts_identical_embeddings(embedder_dir):
     vectors = load_embedder(str(embedder_dir))([SHORT, LONG, SHORT])
     torch.testing.assert_close(vectors[0], vectors[2], rtol=0, atol=1e-6)

@@ -21,8 +21,8 @@ from powerflow_lite.config import MATH_SYSTEM_PROMPT
 from powerflow_lite.data import load_prompts
 from powerflow_lite.display import eval_table
 from powerflow_lite.errors import PowerflowError
-from powerflow_lite.evaluate import EVAL_SEED_OFFSET, load_eval_set, paired_changes, stderr
-from powerflow_lite.metrics import EVAL_METRICS, read_metrics
+from powerflow_lite.evaluate import EVAL_SEED_OFFSET, load_eval_set, paired_changes
+from powerflow_lite.metrics import EVAL_METRICS, read_metrics, stderr
 from powerflow_lite.tiny import build_tokenizer, write_tiny_model
 
 DATA = Path(__file__).resolve().parent.parent / "examples" / "data"
@@ -409,14 +409,15 @@ def eval_output(digit_model, tmp_path, capsys):
 
 def test_existing_eval_output_needs_overwrite_and_is_then_replaced(eval_output):
     out, run = eval_output
-    (out / "notes.txt").write_text("stale")
+    (out / "notes.txt").write_text("the user's")  # not ours: --overwrite must leave it
     before = snapshot(out)
     code, _, err = run("--seed", "7")
     assert code == 2 and "--overwrite" in one_error_line(err)
     assert snapshot(out) == before
     code, _, err = run("--seed", "7", "--overwrite")
     assert (code, err) == (0, "")
-    assert sorted(p.name for p in out.iterdir()) == ["samples.jsonl", "summary.json"]  # the stale file went
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "samples.jsonl", "summary.json"]
+    assert (out / "notes.txt").read_text() == "the user's"
     assert json.loads((out / "summary.json").read_text())["config"]["seed"] == 7
     assert len(read_jsonl(out / "samples.jsonl")) == 4
 
@@ -465,7 +466,9 @@ def test_eval_rows_in_metrics_jsonl(runs):
         assert 1 <= row["eval_length_mean"] <= 3 and row["eval_base_logp_per_token"] < 0 and row["time_eval"] > 0
 
 
-def test_eval_does_not_perturb_training(runs):
+def test_training_is_the_same_with_and_without_eval(runs):
+    # evaluating must leave the model in eval mode with its adapter on and the LoRA weights untouched; training's
+    # random draws are reseeded from (seed, step) every step, and the eval forks the RNG besides
     _, with_eval, plain = runs
     evaluated = [row for row in read_metrics(with_eval / "metrics.jsonl") if row["step"] > 0]
     reference = read_metrics(plain / "metrics.jsonl")
@@ -531,3 +534,42 @@ def test_table_shows_the_change_with_its_paired_error(capsys):
     assert lines["± std. error over prompts"] == ["1.00", "1.00", ""]
     assert lines["distinct-1"] == ["0.500", "0.500", "0.000"]  # no sign on a zero change
     assert lines["truncated"] == ["50.0%", "25.0%", "-25.0 pts"]
+
+
+def test_overwrite_keeps_an_input_file_kept_inside_the_output(digit_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    data = write_jsonl(out / "problems.jsonl", [{"problem": "12", "answer": "3"}])
+    (out / "summary.json").write_text("{}")  # an earlier eval's
+    code, _, err = run_cli(capsys, ["eval", "--model", digit_model, "--data", data, "-k", "2", "--max-new-tokens",
+                                    "1", *DIGIT_SETTINGS, "--output", out, "--overwrite"])
+    assert (code, err) == (0, "")
+    assert read_jsonl(data) == [{"problem": "12", "answer": "3"}]
+    assert json.loads((out / "summary.json").read_text())["prompts"] == 1
+
+
+def test_unreadable_reference_is_refused_before_sampling(digit_model, tmp_path, capsys, monkeypatch):
+    import powerflow_lite.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    data = write_jsonl(tmp_path / "p.jsonl", [{"problem": "1", "answer": "3"}, {"problem": "2", "answer": "\\text{}"}])
+    code, _, err = run_cli(capsys, ["eval", "--model", digit_model, "--data", data, "-k", "2", *DIGIT_SETTINGS,
+                                    "--output", tmp_path / "out"])
+    assert code == 2 and "cannot read the reference answer" in one_error_line(err) and "prompt 2" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_records_splits_a_prompts_samples_across_batches(digit_model, monkeypatch):
+    # -k 5 with batches of 2 rows: no generate call may exceed 2 rows, and every (prompt, sample) comes once, in order
+    import powerflow_lite.inference as inference
+    from powerflow_lite.model import load_tokenizer
+    from powerflow_lite.sampling import SamplingSettings
+
+    sizes = []
+    real_sample = inference.sample
+    monkeypatch.setattr(inference, "sample", lambda m, t, prompts, g, s: sizes.append(len(prompts) * g)
+                        or real_sample(m, t, prompts, g, s))
+    records = list(inference.generate_records(load_base(digit_model)[0], load_tokenizer(digit_model), [[3, 4], [5]], 5,
+                                              SamplingSettings(1), rows_per_batch=2))
+    assert sizes == [2, 2, 2, 2, 2]
+    assert [(r["prompt_index"], r["sample"]) for r in records] == [(p, s) for p in (0, 1) for s in range(5)]

@@ -339,3 +339,16 @@ def test_grading_works_off_the_main_thread(monkeypatch):
     assert errors == []
     assert [results[0].correct, results[0].boxed, results[1].correct, results[2]] == [True, True, False, True]
     assert [c for c in calls if c[1] == "grader"] == []
+
+
+def test_money_reference_with_an_escaped_dollar():
+    # MATH writes money as \$18.90: the escaped $ is not math mode, so the reference is still read as LaTeX
+    assert parse_answer("\\$18.90", reference=True)[0] == sympy.Float("18.9")
+    assert grade_math("It costs \\boxed{18.90} dollars.", "\\$18.90").correct
+    assert not grade_math("It costs \\boxed{18.80} dollars.", "\\$18.90").correct
+
+
+def test_symbol_soup_is_not_an_answer():
+    # a tiny model's noise: no digit, symbols that are not math; it must not vote in maj@k as an "answer"
+    assert parse_answer("T>_]/S,z") == []
+    assert parse_answer("x+1") != []  # a bare expression with a number still counts
