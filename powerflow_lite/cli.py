@@ -27,17 +27,8 @@ from rich.panel import Panel
 from rich.table import Table
 
 from . import demo as demo_module
-from .config import (
-    EvalConfig,
-    MergeConfig,
-    SampleConfig,
-    TrainConfig,
-    field_type,
-    flag_name,
-    load_config,
-    resolve_eval_config,
-    resolve_train_config,
-)
+from .config import EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name
+from .config_files import field_type, load_config, resolve_eval_config, resolve_train_config
 from .errors import PowerflowError
 
 # Plain click help: rich's two-column panels squeeze 40 options into an unreadable 80-column layout.

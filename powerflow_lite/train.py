@@ -23,7 +23,8 @@ from typing import Callable, Iterator
 import torch
 
 from . import checkpoint as ckpt
-from .config import TrainConfig, to_yaml
+from .config import TrainConfig
+from .config_files import to_yaml
 from .data import chat_stop_ids, encode_prompts, load_prompts, prompt_indices
 from .errors import PowerflowError
 from .evaluate import EvalSet, setup_training_eval, training_metrics

@@ -12,7 +12,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from powerflow_lite.cli import main
-from powerflow_lite.config import TrainConfig, flag_name, read_yaml
+from powerflow_lite.config import TrainConfig, flag_name
+from powerflow_lite.config_files import read_yaml
 from powerflow_lite.metrics import METRICS, read_metrics
 
 

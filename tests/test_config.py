@@ -6,16 +6,8 @@ import dataclasses
 
 import pytest
 
-from powerflow_lite.config import (
-    MergeConfig,
-    SampleConfig,
-    TrainConfig,
-    from_yaml_file,
-    load_config,
-    read_yaml,
-    resolve_train_config,
-    to_yaml,
-)
+from powerflow_lite.config import MergeConfig, SampleConfig, TrainConfig
+from powerflow_lite.config_files import from_yaml_file, load_config, read_yaml, resolve_train_config, to_yaml
 from powerflow_lite.errors import PowerflowError
 
 REQUIRED = {"model": "some/model", "prompts": "prompts.jsonl", "alpha": 4.0}
