@@ -133,7 +133,7 @@ def _training_panels(rows: list[dict]) -> list[tuple[str, list]]:
         ("log Z'(q)", [line("log_z_mean", "mean"), mean_std("log_z_mean", "log_z_std")]),
         ("completion length (tokens)", [line("length_mean", "mean"), band("length_min", "length_max", "min-max"),
                                         line("eval_length_mean", "eval samples", "o--")]),
-        ("log-prob per token", [line("policy_logp_per_token", "policy"), line("base_logp_per_token", "base")]),
+        ("log-prob per token", [line("policy_logp_per_token", "policy"), line("base_logp_per_token", "base", "--")]),
     ]
     return [(title, [entry for entry in lines if entry]) for title, lines in panels]
 
