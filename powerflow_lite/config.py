@@ -52,6 +52,8 @@ class TrainConfig:
     ignore_eos: bool = option(False, "Never stop at EOS: every completion is --max-new-tokens long.")
     temperature: float = option(1.0, "Sampling temperature; the maths assumes 1.")
     top_p: float = option(1.0, "Nucleus sampling; the maths assumes 1.")
+    sampler: str = option("hf", "hf: Hugging Face generate; static: our static-cache decode loop, which returns "
+                          "log pi_old with the samples (no scoring pass for it).", choices=("hf", "static"))
     # --- model and adapter
     quant: str = option("nf4", "Base weights: NF4 4-bit (bitsandbytes) or full precision.", choices=("nf4", "none"))
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
@@ -107,6 +109,8 @@ class TrainConfig:
         _check_choices(self)
         if not 0 < self.top_p <= 1:
             raise PowerflowError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.sampler == "static" and self.top_p != 1.0:
+            raise PowerflowError("--sampler static does not implement --top-p < 1: use --sampler hf")
         if bool(self.eval_data) != bool(self.eval_every):
             raise PowerflowError("evaluation during training needs both --eval-data and --eval-every N")
         if self.eval_k < 1 or (self.eval_task == "creative" and self.eval_k < 2):

@@ -42,6 +42,7 @@ class Rollouts:
     completion_mask: Tensor  # [N, L] 1 on generated tokens, EOS included when emitted
     group_ids: Tensor  # [N] which prompt of the batch each row answers
     truncated: Tensor  # [N] bool: ended by the length limit, not by EOS
+    sampled_logps: Tensor | None = None  # [N, L] log pi of each sampled token at temperature 1 (engine.py only)
 
     @property
     def lengths(self) -> Tensor:  # [N]
@@ -51,7 +52,8 @@ class Rollouts:
         return self.completion_ids.shape[0]
 
     def select(self, rows: Tensor | slice) -> "Rollouts":
-        return Rollouts(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+        return Rollouts(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
+                           for f in fields(self)})
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:

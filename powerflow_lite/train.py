@@ -26,6 +26,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .config_files import to_yaml
 from .data import chat_stop_ids, encode_prompts, load_prompts, prompt_indices
+from .engine import sample_static
 from .errors import PowerflowError
 from .evaluate import EvalSet, setup_training_eval, training_metrics
 from .metrics import MetricsLog, mean, std
@@ -85,6 +86,9 @@ def _set_learning_rates(optimizer, scheduler, base_lrs: list[float]) -> None:
     for group, base_lr in zip(optimizer.param_groups, base_lrs):
         group["initial_lr"], group["lr"] = base_lr, base_lr * factor
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+SAMPLERS = {"hf": sample, "static": sample_static}
 
 
 def seed_step(seed: int, step: int) -> None:
@@ -178,6 +182,7 @@ def train(run: Run) -> Iterator[StepResult]:
     cfg, model, tokenizer, head, objective = run.cfg, run.model, run.tokenizer, run.head, run.objective
     settings = SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos,
                                 tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
+    sampler = SAMPLERS[cfg.sampler]
     lora_params = trainable_parameters(model)
     G = cfg.samples_per_prompt
     batch_log_z = objective.uses_log_z and cfg.log_z == "batch"
@@ -194,12 +199,14 @@ def train(run: Run) -> Iterator[StepResult]:
         # --- 1. sample G completions per prompt from the policy (adapter on, temperature 1)
         started = time.perf_counter()
         batch = prompt_indices(len(run.prompts), step, cfg.prompts_per_step, cfg.seed)
-        rollouts = sample(model, tokenizer, [run.prompt_ids[i] for i in batch], G, settings)
+        rollouts = sampler(model, tokenizer, [run.prompt_ids[i] for i in batch], G, settings)
         texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
         sampled = _clock(run.device)
 
         # --- 2. score without grad: log pi_old, log p_base (same weights, adapter off), psi(y)
-        old_logps, _ = score(model, rollouts, cfg.micro_batch_size, adapter=True)  # [N, L]
+        old_logps = rollouts.sampled_logps  # [N, L] from the static sampler; HF generate leaves it None
+        if old_logps is None:
+            old_logps, _ = score(model, rollouts, cfg.micro_batch_size, adapter=True)  # [N, L]
         base_logps, features = score(model, rollouts, cfg.micro_batch_size, adapter=False)  # [N, L], [N, H]
         prompt_texts = [run.prompts[batch[g]]["prompt"] for g in rollouts.group_ids.tolist()]
         psi = torch.tensor(format_penalties(run.psi, cfg.format_penalty, texts, prompt_texts),

@@ -1,0 +1,126 @@
+"""The static-cache sampler (engine.py) against Hugging Face generate and teacher forcing, on tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GenerationConfig
+
+from powerflow_lite.config import TrainConfig
+from powerflow_lite.engine import sample_static
+from powerflow_lite.errors import PowerflowError
+from powerflow_lite.model import add_lora, load_base_model, load_tokenizer
+from powerflow_lite.sampling import SamplingSettings, eos_token_ids, left_pad
+from powerflow_lite.scoring import score
+from powerflow_lite.tiny import write_tiny_model
+from powerflow_lite.train import setup, train
+
+
+@pytest.fixture(scope="module")
+def peaky_dir(tmp_path_factory):
+    # logits x4: some rows reach EOS within a dozen tokens, others do not
+    return write_tiny_model(tmp_path_factory.mktemp("engine") / "model", logit_scale=4.0)
+
+
+def policy(model_dir, quant="none", seed=0):
+    """The tiny base with a LoRA whose B is not zero, so the adapter changes what is sampled."""
+    torch.manual_seed(seed)
+    model = add_lora(load_base_model(str(model_dir), quant, torch.device("cpu")), 8, 16, 0.0, "all-linear", False)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    return model.eval(), load_tokenizer(str(model_dir))
+
+
+def ragged_prompts(tokenizer) -> list[list[int]]:
+    return [tokenizer("hello there, how are you").input_ids, tokenizer("a b").input_ids]
+
+
+def test_greedy_tokens_equal_hf_generate(peaky_dir):
+    model, tokenizer = policy(peaky_dir)
+    prompts = ragged_prompts(tokenizer)
+    ids, mask = left_pad([p for p in prompts for _ in range(2)], tokenizer.pad_token_id, torch.device("cpu"))
+    stop_ids = eos_token_ids(model, tokenizer)
+    reference = model.generate(input_ids=ids, attention_mask=mask, generation_config=GenerationConfig(
+        do_sample=False, max_new_tokens=16, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id))
+    reference = reference[:, ids.shape[1]:]
+    ours = sample_static(model, tokenizer, prompts, 2, SamplingSettings(16), greedy=True)
+    assert torch.equal(ours.prompt_ids, ids) and torch.equal(ours.prompt_mask, mask)
+    width = ours.completion_ids.shape[1]
+    # generate pads finished rows with the pad id, as we do; its width is ours unless every row stopped earlier
+    assert torch.equal(ours.completion_ids, reference[:, :width])
+    for row in range(4):  # a row ends at its first stop id (included), or runs to the limit
+        ended = [t for t, token in enumerate(reference[row].tolist()) if token in stop_ids]
+        assert int(ours.lengths[row]) == (ended[0] + 1 if ended else 16)
+        assert bool(ours.truncated[row]) == (not ended)
+
+
+@pytest.mark.parametrize("quant, tolerance", [("none", 1e-5), ("nf4", 5e-4)])
+def test_returned_logps_equal_teacher_forced_ones(peaky_dir, quant, tolerance):
+    model, tokenizer = policy(peaky_dir, quant)
+    torch.manual_seed(3)
+    rollouts = sample_static(model, tokenizer, ragged_prompts(tokenizer), 3, SamplingSettings(12))
+    teacher_forced, _ = score(model, rollouts, 8, adapter=True)  # [N, L], 0 on padding
+    assert rollouts.sampled_logps.shape == teacher_forced.shape
+    torch.testing.assert_close(rollouts.sampled_logps, teacher_forced, rtol=0, atol=tolerance)
+    assert torch.all(rollouts.sampled_logps[rollouts.completion_mask == 0] == 0)
+    assert rollouts.completion_mask.sum() > 0 and (rollouts.sampled_logps < 0).any()
+
+
+def test_eos_rows_are_padded_and_masked(peaky_dir):
+    model, tokenizer = policy(peaky_dir)
+    torch.manual_seed(1)
+    rollouts = sample_static(model, tokenizer, ragged_prompts(tokenizer), 8, SamplingSettings(24))
+    stops = set(eos_token_ids(model, tokenizer))
+    assert rollouts.truncated.any() and (~rollouts.truncated).any(), "the seed must give both kinds of rows"
+    for row in range(len(rollouts)):
+        n = int(rollouts.lengths[row])
+        tokens = rollouts.completion_ids[row].tolist()
+        assert rollouts.completion_mask[row].tolist() == [1] * n + [0] * (len(tokens) - n)
+        assert all(token == tokenizer.pad_token_id for token in tokens[n:])
+        assert not any(token in stops for token in tokens[:n - 1])  # no stop id before the last token
+        assert (tokens[n - 1] in stops) == (not rollouts.truncated[row])
+
+
+def test_same_seed_same_samples_and_ignore_eos_fills_the_length(peaky_dir):
+    model, tokenizer = policy(peaky_dir)
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        draws.append(sample_static(model, tokenizer, ragged_prompts(tokenizer), 4, SamplingSettings(10)))
+    assert torch.equal(draws[0].completion_ids, draws[1].completion_ids)
+    torch.manual_seed(8)
+    assert not torch.equal(sample_static(model, tokenizer, ragged_prompts(tokenizer), 4,
+                                         SamplingSettings(10)).completion_ids, draws[0].completion_ids)
+    full = sample_static(model, tokenizer, ragged_prompts(tokenizer), 4, SamplingSettings(10, ignore_eos=True))
+    assert full.lengths.tolist() == [10] * 8 and full.truncated.all()
+
+
+def test_min_new_tokens_forbids_early_stops(peaky_dir):
+    model, tokenizer = policy(peaky_dir)
+    torch.manual_seed(1)
+    rollouts = sample_static(model, tokenizer, ragged_prompts(tokenizer), 8, SamplingSettings(24, min_new_tokens=6))
+    assert int(rollouts.lengths.min()) >= 6
+
+
+def test_training_with_the_static_sampler_skips_the_pi_old_pass(tiny_model_dir, prompts_file, tmp_path,
+                                                                 monkeypatch):
+    import powerflow_lite.train as train_module
+
+    calls = []
+    real_score = train_module.score
+    monkeypatch.setattr(train_module, "score", lambda model, rollouts, size, adapter=True:
+                        calls.append(adapter) or real_score(model, rollouts, size, adapter=adapter))
+    cfg = TrainConfig(model=str(tiny_model_dir), alpha=2.0, prompts=str(prompts_file), output=str(tmp_path / "out"),
+                      quant="none", max_steps=2, prompts_per_step=2, samples_per_prompt=3, max_new_tokens=6,
+                      micro_batch_size=4, lr=1e-2, warmup_steps=0, show_every=0, sampler="static")
+    rows = [result.metrics for result in train(setup(cfg))]
+    assert calls == [False, False]  # one base pass per step, no log pi_old pass
+    assert all(torch.isfinite(torch.tensor(row["loss"])) and row["grad_norm"] > 0 for row in rows)
+    # with one inner epoch every importance weight is 1 up to rounding: nothing clips
+    assert all(row["clip_frac"] == 0 for row in rows)
+
+
+def test_static_sampler_refuses_top_p(tiny_model_dir, prompts_file, tmp_path):
+    with pytest.raises(PowerflowError, match="--sampler static does not implement --top-p"):
+        TrainConfig(model=str(tiny_model_dir), alpha=2.0, prompts=str(prompts_file), sampler="static", top_p=0.9)
