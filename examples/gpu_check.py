@@ -20,31 +20,9 @@ from pathlib import Path
 
 import torch
 
+from powerflow_lite.bench import SHAPES, write_random_model
 from powerflow_lite.config import TrainConfig
-from powerflow_lite.tiny import build_tokenizer
 from powerflow_lite.train import setup, train
-
-SHAPES = {  # hidden, intermediate, layers, attention heads, key/value heads, vocabulary
-    "tiny": (64, 128, 2, 4, 2, 103),
-    "qwen2.5-0.5b": (896, 4864, 24, 14, 2, 151936),
-    "qwen2.5-1.5b": (1536, 8960, 28, 12, 2, 151936),
-    "qwen2.5-7b": (3584, 18944, 28, 28, 4, 152064),
-}
-
-
-def write_random_model(shape: str, path: Path, device: str) -> None:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    hidden, intermediate, layers, heads, kv_heads, vocab = SHAPES[shape]
-    config = Qwen2Config(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
-                         max_position_embeddings=4096, tie_word_embeddings=shape != "qwen2.5-7b",
-                         eos_token_id=2, pad_token_id=0)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16 if device == "cuda" else torch.float32)
-    model.save_pretrained(path, safe_serialization=True)
-    build_tokenizer().save_pretrained(path)
 
 
 def main() -> None:

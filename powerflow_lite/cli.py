@@ -27,7 +27,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from . import demo as demo_module
-from .config import EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name
+from .config import BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name
 from .config_files import field_type, load_config, resolve_eval_config, resolve_train_config
 from .errors import PowerflowError
 
@@ -194,6 +194,28 @@ def plot(run: str = typer.Argument(..., help="A powerflow train output directory
 
     path = plot_run(run, out, overwrite)
     console.print(f"wrote {path}", markup=False)
+
+
+@app.command(help="Time Hugging Face generate and our static-cache sampler side by side on the same weights.")
+@with_config_flags(BenchConfig)
+def bench(**flags) -> None:
+    from .bench import run_bench
+
+    cfg = load_config(BenchConfig, overrides=flags)
+    report = run_bench(cfg)
+    if cfg.json:
+        console.print_json(json.dumps(report))
+        return
+    table = Table(title=f"{report['model']} ({report['quant']}, LoRA r={report['lora_r']}) on {report['device']}: "
+                        f"{report['batch']} x ({report['prompt_len']} + {report['new_tokens']}) tokens",
+                  title_justify="left")
+    for column in ("sampler", "tokens/s", "ms / decode step", "peak GPU GiB"):
+        table.add_column(column, justify="left" if column == "sampler" else "right")
+    for name, row in report["results"].items():
+        memory = f"{row['peak_gpu_mem_gib']:.2f}" if row["peak_gpu_mem_gib"] is not None else "-"
+        table.add_row(name, f"{row['tokens_per_s']:.1f}", f"{row['ms_per_step']:.1f}", memory)
+    console.print(table)
+    console.print(f"ours / HF: {report['speedup']:.2f}x tokens/s", markup=False)
 
 
 @app.command(help="Versions, device, GPU memory and whether 4-bit NF4 runs here.")

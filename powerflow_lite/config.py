@@ -197,6 +197,25 @@ class MergeConfig:
                 raise PowerflowError(f"{flag_name(name)} is required")
 
 
+@dataclass(frozen=True)
+class BenchConfig:
+    shape: str = option("tiny", "Random-weight model of this Qwen2.5 shape, built in code (no download).",
+                        choices=("tiny", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b"))
+    model: str = option("", "A model directory instead of --shape.")
+    batch: int = option(64, "Completions sampled together.")
+    prompt_len: int = option(128, "Prompt length in tokens.")
+    new_tokens: int = option(256, "Tokens per completion (EOS is ignored, so both samplers make the same number).")
+    quant: str = option("nf4", "Base weights: NF4 4-bit or full precision.", choices=("nf4", "none"))
+    lora_r: int = option(16, "LoRA rank on every linear layer.")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    seed: int = option(0, "Seed for weights, prompts and sampling.")
+    json: bool = option(False, "Print the figures as JSON.")
+
+    def __post_init__(self):
+        _check_ranges(self, positive=("batch", "prompt_len", "new_tokens", "lora_r"), non_negative=("seed",))
+        _check_choices(self)
+
+
 MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 

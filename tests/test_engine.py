@@ -124,3 +124,21 @@ def test_training_with_the_static_sampler_skips_the_pi_old_pass(tiny_model_dir, 
 def test_static_sampler_refuses_top_p(tiny_model_dir, prompts_file, tmp_path):
     with pytest.raises(PowerflowError, match="--sampler static does not implement --top-p"):
         TrainConfig(model=str(tiny_model_dir), alpha=2.0, prompts=str(prompts_file), sampler="static", top_p=0.9)
+
+
+def test_bench_runs_both_samplers_on_the_same_work(capsys):
+    import json
+
+    from powerflow_lite.cli import main
+
+    code = main(["bench", "--shape", "tiny", "--batch", "3", "--prompt-len", "8", "--new-tokens", "5", "--quant",
+                 "none", "--lora-r", "4", "--device", "cpu", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and set(report["results"]) == {"hf generate", "powerflow static"}
+    for row in report["results"].values():
+        assert row["tokens"] == 3 * 5  # EOS ignored: both make exactly batch x new-tokens tokens
+        assert row["tokens_per_s"] == pytest.approx(row["tokens"] / row["seconds"])
+        assert row["ms_per_step"] == pytest.approx(1000 * row["seconds"] / 5)
+    ratio = report["results"]["powerflow static"]["tokens_per_s"] / report["results"]["hf generate"]["tokens_per_s"]
+    assert report["speedup"] == pytest.approx(ratio)
+    assert main(["bench", "--batch", "0"]) == 2  # bad input: one line, exit 2

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from powerflow_lite.config import EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name
+from powerflow_lite.config import BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name
 from powerflow_lite.metrics import EVAL_METRICS, METRICS
 from powerflow_lite.presets import PRESETS
 
@@ -25,7 +25,7 @@ def test_quick_start_is_two_commands_and_ci_runs_the_second():
 
 
 def test_every_documented_flag_exists():
-    flags = {flag_name(f.name) for cls in (TrainConfig, SampleConfig, MergeConfig, EvalConfig)
+    flags = {flag_name(f.name) for cls in (TrainConfig, SampleConfig, MergeConfig, EvalConfig, BenchConfig)
              for f in cls.__dataclass_fields__.values()}
     flags |= {"--no" + flag[1:] for flag in flags}  # every on/off option has a --no- form
     flags |= {"--config", "--demo", "--json", "--help", "--no-deps", "--out"}  # --out: also powerflow plot's

@@ -1,0 +1,93 @@
+"""`powerflow bench`: Hugging Face `generate` and our static-cache sampler side by side, same weights and prompts.
+
+    powerflow bench --shape qwen2.5-1.5b --batch 64 --prompt-len 128 --new-tokens 256     # on a GPU
+    powerflow bench --shape tiny --device cpu --batch 4 --new-tokens 16 --json            # anywhere
+
+A random-weight model of the named Qwen2.5 shape is built in code (no download)
+and saved once as safetensors in a temporary directory, or --model is used; it
+is loaded as training loads it (NF4 or full precision) with a LoRA of rank
+--lora-r on every linear layer, whose B is set non-zero so the adapter is live.
+Both samplers then draw --batch completions of exactly --new-tokens tokens
+(EOS ignored) from the same random prompts, after one untimed warm-up call
+each. Reported per sampler: tokens/s, ms per decode step, peak GPU memory, and
+ours / HF. What this does not time yet: a training step (examples/gpu_check.py
+prints that split) and a CUDA-graph decode step (not built yet).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .config import BenchConfig
+from .engine import sample_static
+from .model import add_lora, load_base_model, load_tokenizer, resolve_device
+from .sampling import SamplingSettings, sample
+from .tiny import build_tokenizer
+
+SHAPES = {  # hidden, intermediate, layers, attention heads, key/value heads, vocabulary
+    "tiny": (64, 128, 2, 4, 2, 103),
+    "qwen2.5-0.5b": (896, 4864, 24, 14, 2, 151936),
+    "qwen2.5-1.5b": (1536, 8960, 28, 12, 2, 151936),
+    "qwen2.5-7b": (3584, 18944, 28, 28, 4, 152064),
+}
+SAMPLERS = {"hf generate": sample, "powerflow static": sample_static}
+
+
+def write_random_model(shape: str, path: Path, device: str) -> None:
+    """A Qwen2.5-shaped model with random weights (bf16 on CUDA) and the tiny character tokenizer."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    hidden, intermediate, layers, heads, kv_heads, vocab = SHAPES[shape]
+    config = Qwen2Config(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
+                         max_position_embeddings=4096, tie_word_embeddings=shape != "qwen2.5-7b",
+                         eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    model.save_pretrained(path, safe_serialization=True)
+    build_tokenizer().save_pretrained(path)
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    device = resolve_device(cfg.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = cfg.model or str(Path(tmp) / "model")
+        if not cfg.model:
+            write_random_model(cfg.shape, Path(model_dir), device.type)
+        tokenizer = load_tokenizer(model_dir)
+        model = add_lora(load_base_model(model_dir, cfg.quant, device), cfg.lora_r, 2 * cfg.lora_r, 0.0,
+                         "all-linear", False).eval()
+    torch.manual_seed(cfg.seed)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # a trained adapter is not zero: time the samplers with one that changes the logits
+            torch.nn.init.normal_(param, std=1e-3)
+    first_id = max(tokenizer.all_special_ids) + 1  # random prompts of ordinary tokens
+    vocab = model.get_input_embeddings().weight.shape[0]
+    prompts = torch.randint(first_id, min(vocab, len(tokenizer)), (cfg.batch, cfg.prompt_len)).tolist()
+    settings = SamplingSettings(cfg.new_tokens, ignore_eos=True)
+    results = {}
+    for name, sampler in SAMPLERS.items():
+        sampler(model, tokenizer, prompts[:1], 1, SamplingSettings(2, ignore_eos=True))  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        torch.manual_seed(cfg.seed)
+        started = time.perf_counter()
+        rollouts = sampler(model, tokenizer, prompts, 1, settings)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - started
+        tokens = int(rollouts.completion_mask.sum())
+        results[name] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+                         "ms_per_step": 1000 * seconds / cfg.new_tokens,
+                         "peak_gpu_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30
+                         if device.type == "cuda" else None}
+    hf, ours = results["hf generate"], results["powerflow static"]
+    return {"model": cfg.model or cfg.shape, "device": str(device), "quant": cfg.quant, "batch": cfg.batch,
+            "prompt_len": cfg.prompt_len, "new_tokens": cfg.new_tokens, "lora_r": cfg.lora_r,
+            "torch": torch.__version__, "results": results, "speedup": ours["tokens_per_s"] / hf["tokens_per_s"]}
