@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+from helpers import one_error_line
 from matplotlib.figure import Figure  # noqa: E402
 
 from powerflow_lite.cli import main  # noqa: E402
@@ -82,11 +83,6 @@ def plot(capsys, *args) -> tuple[int, str, str]:
     code = main(["plot", *map(str, args)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def one_error_line(err: str) -> str:
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 # --- what is drawn

@@ -1,0 +1,33 @@
+"""Small helpers the CLI-level test files share (tests/ is on sys.path under pytest's default import mode)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from powerflow_lite.cli import main
+
+DATA = Path(__file__).resolve().parent.parent / "examples" / "data"  # the shipped sample data files
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_jsonl(path, rows) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def run_cli(capsys, args) -> tuple[int, str, str]:
+    """main(args) with its exit code, stdout and stderr."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_error_line(err: str) -> str:
+    """Bad input ends with exactly one `error:` line on stderr and no traceback."""
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
