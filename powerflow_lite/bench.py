@@ -10,12 +10,16 @@ is loaded as training loads it (NF4 or full precision) with a LoRA of rank
 Both samplers then draw --batch completions of exactly --new-tokens tokens
 (EOS ignored) from the same random prompts, after one untimed warm-up call
 each. Reported per sampler: tokens/s, ms per decode step, peak GPU memory, and
-ours / HF. What this does not time yet: a training step (examples/gpu_check.py
-prints that split) and a CUDA-graph decode step (not built yet).
+ours / HF. Then (unless --no-train-step) one LA-TB training step through the
+trainer with the static sampler: --batch completions (8 per prompt) of
+--new-tokens after --prompt-len characters of prompt, its sample / score /
+update split and peak GPU memory. Not timed yet: a CUDA-graph decode step (not
+built yet).
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -62,6 +66,17 @@ def run_bench(cfg: BenchConfig) -> dict:
         tokenizer = load_tokenizer(model_dir)
         model = add_lora(load_base_model(model_dir, cfg.quant, device), cfg.lora_r, 2 * cfg.lora_r, 0.0,
                          "all-linear", False).eval()
+        report = compare_samplers(cfg, model, tokenizer, device)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if cfg.train_step:
+            report["train_step"] = time_train_step(cfg, model_dir, Path(tmp))
+    return report
+
+
+def compare_samplers(cfg: BenchConfig, model, tokenizer, device: torch.device) -> dict:
+    """Both samplers on the same model, prompts and seed: tokens/s, ms per decode step, peak GPU memory."""
     torch.manual_seed(cfg.seed)
     for name, param in model.named_parameters():
         if "lora_B" in name:  # a trained adapter is not zero: time the samplers with one that changes the logits
@@ -91,3 +106,27 @@ def run_bench(cfg: BenchConfig) -> dict:
     return {"model": cfg.model or cfg.shape, "device": str(device), "quant": cfg.quant, "batch": cfg.batch,
             "prompt_len": cfg.prompt_len, "new_tokens": cfg.new_tokens, "lora_r": cfg.lora_r,
             "torch": torch.__version__, "results": results, "speedup": ours["tokens_per_s"] / hf["tokens_per_s"]}
+
+
+def time_train_step(cfg: BenchConfig, model_dir: str, tmp: Path) -> dict:
+    """One LA-TB step through the trainer (static sampler): --batch completions of --new-tokens, 8 per prompt."""
+    from .config import TrainConfig
+    from .train import setup, train
+
+    G = min(8, cfg.batch)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    prompts = tmp / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": (letters[i % 26:] + letters * cfg.prompt_len)[:cfg.prompt_len]})
+                               + "\n" for i in range(max(1, cfg.batch // G))))
+    run = setup(TrainConfig(model=model_dir, alpha=4.0, prompts=str(prompts), output=str(tmp / "run"),
+                            quant=cfg.quant, device=cfg.device, max_steps=1, chat_template="none",
+                            prompts_per_step=max(1, cfg.batch // G), samples_per_prompt=G,
+                            max_new_tokens=cfg.new_tokens, ignore_eos=True, lora_r=cfg.lora_r,
+                            lora_alpha=2 * cfg.lora_r, sampler="static", warmup_steps=0, save_every=0,
+                            show_every=0, seed=cfg.seed))
+    [result] = list(train(run))
+    keys = ("time_sample", "time_score", "time_update", "peak_gpu_mem_gib")
+    step = {key: result.metrics[key] for key in keys if key in result.metrics}
+    step["seconds"] = sum(result.metrics[key] for key in keys[:3])
+    step["completions"] = run.cfg.prompts_per_step * G
+    return step

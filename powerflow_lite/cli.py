@@ -216,6 +216,12 @@ def bench(**flags) -> None:
         table.add_row(name, f"{row['tokens_per_s']:.1f}", f"{row['ms_per_step']:.1f}", memory)
     console.print(table)
     console.print(f"ours / HF: {report['speedup']:.2f}x tokens/s", markup=False)
+    if "train_step" in report:
+        step = report["train_step"]
+        memory = f", peak {step['peak_gpu_mem_gib']:.2f} GiB" if "peak_gpu_mem_gib" in step else ""
+        console.print(f"one training step over {step['completions']} completions: {step['seconds']:.2f} s "
+                      f"(sample {step['time_sample']:.2f} + score {step['time_score']:.2f} + update "
+                      f"{step['time_update']:.2f}){memory}", markup=False)
 
 
 @app.command(help="Versions, device, GPU memory and whether 4-bit NF4 runs here.")

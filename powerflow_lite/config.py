@@ -209,6 +209,7 @@ class BenchConfig:
     lora_r: int = option(16, "LoRA rank on every linear layer.")
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     seed: int = option(0, "Seed for weights, prompts and sampling.")
+    train_step: bool = option(True, "Also time one training step (static sampler) at this size.")
     json: bool = option(False, "Print the figures as JSON.")
 
     def __post_init__(self):

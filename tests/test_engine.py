@@ -141,4 +141,8 @@ def test_bench_runs_both_samplers_on_the_same_work(capsys):
         assert row["ms_per_step"] == pytest.approx(1000 * row["seconds"] / 5)
     ratio = report["results"]["powerflow static"]["tokens_per_s"] / report["results"]["hf generate"]["tokens_per_s"]
     assert report["speedup"] == pytest.approx(ratio)
+    step = report["train_step"]  # one trainer step at the same size: 3 completions (G = 3 when --batch < 8)
+    assert step["completions"] == 3
+    assert step["seconds"] == pytest.approx(step["time_sample"] + step["time_score"] + step["time_update"])
+    assert min(step["time_sample"], step["time_score"], step["time_update"]) > 0
     assert main(["bench", "--batch", "0"]) == 2  # bad input: one line, exit 2
