@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from powerflow_lite.bench import SHAPES, write_random_model
+from powerflow_lite.bench import SHAPES, write_letter_prompts, write_random_model
 from powerflow_lite.config import TrainConfig
 from powerflow_lite.train import setup, train
 
@@ -43,10 +43,7 @@ def main() -> None:
         root = Path(tmp)
         started = time.perf_counter()
         write_random_model(args.shape, root / "model", args.device)
-        prompts = root / "prompts.jsonl"
-        letters = "abcdefghijklmnopqrstuvwxyz"
-        prompts.write_text("".join(json.dumps({"prompt": (letters[i:] + letters * 10)[:args.prompt_len]}) + "\n"
-                                   for i in range(args.prompts_per_step)))
+        prompts = write_letter_prompts(root / "prompts.jsonl", args.prompts_per_step, args.prompt_len)
         print(f"model {args.shape} written in {time.perf_counter() - started:.1f} s", flush=True)
         cfg = TrainConfig(model=str(root / "model"), alpha=4.0, prompts=str(prompts), output=str(root / "run"),
                           quant=args.quant, device=args.device, max_steps=args.steps, chat_template="none",

@@ -108,16 +108,21 @@ def compare_samplers(cfg: BenchConfig, model, tokenizer, device: torch.device) -
             "torch": torch.__version__, "results": results, "speedup": ours["tokens_per_s"] / hf["tokens_per_s"]}
 
 
+def write_letter_prompts(path: Path, count: int, length: int) -> Path:
+    """`count` prompts of `length` letters (one token each with the tiny tokenizer), each starting elsewhere."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    path.write_text("".join(json.dumps({"prompt": (letters[i % 26:] + letters * length)[:length]}) + "\n"
+                            for i in range(count)))
+    return path
+
+
 def time_train_step(cfg: BenchConfig, model_dir: str, tmp: Path) -> dict:
     """One LA-TB step through the trainer (static sampler): --batch completions of --new-tokens, 8 per prompt."""
     from .config import TrainConfig
     from .train import setup, train
 
     G = min(8, cfg.batch)
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    prompts = tmp / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": (letters[i % 26:] + letters * cfg.prompt_len)[:cfg.prompt_len]})
-                               + "\n" for i in range(max(1, cfg.batch // G))))
+    prompts = write_letter_prompts(tmp / "prompts.jsonl", max(1, cfg.batch // G), cfg.prompt_len)
     run = setup(TrainConfig(model=model_dir, alpha=4.0, prompts=str(prompts), output=str(tmp / "run"),
                             quant=cfg.quant, device=cfg.device, max_steps=1, chat_template="none",
                             prompts_per_step=max(1, cfg.batch // G), samples_per_prompt=G,

@@ -13,7 +13,8 @@ the GPU half: capturing the decode step in a CUDA graph (the cache, the
 position and the RNG state are already fixed-shape tensors for that), and
 measuring it against `generate` with `powerflow bench`.
 
-Not supported here (the caller falls back to Hugging Face `generate`): top-p < 1.
+Not supported: top-p < 1 (sample_static raises, and `--sampler static` with
+`--top-p` below 1 is refused at the command line; use `--sampler hf`).
 """
 
 from __future__ import annotations
