@@ -2,19 +2,24 @@
 
     OUT/config.yaml, OUT/metrics.jsonl
     OUT/checkpoint-N/   adapter_model.safetensors, adapter_config.json, z_head.safetensors,
-                        optimizer.pt, scheduler.pt, trainer_state.json
+                        optimizer.safetensors + optimizer.json, scheduler.json, trainer_state.json
     OUT/adapter/        the final adapter (PEFT format) + z_head.safetensors
 
-A checkpoint is written under a temporary name and renamed into place, and
-`trainer_state.json` is its last file, so a directory named checkpoint-N is
-always complete. There is no data loader or RNG state to save: the prompts and
-the random draws of step s are functions of (seed, s) (see `data.prompt_indices`
-and `train.seed_step`), so the step number alone puts a resumed run back on track.
+A checkpoint is written under a temporary name, synced to disk and renamed into
+place, and `trainer_state.json` is its last file, so a directory named
+checkpoint-N is always complete; old ones are renamed away before they are
+deleted (--keep-checkpoints). There is no data loader or RNG state to save: the
+prompts and the random draws of step s are functions of (seed, s) (see
+`data.prompt_indices` and `train.seed_step`), so the step number alone puts a
+resumed run back on track. Nothing is pickled: tensors go to safetensors, the
+rest of the optimizer and scheduler state to JSON.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -74,12 +79,16 @@ def checkpoint_step(path: Path) -> int | None:
     return int(match.group(1)) if match and (path / STATE_FILE).is_file() else None
 
 
-def resume_checkpoint(out: Path, resume_from: str = "") -> Path:
-    """The checkpoint to resume: --resume-from (inside --output, with nothing newer) or the newest complete one."""
+def resume_checkpoint(out: Path, resume_from: str = "") -> Path | None:
+    """The checkpoint to resume: --resume-from (inside --output, with nothing newer) or the newest complete one.
+
+    None for a run stopped before its first checkpoint: it restarts from step 0.
+    """
     if not resume_from:
         path = latest_checkpoint(out)
-        if path is None:
-            raise PowerflowError(f"--resume: {str(out)!r} has no complete checkpoint yet")
+        if path is None and not (out / "config.yaml").is_file():
+            raise PowerflowError(f"--resume: {str(out)!r} holds no powerflow run (no config.yaml); "
+                                 "drop --resume to start one there")
         return path
     path = Path(resume_from).expanduser()
     step = checkpoint_step(path)
@@ -108,14 +117,118 @@ def save_adapter(directory: Path, model, head: LogZHead) -> None:
 def save_checkpoint(out: Path, step: int, model, head: LogZHead, optimizer, scheduler, state: dict) -> Path:
     final = out / f"checkpoint-{step}"
     tmp = out / f".checkpoint-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_adapter(tmp, model, head)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
-    replace_dir(tmp, final)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_adapter(tmp, model, head)
+        save_state(optimizer.state_dict(), tmp / "optimizer")
+        (tmp / "scheduler.json").write_text(json.dumps(encode(scheduler.state_dict())))
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
+        sync_tree(tmp)
+        replace_dir(tmp, final)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        latest = latest_checkpoint(out)
+        raise PowerflowError(f"the disk of --output is full: checkpoint-{step} was not written; the newest complete "
+                             f"one is {latest.name if latest else 'none'}. Free space (or pass --keep-checkpoints N) "
+                             f"and continue with --resume") from None
     return final
+
+
+def prune_checkpoints(out: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints; each is renamed away first, so none is half-deleted."""
+    complete = sorted((checkpoint_step(p), p) for p in out.glob("checkpoint-*") if checkpoint_step(p) is not None)
+    for _, path in complete[:-keep] if keep else []:
+        doomed = path.with_name(f".{path.name}.deleting")
+        os.replace(path, doomed)
+        shutil.rmtree(doomed)
+
+
+def remove_leftovers(out: Path) -> None:
+    """Half-written or half-deleted checkpoints of a run that was killed: never complete, never used."""
+    for path in [*out.glob(".checkpoint-*.tmp"), *out.glob(".checkpoint-*.deleting")]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def checkpoint_bytes(trainable: int) -> int:
+    """About what one checkpoint takes: fp32 LoRA weights and AdamW's two moments (12 bytes per parameter)."""
+    return 12 * trainable + 2**20
+
+
+def check_free_space(out: Path, needed: int) -> None:
+    nearest = out
+    while not nearest.exists():
+        nearest = nearest.parent
+    free = shutil.disk_usage(nearest).free
+    if free < needed:
+        raise PowerflowError(f"not enough disk space for --output {str(out)!r}: {free / 2**20:.0f} MiB free, the "
+                             f"run's checkpoints and adapter need about {needed / 2**20:.0f} MiB "
+                             "(pass --keep-checkpoints N or a larger --save-every, or free space)")
+
+
+def sync_tree(directory: Path) -> None:
+    """fsync every file of `directory` and the directory itself: a rename after this survives a power cut."""
+    for path in directory.iterdir():
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def save_state(state: dict, stem: Path) -> None:
+    """A state dict as stem.safetensors (its tensors) + stem.json (the rest, tensors replaced by their names)."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    stem.with_suffix(".json").write_text(json.dumps(encode(state, tensors)))
+    # Copies on the CPU: an optimizer may share one tensor between states, which safetensors refuses.
+    save_file({name: t.detach().to("cpu", copy=True).contiguous() for name, t in tensors.items()},
+              str(stem.with_suffix(".safetensors")))
+
+
+def load_state(stem: Path, device: torch.device | str = "cpu") -> dict:
+    from safetensors.torch import load_file
+
+    return decode(json.loads(stem.with_suffix(".json").read_text()), load_file(str(stem.with_suffix(".safetensors")),
+                                                                                device=str(device)))
+
+
+def encode(value, tensors: dict | None = None):
+    """JSON for nested dicts/lists/tuples of numbers, strings and tensors, keeping int keys and tuples."""
+    if isinstance(value, torch.Tensor):
+        if tensors is None:
+            raise TypeError("a tensor needs a tensors dict to go to")
+        name = str(len(tensors))
+        tensors[name] = value
+        return {"tensor": name}
+    if isinstance(value, dict):
+        return {"dict": [[encode(k), encode(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return {"tuple" if isinstance(value, tuple) else "list": [encode(v, tensors) for v in value]}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": repr(value)}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot save a {type(value).__name__} in a checkpoint")
+
+
+def decode(value, tensors: dict | None = None):
+    if not isinstance(value, dict):
+        return value
+    (kind, inner), = value.items()
+    if kind == "tensor":
+        return tensors[inner]
+    if kind == "dict":
+        return {decode(k): decode(v, tensors) for k, v in inner}
+    if kind == "float":
+        return float(inner)
+    items = [decode(v, tensors) for v in inner]
+    return tuple(items) if kind == "tuple" else items
 
 
 def save_final_adapter(out: Path, model, head: LogZHead) -> Path:
@@ -143,14 +256,18 @@ def load_checkpoint(path: Path, model, head: LogZHead, optimizer, scheduler) -> 
 
     if checkpoint_step(path) is None:
         raise PowerflowError(f"{str(path)!r} is not a complete checkpoint directory")
+    if not (path / "optimizer.safetensors").is_file():
+        raise PowerflowError(f"checkpoint {str(path)!r} has no optimizer.safetensors (an older powerflow-lite "
+                             "pickled it): its adapter still works with sample and merge-adapter, but it cannot be "
+                             "resumed")
     try:
         result = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"unexpected adapter weights {result.unexpected_keys[:3]}")
         head.load_state_dict(load_file(str(path / "z_head.safetensors")))
         device = next(head.parameters()).device
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        optimizer.load_state_dict(load_state(path / "optimizer", device))
+        scheduler.load_state_dict(decode(json.loads((path / "scheduler.json").read_text())))
         return json.loads((path / STATE_FILE).read_text())
     except (RuntimeError, ValueError, KeyError, OSError) as err:
         raise PowerflowError(f"checkpoint {str(path)!r} does not match this run's model, LoRA or head settings "

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import signal
 import warnings
 from typing import Callable, Optional
 
@@ -29,7 +30,7 @@ from rich.table import Table
 from . import demo as demo_module
 from .config import BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name
 from .config_files import field_type, load_config, resolve_eval_config, resolve_train_config
-from .errors import PowerflowError
+from .errors import PowerflowError, Stopped
 
 # Plain click help: rich's two-column panels squeeze 40 options into an unreadable 80-column layout.
 app = typer.Typer(rich_markup_mode=None, add_completion=False, no_args_is_help=True,
@@ -95,7 +96,9 @@ DEMO = _extra("demo", bool, "--demo", default=False,
 @app.command(help="Fine-tune a LoRA adapter so the policy matches p_base(y|q)^alpha.")
 @with_config_flags(TrainConfig, extra=[CONFIG_FILE, DEMO])
 def train(config: str | None = None, demo: bool = False, **flags) -> None:
+    from .checkpoint import latest_checkpoint
     from .display import eval_text, show_training
+    from .faults import StopSignals
     from .train import setup
     from .train import train as train_steps
 
@@ -111,7 +114,13 @@ def train(config: str | None = None, demo: bool = False, **flags) -> None:
     console.print(f"powerflow: {cfg.model} ({info['quant']}, {info['device']}), alpha={cfg.alpha}, "
                   f"objective={cfg.objective}, {info['trainable_params']:,} trainable of "
                   f"{info['total_params']:,} parameters, {info['prompts']} prompts -> {run.out}{resumed}", markup=False)
-    last = show_training(train_steps(run), console, run.start_step, cfg.max_steps)
+    with StopSignals() as stop:
+        last = show_training(train_steps(run, stop.requested), console, run.start_step, cfg.max_steps)
+    if stop.requested() and (last is None or last.step < cfg.max_steps):
+        latest = latest_checkpoint(run.out)
+        where = f"checkpoint {latest} written" if latest else "no checkpoint written"
+        raise Stopped(f"stopped by {signal.Signals(stop.signal).name} after step {last.step if last else 0}: "
+                      f"{where}; continue with: powerflow train --output {run.out} --resume", stop.exit_code)
     if last is None:
         console.print(f"nothing to do: {run.out} is already at step {run.start_step} of {cfg.max_steps}",
                       markup=False)
@@ -263,7 +272,7 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (2 for bad input, 130 for Ctrl-C)."""
+    """Run the CLI; returns the exit code (2 for bad input, 130 for Ctrl-C, 143 for SIGTERM)."""
     _quiet_libraries()
     try:
         result = app(args=argv, standalone_mode=False, prog_name="powerflow")
@@ -279,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as err:  # --out raced into existence after validation
         err_console.print(f"error: {err.filename} exists; nothing was overwritten", markup=False)
         return 2
+    except Stopped as stopped:
+        err_console.print(str(stopped), markup=False)
+        return stopped.code
     except (KeyboardInterrupt, typer.Abort):
+        result = 130
+    if result == 130:  # typer turns KeyboardInterrupt into exit code 130, silently
         err_console.print("interrupted", markup=False)
-        return 130
     return result if isinstance(result, int) else 0

@@ -54,6 +54,8 @@ class TrainConfig:
     top_p: float = option(1.0, "Nucleus sampling; the maths assumes 1.")
     sampler: str = option("hf", "hf: Hugging Face generate; static: our static-cache decode loop, which returns "
                           "log pi_old with the samples (no scoring pass for it).", choices=("hf", "static"))
+    sample_batch_size: int = option(0, "Completions per sampling call (0: the whole step in one call); halved "
+                                    "automatically after a CUDA out-of-memory error.")
     # --- model and adapter
     quant: str = option("nf4", "Base weights: NF4 4-bit (bitsandbytes) or full precision.", choices=("nf4", "none"))
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
@@ -77,10 +79,13 @@ class TrainConfig:
     lr_schedule: str = option("cosine", "Decay after warmup.", choices=("constant", "linear", "cosine"))
     warmup_steps: int = option(5, "Linear learning-rate warmup steps.")
     max_grad_norm: float = option(1.0, "Clip the LoRA gradient norm to this (0 disables).")
-    micro_batch_size: int = option(8, "Completions per forward/backward (gradient accumulation over the step).")
+    micro_batch_size: int = option(8, "Completions per forward/backward (gradient accumulation over the step); "
+                                   "halved automatically after a CUDA out-of-memory error.")
     inner_epochs: int = option(1, "Updates per batch of samples (K); >1 uses the clipped importance weight.")
     clip_eps: float = option(0.2, "Importance-weight clip: w in [1-eps, 1+eps].")
     seed: int = option(0, "Seed for prompt order, sampling and initialisation.")
+    max_bad_steps: int = option(3, "A step whose loss or gradient is not finite is skipped (nothing applied); "
+                                   "stop after this many in a row.")
     # --- evaluation during training (the measures of `powerflow eval`, written into metrics.jsonl as eval_*)
     eval_data: str = option("", "Problems or prompts to evaluate on (as powerflow eval --data): a preset, file or "
                                 "dataset.")
@@ -91,6 +96,7 @@ class TrainConfig:
                             choices=("auto", "math", "creative"))
     # --- output
     save_every: int = option(50, "Write OUT/checkpoint-N every N steps (0: only at the end).")
+    keep_checkpoints: int = option(0, "Keep only the newest N checkpoints, deleting older ones (0: keep all).")
     show_every: int = option(10, "Show one prompt and completion every N steps (0: never).")
     resume: bool = option(False, "Continue from the newest complete checkpoint in --output.")
     resume_from: str = option("", "Continue from this checkpoint directory (implies --resume).")
@@ -103,9 +109,10 @@ class TrainConfig:
             raise PowerflowError("--prompts is required (a prompt file or dataset), or use --demo")
         _check_ranges(self, positive=("alpha", "prompts_per_step", "samples_per_prompt", "max_new_tokens",
                                       "lora_r", "lora_alpha", "max_steps", "lr", "z_lr", "z_hidden",
-                                      "micro_batch_size", "inner_epochs", "temperature"),
+                                      "micro_batch_size", "inner_epochs", "temperature", "max_bad_steps"),
                       non_negative=("min_new_tokens", "weight_decay", "warmup_steps", "max_grad_norm", "save_every",
-                                    "show_every", "seed", "eval_every", "eval_limit"))
+                                    "show_every", "seed", "eval_every", "eval_limit", "sample_batch_size",
+                                    "keep_checkpoints"))
         _check_choices(self)
         if not 0 < self.top_p <= 1:
             raise PowerflowError(f"--top-p must be in (0, 1], got {self.top_p}")

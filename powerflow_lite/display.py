@@ -52,7 +52,15 @@ def plain_line(result: StepResult) -> str:
     return (f"step {result.step}/{result.max_steps}  loss {m['loss']:.4g}  log_z {m['log_z_mean']:.3f}"
             f"±{m['log_z_std']:.3f}  len {m['length_mean']:.1f}  trunc {m['truncated_frac']:.0%}  "
             f"logp pi/base {m['policy_logp_per_token']:.3f}/{m['base_logp_per_token']:.3f}  "
-            f"grad {m['grad_norm']:.3g}  {m['sample_tokens_per_s']:.1f} tok/s{evaluated}")
+            f"grad {m['grad_norm']:.3g}  {m['sample_tokens_per_s']:.1f} tok/s{_skipped(m)}{evaluated}")
+
+
+def _skipped(m: dict) -> str:
+    return "  update skipped: not finite" if m.get("update_skipped") else ""
+
+
+def _notes(result: StepResult) -> list[str]:
+    return [f"warning: {note}" for note in result.notes]
 
 
 def _table(result: StepResult | None) -> Table:
@@ -83,6 +91,8 @@ def show_training(steps: Iterable[StepResult], console: Console, start_step: int
     last = None
     if not console.is_terminal:
         for last in steps:
+            for note in _notes(last):
+                console.print(note, highlight=False, soft_wrap=True, markup=False)
             console.print(plain_line(last), highlight=False, soft_wrap=True)
             if last.example:
                 console.print(f"  example: {last.example['completion'].strip()[:300]!r}", highlight=False,
@@ -94,6 +104,9 @@ def show_training(steps: Iterable[StepResult], console: Console, start_step: int
     with Live(Group(progress, _table(None)), console=console, refresh_per_second=4) as live:
         for last in steps:
             progress.update(task, completed=last.step)
+            for note in [*_notes(last), _skipped(last.metrics).strip()]:
+                if note:
+                    live.console.print(Text(f"step {last.step}: {note}", style="yellow"))
             if last.example:
                 live.console.print(_example_panel(last))
             if eval_text(last.metrics):

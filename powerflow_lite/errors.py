@@ -10,6 +10,14 @@ class PowerflowError(Exception):
     """Bad input or an unsupported setup, described in one line for the user."""
 
 
+class Stopped(Exception):
+    """The run stopped cleanly on request (a signal): `str(err)` says where it stands; exit with `code`."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message (libraries' messages run to many lines), or its type's name."""
     text = str(err).strip().splitlines()

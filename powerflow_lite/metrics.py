@@ -27,6 +27,8 @@ METRICS: dict[str, str] = {
     "base_logp_per_token": "Mean log p_base(y_t) of the same tokens with the adapter off.",
     "clip_frac": "Fraction of importance weights that hit the clip (0 with --inner-epochs 1).",
     "grad_norm": "LoRA gradient norm before clipping (last inner epoch).",
+    "update_skipped": "1 when the loss or gradient was not finite and the step's update was skipped (see "
+                      "--max-bad-steps), else 0.",
     "lr": "LoRA learning rate after this step's scheduler update.",
     "sample_tokens_per_s": "Generated tokens per second while sampling.",
     "time_sample": "Seconds spent sampling.",

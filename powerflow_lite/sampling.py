@@ -55,6 +55,23 @@ class Rollouts:
         return Rollouts(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
                            for f in fields(self)})
 
+    @staticmethod
+    def concat(parts: list["Rollouts"], pad_id: int, group_ids: Tensor) -> "Rollouts":
+        """The rows of `parts` in order, prompts re-padded on the left and completions on the right."""
+        prompt_width = max(p.prompt_ids.shape[1] for p in parts)
+        width = max(p.completion_ids.shape[1] for p in parts)
+
+        def cat(name: str, value, left: bool = False):
+            tensors = [getattr(p, name) for p in parts]
+            target = prompt_width if left else width
+            return torch.cat([torch.nn.functional.pad(t, (target - t.shape[1], 0) if left else (0, target - t.shape[1]),
+                                                      value=value) for t in tensors])
+
+        logps = None if parts[0].sampled_logps is None else cat("sampled_logps", 0.0)
+        return Rollouts(cat("prompt_ids", pad_id, left=True), cat("prompt_mask", 0, left=True),
+                        cat("completion_ids", pad_id), cat("completion_mask", 0), group_ids,
+                        torch.cat([p.truncated for p in parts]), logps)
+
 
 def eos_token_ids(model, tokenizer) -> list[int]:
     """Every id that ends a completion: the tokenizer's EOS plus the model's generation EOS list."""
@@ -104,6 +121,19 @@ def sample(model, tokenizer, prompts: list[list[int]], samples_per_prompt: int, 
     completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
     group_ids = torch.arange(len(prompts), device=device).repeat_interleave(samples_per_prompt)
     return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, group_ids, truncated)
+
+
+def sample_in_batches(sampler, model, tokenizer, prompts: list[list[int]], samples_per_prompt: int,
+                      settings: SamplingSettings, batch_size: int) -> Rollouts:
+    """`sampler` over at most `batch_size` completions per call (0: all in one call, exactly `sampler` itself)."""
+    total = len(prompts) * samples_per_prompt
+    if not batch_size or batch_size >= total:
+        return sampler(model, tokenizer, prompts, samples_per_prompt, settings)
+    rows = [ids for ids in prompts for _ in range(samples_per_prompt)]
+    parts = [sampler(model, tokenizer, rows[start:start + batch_size], 1, settings)
+             for start in range(0, total, batch_size)]
+    group_ids = torch.arange(len(prompts), device=parts[0].group_ids.device).repeat_interleave(samples_per_prompt)
+    return Rollouts.concat(parts, tokenizer.pad_token_id, group_ids)
 
 
 def _completion_mask(completion_ids: Tensor, stop_ids: list[int]) -> tuple[Tensor, Tensor]:

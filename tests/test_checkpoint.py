@@ -23,8 +23,8 @@ from powerflow_lite.partition import LogZHead
 
 CPU = torch.device("cpu")
 INPUT_IDS = torch.tensor([[5, 17, 30, 42, 8, 61]])  # [1, L]
-CHECKPOINT_FILES = {"adapter_model.safetensors", "adapter_config.json", "z_head.safetensors", "optimizer.pt",
-                    "scheduler.pt", "trainer_state.json"}
+CHECKPOINT_FILES = {"adapter_model.safetensors", "adapter_config.json", "z_head.safetensors",
+                    "optimizer.safetensors", "optimizer.json", "scheduler.json", "trainer_state.json"}
 
 
 def snapshot(directory):

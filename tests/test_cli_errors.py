@@ -70,15 +70,6 @@ def test_a_failing_format_penalty_is_named(tiny_model_dir, prompts_file, tmp_pat
     assert not list((tmp_path / "run").glob("checkpoint-*"))
 
 
-def test_a_non_finite_loss_stops_before_updating_or_saving(tiny_model_dir, prompts_file, tmp_path, capsys):
-    # psi of +-1e30 across completions: log Z cannot absorb it, and r^2 overflows float32
-    (tmp_path / "huge.py").write_text("calls = []\ndef psi(completion, prompt):\n    calls.append(1)\n"
-                                      "    return 1e30 if len(calls) % 2 else -1e30\n")
-    code = main(args(tiny_model_dir, prompts_file, tmp_path / "run", "--format-penalty", f"{tmp_path}/huge.py:psi"))
-    assert code == 2 and "the loss became inf at step 1" in one_error_line(capsys)
-    assert not list((tmp_path / "run").glob("checkpoint-*")) and not (tmp_path / "run" / "adapter").exists()
-
-
 @pytest.mark.parametrize("extra, message", [
     (["--max-grad-norm", "nan"], "--max-grad-norm must be a finite number"),
     (["--lr", "inf"], "--lr must be a finite number"),

@@ -1,0 +1,162 @@
+"""Everything the training loop needs, built and checked before step 1: `setup(cfg) -> Run`.
+
+    run = setup(cfg)  # output dir, prompts, model + LoRA, log Z head, optimizer, resume, disk space
+
+The cheap checks come first (output directory, prompt file, tokenizer, eval data)
+so that bad input fails before a model loads, and nothing is written or deleted
+until every input has passed: only then may --overwrite remove a previous run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .config_files import to_yaml
+from .data import encode_prompts, load_prompts
+from .evaluate import EvalSet, setup_training_eval
+from .metrics import MetricsLog
+from .model import (
+    add_lora,
+    load_base_model,
+    load_tokenizer,
+    parameter_count,
+    resolve_device,
+    trainable_parameters,
+)
+from .objectives import OBJECTIVES, Objective
+from .partition import LogZHead
+from .rewards import FormatPenalty, load_format_penalty
+
+
+@dataclass
+class Run:
+    """Everything `setup` builds for the loop."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    model: object  # PeftModel
+    tokenizer: object
+    head: LogZHead
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    objective: Objective
+    psi: FormatPenalty
+    prompts: list[dict]  # rows from the prompt file; row["prompt"] is the text
+    prompt_ids: list[list[int]]  # the rendered, tokenized prompts
+    metrics: MetricsLog
+    start_step: int = 0
+    z_initialized: bool = False
+    resumed_from: Path | None = None
+    info: dict = field(default_factory=dict)
+    eval_set: EvalSet | None = None  # with --eval-data
+    embed: Callable | None = None  # sentence embedder of creative evals
+    micro_batch_size: int = 0  # cfg's, until an out-of-memory error halves it
+    sample_batch_size: int = 0  # completions per sampling call, 0: all; halved likewise
+    bad_in_row: int = 0  # steps in a row whose update was skipped (non-finite loss or gradient)
+
+
+def _set_learning_rates(optimizer, scheduler, base_lrs: list[float]) -> None:
+    """After restoring a scheduler, use this run's --lr / --z-lr (LambdaLR's state would keep the old ones)."""
+    scheduler.base_lrs = list(base_lrs)
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group, base_lr in zip(optimizer.param_groups, base_lrs):
+        group["initial_lr"], group["lr"] = base_lr, base_lr * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Multiplier of the base learning rates at optimizer step n: linear warmup, then the schedule."""
+    total = cfg.max_steps * cfg.inner_epochs
+    warmup = cfg.warmup_steps * cfg.inner_epochs
+
+    def factor(n: int) -> float:
+        if n < warmup:
+            return (n + 1) / (warmup + 1)
+        progress = min(1.0, (n - warmup) / max(1, total - warmup))
+        if cfg.lr_schedule == "linear":
+            return 1.0 - progress
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def build_optimizer(cfg: TrainConfig, lora_params, head: LogZHead, device: torch.device):
+    """AdamW over the LoRA weights (first group) and the head; bitsandbytes' paged 8-bit AdamW on CUDA."""
+    groups = [{"params": lora_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}, *head.param_groups(cfg.z_lr)]
+    if device.type == "cuda":
+        try:
+            import bitsandbytes as bnb
+
+            return bnb.optim.PagedAdamW8bit(groups)
+        except Exception:  # no usable CUDA build of bitsandbytes: plain AdamW is correct, only larger
+            pass
+    return torch.optim.AdamW(groups)
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Check inputs cheaply first (output dir, prompts), then load the model and restore a checkpoint."""
+    resuming = cfg.resume or bool(cfg.resume_from)
+    out = ckpt.check_output_dir(cfg.output, resume=resuming, overwrite=cfg.overwrite)
+    resume_path = ckpt.resume_checkpoint(out, cfg.resume_from) if resuming else None  # None: start at step 0
+    rows = load_prompts(cfg.prompts, cfg.prompt_field, cfg.split)
+    psi = load_format_penalty(cfg.format_penalty)
+    device = resolve_device(cfg.device)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+
+    eval_set, embed = setup_training_eval(cfg, tokenizer, device) if cfg.eval_data else (None, None)
+
+    torch.manual_seed(cfg.seed)  # LoRA and head initialisation
+    base = load_base_model(cfg.model, cfg.quant, device, cfg.trust_remote_code)
+    prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], cfg.chat_template, cfg.system_prompt,
+                                cfg.max_new_tokens, getattr(base.config, "max_position_embeddings", None), cfg.prompts)
+    model = add_lora(base, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
+                     cfg.gradient_checkpointing)
+    head = LogZHead(base.config.get_text_config().hidden_size, cfg.z_hidden).to(device)
+    lora_params = trainable_parameters(model)
+    optimizer = build_optimizer(cfg, lora_params, head, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+
+    run = Run(cfg, out, device, model, tokenizer, head, optimizer, scheduler, OBJECTIVES[cfg.objective], psi,
+              rows, prompt_ids, MetricsLog(out / "metrics.jsonl"), eval_set=eval_set, embed=embed,
+              micro_batch_size=cfg.micro_batch_size, sample_batch_size=cfg.sample_batch_size)
+    if resume_path is not None:
+        state = ckpt.load_checkpoint(resume_path, model, head, optimizer, scheduler)
+        run.start_step, run.z_initialized, run.resumed_from = state["step"], state["z_initialized"], resume_path
+        run.bad_in_row = state.get("bad_steps_in_row", 0)
+        _set_learning_rates(optimizer, scheduler, [cfg.lr, *(g["lr"] for g in head.param_groups(cfg.z_lr))])
+    ckpt.check_free_space(out, _disk_needed(cfg, run.start_step, sum(p.numel() for p in lora_params)))
+    # Every input is valid by now: only here may --overwrite delete a previous run.
+    ckpt.create_output_dir(out, resume=resuming, overwrite=cfg.overwrite)
+    if resuming:  # rows after the checkpoint (all rows, when there is none) are redone
+        ckpt.remove_leftovers(out)
+        ckpt.truncate_metrics(out / "metrics.jsonl", run.start_step if resume_path else -1)
+    # The saved config describes the run, not how this invocation started it: never `overwrite: true`.
+    (out / "config.yaml").write_text(to_yaml(replace(cfg, resume=False, resume_from="", overwrite=False)))
+    run.info = {
+        "device": str(device),
+        "quant": cfg.quant,
+        "trainable_params": sum(p.numel() for p in lora_params),
+        "total_params": parameter_count(model),
+        "prompts": len(rows),
+        "start_step": run.start_step,
+    }
+    return run
+
+
+def _disk_needed(cfg: TrainConfig, start_step: int, trainable: int) -> int:
+    """Bytes the checkpoints and final adapter of this invocation will take (at most keep + 1 at once)."""
+    steps = cfg.max_steps - start_step
+    count = steps // cfg.save_every + 1 if cfg.save_every else 1
+    if cfg.keep_checkpoints:
+        count = min(count, cfg.keep_checkpoints + 1)
+    return count * ckpt.checkpoint_bytes(trainable) + 4 * trainable
