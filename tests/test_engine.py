@@ -10,7 +10,7 @@ from powerflow_lite.config import TrainConfig
 from powerflow_lite.engine import sample_static
 from powerflow_lite.errors import PowerflowError
 from powerflow_lite.model import add_lora, load_base_model, load_tokenizer
-from powerflow_lite.sampling import SamplingSettings, eos_token_ids, left_pad
+from powerflow_lite.sampling import SamplingSettings, eos_token_ids, left_pad, sample_in_batches
 from powerflow_lite.scoring import score
 from powerflow_lite.tiny import write_tiny_model
 from powerflow_lite.train import setup, train
@@ -53,6 +53,27 @@ def test_greedy_tokens_equal_hf_generate(peaky_dir):
         ended = [t for t, token in enumerate(reference[row].tolist()) if token in stop_ids]
         assert int(ours.lengths[row]) == (ended[0] + 1 if ended else 16)
         assert bool(ours.truncated[row]) == (not ended)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_sampling_in_batches_puts_the_rows_back_together(peaky_dir, batch_size):
+    # greedy, so each row is a function of its prompt alone: batches of 1 or 3 (splitting a prompt's group, with
+    # prompts of two lengths and rows that stop early) must give the one-call rollouts, re-padded identically
+    model, tokenizer = policy(peaky_dir)
+    prompts = ragged_prompts(tokenizer)
+
+    def greedy(*args):
+        return sample_static(*args, greedy=True)
+
+    # greedy rows here never emit EOS: make the 5th token of prompt 1's completion a stop id instead
+    stop = int(sample_static(model, tokenizer, prompts[:1], 1, SamplingSettings(16), greedy=True).completion_ids[0, 4])
+    settings = SamplingSettings(16, stop_ids=(stop,))
+    whole = sample_in_batches(greedy, model, tokenizer, prompts, 3, settings, 0)
+    parts = sample_in_batches(greedy, model, tokenizer, prompts, 3, settings, batch_size)
+    assert whole.lengths.unique().numel() > 1  # some rows stopped early: the completions are ragged
+    for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "group_ids", "truncated"):
+        assert torch.equal(getattr(parts, name), getattr(whole, name)), name
+    torch.testing.assert_close(parts.sampled_logps, whole.sampled_logps, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("quant, tolerance", [("none", 1e-5), ("nf4", 5e-4)])
