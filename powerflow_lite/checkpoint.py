@@ -89,6 +89,9 @@ def resume_checkpoint(out: Path, resume_from: str = "") -> Path | None:
         if path is None and not (out / "config.yaml").is_file():
             raise PowerflowError(f"--resume: {str(out)!r} holds no powerflow run (no config.yaml); "
                                  "drop --resume to start one there")
+        if path is None and (out / "adapter").is_dir():
+            raise PowerflowError(f"--resume: {str(out)!r} has a final adapter but no checkpoint to continue from "
+                                 "(were they deleted?); use --overwrite to train it again from the start")
         return path
     path = Path(resume_from).expanduser()
     step = checkpoint_step(path)
@@ -126,15 +129,33 @@ def save_checkpoint(out: Path, step: int, model, head: LogZHead, optimizer, sche
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
         sync_tree(tmp)
         replace_dir(tmp, final)
-    except OSError as err:
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a failed write
         shutil.rmtree(tmp, ignore_errors=True)
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not disk_full(err):
             raise
         latest = latest_checkpoint(out)
         raise PowerflowError(f"the disk of --output is full: checkpoint-{step} was not written; the newest complete "
                              f"one is {latest.name if latest else 'none'}. Free space (or pass --keep-checkpoints N) "
                              f"and continue with --resume") from None
     return final
+
+
+def disk_full(err: BaseException) -> bool:
+    """No space or over quota, as an OSError or as safetensors' own error (which only says "os error 28")."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return any(f"os error {code}" in str(err) for code in (errno.ENOSPC, errno.EDQUOT))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """A kill mid-write leaves the old file, never a truncated one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
 def prune_checkpoints(out: Path, keep: int) -> None:
@@ -169,10 +190,14 @@ def check_free_space(out: Path, needed: int) -> None:
 
 
 def sync_tree(directory: Path) -> None:
-    """fsync every file of `directory` and the directory itself: a rename after this survives a power cut."""
+    """fsync every file of `directory` and the directory itself, so that what a rename publishes is on disk."""
     for path in directory.iterdir():
         with path.open("rb") as handle:
             os.fsync(handle.fileno())
+    sync_dir(directory)
+
+
+def sync_dir(directory: Path) -> None:
     descriptor = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -234,7 +259,15 @@ def decode(value, tensors: dict | None = None):
 def save_final_adapter(out: Path, model, head: LogZHead) -> Path:
     final, tmp = out / "adapter", out / ".adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_adapter(tmp, model, head)
+    try:
+        save_adapter(tmp, model, head)
+        sync_tree(tmp)
+    except Exception as err:  # noqa: BLE001 - see save_checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not disk_full(err):
+            raise
+        raise PowerflowError("the disk of --output is full: the final adapter was not written (the last "
+                             "checkpoint holds the same weights); free space and run again with --resume") from None
     replace_dir(tmp, final)
     return final
 
@@ -246,6 +279,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
+    sync_dir(final.parent)  # the rename itself, for a power cut
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -30,7 +30,7 @@ from rich.table import Table
 from . import demo as demo_module
 from .config import BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name
 from .config_files import field_type, load_config, resolve_eval_config, resolve_train_config
-from .errors import PowerflowError, Stopped
+from .errors import PowerflowError, Stopped, first_line
 
 # Plain click help: rich's two-column panels squeeze 40 options into an unreadable 80-column layout.
 app = typer.Typer(rich_markup_mode=None, add_completion=False, no_args_is_help=True,
@@ -111,6 +111,8 @@ def train(config: str | None = None, demo: bool = False, **flags) -> None:
     run = setup(cfg)
     info = run.info
     resumed = f", resuming from {run.resumed_from} (step {run.start_step})" if run.resumed_from else ""
+    if info["started_over"]:
+        resumed = ", starting over: no checkpoint had been written"
     console.print(f"powerflow: {cfg.model} ({info['quant']}, {info['device']}), alpha={cfg.alpha}, "
                   f"objective={cfg.objective}, {info['trainable_params']:,} trainable of "
                   f"{info['total_params']:,} parameters, {info['prompts']} prompts -> {run.out}{resumed}", markup=False)
@@ -293,6 +295,20 @@ def main(argv: list[str] | None = None) -> int:
         return stopped.code
     except (KeyboardInterrupt, typer.Abort):
         result = 130
+    except Exception as err:  # noqa: BLE001 - two failures of the machine, not of our code, get one line too
+        from .checkpoint import disk_full
+        from .faults import is_out_of_memory
+
+        if is_out_of_memory(err):
+            err_console.print("error: out of GPU memory outside the stages that retry with smaller batches "
+                              "(the optimizer step or an evaluation): lower --micro-batch-size, --eval-k or "
+                              "--max-new-tokens; a training run continues with --resume", markup=False)
+        elif disk_full(err):
+            err_console.print(f"error: the disk is full ({first_line(err)}); free space, then a training run "
+                              "continues with --resume", markup=False)
+        else:
+            raise
+        return 2
     if result == 130:  # typer turns KeyboardInterrupt into exit code 130, silently
         err_console.print("interrupted", markup=False)
     return result if isinstance(result, int) else 0

@@ -1,7 +1,7 @@
 """What a long run on one flaky card survives: out-of-memory errors and stop signals.
 
-    size = halve_on_oom(lambda n: update(micro_batch=n), size, minimum=1, what="in the update",
-                        hint="lower --max-new-tokens", on_halve=log)
+    result = halve_on_oom(lambda n: update(micro_batch=n), size, minimum=1, what="in the update",
+                          hint="lower --max-new-tokens", on_halve=log)
     with StopSignals() as stop:   # SIGINT / SIGTERM set stop.signal; the loop checks it between steps
         for result in train(run, should_stop=stop.requested): ...
 
@@ -29,15 +29,15 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 def halve_on_oom(attempt: Callable[[int], T], size: int, minimum: int, what: str, hint: str,
-                 on_halve: Callable[[int], None]) -> tuple[T, int]:
+                 on_halve: Callable[[int], None]) -> T:
     """attempt(size), retried with half the size (a multiple of `minimum`) after each out-of-memory error.
 
-    Returns the result and the size that worked. At `minimum` the error becomes a
+    `on_halve(new_size)` hears of each retry. At `minimum` the error becomes a
     PowerflowError that names `hint`, the settings that shrink the work.
     """
     while True:
         try:
-            return attempt(size), size
+            return attempt(size)
         except Exception as err:  # noqa: BLE001 - anything but out-of-memory is re-raised as it is
             if not is_out_of_memory(err):
                 raise

@@ -133,15 +133,20 @@ def setup(cfg: TrainConfig) -> Run:
         state = ckpt.load_checkpoint(resume_path, model, head, optimizer, scheduler)
         run.start_step, run.z_initialized, run.resumed_from = state["step"], state["z_initialized"], resume_path
         run.bad_in_row = state.get("bad_steps_in_row", 0)
+        # sizes halved after an out-of-memory error stay halved (and the draws stay those of the run so far)
+        run.micro_batch_size = min(cfg.micro_batch_size, state.get("micro_batch_size") or cfg.micro_batch_size)
+        if state.get("sample_batch_size"):
+            run.sample_batch_size = min(cfg.sample_batch_size or math.inf, state["sample_batch_size"])
         _set_learning_rates(optimizer, scheduler, [cfg.lr, *(g["lr"] for g in head.param_groups(cfg.z_lr))])
-    ckpt.check_free_space(out, _disk_needed(cfg, run.start_step, sum(p.numel() for p in lora_params)))
+    freed = ckpt.tree_bytes(out) if cfg.overwrite and not resuming else 0  # the run --overwrite deletes
+    ckpt.check_free_space(out, _disk_needed(cfg, run.start_step, sum(p.numel() for p in lora_params)) - freed)
     # Every input is valid by now: only here may --overwrite delete a previous run.
     ckpt.create_output_dir(out, resume=resuming, overwrite=cfg.overwrite)
     if resuming:  # rows after the checkpoint (all rows, when there is none) are redone
         ckpt.remove_leftovers(out)
         ckpt.truncate_metrics(out / "metrics.jsonl", run.start_step if resume_path else -1)
     # The saved config describes the run, not how this invocation started it: never `overwrite: true`.
-    (out / "config.yaml").write_text(to_yaml(replace(cfg, resume=False, resume_from="", overwrite=False)))
+    ckpt.write_atomically(out / "config.yaml", to_yaml(replace(cfg, resume=False, resume_from="", overwrite=False)))
     run.info = {
         "device": str(device),
         "quant": cfg.quant,
@@ -149,6 +154,7 @@ def setup(cfg: TrainConfig) -> Run:
         "total_params": parameter_count(model),
         "prompts": len(rows),
         "start_step": run.start_step,
+        "started_over": resuming and resume_path is None,
     }
     return run
 

@@ -19,6 +19,7 @@ run; `should_stop` (a signal) ends the loop after a step, with a checkpoint.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from torch import Tensor
 
 from . import checkpoint as ckpt
 from .data import chat_stop_ids, prompt_indices
@@ -38,7 +40,7 @@ from .model import trainable_parameters
 from .objectives import batch_log_z_estimate
 from .rewards import format_penalties
 from .run import Run, lr_lambda, setup  # noqa: F401 - setup and lr_lambda are re-exported: train.setup(cfg)
-from .sampling import SamplingSettings, sample, sample_in_batches
+from .sampling import Rollouts, SamplingSettings, sample, sample_in_batches
 from .scoring import completion_logprobs, score
 
 
@@ -70,61 +72,24 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
     cfg, model, tokenizer, head, objective = run.cfg, run.model, run.tokenizer, run.head, run.objective
     settings = SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos,
                                 tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
-    sampler = SAMPLERS[cfg.sampler]
-    lora_params = trainable_parameters(model)
     G = cfg.samples_per_prompt
-    batch_log_z = objective.uses_log_z and cfg.log_z == "batch"
-    whole_groups = objective.grouped or batch_log_z
-    group = G if whole_groups else 1  # the smallest update micro-batch
-    last_saved = None
-
-    def save(step: int) -> Path:
-        path = ckpt.save_checkpoint(run.out, step, model, head, run.optimizer, run.scheduler,
-                                    {"z_initialized": run.z_initialized, "seed": cfg.seed,
-                                     "bad_steps_in_row": run.bad_in_row})
-        ckpt.prune_checkpoints(run.out, cfg.keep_checkpoints)
-        return path
-
     if run.eval_set is not None and run.start_step == 0:  # where the curves start: the base model itself
         run.info["eval_before"] = {"step": 0, **_evaluate(run, settings.stop_ids)}
         run.metrics.write(run.info["eval_before"])
 
     for step in range(run.start_step, cfg.max_steps):
         _reset_peak_memory(run.device)
-        notes: list[str] = []
-
-        def halved(setting: str, flag: str):
-            def note(size: int) -> None:
-                setattr(run, setting, size)
-                notes.append(f"out of GPU memory at step {step + 1}: retrying with {flag} {size} (pass it to "
-                             "start there next time)")
-            return note
+        notes: list[str] = []  # said once, e.g. a batch halved after running out of memory
 
         # --- 1. sample G completions per prompt from the policy (adapter on, temperature 1)
         started = time.perf_counter()
         batch = prompt_indices(len(run.prompts), step, cfg.prompts_per_step, cfg.seed)
-        prompts = [run.prompt_ids[i] for i in batch]
-
-        def sample_step(size: int):
-            seed_step(cfg.seed, step)  # a retry draws as a first attempt with that batch size would
-            return sample_in_batches(sampler, model, tokenizer, prompts, G, settings, size)
-
-        rollouts, _ = halve_on_oom(sample_step, run.sample_batch_size or len(prompts) * G, 1, "while sampling",
-                                   "lower --samples-per-prompt, --prompts-per-step or --max-new-tokens",
-                                   halved("sample_batch_size", "--sample-batch-size"))
+        rollouts = _sample(run, [run.prompt_ids[i] for i in batch], settings, step, notes)
         texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
         sampled = _clock(run.device)
 
         # --- 2. score without grad: log pi_old, log p_base (same weights, adapter off), psi(y)
-        def score_step(size: int):
-            old = rollouts.sampled_logps  # [N, L] from the static sampler; HF generate leaves it None
-            if old is None:
-                old, _ = score(model, rollouts, size, adapter=True)  # [N, L]
-            return old, *score(model, rollouts, size, adapter=False)  # [N, L], [N, L], [N, H]
-
-        (old_logps, base_logps, features), _ = halve_on_oom(
-            score_step, run.micro_batch_size, 1, "while scoring", "lower --max-new-tokens (scoring holds one "
-            "micro-batch's logits)", halved("micro_batch_size", "--micro-batch-size"))
+        old_logps, base_logps, features = _score(run, rollouts, step, notes)  # [N, L], [N, L], [N, H]
         prompt_texts = [run.prompts[batch[g]]["prompt"] for g in rollouts.group_ids.tolist()]
         psi = torch.tensor(format_penalties(run.psi, cfg.format_penalty, texts, prompt_texts),
                            device=run.device)  # [N]
@@ -133,82 +98,32 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
                        group_ids=rollouts.group_ids, alpha=cfg.alpha, clip_eps=cfg.clip_eps)
         scored = _clock(run.device)
 
-        # --- 3. the first batch sets log Z's starting value (see partition.py)
+        # --- 3. the first finite batch sets log Z's starting value (see partition.py)
         if objective.uses_log_z and not run.z_initialized:
             if cfg.z_init == "batch":
                 start_loss, stats = objective.loss(policy_logps=old_logps, log_z=torch.zeros_like(psi), **tensors)
-                if torch.isfinite(start_loss):  # else the step is skipped, and the next finite batch sets it
+                if torch.isfinite(start_loss):  # else this step is skipped, and a later batch sets it
                     head.init_bias_from_residuals(stats["residual"])
                     run.z_initialized = True
             else:
                 run.z_initialized = True
 
-        # --- 4. K inner epochs of updates over micro-batches (gradient accumulation)
-        model.train()
-        denominator = float(mask.sum()) if objective.per_token else float(len(rollouts))
-        losses, residuals, clipped, skipped = [], [], [], False
-
-        def accumulate(size: int):
-            """One epoch's gradients; (loss, residuals, clipped), or (the loss, None, None) once it is not finite."""
-            run.optimizer.zero_grad(set_to_none=True)
-            epoch_loss, epoch_residuals, epoch_clipped = 0.0, [], []
-            for rows in micro_batches(len(rollouts), size, group):
-                policy_logps, _ = completion_logprobs(model, rollouts.select(rows))  # [n, L] with grad
-                inputs = {k: (v[rows] if torch.is_tensor(v) else v) for k, v in tensors.items()}
-                log_z = head(features[rows])  # [n]
-                head_loss = 0.0
-                if batch_log_z:
-                    target = batch_log_z_estimate(objective, policy_logps.detach(), inputs)  # [n]
-                    head_loss = (log_z - target).square().sum() / len(rollouts)
-                    log_z = target
-                loss, stats = objective.loss(policy_logps=policy_logps, log_z=log_z, denominator=denominator, **inputs)
-                if not torch.isfinite(loss + head_loss):
-                    return (loss + head_loss).item(), None, None
-                (loss + head_loss).backward()
-                epoch_loss += loss.item()
-                epoch_residuals += stats["residual"].tolist()
-                epoch_clipped += stats["clipped"].tolist()
-            return epoch_loss, epoch_residuals, epoch_clipped
-
-        for _ in range(cfg.inner_epochs):
-            (epoch_loss, epoch_residuals, epoch_clipped), _ = halve_on_oom(
-                accumulate, max(1, run.micro_batch_size // group) * group, group, "in the update",
-                "lower --max-new-tokens, or keep --gradient-checkpointing on" if cfg.gradient_checkpointing else
-                "turn --gradient-checkpointing on, or lower --max-new-tokens",
-                halved("micro_batch_size", "--micro-batch-size"))
-            losses.append(epoch_loss)
-            grad_norm = torch.tensor(float("nan"))
-            if epoch_residuals is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(lora_params, cfg.max_grad_norm or float("inf"))
-            if epoch_residuals is None or not (torch.isfinite(grad_norm) and _finite_grads(head)):
-                skipped = True  # nothing from this step is applied: not this epoch, nor the ones after it
-                run.optimizer.zero_grad(set_to_none=True)
-                break
-            run.optimizer.step()
-            run.scheduler.step()
-            residuals, clipped = epoch_residuals, clipped + epoch_clipped
-        if skipped:  # the schedule follows the step count, applied or not (torch warns if no update came first)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                for _ in range(cfg.inner_epochs - len(losses) + 1):
-                    run.scheduler.step()
-        run.bad_in_row = run.bad_in_row + 1 if skipped else 0
-        # Sampling and scoring run in eval mode (eval_mode() skips the switch when there is nothing to switch):
-        # back to it now rather than walking every module twice more per step.
-        model.eval()
+        # --- 4. K inner epochs of updates over micro-batches; a non-finite loss or gradient skips the rest
+        update = _update(run, rollouts, tensors, features, step, notes)
+        run.bad_in_row = run.bad_in_row + 1 if update.skipped else 0
         updated = _clock(run.device)
 
-        # --- 5. log, checkpoint
+        # --- 5. log, stop after too many bad steps, checkpoint
         with torch.no_grad():
             log_z = head(features[::G]).tolist()  # one value per prompt
         lengths = rollouts.lengths.tolist()
         row = {
             "step": step + 1,
-            "loss": mean(losses),
+            "loss": mean(update.losses),
             "log_z_mean": mean(log_z),
             "log_z_std": std(log_z),
-            "residual_mean": mean(residuals),
-            "residual_std": std(residuals),
+            "residual_mean": mean(update.residuals),
+            "residual_std": std(update.residuals),
             "length_mean": mean(lengths),
             "length_min": min(lengths),
             "length_max": max(lengths),
@@ -217,9 +132,9 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
             "psi_mean": psi.mean().item(),
             "policy_logp_per_token": (old_logps.sum() / mask.sum()).item(),
             "base_logp_per_token": (base_logps.sum() / mask.sum()).item(),
-            "clip_frac": mean([float(c) for c in clipped]),
-            "grad_norm": float(grad_norm),
-            "update_skipped": int(skipped),
+            "clip_frac": mean([float(c) for c in update.clipped]),
+            "grad_norm": update.grad_norm,
+            "update_skipped": int(update.skipped),
             "lr": run.scheduler.get_last_lr()[0],
             "sample_tokens_per_s": sum(lengths) / max(sampled - started, 1e-9),
             "time_sample": sampled - started,
@@ -232,30 +147,154 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
             row.update(_evaluate(run, settings.stop_ids))
         run.metrics.write(row)
         if run.bad_in_row >= cfg.max_bad_steps:
-            latest = ckpt.latest_checkpoint(run.out)
-            raise PowerflowError(
-                f"stopped at step {step + 1}: the loss or gradient was not finite in {run.bad_in_row} steps in a row "
-                f"(--max-bad-steps {cfg.max_bad_steps}), and none of them changed the adapter. Likely causes: --lr or "
-                "--z-lr too high, an extreme --alpha or format penalty, or fp16 overflow on a GPU without bf16. "
-                + (f"The last checkpoint is {latest}: continue from it with a lower --lr (add --resume-from {latest})"
-                   if latest else "No checkpoint was written yet"))
+            raise PowerflowError(_bad_steps_message(run, step + 1))
 
         stopping = should_stop()
         saved = None
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.max_steps or stopping:
-            saved = save(step + 1)
-            last_saved = saved
+            saved = _save(run, step + 1)
         show = cfg.show_every and (step == run.start_step or (step + 1) % cfg.show_every == 0)
         example = {"prompt": prompt_texts[0], "completion": texts[0], "length": lengths[0],
                    "truncated": bool(rollouts.truncated[0])} if show else None
         yield StepResult(step + 1, cfg.max_steps, row, example, saved, tuple(notes))
         if (stopping or should_stop()) and step + 1 < cfg.max_steps:  # a signal: checkpoint this step and leave
             if saved is None:
-                save(step + 1)
+                _save(run, step + 1)
             return
 
-    if last_saved is not None or not (run.out / "adapter").is_dir():
-        ckpt.save_final_adapter(run.out, model, head)
+    # Also when there was nothing left to do: a run killed between its last checkpoint and this write.
+    ckpt.save_final_adapter(run.out, model, head)
+
+
+def _sample(run: Run, prompts: list[list[int]], settings: SamplingSettings, step: int, notes: list[str]) -> Rollouts:
+    """G completions per prompt; out of memory, again with half as many per sampling call."""
+    cfg = run.cfg
+    total = len(prompts) * cfg.samples_per_prompt
+
+    def attempt(size: int) -> Rollouts:
+        seed_step(cfg.seed, step)  # a retry draws as a first attempt with that batch size would
+        try:
+            return sample_in_batches(SAMPLERS[cfg.sampler], run.model, run.tokenizer, prompts,
+                                     cfg.samples_per_prompt, settings, size)
+        except RuntimeError as err:
+            if "probability tensor contains" not in str(err):
+                raise
+            raise PowerflowError(f"the policy's probabilities are not finite at step {step + 1} (the adapter's "
+                                 "weights overflow): lower --lr, or use a GPU with bf16 rather than fp16; "
+                                 "resume from an earlier checkpoint") from None
+
+    return halve_on_oom(attempt, min(run.sample_batch_size or total, total), 1, "while sampling",
+                        "lower --samples-per-prompt, --prompts-per-step or --max-new-tokens",
+                        _keep_halved(run, "sample_batch_size", step, notes))
+
+
+def _score(run: Run, rollouts: Rollouts, step: int, notes: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+    """log pi_old [N, L] (from the sampler when it returns it), log p_base [N, L] and prompt features [N, H]."""
+
+    def attempt(size: int):
+        old = rollouts.sampled_logps  # the static sampler returns it; HF generate does not
+        if old is None:
+            old, _ = score(run.model, rollouts, size, adapter=True)
+        return old, *score(run.model, rollouts, size, adapter=False)
+
+    return halve_on_oom(attempt, min(run.micro_batch_size, len(rollouts)), 1, "while scoring",
+                        "lower --max-new-tokens (scoring holds one micro-batch's logits)",
+                        _keep_halved(run, "micro_batch_size", step, notes))
+
+
+@dataclass
+class Update:
+    losses: list[float]  # one per inner epoch run
+    residuals: list[float]  # of the last epoch applied
+    clipped: list[float]  # of every epoch applied
+    grad_norm: float  # of the last epoch run (nan when its loss was not finite)
+    skipped: bool  # an epoch's loss or gradient was not finite: it and the epochs after it were not applied
+
+
+def _update(run: Run, rollouts: Rollouts, tensors: dict, features: Tensor, step: int, notes: list[str]) -> Update:
+    """K epochs of gradient accumulation and an optimizer step each; the schedule advances K steps regardless."""
+    cfg, objective = run.cfg, run.objective
+    batch_log_z = objective.uses_log_z and cfg.log_z == "batch"
+    group = cfg.samples_per_prompt if objective.grouped or batch_log_z else 1  # the smallest micro-batch
+    lora_params = trainable_parameters(run.model)
+    denominator = float(tensors["mask"].sum()) if objective.per_token else float(len(rollouts))
+    update = Update([], [], [], float("nan"), False)
+
+    def accumulate(size: int) -> tuple[float, list[float] | None, list[float]]:
+        """One epoch's gradients: (loss, residuals, clipped); residuals None once the loss is not finite."""
+        run.optimizer.zero_grad(set_to_none=True)
+        total, residuals, clipped = 0.0, [], []
+        for rows in micro_batches(len(rollouts), size, group):
+            policy_logps, _ = completion_logprobs(run.model, rollouts.select(rows))  # [n, L] with grad
+            inputs = {k: (v[rows] if torch.is_tensor(v) else v) for k, v in tensors.items()}
+            log_z = run.head(features[rows])  # [n]
+            head_loss = 0.0
+            if batch_log_z:
+                target = batch_log_z_estimate(objective, policy_logps.detach(), inputs)  # [n]
+                head_loss = (log_z - target).square().sum() / len(rollouts)
+                log_z = target
+            loss, stats = objective.loss(policy_logps=policy_logps, log_z=log_z, denominator=denominator, **inputs)
+            if not torch.isfinite(loss + head_loss):
+                return (loss + head_loss).item(), None, clipped
+            (loss + head_loss).backward()
+            total += loss.item()
+            residuals += stats["residual"].tolist()
+            clipped += stats["clipped"].tolist()
+        return total, residuals, clipped
+
+    hint = "lower --max-new-tokens" + ("" if cfg.gradient_checkpointing else ", or turn --gradient-checkpointing on")
+    run.model.train()
+    for epoch in range(cfg.inner_epochs):
+        loss, residuals, clipped = halve_on_oom(
+            accumulate, max(1, min(run.micro_batch_size, len(rollouts)) // group) * group, group, "in the update",
+            hint, _keep_halved(run, "micro_batch_size", step, notes))
+        update.losses.append(loss)
+        if residuals is not None:
+            update.grad_norm = float(torch.nn.utils.clip_grad_norm_(lora_params, cfg.max_grad_norm or float("inf")))
+        if residuals is None or not (math.isfinite(update.grad_norm) and _finite_grads(run.head)):
+            update.skipped = True
+            run.optimizer.zero_grad(set_to_none=True)
+            with warnings.catch_warnings():  # torch warns when a schedule steps before any optimizer step
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(epoch, cfg.inner_epochs):
+                    run.scheduler.step()
+            break
+        run.optimizer.step()
+        run.scheduler.step()
+        update.residuals, update.clipped = residuals, update.clipped + clipped
+    # Sampling and scoring run in eval mode (eval_mode() skips the switch when there is nothing to switch):
+    # back to it now rather than walking every module twice more per step.
+    run.model.eval()
+    return update
+
+
+def _keep_halved(run: Run, size_field: str, step: int, notes: list[str]) -> Callable[[int], None]:
+    """After an out-of-memory error: the run keeps the halved size (its checkpoints too), and says so once."""
+
+    def keep(size: int) -> None:
+        setattr(run, size_field, size)  # the field is named as its flag: micro_batch_size, sample_batch_size
+        notes.append(f"out of GPU memory at step {step + 1}: retrying with --{size_field.replace('_', '-')} {size} "
+                     "(pass it to start there next time)")
+
+    return keep
+
+
+def _save(run: Run, step: int) -> Path:
+    path = ckpt.save_checkpoint(run.out, step, run.model, run.head, run.optimizer, run.scheduler,
+                                {"z_initialized": run.z_initialized, "seed": run.cfg.seed,
+                                 "bad_steps_in_row": run.bad_in_row, "micro_batch_size": run.micro_batch_size,
+                                 "sample_batch_size": run.sample_batch_size})
+    ckpt.prune_checkpoints(run.out, run.cfg.keep_checkpoints)
+    return path
+
+
+def _bad_steps_message(run: Run, step: int) -> str:
+    latest = ckpt.latest_checkpoint(run.out)
+    back = (f"The last checkpoint is {latest}: continue from it with a lower --lr (--resume-from {latest})"
+            if latest else "No checkpoint was written yet")
+    return (f"stopped at step {step}: the loss or gradient was not finite in {run.bad_in_row} steps in a row "
+            f"(--max-bad-steps {run.cfg.max_bad_steps}), and their updates were skipped. Likely causes: --lr or "
+            f"--z-lr too high, an extreme --alpha or format penalty, or fp16 overflow on a GPU without bf16. {back}")
 
 
 def _evaluate(run: Run, stop_ids: tuple[int, ...]) -> dict:

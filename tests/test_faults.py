@@ -1,7 +1,6 @@
 """Faults a long run survives, injected on the CPU: non-finite steps, out-of-memory errors, signals, a full disk."""
 
 import json
-import os
 import signal
 
 import pytest
@@ -144,6 +143,7 @@ def test_out_of_memory_in_the_update_halves_the_micro_batch(tiny_model_dir, prom
 
     monkeypatch.setattr(train_module, "completion_logprobs", flaky)
     results = list(train(setup(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=2))))
+    monkeypatch.undo()
     assert calls[:6] == [4, 2, 2, 2, 1, 1]  # 4 + (2: OOM), 2 + (2: OOM), then six of 1
     assert [len(r.notes) for r in results] == [2, 0]  # said once, at the step it happened
     assert "--micro-batch-size 2" in results[0].notes[0] and "--micro-batch-size 1" in results[0].notes[1]
@@ -152,6 +152,9 @@ def test_out_of_memory_in_the_update_halves_the_micro_batch(tiny_model_dir, prom
     for got, want in zip(untimed(r.metrics for r in results), untimed(reference)):
         assert got.keys() == want.keys()
         assert all(got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6) for k in got)
+    # the halved size is part of the run: checkpointed, and restored by --resume
+    assert state(tmp_path / "run" / "checkpoint-1")["micro_batch_size"] == 1
+    assert setup(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=3, resume=True)).micro_batch_size == 1
 
 
 def test_out_of_memory_while_sampling_halves_the_sampling_batch(tiny_model_dir, prompts_file, tmp_path,
@@ -182,6 +185,16 @@ def test_out_of_memory_at_size_one_stops_with_settings_to_try(tiny_model_dir, pr
     assert code == 2
     message = one_error_line(err)
     assert "out of GPU memory while scoring even at 1 completion(s)" in message and "--max-new-tokens" in message
+
+
+def test_out_of_memory_where_nothing_retries_is_one_line(tiny_model_dir, prompts_file, tmp_path, capsys,
+                                                         monkeypatch):
+    def step(self, *args, **kwargs):
+        raise oom()
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    code, _, err = run_cli(capsys, cli_args(config(tiny_model_dir, prompts_file, tmp_path / "run")))
+    assert code == 2 and "out of GPU memory outside the stages that retry" in one_error_line(err)
 
 
 def test_other_errors_are_not_retried(tiny_model_dir, prompts_file, tmp_path, monkeypatch):
@@ -266,9 +279,34 @@ def test_resume_before_the_first_checkpoint_starts_over(tiny_model_dir, prompts_
     next(steps)
     steps.close()  # killed after step 1, before any checkpoint
     run = setup(config(tiny_model_dir, prompts_file, out, save_every=0, max_steps=2, resume=True))
-    assert run.start_step == 0 and read_metrics(out / "metrics.jsonl") == []
+    assert run.start_step == 0 and run.info["started_over"] and read_metrics(out / "metrics.jsonl") == []
     list(train(run))
     assert untimed(read_metrics(out / "metrics.jsonl")) == untimed(read_metrics(straight / "metrics.jsonl"))
+
+
+def test_resume_refuses_a_finished_run_whose_checkpoints_were_deleted(tiny_model_dir, prompts_file, tmp_path,
+                                                                     capsys):
+    out = tmp_path / "run"
+    list(train(setup(config(tiny_model_dir, prompts_file, out, max_steps=1))))
+    ckpt.shutil.rmtree(out / "checkpoint-1")
+    metrics = (out / "metrics.jsonl").read_bytes()
+    code, _, err = run_cli(capsys, ["train", "--output", out, "--resume"])
+    assert code == 2 and "has a final adapter but no checkpoint" in one_error_line(err)
+    assert (out / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_a_kill_before_the_final_adapter_is_healed_by_resume(tiny_model_dir, prompts_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    list(train(setup(config(tiny_model_dir, prompts_file, out, max_steps=2))))
+    steps = train(setup(config(tiny_model_dir, prompts_file, out, max_steps=3, resume=True)))
+    assert next(steps).step == 3
+    steps.close()  # killed after checkpoint-3, before the generator's last line writes the final adapter
+    assert not same_tensors({"a": load_file(out / "adapter" / "adapter_model.safetensors")},
+                            {"a": load_file(out / "checkpoint-3" / "adapter_model.safetensors")})
+    code, stdout, _ = run_cli(capsys, ["train", "--output", out, "--resume", "--max-steps", "3"])
+    assert code == 0 and "nothing to do" in stdout
+    assert same_tensors({"a": load_file(out / "adapter" / "adapter_model.safetensors")},
+                        {"a": load_file(out / "checkpoint-3" / "adapter_model.safetensors")})
 
 
 def test_nothing_written_is_pickled_and_resume_never_unpickles(tiny_model_dir, prompts_file, tmp_path,
@@ -298,11 +336,13 @@ def test_a_full_disk_is_found_before_training(tiny_model_dir, prompts_file, tmp_
 
 def test_a_disk_that_fills_up_during_a_save_keeps_the_last_checkpoint(tiny_model_dir, prompts_file, tmp_path,
                                                                       capsys, monkeypatch):
+    from safetensors import SafetensorError
+
     real = ckpt.save_state
 
     def fill_up(state, stem):
-        if stem.parent.name == ".checkpoint-2.tmp":
-            raise OSError(28, os.strerror(28))  # ENOSPC
+        if stem.parent.name == ".checkpoint-2.tmp":  # what safetensors raises when the disk is full
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         real(state, stem)
 
     monkeypatch.setattr(ckpt, "save_state", fill_up)
