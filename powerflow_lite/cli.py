@@ -145,7 +145,7 @@ def sample(**flags) -> None:
     try:
         for record in sample_completions(cfg):
             if cfg.out:  # opened at the first record: an earlier error leaves no empty file behind
-                handle = handle or open(cfg.out, "x", encoding="utf-8")
+                handle = handle or _open_new(cfg.out)
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                 handle.flush()
             _show_completion(record, cfg)
@@ -154,6 +154,15 @@ def sample(**flags) -> None:
             handle.close()
     if cfg.out:
         console.print(f"wrote {cfg.out}", markup=False)
+
+
+def _open_new(path: str):
+    try:
+        return open(path, "x", encoding="utf-8")
+    except FileExistsError:
+        raise  # main says so
+    except OSError as err:
+        raise PowerflowError(f"cannot write --out {path!r}: {err.strerror}") from None
 
 
 def _show_completion(record: dict, cfg: SampleConfig) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,15 +127,13 @@ class TrainConfig:
             raise PowerflowError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if not 0 <= self.clip_eps < 1:
             raise PowerflowError(f"--clip-eps must be in [0, 1), got {self.clip_eps}")
-        if self.min_new_tokens > self.max_new_tokens:
-            raise PowerflowError("--min-new-tokens cannot exceed --max-new-tokens")
         if OBJECTIVES[self.objective].grouped and self.samples_per_prompt < 2:
             raise PowerflowError(f"--objective {self.objective} compares completions of a prompt: "
                                  "needs --samples-per-prompt >= 2")
         if self.log_z == "batch" and self.samples_per_prompt < 2:
             raise PowerflowError("--log-z batch estimates log Z from a prompt's completions: "
                                  "needs --samples-per-prompt >= 2")
-        if self.seed >= 2**32:
+        if self.seed >= 2**32:  # step seeds are seed * 1_000_003 + step, eval's 2**32 + seed: room for both
             raise PowerflowError(f"--seed must be < 2**32, got {self.seed}")
 
     def warnings(self) -> list[str]:
@@ -184,6 +183,8 @@ class SampleConfig:
             raise PowerflowError("give exactly one of --prompt TEXT or --prompts FILE")
         if self.out and Path(self.out).exists():
             raise PowerflowError(f"--out {self.out!r} exists; choose a new file name")
+        if self.out:
+            _check_new_file(self.out)
 
 
 @dataclass(frozen=True)
@@ -290,6 +291,19 @@ def _check_ranges(config, positive: tuple[str, ...], non_negative: tuple[str, ..
     for name in non_negative:
         if getattr(config, name) < 0:
             raise PowerflowError(f"{flag_name(name)} must be >= 0, got {getattr(config, name)}")
+    if getattr(config, "seed", 0) >= 2**63:  # torch.manual_seed's limit
+        raise PowerflowError(f"--seed must be < 2**63, got {config.seed}")
+    if getattr(config, "min_new_tokens", 0) > getattr(config, "max_new_tokens", math.inf):
+        raise PowerflowError("--min-new-tokens cannot exceed --max-new-tokens")
+
+
+def _check_new_file(path: str) -> None:
+    """--out must be creatable: its directory exists and is writable (checked before any model loads)."""
+    parent = Path(path).expanduser().parent
+    if not parent.is_dir():
+        raise PowerflowError(f"--out {path!r}: {str(parent)!r} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PowerflowError(f"--out {path!r}: {str(parent)!r} is not writable")
 
 
 def _check_choices(config) -> None:

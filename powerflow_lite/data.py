@@ -16,6 +16,7 @@ import csv
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 
@@ -30,7 +31,20 @@ def demo_prompts_path() -> Path:
     return Path(str(resources.files("powerflow_lite") / "data" / "demo_prompts.jsonl"))
 
 
-def load_prompts(source: str, field: str = "", split: str = "", answer_field: str | None = None) -> list[dict]:
+class Prompts(list):
+    """The rows of a prompt source, with the file line (or dataset row) each came from, for error messages."""
+
+    def __init__(self, rows: list[dict], lines: list[int]):
+        super().__init__(rows)
+        self.lines = lines
+
+    def lines_of(self, rows: list[dict]) -> list[int]:
+        """The lines of `rows`, a selection of these rows (the same dicts)."""
+        line = {id(row): n for row, n in zip(self, self.lines)}
+        return [line[id(row)] for row in rows]
+
+
+def load_prompts(source: str, field: str = "", split: str = "", answer_field: str | None = None) -> Prompts:
     """Rows with a non-empty prompt text in row["prompt"] (the file's other fields kept); errors name file and line.
 
     `source` is a file, a preset name (presets.py) or a hub dataset. `field` names
@@ -47,28 +61,30 @@ def load_prompts(source: str, field: str = "", split: str = "", answer_field: st
     if path.suffix.lower() in SUFFIXES or path.exists():
         if not path.is_file():
             raise PowerflowError(f"prompt file {source!r} not found")
-        records = _read_file(path)
+        numbered = _read_file(path)
     else:
-        records = _read_dataset(source, split or "train")
+        numbered = _read_dataset(source, split or "train")
         path = Path(source)
+    records, rows = [], []
+    for n, record in numbered:  # rows are checked as they are read: an error names the first bad line
+        if not field:  # a first record that is not an object gets its own error, with its line, from _row
+            field = _first_present(record, PROMPT_FIELDS, "prompt", "--prompt-field", f"{path}:{n}") \
+                if isinstance(record, dict) else "prompt"
+        rows.append(_row(record, field, path, n))
+        records.append((n, record))
     if not records:
         raise PowerflowError(f"no prompts in {source!r}")
-    if not field:  # a first record that is not an object gets its own error, with its line, from _row
-        first = records[0][1]
-        field = _first_present(first, PROMPT_FIELDS, "prompt", "--prompt-field", path) if isinstance(first, dict) \
-            else "prompt"
-    rows = [_row(record, field, path, n) for n, record in records]
     if answer_field is not None:
         _attach_answers(rows, records, answer_field, path)
-    return rows
+    return Prompts(rows, [n for n, _ in records])
 
 
-def _first_present(record: dict, names: tuple[str, ...], what: str, flag: str, path: Path) -> str:
+def _first_present(record: dict, names: tuple[str, ...], what: str, flag: str, where: str) -> str:
     for name in names:
         if name in record:
             return name
     fields = ", ".join(map(str, record)) or "none"
-    raise PowerflowError(f"{path}: no {what} field (looked for {', '.join(names)}; fields: {fields}; "
+    raise PowerflowError(f"{where}: no {what} field (looked for {', '.join(names)}; fields: {fields}; "
                          f"pick one with {flag})")
 
 
@@ -91,12 +107,12 @@ def _attach_answers(rows: list[dict], records: list, field: str, path: Path) -> 
         row["answer"] = (last_boxed(text) if field == "solution" else text) if text else None
 
 
-def _read_file(path: Path) -> list[tuple[int, object]]:
+def _read_file(path: Path) -> Iterable[tuple[int, object]]:
     """(line or record number, record) pairs; CSV rows are numbered by their line (the header is line 1)."""
     suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _jsonl_records(path)  # lazily: a bad row is found before a later syntax error
     try:
-        if suffix == ".jsonl":
-            return list(_jsonl_records(path))
         if suffix == ".json":
             records = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(records, list):
@@ -104,7 +120,8 @@ def _read_file(path: Path) -> list[tuple[int, object]]:
             return list(enumerate(records, 1))
         if suffix == ".csv":
             with path.open(newline="", encoding="utf-8") as handle:
-                return list(enumerate(csv.DictReader(handle), 2))
+                reader = csv.DictReader(handle)
+                return [(reader.line_num, row) for row in reader]  # blank lines and multi-line cells counted
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -114,7 +131,9 @@ def _read_file(path: Path) -> list[tuple[int, object]]:
     except UnicodeDecodeError:
         raise PowerflowError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as err:
-        raise PowerflowError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        raise PowerflowError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    except (ValueError, RecursionError) as err:  # a number too long to convert, nesting too deep
+        raise PowerflowError(f"{path}: not valid JSON ({first_line(err)[:100]})") from None
     except (csv.Error, OSError) as err:
         raise PowerflowError(f"{path}: cannot read prompts ({err})") from None
     except Exception as err:  # pyarrow's errors share no base class we can import cheaply
@@ -123,15 +142,24 @@ def _read_file(path: Path) -> list[tuple[int, object]]:
         raise PowerflowError(f"{path}: not a readable Parquet file ({first_line(err)})") from None
 
 
-def _jsonl_records(path: Path):
-    with path.open(encoding="utf-8") as handle:
-        for n, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PowerflowError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+def _jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
+    n = 0
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for n, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise PowerflowError(f"{path}:{n}: not valid JSON ({err.msg}, column {err.colno})") from None
+                except (ValueError, RecursionError) as err:  # a number too long to convert, nesting too deep
+                    raise PowerflowError(f"{path}:{n}: not valid JSON ({first_line(err)[:100]})") from None
+                yield n, record
+    except UnicodeDecodeError:
+        raise PowerflowError(f"{path}: not UTF-8 text") from None
+    except OSError as err:
+        raise PowerflowError(f"{path}: cannot read prompts ({err})") from None
 
 
 def _row(record, field: str, path: Path, n: int) -> dict:
@@ -215,16 +243,21 @@ def uses_chat_template(tokenizer, chat_template: str) -> bool:
 
 
 def encode_prompts(tokenizer, texts: list[str], chat_template: str, system_prompt: str, max_new_tokens: int,
-                   max_positions: int | None, source: str = "--prompt") -> list[list[int]]:
-    """Render and tokenize every prompt; refuse one that is empty or leaves no room for the completion."""
+                   max_positions: int | None, source: str = "--prompt", lines: list[int] | None = None
+                   ) -> list[list[int]]:
+    """Render and tokenize every prompt; refuse one that is empty or leaves no room for the completion.
+
+    `lines`: where each text is in `source` (Prompts.lines), for the error message.
+    """
     templated = uses_chat_template(tokenizer, chat_template)
     encoded = []
     for n, text in enumerate(texts, 1):
+        where = f"{source}:{lines[n - 1]}: the prompt" if lines else f"prompt {n} of {source!r}"
         ids = encode_prompt(tokenizer, render_prompt(tokenizer, text, chat_template, system_prompt), templated)
         if not ids:
-            raise PowerflowError(f"prompt {n} of {source!r} encodes to no tokens")
+            raise PowerflowError(f"{where} encodes to no tokens")
         if max_positions and len(ids) + max_new_tokens > max_positions:
-            raise PowerflowError(f"prompt {n} of {source!r} is {len(ids)} tokens: with --max-new-tokens "
-                                 f"{max_new_tokens} it exceeds the model's context of {max_positions}")
+            raise PowerflowError(f"{where} is {len(ids)} tokens: with --max-new-tokens {max_new_tokens} it exceeds "
+                                 f"the model's context of {max_positions}")
         encoded.append(ids)
     return encoded

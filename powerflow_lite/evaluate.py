@@ -55,7 +55,7 @@ def load_eval_set(source: str, tokenizer, max_positions: int | None, task: str =
                   answer_field: str = "", split: str = "", limit: int = 0, chat_template: str = "auto",
                   system_prompt: str = "auto", max_new_tokens: int = 1024) -> EvalSet:
     """Prompts (and reference answers) rendered and tokenized as training renders them."""
-    rows = load_prompts(source, prompt_field, split, None if task == "creative" else answer_field)
+    rows = all_rows = load_prompts(source, prompt_field, split, None if task == "creative" else answer_field)
     if task == "auto":
         task = "math" if any(row.get("answer") for row in rows) else "creative"
     skipped = 0
@@ -74,7 +74,7 @@ def load_eval_set(source: str, tokenizer, max_positions: int | None, task: str =
     if system_prompt == "auto":
         system_prompt = MATH_SYSTEM_PROMPT if task == "math" else ""
     prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], chat_template, system_prompt,
-                                max_new_tokens, max_positions, source)
+                                max_new_tokens, max_positions, source, all_rows.lines_of(rows))
     return EvalSet(rows, prompt_ids, task, skipped)
 
 

@@ -16,7 +16,7 @@ import torch
 
 from .config import SampleConfig
 from .data import chat_stop_ids, encode_prompts, load_prompts
-from .model import eval_mode, load_adapter, load_base_model, load_tokenizer, resolve_device
+from .model import context_length, eval_mode, load_adapter, load_base_model, load_tokenizer, resolve_device
 from .sampling import SamplingSettings, sample
 from .scoring import score
 
@@ -27,12 +27,12 @@ def sample_completions(cfg: SampleConfig) -> Iterator[dict]:
     rows = [{"prompt": cfg.prompt}] if cfg.prompt else load_prompts(cfg.prompts, cfg.prompt_field, cfg.split)
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], cfg.chat_template, cfg.system_prompt,
+                                cfg.max_new_tokens, context_length(cfg.model, cfg.trust_remote_code),
+                                cfg.prompts or "--prompt", getattr(rows, "lines", None))
     model = load_base_model(cfg.model, cfg.quant, device, cfg.trust_remote_code)
     if cfg.adapter:
         model = load_adapter(model, cfg.adapter)
-    prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], cfg.chat_template, cfg.system_prompt,
-                                cfg.max_new_tokens, getattr(model.config, "max_position_embeddings", None),
-                                cfg.prompts or "--prompt")
     settings = SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos,
                                 tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
     torch.manual_seed(cfg.seed)

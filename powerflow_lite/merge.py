@@ -18,6 +18,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from .checkpoint import check_writable, replace_dir
 from .config import MergeConfig
 from .errors import PowerflowError, first_line
@@ -50,7 +52,7 @@ def _load_original(name: str, device, trust_remote_code: bool):
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype="auto", use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: a truncated or corrupt file
         raise PowerflowError(f"could not load model {name!r}: {first_line(err)}") from None
     return model.to(device)
 

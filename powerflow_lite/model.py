@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from .errors import PowerflowError, first_line
 
@@ -131,7 +132,7 @@ def context_length(name: str, trust_remote_code: bool = False) -> int | None:
     check_model_source(name)
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: a truncated or corrupt file
         raise PowerflowError(f"could not load model {name!r}: {first_line(err)}") from None
     return getattr(config.get_text_config(), "max_position_embeddings", None)
 
@@ -158,7 +159,7 @@ def load_base_model(name: str, quant: str, device: torch.device, trust_remote_co
         raise PowerflowError(f"--quant {quant!r} is not one of nf4, none")
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: a truncated or corrupt file
         raise PowerflowError(f"could not load model {name!r}: {first_line(err)}") from None
     if quant == "none":
         model = model.to(device)

@@ -24,6 +24,7 @@ from .evaluate import EvalSet, setup_training_eval
 from .metrics import MetricsLog
 from .model import (
     add_lora,
+    context_length,
     load_base_model,
     load_tokenizer,
     parameter_count,
@@ -115,10 +116,12 @@ def setup(cfg: TrainConfig) -> Run:
 
     eval_set, embed = setup_training_eval(cfg, tokenizer, device) if cfg.eval_data else (None, None)
 
+    prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], cfg.chat_template, cfg.system_prompt,
+                                cfg.max_new_tokens, context_length(cfg.model, cfg.trust_remote_code), cfg.prompts,
+                                rows.lines)
+
     torch.manual_seed(cfg.seed)  # LoRA and head initialisation
     base = load_base_model(cfg.model, cfg.quant, device, cfg.trust_remote_code)
-    prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], cfg.chat_template, cfg.system_prompt,
-                                cfg.max_new_tokens, getattr(base.config, "max_position_embeddings", None), cfg.prompts)
     model = add_lora(base, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
                      cfg.gradient_checkpointing)
     head = LogZHead(base.config.get_text_config().hidden_size, cfg.z_hidden).to(device)

@@ -41,7 +41,8 @@ def test_train_writes_the_output_directory_of_the_design(trained):
                                                "adapter"}
     for checkpoint in ("checkpoint-2", "checkpoint-3"):
         assert {"adapter_model.safetensors", "adapter_config.json", "z_head.safetensors", "optimizer.safetensors",
-                "optimizer.json", "scheduler.json", "trainer_state.json"} <= {p.name for p in (out / checkpoint).iterdir()}
+                "optimizer.json", "scheduler.json", "trainer_state.json"} <= \
+               {p.name for p in (out / checkpoint).iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "z_head.safetensors"} <= \
            {p.name for p in (out / "adapter").iterdir()}
 

@@ -165,4 +165,4 @@ def test_prompt_longer_than_the_context_names_its_line(tiny_model_dir, tmp_path,
     prompts = tmp_path / "long.jsonl"
     prompts.write_text(json.dumps({"prompt": "short"}) + "\n" + json.dumps({"prompt": "x" * 600}) + "\n")
     assert main(args(tiny_model_dir, prompts, tmp_path / "run")) == 2
-    assert "prompt 2 of" in one_error_line(capsys)  # the tiny model's context is 512 tokens
+    assert f"{prompts}:2: the prompt is 619 tokens" in one_error_line(capsys)  # 600 x + the chat template; context 512

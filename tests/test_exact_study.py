@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 STUDY = Path(__file__).resolve().parents[1] / "examples" / "exact_alpha.py"
 
@@ -17,7 +18,9 @@ def study_module():
     module = importlib.util.module_from_spec(spec)
     sys.modules["exact_alpha"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    return module
+    threads = torch.get_num_threads()
+    yield module
+    torch.set_num_threads(threads)  # the study runs on one thread (its workers are processes): not the tests after it
 
 
 def test_quick_study_writes_a_consistent_table(study_module, tmp_path, capsys):
