@@ -54,11 +54,16 @@ def check_output_dir(output: str, resume: bool, overwrite: bool) -> Path:
 
 def check_writable(path: Path) -> None:
     """The directory `path` (or the nearest parent that exists) must be writable; creates nothing."""
-    nearest = path
-    while not nearest.exists():
-        nearest = nearest.parent
+    nearest = _nearest_existing(path)
     if not os.access(nearest, os.W_OK | os.X_OK):
         raise PowerflowError(f"cannot write to --output {str(path)!r}: {str(nearest)!r} is not writable")
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path` or its nearest parent that exists: what will hold it once created."""
+    while not path.exists():
+        path = path.parent
+    return path
 
 
 def create_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -179,10 +184,7 @@ def checkpoint_bytes(trainable: int) -> int:
 
 
 def check_free_space(out: Path, needed: int) -> None:
-    nearest = out
-    while not nearest.exists():
-        nearest = nearest.parent
-    free = shutil.disk_usage(nearest).free
+    free = shutil.disk_usage(_nearest_existing(out)).free
     if free < needed:
         raise PowerflowError(f"not enough disk space for --output {str(out)!r}: {free / 2**20:.0f} MiB free, the "
                              f"run's checkpoints and adapter need about {needed / 2**20:.0f} MiB "
@@ -323,6 +325,4 @@ def truncate_metrics(path: Path, last_step: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines()
             if (row_step := _row_step(line)) is not None and row_step <= last_step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_atomically(path, "".join(line + "\n" for line in kept))
