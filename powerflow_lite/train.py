@@ -13,8 +13,9 @@ what the uninterrupted run would have drawn.
 
 Faults (faults.py): a CUDA out-of-memory error halves the sampling batch or the
 micro-batch and retries the stage; a step whose loss or gradient is not finite
-changes nothing and is counted, and --max-bad-steps of them in a row stop the
-run; `should_stop` (a signal) ends the loop after a step, with a checkpoint.
+is not applied (with K inner epochs: from the bad epoch on) and is counted, and
+--max-bad-steps of them in a row stop the run; `should_stop` (a signal) ends the
+loop after a step, with a checkpoint.
 """
 
 from __future__ import annotations

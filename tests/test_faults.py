@@ -197,6 +197,16 @@ def test_out_of_memory_where_nothing_retries_is_one_line(tiny_model_dir, prompts
     assert code == 2 and "out of GPU memory outside the stages that retry" in one_error_line(err)
 
 
+def test_a_policy_with_non_finite_probabilities_is_one_line(tiny_model_dir, prompts_file, tmp_path, capsys,
+                                                           monkeypatch):
+    def overflowed(*args):  # what torch.multinomial says when the adapter's weights have overflowed
+        raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
+
+    monkeypatch.setitem(train_module.SAMPLERS, "hf", overflowed)
+    code, _, err = run_cli(capsys, cli_args(config(tiny_model_dir, prompts_file, tmp_path / "run")))
+    assert code == 2 and "probabilities are not finite at step 1" in one_error_line(err) and "--lr" in err
+
+
 def test_other_errors_are_not_retried(tiny_model_dir, prompts_file, tmp_path, monkeypatch):
     calls = []
 
