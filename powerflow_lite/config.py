@@ -108,6 +108,8 @@ class TrainConfig:
             raise PowerflowError("--model is required (a model directory or hub id), or use --demo")
         if not self.prompts:
             raise PowerflowError("--prompts is required (a prompt file or dataset), or use --demo")
+        if self.seed >= 2**32:  # step seeds are seed * 1_000_003 + step, eval's 2**32 + seed: room for both
+            raise PowerflowError(f"--seed must be < 2**32, got {self.seed}")
         _check_ranges(self, positive=("alpha", "prompts_per_step", "samples_per_prompt", "max_new_tokens",
                                       "lora_r", "lora_alpha", "max_steps", "lr", "z_lr", "z_hidden",
                                       "micro_batch_size", "inner_epochs", "temperature", "max_bad_steps"),
@@ -133,8 +135,6 @@ class TrainConfig:
         if self.log_z == "batch" and self.samples_per_prompt < 2:
             raise PowerflowError("--log-z batch estimates log Z from a prompt's completions: "
                                  "needs --samples-per-prompt >= 2")
-        if self.seed >= 2**32:  # step seeds are seed * 1_000_003 + step, eval's 2**32 + seed: room for both
-            raise PowerflowError(f"--seed must be < 2**32, got {self.seed}")
 
     def warnings(self) -> list[str]:
         """Settings that are allowed but bend the maths."""
@@ -222,6 +222,9 @@ class BenchConfig:
 
     def __post_init__(self):
         _check_ranges(self, positive=("batch", "prompt_len", "new_tokens", "lora_r"), non_negative=("seed",))
+        if self.train_step and self.seed >= 2**32:  # the training step's own limit (TrainConfig)
+            raise PowerflowError(f"--seed must be < 2**32 with the training step (or pass --no-train-step), "
+                                 f"got {self.seed}")
         _check_choices(self)
 
 
@@ -291,15 +294,17 @@ def _check_ranges(config, positive: tuple[str, ...], non_negative: tuple[str, ..
     for name in non_negative:
         if getattr(config, name) < 0:
             raise PowerflowError(f"{flag_name(name)} must be >= 0, got {getattr(config, name)}")
-    if getattr(config, "seed", 0) >= 2**63:  # torch.manual_seed's limit
-        raise PowerflowError(f"--seed must be < 2**63, got {config.seed}")
+    if getattr(config, "seed", 0) >= 2**64:  # torch.manual_seed's limit
+        raise PowerflowError(f"--seed must be < 2**64, got {config.seed}")
     if getattr(config, "min_new_tokens", 0) > getattr(config, "max_new_tokens", math.inf):
         raise PowerflowError("--min-new-tokens cannot exceed --max-new-tokens")
 
 
 def _check_new_file(path: str) -> None:
     """--out must be creatable: its directory exists and is writable (checked before any model loads)."""
-    parent = Path(path).expanduser().parent
+    if path.endswith(("/", os.sep)):
+        raise PowerflowError(f"--out {path!r} names a directory: give a file name")
+    parent = Path(path).parent  # as open() will see it: no ~ expansion (the shell does that)
     if not parent.is_dir():
         raise PowerflowError(f"--out {path!r}: {str(parent)!r} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):

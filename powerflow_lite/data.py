@@ -112,28 +112,21 @@ def _read_file(path: Path) -> Iterable[tuple[int, object]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _jsonl_records(path)  # lazily: a bad row is found before a later syntax error
-    try:
+    try:  # utf-8-sig: a byte-order mark (Excel's CSV export) is not part of the first field's name
         if suffix == ".json":
-            records = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(records, list):
-                raise PowerflowError(f"{path}: a .json prompt file must hold a list of objects")
+            records = _json_list(path)
             return list(enumerate(records, 1))
         if suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as handle:
-                reader = csv.DictReader(handle)
-                return [(reader.line_num, row) for row in reader]  # blank lines and multi-line cells counted
+            with path.open(newline="", encoding="utf-8-sig") as handle:
+                return _csv_records(handle)
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
             return list(enumerate(pq.read_table(path).to_pylist(), 1))
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
         return [(n, {"prompt": line}) for n, line in enumerate(lines, 1) if line.strip()]
     except UnicodeDecodeError:
         raise PowerflowError(f"{path}: not UTF-8 text") from None
-    except json.JSONDecodeError as err:
-        raise PowerflowError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
-    except (ValueError, RecursionError) as err:  # a number too long to convert, nesting too deep
-        raise PowerflowError(f"{path}: not valid JSON ({first_line(err)[:100]})") from None
     except (csv.Error, OSError) as err:
         raise PowerflowError(f"{path}: cannot read prompts ({err})") from None
     except Exception as err:  # pyarrow's errors share no base class we can import cheaply
@@ -142,10 +135,37 @@ def _read_file(path: Path) -> Iterable[tuple[int, object]]:
         raise PowerflowError(f"{path}: not a readable Parquet file ({first_line(err)})") from None
 
 
+def _json_list(path: Path) -> list:
+    try:
+        records = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise PowerflowError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    except (ValueError, RecursionError) as err:  # a number too long to convert, nesting too deep
+        raise PowerflowError(f"{path}: not valid JSON ({first_line(err)[:100]})") from None
+    if not isinstance(records, list):
+        raise PowerflowError(f"{path}: a .json prompt file must hold a list of objects")
+    return records
+
+
+def _csv_records(handle) -> list[tuple[int, dict]]:
+    """Rows as csv.DictReader reads them, numbered by the line each starts on (a quoted cell may span lines)."""
+    reader = csv.reader(handle)
+    header = next(reader, None)
+    records, start = [], reader.line_num + 1
+    for values in reader:
+        if values:  # DictReader's rules: blank lines skipped, missing cells None, extra cells under the key None
+            record = dict(zip(header, values + [None] * (len(header) - len(values))))
+            if len(values) > len(header):
+                record[None] = values[len(header):]
+            records.append((start, record))
+        start = reader.line_num + 1
+    return records
+
+
 def _jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
     n = 0
     try:
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:
             for n, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
@@ -249,6 +269,9 @@ def encode_prompts(tokenizer, texts: list[str], chat_template: str, system_promp
 
     `lines`: where each text is in `source` (Prompts.lines), for the error message.
     """
+    if max_positions and max_new_tokens >= max_positions:
+        raise PowerflowError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's context "
+                             f"of {max_positions} tokens")
     templated = uses_chat_template(tokenizer, chat_template)
     encoded = []
     for n, text in enumerate(texts, 1):

@@ -66,15 +66,16 @@ def load_eval_set(source: str, tokenizer, max_positions: int | None, task: str =
             raise PowerflowError(f"--task math: no row of {source!r} has a reference answer "
                                  "(name its field with --answer-field)")
     rows = rows[:limit] if limit else rows
+    lines = all_rows.lines_of(rows)
     if task == "math":  # every reference must be readable before anything is sampled
-        for n, row in enumerate(rows, 1):
+        for line, row in zip(lines, rows):
             if not parse_answer(row["answer"], reference=True):
-                raise PowerflowError(f"{source}: math-verify cannot read the reference answer {row['answer']!r} "
-                                     f"of prompt {n} ({row['prompt'][:60]!r})")
+                raise PowerflowError(f"{source}:{line}: math-verify cannot read the reference answer "
+                                     f"{row['answer']!r} ({row['prompt'][:60]!r})")
     if system_prompt == "auto":
         system_prompt = MATH_SYSTEM_PROMPT if task == "math" else ""
     prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], chat_template, system_prompt,
-                                max_new_tokens, max_positions, source, all_rows.lines_of(rows))
+                                max_new_tokens, max_positions, source, lines)
     return EvalSet(rows, prompt_ids, task, skipped)
 
 

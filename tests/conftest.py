@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
+from hypothesis import settings
 
 from powerflow_lite.tiny import write_tiny_model
+
+# CI draws the same examples on every run (a red run must be reproducible); elsewhere each run explores anew.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -274,14 +274,14 @@ def long_prompts(space, blank_line: bool) -> Path:
 
 
 @pytest.mark.parametrize("command", ["train", "sample", "eval"])
-def test_prompt_longer_than_the_context_is_refused(space, capsys, command):
+def test_prompt_longer_than_the_context_is_refused(space, capsys, no_model_load, command):
     prompts = long_prompts(space, blank_line=False)
     refused(capsys, command_line(space, command, prompts=prompts), space.root, prompts,
             f"context of {context_of(space.model)}")
 
 
 @pytest.mark.parametrize("command", ["train", "sample", "eval"])
-def test_prompt_longer_than_the_context_names_its_line(space, capsys, command):
+def test_prompt_longer_than_the_context_names_its_line(space, capsys, no_model_load, command):
     prompts = long_prompts(space, blank_line=True)  # the long prompt is on line 3
     refused(capsys, command_line(space, command, prompts=prompts), space.root, f"{prompts}:3")
 
@@ -438,7 +438,7 @@ def test_bad_csv_row_names_its_line(space, capsys, source):
     refused(capsys, PROMPT_SOURCES[source](space, path), space.root, f"{path}:4:")
 
 
-# --- a previous run survives bad input found at any stage (the long prompt: after the model loads)
+# --- a previous run survives bad input found at any stage
 
 
 @pytest.mark.parametrize("fault", ["long prompt", "bad row", "no weights", "bad config key"])

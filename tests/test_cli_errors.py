@@ -166,3 +166,8 @@ def test_prompt_longer_than_the_context_names_its_line(tiny_model_dir, tmp_path,
     prompts.write_text(json.dumps({"prompt": "short"}) + "\n" + json.dumps({"prompt": "x" * 600}) + "\n")
     assert main(args(tiny_model_dir, prompts, tmp_path / "run")) == 2
     assert f"{prompts}:2: the prompt is 619 tokens" in one_error_line(capsys)  # 600 x + the chat template; context 512
+
+
+def test_max_new_tokens_that_fill_the_context_are_named(tiny_model_dir, prompts_file, tmp_path, capsys):
+    assert main(args(tiny_model_dir, prompts_file, tmp_path / "run", "--max-new-tokens", "512")) == 2
+    assert "--max-new-tokens 512 leaves no room for a prompt in the model's context of 512" in one_error_line(capsys)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from powerflow_lite.config import MergeConfig, SampleConfig, TrainConfig
+from powerflow_lite.config import BenchConfig, MergeConfig, SampleConfig, TrainConfig
 from powerflow_lite.config_files import from_yaml_file, load_config, read_yaml, resolve_train_config, to_yaml
 from powerflow_lite.errors import PowerflowError
 
@@ -205,3 +205,9 @@ def test_merge_config_requires(missing):
     values[missing] = ""
     with pytest.raises(PowerflowError, match=f"--{missing} is required"):
         MergeConfig(**values)
+
+
+def test_bench_seed_fits_its_training_step():
+    with pytest.raises(PowerflowError, match="--no-train-step"):  # found before the model is built and timed
+        BenchConfig(seed=2**32)
+    assert BenchConfig(seed=2**32, train_step=False).seed == 2**32

@@ -65,6 +65,15 @@ def test_csv_empty_cell_names_its_file_line(tmp_path):
     assert f"{path}:3:" in str(err.value)
 
 
+def test_csv_rows_are_numbered_by_the_line_they_start_on(tmp_path):
+    # a byte-order mark (Excel) before the header, a quoted cell over lines 2-4, a blank line 5, a short row 6
+    path = tmp_path / "p.csv"
+    path.write_text('\ufeffprompt,answer\n"one\ntwo\nthree",1\n\nfour\n', encoding="utf-8")
+    rows = load_prompts(str(path))
+    assert rows == [{"prompt": "one\ntwo\nthree", "answer": "1"}, {"prompt": "four", "answer": None}]
+    assert rows.lines == [2, 6]
+
+
 def test_parquet(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -375,7 +375,7 @@ def test_unreadable_reference_is_refused_before_sampling(digit_model, tmp_path, 
     data = write_jsonl(tmp_path / "p.jsonl", [{"problem": "1", "answer": "3"}, {"problem": "2", "answer": "\\text{}"}])
     code, _, err = run_cli(capsys, ["eval", "--model", digit_model, "--data", data, "-k", "2", *DIGIT_SETTINGS,
                                     "--output", tmp_path / "out"])
-    assert code == 2 and "cannot read the reference answer" in one_error_line(err) and "prompt 2" in err
+    assert code == 2 and "cannot read the reference answer" in one_error_line(err) and f"{data}:2:" in err
     assert not (tmp_path / "out").exists()
 
 

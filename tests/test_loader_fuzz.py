@@ -93,21 +93,23 @@ ANSWER_FIELDS = st.one_of(st.none(), st.just(""), st.sampled_from(["answer", "so
 @given(file=FILES, field=FIELDS, answer_field=ANSWER_FIELDS)
 def test_arbitrary_bytes_give_prompts_or_a_powerflow_error(file, field, answer_field):
     suffix, content = file
-    rows, _, _ = load("prompts" + suffix, content, field=field, answer_field=answer_field)
+    rows, err, path = load("prompts" + suffix, content, field=field, answer_field=answer_field)
     event("rows" if rows is not None else "PowerflowError")
     if rows is not None:
         assert_prompt_rows(rows)
         if answer_field is not None:
             assert all(row["answer"] is None or isinstance(row["answer"], str) for row in rows)
+    else:  # the error names the file, and blames JSON only in a JSON file
+        assert path in str(err) or "no prompts" in str(err)
+        assert suffix in (".json", ".jsonl") or "JSON" not in str(err), err
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json"])
 @pytest.mark.parametrize("text", ['[{"prompt": "Hi.", "id": ' + "9" * 5000 + "}]", "[" * 100_000 + "]" * 100_000],
                          ids=["5000-digit number", "nested 100000 deep"])
 def test_json_a_parser_refuses_is_a_powerflow_error(suffix, text):
-    rows, _, _ = load("prompts" + suffix, text.encode())
-    if rows is not None:
-        assert_prompt_rows(rows)
+    rows, err, path = load("prompts" + suffix, text.encode())
+    assert rows is None and f"{path}" in str(err) and "not valid JSON" in str(err)
 
 
 # --- structured files, and a reference reader
@@ -154,7 +156,7 @@ def check(name: str, content: bytes, field: str, expected: tuple[str, object]) -
 
 
 BLANK = st.sampled_from(["", "  ", "\t", "\u3000"])
-NOT_JSON = st.text(st.characters(exclude_characters="\r\n"), min_size=1, max_size=10)
+NOT_JSON = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), min_size=1, max_size=10)
 LINES = st.lists(st.one_of(RECORDS.map(json.dumps), RECORDS.map(lambda v: json.dumps(v, ensure_ascii=False)),
                            BLANK, NOT_JSON), max_size=8)
 
