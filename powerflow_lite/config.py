@@ -29,6 +29,11 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+QUANTS = ("auto", "nf4", "none")
+QUANT_HELP = ("Base weights: nf4 (bitsandbytes 4-bit), none (bf16 on a GPU, fp32 on the CPU), or auto: nf4 on a GPU, "
+              "none on the CPU, where it is faster.")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # --- what to train
@@ -53,12 +58,13 @@ class TrainConfig:
     ignore_eos: bool = option(False, "Never stop at EOS: every completion is --max-new-tokens long.")
     temperature: float = option(1.0, "Sampling temperature; the maths assumes 1.")
     top_p: float = option(1.0, "Nucleus sampling; the maths assumes 1.")
-    sampler: str = option("hf", "hf: Hugging Face generate; static: our static-cache decode loop, which returns "
-                          "log pi_old with the samples (no scoring pass for it).", choices=("hf", "static"))
+    sampler: str = option("auto", "hf: Hugging Face generate; static: our static-cache decode loop, which returns "
+                          "log pi_old with the samples (no scoring pass for it); auto: static on the CPU, where it is "
+                          "faster, hf on a GPU.", choices=("auto", "hf", "static"))
     sample_batch_size: int = option(0, "Completions per sampling call (0: the whole step in one call); halved "
                                     "automatically after a CUDA out-of-memory error.")
     # --- model and adapter
-    quant: str = option("nf4", "Base weights: NF4 4-bit (bitsandbytes) or full precision.", choices=("nf4", "none"))
+    quant: str = option("auto", QUANT_HELP, choices=QUANTS)
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     lora_r: int = option(16, "LoRA rank.")
     lora_alpha: int = option(32, "LoRA scaling numerator (scale = lora_alpha / lora_r).")
@@ -166,7 +172,7 @@ class SampleConfig:
     chat_template: str = option("auto", "Apply the tokenizer's chat template when it has one.",
                                 choices=("auto", "none"))
     system_prompt: str = option("", "System prompt.")
-    quant: str = option("nf4", "Base weights: NF4 4-bit or full precision.", choices=("nf4", "none"))
+    quant: str = option("auto", QUANT_HELP, choices=QUANTS)
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     seed: int = option(0, "Sampling seed.")
     out: str = option("", "Write the completions to this JSONL file (must not exist).")
@@ -213,7 +219,7 @@ class BenchConfig:
     batch: int = option(64, "Completions sampled together.")
     prompt_len: int = option(128, "Prompt length in tokens.")
     new_tokens: int = option(256, "Tokens per completion (EOS is ignored, so both samplers make the same number).")
-    quant: str = option("nf4", "Base weights: NF4 4-bit or full precision.", choices=("nf4", "none"))
+    quant: str = option("auto", QUANT_HELP, choices=QUANTS)
     lora_r: int = option(16, "LoRA rank on every linear layer.")
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     seed: int = option(0, "Seed for weights, prompts and sampling.")
@@ -254,7 +260,7 @@ class EvalConfig:
                                 choices=("auto", "none"))
     system_prompt: str = option("auto", "System prompt; auto: the run's, else for math the paper's 'Please reason "
                                         "step by step, ...', else none.")
-    quant: str = option("nf4", "Base weights: NF4 4-bit or full precision.", choices=("nf4", "none"))
+    quant: str = option("auto", QUANT_HELP, choices=QUANTS)
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     batch_size: int = option(64, "Completions generated together.")
     embedder: str = option("", "Sentence-embedding model directory for diversity (default: all-MiniLM-L6-v2 from the "

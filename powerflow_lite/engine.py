@@ -4,14 +4,26 @@
                              settings=SamplingSettings(max_new_tokens=128))
     rollouts.sampled_logps  # [N, L] log pi(y_t | q, y_<t) at temperature 1: no second pass for log pi_old
 
-This is the eager (CPU-testable) half of the fast sampler of issue 5: the cache
-is allocated once for prompt + completion, each step is one forward of one
-token per row, the next token is drawn on the device (multinomial over the
-tempered distribution), rows that emitted a stop id keep decoding pad tokens
-(masked out), and the loop ends when every row has stopped. What it leaves for
-the GPU half: capturing the decode step in a CUDA graph (the cache, the
-position and the RNG state are already fixed-shape tensors for that), and
-measuring it against `generate` with `powerflow bench`.
+The cache is allocated once for prompt + completion and each step is one
+forward of one token per row; the next token is drawn on the device. Three
+things make it cheaper than `generate` for the trainer's batches, where every
+prompt is answered G times and completions end at very different lengths:
+
+* each distinct prompt is prefilled once and its cache rows copied to its G
+  completions (`generate` runs the prompt G times), and only the last
+  position's logits are computed;
+* with `compact` (the default on the CPU, where a step costs in proportion
+  to the rows in it) rows that have stopped leave the batch, once they are a
+  quarter of it: the cache keeps only the rows still decoding, so a batch
+  whose last completion runs to the limit does not pay for all the others;
+* a token is drawn by inverting the cumulative distribution (in float64) with
+  one uniform number per row, instead of `torch.multinomial`, which on the CPU
+  draws an exponential variate for every token of the vocabulary.
+
+The draws are exact ancestral samples at the given temperature, but not the
+same draws as `generate` for the same seed. Left for the GPU: capturing the
+decode step in a CUDA graph (where `compact` is off: the graph needs fixed
+shapes), and measuring it against `generate` with `powerflow bench`.
 
 Not supported: top-p < 1 (sample_static raises, and `--sampler static` with
 `--top-p` below 1 is refused at the command line; use `--sampler hf`).
@@ -20,67 +32,116 @@ Not supported: top-p < 1 (sample_static raises, and `--sampler static` with
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from .model import eval_mode
-from .sampling import Rollouts, SamplingSettings, eos_token_ids, left_pad
+from .model import cache_keyword, eval_mode, hf_model
+from .sampling import Rollouts, SamplingSettings, eos_token_ids, left_pad, sample
+
+COMPACT_FRACTION = 0.25  # drop stopped rows once they are this share of the batch (each drop copies the cache)
 
 
 def supports(settings: SamplingSettings) -> bool:
     return settings.top_p == 1.0
 
 
+def resolve_sampler(name: str, device: torch.device, top_p: float = 1.0) -> tuple[str, str]:
+    """`auto` -> static on the CPU, where it is measured faster (README: Speed), hf elsewhere; and why, in words.
+
+    On a GPU `generate` stays the default until the static loop is measured there (its CUDA graph is not built).
+    """
+    if name != "auto":
+        return name, "as asked"
+    if top_p != 1.0:
+        return "hf", "auto: Hugging Face generate, since --top-p < 1 (the static sampler has no nucleus sampling)"
+    if device.type == "cpu":
+        return "static", ("auto: the static-cache sampler on the CPU (prompts prefilled once, stopped rows dropped, "
+                          "log pi_old returned with the samples)")
+    return "hf", "auto: Hugging Face generate on the GPU (the static sampler is not measured there yet)"
+
+
+
+def draw(probs: Tensor) -> Tensor:
+    """One token per row from the categorical distributions `probs` [n, V] (rows may be unnormalised).  -> [n]
+
+    The token is the first whose cumulative probability exceeds u * total, for one uniform u per row;
+    a zero-probability token has no width and is never drawn. float64 keeps the tail of a large
+    vocabulary representable next to a cumulative sum near 1.
+    """
+    cdf = probs.double().cumsum(-1)  # [n, V]
+    total = cdf[:, -1:]  # [n, 1]
+    if not bool(torch.isfinite(total).all() and (total > 0).all() and (probs >= 0).all()):
+        raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")  # torch.multinomial's words
+    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device) * total  # [n, 1]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
 @torch.no_grad()
 def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt: int, settings: SamplingSettings,
-                  greedy: bool = False) -> Rollouts:
-    """G completions per prompt (rows grouped by prompt), with the log-prob of every sampled token at temperature 1."""
+                  greedy: bool = False, compact: bool | None = None) -> Rollouts:
+    """G completions per prompt (rows grouped by prompt), with the log-prob of every sampled token at temperature 1.
+
+    `compact` (default: on the CPU only) drops stopped rows from the decode batch, see the module docstring.
+    """
     from transformers import StaticCache
 
     if not supports(settings):
         raise ValueError("sample_static does not implement top-p < 1")
     device = next(model.parameters()).device
+    compact = device.type == "cpu" if compact is None else compact
     rows = [ids for ids in prompts for _ in range(samples_per_prompt)]
-    prompt_ids, prompt_mask = left_pad(rows, tokenizer.pad_token_id, device)  # [N, P]
+    distinct = list(dict.fromkeys(tuple(ids) for ids in rows))  # each prompt once, in order of first use
+    position = {ids: i for i, ids in enumerate(distinct)}
+    expand = torch.tensor([position[tuple(ids)] for ids in rows], device=device)  # [N] row -> distinct prompt
+    unique_ids, unique_mask = left_pad([list(ids) for ids in distinct], tokenizer.pad_token_id, device)  # [U, P]
+    prompt_ids, prompt_mask = unique_ids[expand], unique_mask[expand]  # [N, P]
     N, P = prompt_ids.shape
     L = settings.max_new_tokens
     stop_ids = [] if settings.ignore_eos else sorted(set(eos_token_ids(model, tokenizer)) | set(settings.stop_ids))
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
-    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    config = hf_model(model).config
+    cache_arg = cache_keyword(model)
 
     cache = StaticCache(config=config, max_cache_len=P + L)
-    attention = torch.cat([prompt_mask, torch.ones(N, L, dtype=prompt_mask.dtype, device=device)], dim=1)  # [N, P+L]
-    positions = (prompt_mask.cumsum(-1) - 1).clamp_min(0)  # [N, P]: left padding does not shift positions
-    next_position = prompt_mask.sum(-1, keepdim=True)  # [N, 1]
     tokens = torch.full((N, L), tokenizer.pad_token_id, dtype=torch.long, device=device)  # [N, L]
     logps = torch.zeros(N, L, dtype=torch.float32, device=device)  # [N, L]
-    done = torch.zeros(N, dtype=torch.bool, device=device)  # [N]
     stopped = torch.zeros(N, dtype=torch.bool, device=device)  # [N] ended by a stop id (not by the length limit)
     lengths = torch.full((N,), L, dtype=torch.long, device=device)  # [N]
+    # The decode batch: `batch` [n] holds the output rows still in it, in cache order.
+    batch = torch.arange(N, device=device)  # [n]
+    attention = torch.cat([prompt_mask, torch.ones(N, L, dtype=prompt_mask.dtype, device=device)], dim=1)  # [n, P+L]
+    next_position = prompt_mask.sum(-1, keepdim=True)  # [n, 1]: left padding does not shift positions
+    done = torch.zeros(N, dtype=torch.bool, device=device)  # [n] stopped, still in the batch (decoding pads)
 
     with eval_mode(model):
-        logits = model(input_ids=prompt_ids, attention_mask=attention[:, :P], position_ids=positions,
-                       past_key_values=cache, cache_position=torch.arange(P, device=device),
-                       use_cache=True).logits[:, -1]  # [N, V]
+        logits = model(input_ids=unique_ids, attention_mask=unique_mask,
+                       position_ids=(unique_mask.cumsum(-1) - 1).clamp_min(0), **{cache_arg: cache},
+                       cache_position=torch.arange(P, device=device), use_cache=True,
+                       logits_to_keep=1).logits[:, -1]  # [U, V]
+        cache.reorder_cache(expand)  # the distinct prompts' cache rows -> one per completion
+        logits = logits[expand]  # [N, V]
         for t in range(L):
-            log_probs = torch.log_softmax(logits.float(), dim=-1)  # [N, V] the policy at temperature 1
+            log_probs = torch.log_softmax(logits.float(), dim=-1)  # [n, V] the policy at temperature 1
             scores = log_probs / settings.temperature if settings.temperature != 1.0 else log_probs
             if t < settings.min_new_tokens and len(stop_ids):
                 scores = scores.index_fill(-1, stops, float("-inf"))
-            if greedy:
-                token = scores.argmax(-1)  # [N]
-            else:
-                token = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(-1)  # [N]
+            token = scores.argmax(-1) if greedy else draw(torch.softmax(scores, dim=-1))  # [n]
             token = torch.where(done, torch.full_like(token, tokenizer.pad_token_id), token)
-            tokens[:, t] = token
-            logps[:, t] = torch.where(done, 0.0, log_probs.gather(-1, token[:, None]).squeeze(-1))
+            tokens[batch, t] = token
+            logps[batch, t] = torch.where(done, 0.0, log_probs.gather(-1, token[:, None]).squeeze(-1))
             if len(stop_ids):
-                hit = ~done & torch.isin(token, stops)  # [N]
-                lengths = torch.where(hit, t + 1, lengths)
-                stopped |= hit
+                hit = ~done & torch.isin(token, stops)  # [n]
+                lengths[batch[hit]] = t + 1
+                stopped[batch[hit]] = True
                 done |= hit
             if bool(done.all()) or t + 1 == L:
                 break
+            if compact and int(done.sum()) >= max(1, COMPACT_FRACTION * len(batch)):
+                keep = (~done).nonzero().squeeze(-1)  # [n'] positions in the batch still decoding
+                cache.reorder_cache(keep)
+                batch, token, attention, next_position = batch[keep], token[keep], attention[keep], next_position[keep]
+                done = done[keep]
             logits = model(input_ids=token[:, None], attention_mask=attention[:, :P + t + 1],
-                           position_ids=next_position + t, past_key_values=cache,
+                           position_ids=next_position + t, **{cache_arg: cache},
                            cache_position=torch.tensor([P + t], device=device), use_cache=True).logits[:, -1]
 
     width = int(lengths.max())
@@ -89,3 +150,6 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
     group_ids = torch.arange(len(prompts), device=device).repeat_interleave(samples_per_prompt)
     return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, group_ids, ~stopped,
                     sampled_logps=logps[:, :width] * completion_mask)
+
+
+SAMPLERS = {"hf": sample, "static": sample_static}  # the names of --sampler

@@ -17,7 +17,8 @@ import torch
 from .config import SampleConfig
 from .data import chat_stop_ids, encode_prompts, load_prompts
 from .model import context_length, eval_mode, load_adapter, load_base_model, load_tokenizer, resolve_device
-from .sampling import SamplingSettings, sample
+from .engine import SAMPLERS, resolve_sampler
+from .sampling import SamplingSettings
 from .scoring import score
 
 ROWS_PER_BATCH = 32  # completions generated together
@@ -42,19 +43,26 @@ def sample_completions(cfg: SampleConfig) -> Iterator[dict]:
 
 
 def generate_records(model, tokenizer, prompt_ids: list[list[int]], n: int, settings: SamplingSettings,
-                     rows_per_batch: int, adapter: bool = True, score_base: bool = True) -> Iterator[dict]:
+                     rows_per_batch: int, adapter: bool = True, score_base: bool = True,
+                     sampler: str = "auto") -> Iterator[dict]:
     """n completions per prompt, as records: text, length, how it ended, log pi and (score_base) log p_base.
 
     With `adapter=False` the adapter is off for sampling and scoring alike, so
     the records are the base model's own and "logp" is already its log-prob.
+    `sampler` is a name of engine.SAMPLERS or auto (engine.resolve_sampler); the
+    static sampler returns log pi with the samples, so nothing is scored twice.
     """
+    name, _ = resolve_sampler(sampler, next(model.parameters()).device, settings.top_p)
     rows = [(index, ids) for index, ids in enumerate(prompt_ids) for _ in range(n)]  # n rows per prompt, in order
     with eval_mode(model, adapter=adapter):
         for first in range(0, len(rows), rows_per_batch):  # a batch may split a prompt's n samples: -k > batch
             batch = rows[first:first + rows_per_batch]
-            rollouts = sample(model, tokenizer, [ids for _, ids in batch], 1, settings)
+            rollouts = SAMPLERS[name](model, tokenizer, [ids for _, ids in batch], 1, settings)
             texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
-            logps = score(model, rollouts, rows_per_batch, adapter=True)[0].sum(-1).tolist()
+            if rollouts.sampled_logps is None:
+                logps = score(model, rollouts, rows_per_batch, adapter=True)[0].sum(-1).tolist()
+            else:
+                logps = rollouts.sampled_logps.sum(-1).tolist()
             base_logps = (score(model, rollouts, rows_per_batch, adapter=False)[0].sum(-1).tolist()
                           if adapter and score_base else None)
             for row, (text, (index, _)) in enumerate(zip(texts, batch)):

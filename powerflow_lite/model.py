@@ -54,6 +54,23 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def resolve_quant(quant: str, device: torch.device) -> tuple[str, str]:
+    """`auto` -> nf4 on a GPU where bitsandbytes runs it, else none (full precision); and why, in words.
+
+    On the CPU bitsandbytes computes NF4 by dequantizing each weight for every matmul: full precision is
+    faster there (README: Speed) and a 135M-1.5B model fits in RAM anyway. `--quant nf4` still runs it.
+    """
+    if quant != "auto":
+        return quant, "as asked"
+    if device.type != "cuda":
+        return "none", ("auto: full precision on the CPU, where bitsandbytes emulates 4-bit more slowly "
+                        "(--quant nf4 to train the 4-bit path here)")
+    ok, reason = nf4_support(str(device))
+    if ok:
+        return "nf4", "auto: 4-bit NF4 on the GPU (the base takes a quarter of the memory)"
+    return "none", f"auto: full precision, since NF4 cannot run here ({reason})"
+
+
 def check_model_source(name: str) -> None:
     """A local directory must exist and hold safetensors weights; anything else is treated as a hub id."""
     path = Path(name).expanduser()
@@ -138,10 +155,11 @@ def context_length(name: str, trust_remote_code: bool = False) -> int | None:
 
 
 def load_base_model(name: str, quant: str, device: torch.device, trust_remote_code: bool = False):
-    """The frozen base model: `quant="nf4"` (double quant) or `"none"` (bf16 on GPU, fp32 on CPU)."""
+    """The frozen base model: `quant="nf4"` (double quant), `"none"` (bf16 on GPU, fp32 on CPU) or `"auto"`."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     check_model_source(name)
+    quant, _ = resolve_quant(quant, device)
     dtype = compute_dtype(device)
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
     if quant == "nf4":
@@ -156,7 +174,7 @@ def load_base_model(name: str, quant: str, device: torch.device, trust_remote_co
         )
         kwargs["device_map"] = {"": device}
     elif quant != "none":
-        raise PowerflowError(f"--quant {quant!r} is not one of nf4, none")
+        raise PowerflowError(f"--quant {quant!r} is not one of auto, nf4, none")
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: a truncated or corrupt file
@@ -255,6 +273,29 @@ def eval_mode(model, adapter: bool = True):
     finally:
         if was_training:
             model.train()
+
+
+def hf_model(model):
+    """The Hugging Face model inside a PEFT wrapper (the model itself when it is not wrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@functools.cache
+def _cache_keyword(forward_owner: type) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(forward_owner.forward).parameters else "past_key_values"
+
+
+def cache_keyword(model) -> str:
+    """The keyword a model's forward takes its KV cache by: `cache` from transformers 5.2x, `past_key_values` before."""
+    return _cache_keyword(type(hf_model(model)))
+
+
+def output_cache(output):
+    """The KV cache a forward returned, under either name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:

@@ -20,6 +20,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .config_files import to_yaml
 from .data import encode_prompts, load_prompts
+from .engine import resolve_sampler
 from .evaluate import EvalSet, setup_training_eval
 from .metrics import MetricsLog
 from .model import (
@@ -29,6 +30,7 @@ from .model import (
     load_tokenizer,
     parameter_count,
     resolve_device,
+    resolve_quant,
     trainable_parameters,
 )
 from .objectives import OBJECTIVES, Objective
@@ -112,6 +114,10 @@ def setup(cfg: TrainConfig) -> Run:
     rows = load_prompts(cfg.prompts, cfg.prompt_field, cfg.split)
     psi = load_format_penalty(cfg.format_penalty)
     device = resolve_device(cfg.device)
+    # `auto` becomes what runs here, and the saved config says so: a resumed run keeps the path it started on
+    quant, quant_why = resolve_quant(cfg.quant, device)
+    sampler, sampler_why = resolve_sampler(cfg.sampler, device, cfg.top_p)
+    cfg = replace(cfg, quant=quant, sampler=sampler)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
 
     eval_set, embed = setup_training_eval(cfg, tokenizer, device) if cfg.eval_data else (None, None)
@@ -153,6 +159,8 @@ def setup(cfg: TrainConfig) -> Run:
     run.info = {
         "device": str(device),
         "quant": cfg.quant,
+        "sampler": cfg.sampler,
+        "why": {"quant": quant_why, "sampler": sampler_why},
         "trainable_params": sum(p.numel() for p in lora_params),
         "total_params": parameter_count(model),
         "prompts": len(rows),

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from .model import eval_mode
+from .model import eval_mode, hf_model
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class Rollouts:
 def eos_token_ids(model, tokenizer) -> list[int]:
     """Every id that ends a completion: the tokenizer's EOS plus the model's generation EOS list."""
     ids = set() if tokenizer.eos_token_id is None else {tokenizer.eos_token_id}
-    configured = getattr(_hf_model(model).generation_config, "eos_token_id", None)
+    configured = getattr(hf_model(model).generation_config, "eos_token_id", None)
     if isinstance(configured, int):
         ids.add(configured)
     elif configured:
@@ -150,19 +150,15 @@ def _completion_mask(completion_ids: Tensor, stop_ids: list[int]) -> tuple[Tenso
     return (positions[None, :] < lengths[:, None]).long(), ~stopped
 
 
-def _hf_model(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 @contextmanager
 def _neutral_generation_config(model):
     """Hide the model's own generation defaults (top_k, penalties, ...) for the duration of a call."""
     from transformers import GenerationConfig
 
-    hf_model = _hf_model(model)
-    saved = hf_model.generation_config
-    hf_model.generation_config = GenerationConfig()
+    inner = hf_model(model)
+    saved = inner.generation_config
+    inner.generation_config = GenerationConfig()
     try:
         yield
     finally:
-        hf_model.generation_config = saved
+        inner.generation_config = saved

@@ -5,6 +5,13 @@ log-softmax then run over chunks of completion positions. With grad, each chunk
 is checkpointed, so only its hidden states are kept for backward and its logits
 are recomputed there: peak memory holds one chunk's logits, never all of them.
 
+A prompt answered G times is run through the decoder once: its key/value cache
+is copied to its G completions, which are then decoded against it (the same
+numbers up to float rounding, G - 1 prompt passes fewer; with grad, the
+gradients of the G completions meet in the one prompt pass). Hugging Face's
+gradient checkpointing drops a cache passed to a checkpointed layer, so with
+checkpointing on, under grad, each row runs its prompt itself as before.
+
     logps, features = completion_logprobs(model, rollouts)            # [N, L], [N, H]
     with eval_mode(model, adapter=False), torch.no_grad():
         base_logps, _ = completion_logprobs(model, rollouts)          # the base, same weights
@@ -16,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .model import eval_mode
+from .model import cache_keyword, eval_mode, hf_model, output_cache
 from .sampling import Rollouts
 
 LOGITS_BUDGET = 2**26  # float32 logits per chunk (256 MiB): 441 positions for a 151,936-token vocabulary
@@ -24,8 +31,8 @@ LOGITS_BUDGET = 2**26  # float32 logits per chunk (256 MiB): 441 positions for a
 
 def _hf_parts(model):
     """(decoder, lm_head, config) of a plain or PEFT-wrapped causal LM."""
-    hf_model = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return hf_model.get_decoder(), hf_model.get_output_embeddings(), hf_model.config
+    inner = hf_model(model)
+    return inner.get_decoder(), inner.get_output_embeddings(), inner.config
 
 
 def completion_logprobs(model, rollouts: Rollouts, chunk_positions: int | None = None) -> tuple[Tensor, Tensor]:
@@ -35,23 +42,60 @@ def completion_logprobs(model, rollouts: Rollouts, chunk_positions: int | None =
     the final hidden states over the prompt) are always detached.
     """
     decoder, lm_head, config = _hf_parts(model)
+    key = torch.cat([rollouts.prompt_ids, rollouts.prompt_mask], dim=1)  # [N, 2P]: a prompt and its padding
+    distinct, inverse = torch.unique(key, dim=0, return_inverse=True)  # [U, 2P], [N]
+    if len(distinct) < len(rollouts) and _keeps_a_cache(decoder):
+        predicting, prompt_states, prompt_mask = _decode_shared(decoder, rollouts, distinct, inverse)
+    else:
+        predicting, prompt_states, prompt_mask = _decode(decoder, rollouts)
+    # features: the masked mean of the final hidden states over each prompt, always detached
+    prompt_states = prompt_states.detach().float().masked_fill(~prompt_mask, 0.0)  # [M, P, H]
+    features = prompt_states.sum(1) / prompt_mask.sum(1).clamp(min=1)  # [M, H]
+    if len(features) < len(rollouts):
+        features = features[inverse]  # [N, H]
+
+    mask = rollouts.completion_mask.bool()  # [N, L]
+    token_logps = _chunked_logprobs(predicting[mask], rollouts.completion_ids[mask], lm_head, config,
+                                    chunk_positions)  # [T]
+    logps = torch.zeros(mask.shape, dtype=torch.float32, device=predicting.device)
+    return logps.masked_scatter(mask, token_logps), features
+
+
+def _decode(decoder, rollouts: Rollouts) -> tuple[Tensor, Tensor, Tensor]:
+    """One pass over prompt + completion per row.  -> states before each completion token [N, L, H],
+    prompt states [N, P, H], prompt mask [N, P, 1]"""
     prompt_len = rollouts.prompt_ids.shape[1]
     input_ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], dim=1)  # [N, P+L]
     attention_mask = torch.cat([rollouts.prompt_mask, rollouts.completion_mask], dim=1)  # [N, P+L]
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                      use_cache=False).last_hidden_state  # [N, P+L, H]
+    return hidden[:, prompt_len - 1 : -1], hidden[:, :prompt_len], rollouts.prompt_mask.unsqueeze(-1).bool()
 
-    prompt_mask = rollouts.prompt_mask.unsqueeze(-1).bool()  # [N, P, 1]
-    prompt_states = hidden[:, :prompt_len].detach().float().masked_fill(~prompt_mask, 0.0)  # [N, P, H]
-    features = prompt_states.sum(1) / prompt_mask.sum(1).clamp(min=1)  # [N, H]
 
-    predicting = hidden[:, prompt_len - 1 : -1]  # [N, L, H]: the state before each completion token
-    mask = rollouts.completion_mask.bool()  # [N, L]
-    token_logps = _chunked_logprobs(predicting[mask], rollouts.completion_ids[mask], lm_head, config,
-                                    chunk_positions)  # [T]
-    logps = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
-    return logps.masked_scatter(mask, token_logps), features
+def _decode_shared(decoder, rollouts: Rollouts, distinct: Tensor, inverse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each distinct prompt once, its cache copied to its rows, then the completions.  -> as _decode, but the
+    prompt states and mask are those of the U distinct prompts [U, P, H], [U, P, 1]"""
+    prompt_len = rollouts.prompt_ids.shape[1]
+    ids, mask = distinct[:, :prompt_len], distinct[:, prompt_len:]  # [U, P]
+    out = decoder(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                  use_cache=True)
+    cache = output_cache(out)
+    cache.reorder_cache(inverse)  # U prompts -> N rows (index_select: gradients flow back to the U)
+    attention_mask = torch.cat([rollouts.prompt_mask, rollouts.completion_mask], dim=1)  # [N, P+L]
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, prompt_len:]  # [N, L]
+    completion = decoder(input_ids=rollouts.completion_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=True, **{cache_keyword(decoder): cache}).last_hidden_state  # [N, L, H]
+    prompt_hidden = out.last_hidden_state  # [U, P, H]
+    predicting = torch.cat([prompt_hidden[inverse, -1:], completion[:, :-1]], dim=1)  # [N, L, H]
+    return predicting, prompt_hidden, mask.unsqueeze(-1).bool()
+
+
+def _keeps_a_cache(decoder) -> bool:
+    """False where Hugging Face would drop the cache: checkpointed layers in training mode, under grad."""
+    if not (torch.is_grad_enabled() and decoder.training):
+        return True
+    return not any(getattr(module, "gradient_checkpointing", False) for module in decoder.modules())
 
 
 def _chunked_logprobs(hidden: Tensor, targets: Tensor, lm_head, config, chunk_positions: int | None) -> Tensor:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from . import checkpoint as ckpt
 from .data import chat_stop_ids, prompt_indices
-from .engine import sample_static
+from .engine import SAMPLERS
 from .errors import PowerflowError
 from .evaluate import training_metrics
 from .faults import halve_on_oom
@@ -41,7 +41,7 @@ from .model import trainable_parameters
 from .objectives import batch_log_z_estimate
 from .rewards import format_penalties
 from .run import Run, lr_lambda, setup  # noqa: F401 - setup and lr_lambda are re-exported: train.setup(cfg)
-from .sampling import Rollouts, SamplingSettings, sample, sample_in_batches
+from .sampling import Rollouts, SamplingSettings, sample_in_batches
 from .scoring import completion_logprobs, score
 
 
@@ -53,9 +53,6 @@ class StepResult:
     example: dict | None  # one prompt and completion, every --show-every steps
     checkpoint: Path | None
     notes: tuple[str, ...] = ()  # things the user should read once, e.g. a batch halved after running out of memory
-
-
-SAMPLERS = {"hf": sample, "static": sample_static}
 
 
 def seed_step(seed: int, step: int) -> None:

@@ -167,3 +167,87 @@ def test_bench_runs_both_samplers_on_the_same_work(capsys):
     assert step["seconds"] == pytest.approx(step["time_sample"] + step["time_score"] + step["time_update"])
     assert min(step["time_sample"], step["time_score"], step["time_update"]) > 0
     assert main(["bench", "--batch", "0"]) == 2  # bad input: one line, exit 2
+
+
+def test_draw_inverts_the_cumulative_distribution(monkeypatch):
+    from powerflow_lite.engine import draw
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.5], [2.0, 1.0, 1.0, 0.0]])  # the second row is not normalised
+    # row 1: u * 1 in [0, 0.5) -> token 1, [0.5, 1) -> token 3 (zero-width tokens 0 and 2 are never drawn)
+    # row 2: u * 4 in [0, 2) -> token 0, [2, 3) -> 1, [3, 4) -> 2; e.g. u = 0.74: 2.96 -> 1, u = 0.8: 3.2 -> 2
+    for u, expected in [(0.0, [1, 0]), (0.49, [1, 0]), (0.5, [3, 1]), (0.74, [3, 1]), (0.8, [3, 2]),
+                        (0.9999, [3, 2])]:
+        monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.full(shape, u, dtype=torch.float64))
+        assert draw(probs).tolist() == expected, u
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="probability tensor contains"):
+        draw(torch.tensor([[0.5, float("nan")]]))
+    with pytest.raises(RuntimeError, match="probability tensor contains"):
+        draw(torch.tensor([[0.0, 0.0]]))
+
+
+def test_draws_follow_the_distribution():
+    from powerflow_lite.engine import draw
+
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(1, 50) * 2, -1)  # [1, 50]
+    n = 200_000
+    counts = torch.bincount(draw(probs.expand(n, -1)), minlength=50).double()
+    expected = probs[0].double() * n
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 100  # 49 degrees of freedom: P(chi2 > 100) < 1e-4
+
+
+def count_forwards(model) -> tuple[list, object]:
+    shapes = []
+    hook = model.get_base_model().register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    return shapes, hook
+
+
+def test_each_distinct_prompt_is_prefilled_once(peaky_dir):
+    model, tokenizer = policy(peaky_dir)
+    prompts = ragged_prompts(tokenizer)
+    shapes, hook = count_forwards(model)
+    # prompts repeated as sample_in_batches passes them (one row each) are found to be the same prompt too
+    torch.manual_seed(0)
+    grouped = sample_static(model, tokenizer, prompts, 3, SamplingSettings(6), compact=False)
+    torch.manual_seed(0)
+    rows = sample_static(model, tokenizer, [p for p in prompts for _ in range(3)], 1, SamplingSettings(6),
+                         compact=False)
+    hook.remove()
+    width = len(prompts[0])
+    assert shapes[0] == (2, width) and shapes[1:grouped.completion_ids.shape[1]] == [(6, 1)] * (
+        grouped.completion_ids.shape[1] - 1)
+    assert shapes[grouped.completion_ids.shape[1]] == (2, width)
+    for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "truncated"):
+        assert torch.equal(getattr(grouped, name), getattr(rows, name)), name
+
+
+def test_stopped_rows_leave_the_batch_and_nothing_else_changes(peaky_dir):
+    model, tokenizer = policy(peaky_dir)
+    prompts = ragged_prompts(tokenizer)
+    # greedy, so each row is a function of its prompt alone; stops at a token the greedy rows emit early
+    probe = sample_static(model, tokenizer, prompts, 1, SamplingSettings(16), greedy=True, compact=False)
+    settings = SamplingSettings(16, stop_ids=(int(probe.completion_ids[1, 2]),))
+    shapes, hook = count_forwards(model)
+    compacted = sample_static(model, tokenizer, prompts, 4, settings, greedy=True, compact=True)
+    hook.remove()
+    full = sample_static(model, tokenizer, prompts, 4, settings, greedy=True, compact=False)
+    assert (~full.truncated).sum() == 4 and full.truncated.sum() == 4  # prompt 2's rows stop, prompt 1's run on
+    for name in ("completion_ids", "completion_mask", "truncated"):
+        assert torch.equal(getattr(compacted, name), getattr(full, name)), name
+    torch.testing.assert_close(compacted.sampled_logps, full.sampled_logps, rtol=0, atol=1e-5)
+    assert {shape[0] for shape in shapes[1:]} == {8, 4}  # decode steps ran 8 rows, then the 4 still going
+
+
+def test_auto_sampler_and_quant_pick_what_runs_fastest_here():
+    from powerflow_lite.engine import resolve_sampler
+    from powerflow_lite.model import resolve_quant
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_sampler("auto", cpu)[0] == "static" and resolve_sampler("auto", gpu)[0] == "hf"
+    assert resolve_sampler("auto", cpu, top_p=0.9)[0] == "hf"  # the static loop has no nucleus sampling
+    assert resolve_sampler("hf", cpu) == ("hf", "as asked")
+    assert resolve_quant("auto", cpu)[0] == "none" and resolve_quant("nf4", cpu) == ("nf4", "as asked")
+    assert "CPU" in resolve_quant("auto", cpu)[1] and "CPU" in resolve_sampler("auto", cpu)[1]

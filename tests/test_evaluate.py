@@ -386,8 +386,8 @@ def test_generate_records_splits_a_prompts_samples_across_batches(digit_model, m
     from powerflow_lite.sampling import SamplingSettings
 
     sizes = []
-    real_sample = inference.sample
-    monkeypatch.setattr(inference, "sample", lambda m, t, prompts, g, s: sizes.append(len(prompts) * g)
+    real_sample = inference.SAMPLERS["static"]  # the sampler auto picks on the CPU
+    monkeypatch.setitem(inference.SAMPLERS, "static", lambda m, t, prompts, g, s: sizes.append(len(prompts) * g)
                         or real_sample(m, t, prompts, g, s))
     records = list(inference.generate_records(load_base(digit_model)[0], load_tokenizer(digit_model), [[3, 4], [5]], 5,
                                               SamplingSettings(1), rows_per_batch=2))

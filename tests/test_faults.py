@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 import powerflow_lite.checkpoint as ckpt
 import powerflow_lite.train as train_module
 from powerflow_lite.config import TrainConfig
+from powerflow_lite.errors import PowerflowError
 from powerflow_lite.metrics import read_metrics
 from powerflow_lite.train import setup, train
 
@@ -143,9 +144,9 @@ def test_out_of_memory_in_the_update_halves_the_micro_batch(tiny_model_dir, prom
 
     monkeypatch.setattr(train_module, "score", score_step_1_in_fours)
     reference = [r.metrics for r in train(setup(config(tiny_model_dir, prompts_file, tmp_path / "ref",
-                                                       micro_batch_size=1, max_steps=2)))]
+                                                       micro_batch_size=1, max_steps=2, sampler="hf")))]
     monkeypatch.undo()
-    assert scored == [1, 1, 1, 1]  # pi_old and p_base at each step
+    assert scored == [1, 1, 1, 1]  # pi_old and p_base at each step (hf generate returns no log-probs)
     real, calls = train_module.completion_logprobs, []
 
     def flaky(model, rollouts, *args):
@@ -155,7 +156,7 @@ def test_out_of_memory_in_the_update_halves_the_micro_batch(tiny_model_dir, prom
         return real(model, rollouts, *args)
 
     monkeypatch.setattr(train_module, "completion_logprobs", flaky)
-    results = list(train(setup(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=2))))
+    results = list(train(setup(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=2, sampler="hf"))))
     monkeypatch.undo()
     assert calls[:6] == [4, 2, 2, 2, 1, 1]  # 4 + (2: OOM), 2 + (2: OOM), then six of 1
     assert [len(r.notes) for r in results] == [2, 0]  # said once, at the step it happened
@@ -169,19 +170,21 @@ def test_out_of_memory_in_the_update_halves_the_micro_batch(tiny_model_dir, prom
     assert setup(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=3, resume=True)).micro_batch_size == 1
 
 
+@pytest.mark.parametrize("sampler", ["hf", "static"])
 def test_out_of_memory_while_sampling_halves_the_sampling_batch(tiny_model_dir, prompts_file, tmp_path,
-                                                                 monkeypatch):
+                                                                 monkeypatch, sampler):
     reference = [r.metrics for r in train(setup(config(tiny_model_dir, prompts_file, tmp_path / "ref",
-                                                       sample_batch_size=1, max_steps=2)))]
-    real = train_module.SAMPLERS["hf"]
+                                                       sample_batch_size=1, max_steps=2, sampler=sampler)))]
+    real = train_module.SAMPLERS[sampler]
 
     def flaky(model, tokenizer, prompts, samples_per_prompt, settings):
         if len(prompts) * samples_per_prompt > 2:
             raise oom()
         return real(model, tokenizer, prompts, samples_per_prompt, settings)
 
-    monkeypatch.setitem(train_module.SAMPLERS, "hf", flaky)
-    results = list(train(setup(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=2))))
+    monkeypatch.setitem(train_module.SAMPLERS, sampler, flaky)
+    results = list(train(setup(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=2,
+                                      sampler=sampler))))
     assert ["--sample-batch-size 3" in n or "--sample-batch-size 1" in n for n in results[0].notes] == [True, True]
     assert results[1].notes == ()
     assert untimed(r.metrics for r in results) == untimed(reference)  # a retry draws as a first attempt would
@@ -211,11 +214,20 @@ def test_out_of_memory_where_nothing_retries_is_one_line(tiny_model_dir, prompts
 
 def test_a_policy_with_non_finite_probabilities_is_one_line(tiny_model_dir, prompts_file, tmp_path, capsys,
                                                            monkeypatch):
+    # the real thing: the adapter's weights overflow, and the static sampler (the CPU default) meets NaN logits
+    run = setup(config(tiny_model_dir, prompts_file, tmp_path / "first", max_steps=1))
+    assert run.cfg.sampler == "static"
+    for name, param in run.model.named_parameters():
+        if "lora_B" in name:
+            param.data.fill_(float("nan"))
+    with pytest.raises(PowerflowError, match="probabilities are not finite at step 1"):
+        next(train(run))
+
     def overflowed(*args):  # what torch.multinomial says when the adapter's weights have overflowed
         raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
 
     monkeypatch.setitem(train_module.SAMPLERS, "hf", overflowed)
-    code, _, err = run_cli(capsys, cli_args(config(tiny_model_dir, prompts_file, tmp_path / "run")))
+    code, _, err = run_cli(capsys, cli_args(config(tiny_model_dir, prompts_file, tmp_path / "run")) + ["--sampler", "hf"])
     assert code == 2 and "probabilities are not finite at step 1" in one_error_line(err) and "--lr" in err
 
 

@@ -103,3 +103,71 @@ def test_score_in_batches_matches_one_batch(policy):
     many, features_many = score(policy, rollouts, batch_size=1)
     torch.testing.assert_close(one, many, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(features_one, features_many, atol=1e-5, rtol=1e-5)
+
+
+def grouped_rollouts() -> Rollouts:
+    """Two prompts (2 and 4 tokens, left-padded) answered 3 and 2 times, completions of 1-4 tokens, rows shuffled."""
+    prompts = torch.tensor([[0, 0, 40, 41], [42, 43, 44, 45]])
+    masks = (torch.arange(4)[None, :] >= torch.tensor([2, 0])[:, None]).long()
+    rows = torch.tensor([0, 1, 0, 1, 0])  # rows of one prompt need not be next to each other
+    completion_ids = torch.tensor([[10, 11, 12, 0], [13, 0, 0, 0], [14, 15, 16, 2], [17, 18, 0, 0], [19, 0, 0, 0]])
+    lengths = torch.tensor([3, 1, 4, 2, 1])
+    completion_mask = (torch.arange(4)[None, :] < lengths[:, None]).long()
+    return Rollouts(prompts[rows], masks[rows], completion_ids, completion_mask, rows, lengths < 4)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_shared_prompt_pass_gives_what_one_pass_per_row_gives(tiny_model_dir, grad, monkeypatch):
+    import powerflow_lite.scoring as scoring
+
+    torch.manual_seed(0)
+    policy = add_lora(load_base_model(str(tiny_model_dir), "none", torch.device("cpu")), r=4,
+                      gradient_checkpointing=False)  # the update without checkpointing keeps the cache
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    rollouts = grouped_rollouts()
+    weights = torch.randn(5, 4)
+    policy.train()
+
+    def run(shared: bool):
+        monkeypatch.setattr(scoring, "_keeps_a_cache", lambda decoder: shared)
+        calls = []
+        hook = policy.get_base_model().get_decoder().register_forward_hook(lambda m, args, kw, out: calls.append(
+            kw["input_ids"].shape), with_kwargs=True)
+        policy.zero_grad()
+        with torch.set_grad_enabled(grad):
+            logps, features = completion_logprobs(policy, rollouts)
+            if grad:
+                (logps * weights).sum().backward()
+        hook.remove()
+        grads = [p.grad.clone() for p in policy.parameters() if p.grad is not None]
+        return logps.detach(), features, grads, calls
+
+    shared, separate = run(True), run(False)
+    assert shared[3] == [torch.Size([2, 4]), torch.Size([5, 4])]  # the 2 distinct prompts, then the 5 completions
+    assert separate[3] == [torch.Size([5, 8])]  # every row with its own prompt
+    torch.testing.assert_close(shared[0], separate[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared[1], separate[1], atol=1e-5, rtol=0)
+    assert torch.equal(shared[1][0], shared[1][2])  # rows of one prompt share its features
+    assert len(shared[2]) == len(separate[2]) == (len([p for p in policy.parameters() if p.requires_grad]) if grad
+                                                 else 0)
+    for got, want in zip(shared[2], separate[2]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_checkpointed_layers_under_grad_do_not_share_the_prompt(tiny_model_dir):
+    # Hugging Face drops a cache passed to a checkpointed layer in training mode: each row must run its prompt
+    from powerflow_lite.scoring import _keeps_a_cache
+
+    torch.manual_seed(0)
+    model = add_lora(load_base_model(str(tiny_model_dir), "none", torch.device("cpu")), r=4,
+                     gradient_checkpointing=True)
+    decoder = model.get_base_model().get_decoder()
+    model.train()
+    assert not _keeps_a_cache(decoder)
+    with torch.no_grad():
+        assert _keeps_a_cache(decoder)  # no backward to replay: the cache is used
+    model.eval()
+    assert _keeps_a_cache(decoder)
