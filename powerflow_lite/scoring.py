@@ -26,7 +26,10 @@ from torch.utils.checkpoint import checkpoint
 from .model import cache_keyword, eval_mode, hf_model, output_cache
 from .sampling import Rollouts
 
-LOGITS_BUDGET = 2**26  # float32 logits per chunk (256 MiB): 441 positions for a 151,936-token vocabulary
+# float32 logits per chunk: on a GPU 256 MiB (441 positions of a 151,936-token vocabulary, few launches); on
+# the CPU 64 MiB, since a chunk and its log-sum-exp both stay in the process's memory at its peak, and 341
+# positions of a 49,152-token vocabulary already make a matmul as fast per position as a larger one.
+LOGITS_BUDGET = {"cuda": 2**26, "cpu": 2**24}
 
 
 def _hf_parts(model):
@@ -100,7 +103,8 @@ def _keeps_a_cache(decoder) -> bool:
 
 def _chunked_logprobs(hidden: Tensor, targets: Tensor, lm_head, config, chunk_positions: int | None) -> Tensor:
     """hidden [T, H], targets [T] -> log-softmax(lm_head(hidden))[targets] [T], one chunk at a time."""
-    chunk = chunk_positions or max(1, LOGITS_BUDGET // lm_head.weight.shape[0])
+    budget = LOGITS_BUDGET.get(hidden.device.type, LOGITS_BUDGET["cuda"])
+    chunk = chunk_positions or max(1, budget // lm_head.weight.shape[0])
     parts = []
     for start in range(0, hidden.shape[0], chunk):
         args = (hidden[start:start + chunk], targets[start:start + chunk], lm_head, config)
