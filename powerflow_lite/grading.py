@@ -27,6 +27,8 @@ from .rewards import boxed_answers, has_boxed
 
 # A completion that is only an answer: a number somewhere, and nothing but math characters around it.
 BARE_EXPRESSION = re.compile(r"(?=.*\d)[\w\s.,+\-*/^()\[\]{}=\\!%']*")
+# A completion that ends by stating a number: "... = 7", "... equals 7.", "... is 81." (and nothing after it).
+FINAL_STATEMENT = re.compile(r"(?:=|\bequals|\bis)\s*\$?(-?\d+(?:\.\d+)?)\$?\s*[.!]?\s*$")
 INSTALL_HINT = "pip install math-verify (or pip install 'powerflow-lite[eval]')"
 
 
@@ -53,13 +55,17 @@ def _timeouts() -> dict:
     return {"parsing_timeout": None, "timeout_seconds": None}
 
 
-def parse_answer(text: str, reference: bool = False) -> list:
+def parse_answer(text: str, reference: bool = False, ended: bool = True) -> list:
     """math-verify's parse of a completion's final answer, or of a reference answer.
 
-    A completion's answer is its last \\boxed{} or an anchored statement ("the final
-    answer is 7"), or the whole completion when it is nothing but an expression;
-    never just the last number in the text: a completion cut off mid-sentence
-    would otherwise be graded on whatever number it stopped near.
+    A completion's answer is, in this order: its last \\boxed{} or an anchored statement
+    ("the final answer is 7"; when math-verify reads such a statement across a paragraph
+    break as text it cannot parse, the last paragraph whose statement it can read); the
+    whole completion when it is nothing but an expression; or, for a completion that
+    `ended` on its own (EOS), a final statement of a number at its very end ("... so
+    3 + 4 = 7.", "... 9 times 9 is 81."). Never just the last number in the text: a
+    completion cut off mid-sentence would otherwise be graded on whatever number it
+    stopped near.
     A reference answer is bare LaTeX ("\\frac{1}{2}"), so it is read as $...$.
     """
     mv = _math_verify()
@@ -69,14 +75,20 @@ def parse_answer(text: str, reference: bool = False) -> list:
         anchored = [mv.LatexExtractionConfig(try_extract_without_anchor=False, boxed_match_priority=0),
                     mv.ExprExtractionConfig(try_extract_without_anchor=False)]
         parsed = mv.parse(text, extraction_config=anchored, **parse_timeout)
+        if parsed and not _has_value(parsed):  # e.g. "The answer is 10.\n\n3 + 7 ..." read as one string
+            paragraphs = [part for part in re.split(r"\n\s*\n", text) if part.strip()]
+            readable = (mv.parse(part, extraction_config=anchored, **parse_timeout) for part in reversed(paragraphs))
+            parsed = next((found for found in readable if _has_value(found)), parsed)
         if parsed or not text.strip():
             return parsed
         # A completion that is nothing but an expression ("6", "\\frac{1}{2}") is its own answer.
         bare = text.strip().strip("$").strip()
-        if not BARE_EXPRESSION.fullmatch(bare) or re.search(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", "", bare)):
-            return []  # words or symbol soup, not an expression
-        parsed = mv.parse(f"${bare}$", **parse_timeout)
-        return parsed if parsed and parsed[-1].replace(" ", "") == bare.replace(" ", "") else []
+        if BARE_EXPRESSION.fullmatch(bare) and not re.search(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", "", bare)):
+            parsed = mv.parse(f"${bare}$", **parse_timeout)
+            if parsed and parsed[-1].replace(" ", "") == bare.replace(" ", ""):
+                return parsed
+        final = FINAL_STATEMENT.search(text) if ended else None
+        return mv.parse(f"${final.group(1)}$", **parse_timeout) if final else []
     if not re.search(r"(?<!\\)\$", text) and "\\boxed" not in text:  # an escaped \$ (money) is not math mode
         parsed = mv.parse(f"${text}$", **parse_timeout)
         if parsed:
@@ -93,11 +105,17 @@ def same_answer(gold: list, prediction: list) -> bool:
     return bool(mv.verify(list(gold), list(prediction), **({"timeout_seconds": None} if timeouts else {})))
 
 
-def grade_math(completion: str, reference: str) -> Grade:
+def _has_value(parsed: list) -> bool:
+    """math-verify returns [value, source text]; only the text when sympy could not read what it extracted."""
+    return any(not isinstance(item, str) for item in parsed)
+
+
+def grade_math(completion: str, reference: str, ended: bool = True) -> Grade:
+    """`ended`: the completion stopped on its own (EOS), so a number at its very end is a final statement."""
     gold = parse_answer(reference, reference=True)
     if not gold:
         raise PowerflowError(f"math-verify cannot read the reference answer {reference!r}")
-    prediction = parse_answer(completion)
+    prediction = parse_answer(completion, ended=ended)
     answer = str(prediction[-1]) if prediction else None  # math-verify returns [sympy value, source text]
     return Grade(same_answer(gold, prediction), answer, has_boxed(completion), tuple(prediction))
 

@@ -51,9 +51,36 @@ def test_unboxed_wrong_answer_is_wrong():
 
 def test_last_bare_number_is_not_an_answer():
     # math-verify's loosest fallback would read 7 here; a cut-off completion must not be graded on noise
-    grade = grade_math("so x equals 7", "7")
+    grade = grade_math("so x equals 7", "7", ended=False)
     assert (grade.correct, grade.answer, grade.boxed) == (False, None, False)
     assert not grade_math("we pick 3 and then 7, so", "7").correct
+    assert not grade_math("we pick 7 and then 3 more.", "7").correct  # a number at the end, but no statement of it
+
+
+@pytest.mark.parametrize("text, answer", [
+    ("To add 8 + 4, you simply add them together: 8 + 4 = 12.", "12"),
+    ("9 times 9 is 81.", "81"),
+    ("So 3 + 7 equals 10", "10"),
+    ("Taking 5 away leaves 4 - 1 = $3$.", "3"),
+])
+def test_a_completion_that_ends_by_stating_a_number_is_graded_on_it(text, answer):
+    grade = grade_math(text, answer)  # it ended with EOS: the statement is its last word
+    assert grade.correct and grade.answer == answer
+    wrong = grade_math(text, str(int(answer) + 1))
+    assert not wrong.correct and wrong.answer == answer
+    assert grade_math(text, answer, ended=False).answer is None  # cut off there, the number may be unfinished
+
+
+def test_a_statement_followed_by_more_text_is_not_final():
+    assert grade_math("3 + 7 = 10\n\nThis is a classic example of addition.", "10").answer is None
+    assert not grade_math("and 4 is 1 less than 5.", "5").correct  # "less than 5" states no result
+
+
+def test_an_answer_statement_math_verify_reads_across_paragraphs_is_read_in_its_own():
+    # math-verify takes "10.\n\n3 + 7" as the anchored answer here and cannot parse it
+    grade = grade_math("The answer is 10.\n\n3 + 7 is equal to 10, adding 1 to the equation.", "10")
+    assert grade.correct and grade.answer == "10"
+    assert grade_math("The answer is 9.\n\nAlso 3.", "9").correct
 
 
 def test_no_answer_at_all():
