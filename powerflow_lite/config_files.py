@@ -89,10 +89,11 @@ def from_yaml_file(cls, path: str | Path):
     return load_config(cls, str(path))
 
 
-def resolve_train_config(config_path: str | None, flags: dict, demo: bool = False) -> TrainConfig:
+def resolve_train_config(config_path: str | None, flags: dict, demo: str | None = None) -> TrainConfig:
     """Layer the sources of a training config, lowest first:
 
-    dataclass defaults < --demo settings < the run's saved config.yaml (on --resume) < --config FILE < flags.
+    dataclass defaults < the demo's settings (`demo`: a key of demo.DEMOS) < the run's saved config.yaml
+    (on --resume) < --config FILE < flags.
     """
     file_values = read_yaml(config_path, TrainConfig) if config_path else {}
     given = {k: v for k, v in flags.items() if v is not None}
@@ -102,7 +103,7 @@ def resolve_train_config(config_path: str | None, flags: dict, demo: bool = Fals
         from .demo import demo_defaults
 
         resuming = explicit.get("resume") or explicit.get("resume_from")
-        layered.update(demo_defaults(need_model="model" not in explicit and not resuming))
+        layered.update(demo_defaults(demo, need_model="model" not in explicit and not resuming))
     if explicit.get("resume_from") and "output" not in explicit:
         explicit["output"] = str(Path(explicit["resume_from"]).expanduser().parent)  # the run the checkpoint is in
     if explicit.get("resume") or explicit.get("resume_from"):

@@ -26,9 +26,9 @@ from .presets import ANSWER_FIELDS, PRESETS, PROMPT_FIELDS
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
 
-def demo_prompts_path() -> Path:
-    """The prompt file shipped with the package for `powerflow train --demo`."""
-    return Path(str(resources.files("powerflow_lite") / "data" / "demo_prompts.jsonl"))
+def package_data_path(name: str) -> Path:
+    """A prompt or problem file shipped in the package (powerflow_lite/data/, used by the demos)."""
+    return Path(str(resources.files("powerflow_lite") / "data" / name))
 
 
 class Prompts(list):

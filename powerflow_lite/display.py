@@ -23,6 +23,8 @@ from .train import StepResult
 ROWS = [  # (label, how to render the metrics row)
     ("loss", lambda m: f"{m['loss']:.4g}"),
     ("log Z' mean ± std", lambda m: f"{m['log_z_mean']:.3f} ± {m['log_z_std']:.3f}"),
+    ("log Z' batch estimate | head lag", lambda m: f"{m.get('log_z_batch_mean', float('nan')):.3f} | "
+                                                   f"{m.get('log_z_gap', float('nan')):+.3f}"),
     ("residual mean ± std", lambda m: f"{m['residual_mean']:+.3f} ± {m['residual_std']:.3f}"),
     ("length mean [min, max]", lambda m: f"{m['length_mean']:.1f} [{m['length_min']}, {m['length_max']}]"),
     ("truncated / with format", lambda m: f"{m['truncated_frac']:.0%} / {m['format_frac']:.0%}"),
@@ -154,15 +156,15 @@ def eval_table(summary: dict) -> Table:
     table.add_column("")
     for variant in results:
         table.add_column(variant, justify="right")
-    compare = list(results) == ["base", "adapter"]
+    compare = len(results) == 2 and "change" in summary  # base and adapter, or before and after training
     if compare:
         table.add_column("change", justify="right")
     for label, key, render in eval_rows(summary):
         values = [_lookup(result, key) for result in results.values()]
         cells = [render(v) for v in values]
         if compare:  # a standard error's own change means nothing: leave it blank
-            cells.append("" if key.endswith("_stderr") else
-                         _change(values[1] - values[0], render, summary.get("change", {}).get(key)))
+            paired = summary.get("change", {}).get("pass_at_k" if key == f"pass_at.{summary['k']}" else key)
+            cells.append("" if key.endswith("_stderr") else _change(values[1] - values[0], render, paired))
         table.add_row(label, *cells)
     return table
 

@@ -11,7 +11,8 @@ import platform
 
 import torch
 
-from .model import nf4_support
+from .engine import resolve_sampler
+from .model import nf4_support, resolve_quant
 
 PACKAGES = ("powerflow-lite", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets",
             "safetensors", "typer", "rich")
@@ -39,6 +40,9 @@ def environment() -> dict:
     for device_type in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
         ok, reason = nf4_support(device_type)
         info["nf4"][device_type] = {"works": ok, "detail": reason}
+    device = torch.device(info["default_device"])
+    (quant, quant_why), (sampler, sampler_why) = resolve_quant("auto", device), resolve_sampler("auto", device)
+    info["defaults"] = {"quant": {"value": quant, "why": quant_why}, "sampler": {"value": sampler, "why": sampler_why}}
     return info
 
 

@@ -90,30 +90,71 @@ def setup_training_eval(cfg, tokenizer, device: torch.device) -> tuple[EvalSet, 
 
 
 def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: SamplingSettings, seed: int,
-                     embed=None, rows_per_batch: int = 64) -> dict:
-    """The eval_* keys of a metrics.jsonl row (metrics.EVAL_METRICS), measured on the policy as it is now."""
+                     embed=None, rows_per_batch: int = 64, policy_is_base: bool = False) -> tuple[dict, dict, list]:
+    """The policy measured as it is now: the eval_* keys of a metrics.jsonl row (metrics.EVAL_METRICS), the
+    whole summary (with the per-prompt figures) and the graded samples.
+
+    `policy_is_base` (a fresh adapter, whose LoRA B is zero) skips the base pass: the base log-probs are
+    then the policy's own, to the bit.
+    """
     started = time.perf_counter()
     with torch.random.fork_rng(devices=_cuda_devices(model)):  # training's random draws stay as they were
         torch.manual_seed(EVAL_SEED_OFFSET + seed)  # the same noise at every evaluation: changes come from the model
-        records = list(generate_records(model, tokenizer, eval_set.prompt_ids, k, settings, rows_per_batch))
+        records = list(generate_records(model, tokenizer, eval_set.prompt_ids, k, settings, rows_per_batch,
+                                        score_base=not policy_is_base))
+    for record in records:
+        record["prompt"] = eval_set.rows[record["prompt_index"]]["prompt"]
     summary = summarize(eval_set, records, k, embed)
     if eval_set.task == "math":
         summary["pass_at_k"] = summary["pass_at"][str(k)]
     row = {key: summary[key.removeprefix("eval_")] for key in EVAL_METRICS if key.removeprefix("eval_") in summary}
-    row["time_eval"] = time.perf_counter() - started
-    return row
+    row["time_eval"] = summary["seconds"] = time.perf_counter() - started
+    return row, summary, records
+
+
+EVALS = "evals"  # OUT/evals/step-N.json (+ .samples.jsonl) for every eval during training; before_after.json
+
+
+def write_training_eval(out: Path, step: int, summary: dict, records: list[dict]) -> None:
+    """OUT/evals/step-N.json (the figures, per prompt too) and step-N.samples.jsonl (every graded sample)."""
+    from .checkpoint import write_atomically
+
+    folder = out / EVALS
+    folder.mkdir(exist_ok=True)
+    write_atomically(folder / f"step-{step}.samples.jsonl",
+                     "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_atomically(folder / f"step-{step}.json", json.dumps({"step": step, **summary}, indent=1) + "\n")
+
+
+def before_after(out: Path, data: str, k: int, after_step: int) -> dict:
+    """The eval at step 0 (the base) against the one at `after_step`, shaped as a `powerflow eval --compare-base`
+    summary (results: before, after; change: paired standard errors); written to OUT/evals/before_after.json."""
+    from .checkpoint import write_atomically
+
+    folder = out / EVALS
+    before, after = (json.loads((folder / f"step-{s}.json").read_text()) for s in (0, after_step))
+    task = "math" if "avg_at_k" in before else "creative"
+    summary = {"task": task, "data": data, "k": k, "prompts": before["prompts"],
+               "seconds": before["seconds"] + after["seconds"], "steps": after_step,
+               "results": {"before": before, f"after step {after_step}": after},
+               "change": paired_changes(before, after)}
+    write_atomically(folder / "before_after.json", json.dumps(summary, indent=1) + "\n")
+    return summary
 
 
 def summarize(eval_set: EvalSet, records: list[dict], k: int, embed=None, judge=None) -> dict:
     """The summary figures; grades each record in place (math: answer, boxed, correct)."""
     by_prompt = [records[i * k:(i + 1) * k] for i in range(len(eval_set.rows))]
     tokens = sum(r["tokens"] for r in records)
+    per_prompt_logp = [sum(r.get("logp_base", r["logp"]) for r in group) / max(1, sum(r["tokens"] for r in group))
+                       for group in by_prompt]
     summary = {
         "prompts": len(by_prompt),
         "samples": len(records),
         "length_mean": mean([r["tokens"] for r in records]),
         "truncated_frac": mean([r["finish_reason"] == "length" for r in records]),
         "base_logp_per_token": sum(r.get("logp_base", r["logp"]) for r in records) / max(tokens, 1),
+        "base_logp_per_token_per_prompt": per_prompt_logp,
     }
     if eval_set.task == "math":
         summary.update(_math_summary(eval_set, by_prompt, k))
@@ -125,7 +166,7 @@ def summarize(eval_set: EvalSet, records: list[dict], k: int, embed=None, judge=
 def _math_summary(eval_set: EvalSet, by_prompt: list[list[dict]], k: int) -> dict:
     accuracy, passes, majority, boxed = [], {j: [] for j in pass_ks(k)}, [], []
     for row, group in zip(eval_set.rows, by_prompt):
-        grades = [grade_math(r["completion"], row["answer"]) for r in group]
+        grades = [grade_math(r["completion"], row["answer"], ended=r["finish_reason"] == "eos") for r in group]
         for record, grade in zip(group, grades):
             record.update(reference=row["answer"], answer=grade.answer, boxed=grade.boxed, correct=grade.correct)
         correct = sum(g.correct for g in grades)
@@ -139,7 +180,9 @@ def _math_summary(eval_set: EvalSet, by_prompt: list[list[dict]], k: int) -> dic
         "avg_at_k_stderr": stderr(accuracy),  # across prompts: how much another draw of problems could move it
         "avg_at_k_per_prompt": accuracy,
         "pass_at": {str(j): mean(values) for j, values in passes.items()},
+        "pass_at_k_per_prompt": passes[k],
         "maj_at_k": mean(majority),
+        "maj_at_k_per_prompt": [float(m) for m in majority],
         "boxed_frac": mean(boxed),
     }
 
@@ -169,7 +212,7 @@ def paired_changes(base: dict, adapter: dict) -> dict:
     differences are what varies; their spread is the honest error bar of a change.
     """
     changes = {}
-    for key in ("avg_at_k", "diversity"):
+    for key in ("avg_at_k", "pass_at_k", "maj_at_k", "diversity", "base_logp_per_token"):
         if f"{key}_per_prompt" in base and f"{key}_per_prompt" in adapter:
             differences = [a - b for a, b in zip(adapter[f"{key}_per_prompt"], base[f"{key}_per_prompt"])]
             changes[key] = {"mean": mean(differences), "stderr": stderr(differences)}

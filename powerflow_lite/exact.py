@@ -45,6 +45,7 @@ reaches when the enumerated KL itself is minimised by gradient descent.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -214,24 +215,37 @@ def evaluate(model, problem: Problem, policy_logp: Tensor | None = None) -> dict
     }
 
 
-def minimize_kl(model, problem: Problem, target: str = "alpha", steps: int = 400, lr: float = 1e-2) -> list[float]:
+def minimize_kl(model, problem: Problem, target: str = "alpha", steps: int = 400, lr: float = 1e-2,
+                prompts_per_step: int = 0, eval_every: int = 20, seed: int = 0) -> list[float]:
     """Minimise the exact mean KL(pi || target) over the model's trainable (LoRA) weights with Adam.
 
     Returns the KL before every step (the first is the start); the smallest is the floor of the LoRA family.
+    With `prompts_per_step` (for problems of many prompts) each step descends the exact KL of that many
+    prompts drawn at random, an unbiased gradient of the mean, and the curve holds the mean over all
+    prompts, computed every `eval_every` steps and after the last.
     """
     log_target = problem.target_alpha if target == "alpha" else problem.target_latb
     params = trainable_parameters(model)
     optimizer = torch.optim.Adam(params, lr=lr)
     device = next(model.parameters()).device
     log_target = log_target.to(device=device, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
     curve = []
-    for _ in range(steps):
+    for step in range(steps):
+        rows = (torch.randperm(len(problem.prompts), generator=generator)[:prompts_per_step].tolist()
+                if prompts_per_step else range(len(problem.prompts)))
+        if prompts_per_step and step % eval_every == 0:
+            curve.append(kl(all_logprobs(model, problem).to(device), log_target).mean().item())
         optimizer.zero_grad(set_to_none=True)
         with eval_mode(model, adapter=True), torch.enable_grad():
-            loss = kl(problem_logprobs(model, problem), log_target).mean()  # [Q, M] -> mean over prompts
+            subset = dataclasses.replace(problem, prompts=[problem.prompts[i] for i in rows])
+            loss = kl(problem_logprobs(model, subset), log_target[list(rows)]).mean()  # [Q', M] -> mean
         loss.backward()
         optimizer.step()
-        curve.append(loss.item())
+        if not prompts_per_step:
+            curve.append(loss.item())
+    if prompts_per_step:
+        curve.append(kl(all_logprobs(model, problem).to(device), log_target).mean().item())
     return curve
 
 

@@ -15,6 +15,10 @@ METRICS: dict[str, str] = {
     "loss": "Objective value over the step's completions (mean over inner epochs).",
     "log_z_mean": "Mean of log Z'(q) over the step's prompts; settles in a healthy run.",
     "log_z_std": "Spread of log Z'(q) across prompts.",
+    "log_z_batch_mean": "Mean of the prompts' batch estimates of log Z' (from their G samples, before the update): "
+                        "where log Z' should be (needs G >= 2).",
+    "log_z_gap": "Mean of the head's log Z'(q) minus the batch estimate, before the update: how far the head lags "
+                 "(with --log-z head the residual mean is about this; batch and hybrid then re-centre the head).",
     "residual_mean": "Mean mismatch r (0 at the optimum; for rl-* it is -R = S_pi - alpha S_base).",
     "residual_std": "Spread of r: what the loss is made of once the mean is absorbed by log Z.",
     "length_mean": "Mean completion length in tokens (EOS included).",

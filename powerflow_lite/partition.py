@@ -64,6 +64,12 @@ class LogZHead(nn.Module):
         ]
 
     @torch.no_grad()
+    def recenter(self, predicted: Tensor, targets: Tensor) -> None:
+        """Shift the output bias so that the head's mean over these prompts, `predicted` [B], becomes the
+        mean of `targets` [B] (their batch estimates): --log-z hybrid, every step."""
+        self.output.bias.add_((targets.float() - predicted.float()).mean())
+
+    @torch.no_grad()
     def init_bias_from_residuals(self, residual_without_log_z: Tensor) -> None:
         """Set the output bias so that the mean residual of this batch becomes zero."""
         self.output.bias.fill_(-residual_without_log_z.float().mean().item())

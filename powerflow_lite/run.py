@@ -117,7 +117,7 @@ def setup(cfg: TrainConfig) -> Run:
     # `auto` becomes what runs here, and the saved config says so: a resumed run keeps the path it started on
     quant, quant_why = resolve_quant(cfg.quant, device)
     sampler, sampler_why = resolve_sampler(cfg.sampler, device, cfg.top_p)
-    cfg = replace(cfg, quant=quant, sampler=sampler)
+    cfg = replace(cfg, quant=quant, sampler=sampler, log_z=cfg.resolved_log_z)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
 
     eval_set, embed = setup_training_eval(cfg, tokenizer, device) if cfg.eval_data else (None, None)

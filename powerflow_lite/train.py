@@ -34,7 +34,7 @@ from . import checkpoint as ckpt
 from .data import chat_stop_ids, prompt_indices
 from .engine import SAMPLERS
 from .errors import PowerflowError
-from .evaluate import training_metrics
+from .evaluate import EVALS, before_after, training_metrics, write_training_eval
 from .faults import halve_on_oom
 from .metrics import mean, std
 from .model import trainable_parameters
@@ -59,6 +59,9 @@ def seed_step(seed: int, step: int) -> None:
     torch.manual_seed(seed * 1_000_003 + step)
 
 
+CPU_EVAL_ROWS = 128  # completions sampled together by an eval during training on the CPU
+
+
 def micro_batches(n: int, size: int, group_size: int) -> list[slice]:
     """Consecutive row slices of at most `size` rows (a multiple of `group_size`: whole groups stay together)."""
     size = max(1, size // group_size) * group_size
@@ -72,7 +75,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
                                 tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
     G = cfg.samples_per_prompt
     if run.eval_set is not None and run.start_step == 0:  # where the curves start: the base model itself
-        run.info["eval_before"] = {"step": 0, **_evaluate(run, settings.stop_ids)}
+        run.info["eval_before"] = {"step": 0, **_evaluate(run, settings.stop_ids, 0)}
         run.metrics.write(run.info["eval_before"])
 
     for step in range(run.start_step, cfg.max_steps):
@@ -96,7 +99,11 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
                        group_ids=rollouts.group_ids, alpha=cfg.alpha, clip_eps=cfg.clip_eps)
         scored = _clock(run.device)
 
-        # --- 3. the first finite batch sets log Z's starting value (see partition.py)
+        # --- 3. log Z' before the update (see partition.py): each prompt's batch estimate from its G samples;
+        #        the first finite batch sets the head's start, and with --log-z batch or hybrid every batch
+        #        re-centres it (batch: so that the head, a regression on the estimates there, keeps up too)
+        estimates = (batch_log_z_estimate(objective, old_logps, tensors)[::G]  # [B]
+                     if objective.uses_log_z and G >= 2 else None)
         if objective.uses_log_z and not run.z_initialized:
             if cfg.z_init == "batch":
                 start_loss, stats = objective.loss(policy_logps=old_logps, log_z=torch.zeros_like(psi), **tensors)
@@ -105,6 +112,10 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
                     run.z_initialized = True
             else:
                 run.z_initialized = True
+        with torch.no_grad():
+            head_before = head(features[::G])  # [B]
+        if cfg.log_z != "head" and estimates is not None and bool(torch.isfinite(estimates).all()):
+            head.recenter(head_before, estimates)
 
         # --- 4. K inner epochs of updates over micro-batches; a non-finite loss or gradient skips the rest
         update = _update(run, rollouts, tensors, features, step, notes)
@@ -120,6 +131,8 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
             "loss": mean(update.losses),
             "log_z_mean": mean(log_z),
             "log_z_std": std(log_z),
+            "log_z_batch_mean": float("nan") if estimates is None else estimates.mean().item(),
+            "log_z_gap": float("nan") if estimates is None else (head_before - estimates).mean().item(),
             "residual_mean": mean(update.residuals),
             "residual_std": std(update.residuals),
             "length_mean": mean(lengths),
@@ -142,7 +155,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         if run.device.type == "cuda":
             row["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(run.device) / 2**30
         if run.eval_set is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps):
-            row.update(_evaluate(run, settings.stop_ids))
+            row.update(_evaluate(run, settings.stop_ids, step + 1))
         run.metrics.write(row)
         if run.bad_in_row >= cfg.max_bad_steps:
             raise PowerflowError(_bad_steps_message(run, step + 1))
@@ -162,6 +175,8 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
 
     # Also when there was nothing left to do: a run killed between its last checkpoint and this write.
     ckpt.save_final_adapter(run.out, model, head)
+    if run.eval_set is not None and (run.out / EVALS / f"step-{cfg.max_steps}.json").is_file():
+        run.info["before_after"] = before_after(run.out, cfg.eval_data, cfg.eval_k, cfg.max_steps)
 
 
 def _sample(run: Run, prompts: list[list[int]], settings: SamplingSettings, step: int, notes: list[str]) -> Rollouts:
@@ -295,12 +310,18 @@ def _bad_steps_message(run: Run, step: int) -> str:
             f"--z-lr too high, an extreme --alpha or format penalty, or fp16 overflow on a GPU without bf16. {back}")
 
 
-def _evaluate(run: Run, stop_ids: tuple[int, ...]) -> dict:
-    """eval_* metrics of the policy now: temperature 1, stopping at EOS, whatever the training sampler does."""
+def _evaluate(run: Run, stop_ids: tuple[int, ...], step: int) -> dict:
+    """eval_* metrics of the policy now (temperature 1, stopping at EOS, whatever the training sampler does);
+    the figures and samples also go to OUT/evals/step-N.*. At step 0 the adapter is fresh: the policy is the base."""
     cfg = run.cfg
-    return training_metrics(run.model, run.tokenizer, run.eval_set, cfg.eval_k,
-                            SamplingSettings(cfg.max_new_tokens, stop_ids=stop_ids), cfg.seed, run.embed,
-                            cfg.prompts_per_step * cfg.samples_per_prompt)
+    rows = cfg.prompts_per_step * cfg.samples_per_prompt  # what sampling a step takes: fits on a GPU
+    if run.device.type == "cpu":  # a CPU decode step costs far less than in proportion to its rows: 96 rows at
+        rows = max(rows, CPU_EVAL_ROWS)  # once took 22 s where four calls of 24 took 36 s (SmolLM2-135M)
+    row, summary, records = training_metrics(run.model, run.tokenizer, run.eval_set, cfg.eval_k,
+                                             SamplingSettings(cfg.max_new_tokens, stop_ids=stop_ids), cfg.seed,
+                                             run.embed, rows, policy_is_base=step == 0)
+    write_training_eval(run.out, step, summary, records)
+    return row
 
 
 def _finite_grads(module: torch.nn.Module) -> bool:

@@ -19,6 +19,7 @@ from helpers import DATA, one_error_line, read_jsonl, run_cli, write_jsonl
 
 from powerflow_lite.cli import main
 from powerflow_lite.display import eval_table
+from powerflow_lite.train import CPU_EVAL_ROWS
 from powerflow_lite.evaluate import EVAL_SEED_OFFSET, paired_changes
 from powerflow_lite.metrics import EVAL_METRICS, read_metrics, stderr
 from powerflow_lite.tiny import write_tiny_model
@@ -306,7 +307,7 @@ def test_step_0_eval_is_what_powerflow_eval_measures_on_the_base(runs, digit_mod
     code, _, err = run_cli(capsys, [
         "eval", "--model", digit_model, "--data", problems, "-k", saved["eval_k"], "--limit", saved["eval_limit"],
         "--max-new-tokens", saved["max_new_tokens"], *DIGIT_SETTINGS,
-        "--batch-size", saved["prompts_per_step"] * saved["samples_per_prompt"],
+        "--batch-size", max(saved["prompts_per_step"] * saved["samples_per_prompt"], CPU_EVAL_ROWS),  # on the CPU
         "--seed", EVAL_SEED_OFFSET + saved["seed"], "--output", out])
     assert (code, err) == (0, "")
     result = json.loads((out / "summary.json").read_text())["results"]["base"]

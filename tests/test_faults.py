@@ -144,7 +144,8 @@ def test_out_of_memory_in_the_update_halves_the_micro_batch(tiny_model_dir, prom
 
     monkeypatch.setattr(train_module, "score", score_step_1_in_fours)
     reference = [r.metrics for r in train(setup(config(tiny_model_dir, prompts_file, tmp_path / "ref",
-                                                       micro_batch_size=1, max_steps=2, sampler="hf")))]
+                                                       micro_batch_size=1, max_steps=2, sampler="hf",
+                                                       log_z="head")))]  # head: micro-batches of single rows
     monkeypatch.undo()
     assert scored == [1, 1, 1, 1]  # pi_old and p_base at each step (hf generate returns no log-probs)
     real, calls = train_module.completion_logprobs, []
@@ -156,7 +157,8 @@ def test_out_of_memory_in_the_update_halves_the_micro_batch(tiny_model_dir, prom
         return real(model, rollouts, *args)
 
     monkeypatch.setattr(train_module, "completion_logprobs", flaky)
-    results = list(train(setup(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=2, sampler="hf"))))
+    results = list(train(setup(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=2, sampler="hf",
+                                      log_z="head"))))
     monkeypatch.undo()
     assert calls[:6] == [4, 2, 2, 2, 1, 1]  # 4 + (2: OOM), 2 + (2: OOM), then six of 1
     assert [len(r.notes) for r in results] == [2, 0]  # said once, at the step it happened

@@ -69,3 +69,16 @@ def test_output_is_invariant_to_feature_scale():
     torch.testing.assert_close(head(x * 100), head(x), atol=1e-5, rtol=1e-5)
     # ... but not to a change of direction, so the check above is not vacuous.
     assert not torch.allclose(head(x.flip(-1)), head(x), atol=1e-3)
+
+
+def test_recenter_moves_the_mean_and_keeps_the_differences_between_prompts():
+    torch.manual_seed(0)
+    head = LogZHead(HIDDEN, width=8)
+    torch.nn.init.normal_(head.output.weight)
+    x = features(3)
+    before = head(x)
+    targets = torch.tensor([-2.0, -1.0, -6.0])  # mean -3
+    head.recenter(before, targets)
+    after = head(x)
+    torch.testing.assert_close(after.mean(), torch.tensor(-3.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(after - after.mean(), before - before.mean(), atol=1e-6, rtol=0)  # a shift only

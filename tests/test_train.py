@@ -159,3 +159,20 @@ def test_log_z_batch_trains_the_head_towards_the_estimate(tiny_model_dir, prompt
 def test_log_z_batch_needs_several_samples_per_prompt(tiny_model_dir, prompts_file, tmp_path):
     with pytest.raises(PowerflowError, match="--log-z batch"):
         config(tiny_model_dir, prompts_file, tmp_path / "out", log_z="batch", samples_per_prompt=1)
+
+
+@pytest.mark.parametrize("log_z", ["head", "hybrid"])
+def test_log_z_gap_is_the_head_lag_that_hybrid_removes(tiny_model_dir, prompts_file, tmp_path, log_z):
+    # latb with equal groups and one inner epoch on fresh samples (static sampler: pi_old is pi exactly): the mean
+    # residual over a step is mean_q (log Z'(q) - estimate(q)). In head mode that is the head's lag, log_z_gap; in
+    # hybrid mode the head is first shifted onto the estimates' mean, so the residual mean is 0.
+    run = setup(config(tiny_model_dir, prompts_file, tmp_path / "out", log_z=log_z, max_steps=3, lr=3e-2,
+                       sampler="static"))
+    rows = [result.metrics for result in train(run)]
+    gaps = [row["log_z_gap"] for row in rows]
+    assert abs(gaps[0]) < 1e-4  # step 1: the head started at the first batch's estimate
+    assert max(abs(g) for g in gaps[1:]) > 1e-3  # the policy moved: the head lags behind the new batches
+    for row in rows:
+        expected = 0.0 if log_z == "hybrid" else row["log_z_gap"]
+        assert row["residual_mean"] == pytest.approx(expected, abs=1e-4)
+        assert row["log_z_batch_mean"] < 0
