@@ -105,8 +105,6 @@ def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: Samp
     for record in records:
         record["prompt"] = eval_set.rows[record["prompt_index"]]["prompt"]
     summary = summarize(eval_set, records, k, embed)
-    if eval_set.task == "math":
-        summary["pass_at_k"] = summary["pass_at"][str(k)]
     row = {key: summary[key.removeprefix("eval_")] for key in EVAL_METRICS if key.removeprefix("eval_") in summary}
     row["time_eval"] = summary["seconds"] = time.perf_counter() - started
     return row, summary, records
@@ -180,6 +178,7 @@ def _math_summary(eval_set: EvalSet, by_prompt: list[list[dict]], k: int) -> dic
         "avg_at_k_stderr": stderr(accuracy),  # across prompts: how much another draw of problems could move it
         "avg_at_k_per_prompt": accuracy,
         "pass_at": {str(j): mean(values) for j, values in passes.items()},
+        "pass_at_k": mean(passes[k]),
         "pass_at_k_per_prompt": passes[k],
         "maj_at_k": mean(majority),
         "maj_at_k_per_prompt": [float(m) for m in majority],
