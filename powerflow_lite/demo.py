@@ -52,7 +52,7 @@ COMMON = dict(
 )
 DEMOS = {
     "reasoning": dict(COMMON, alpha=4.0, output="runs/demo", prompts="arithmetic_train.jsonl",
-                      eval_data="arithmetic_eval.jsonl", eval_limit=24, max_steps=10, eval_every=10, save_every=10,
+                      eval_data="arithmetic_eval.jsonl", eval_limit=24, max_steps=8, eval_every=8, save_every=8,
                       lr=1e-3),
     "creative": dict(COMMON, alpha=0.5, output="runs/demo-creative", prompts="creative_train.jsonl",
                      eval_data="creative_eval.jsonl", eval_limit=20, max_steps=8, eval_every=8, save_every=8,

@@ -28,8 +28,9 @@ def test_every_documented_flag_exists():
     flags = {flag_name(f.name) for cls in (TrainConfig, SampleConfig, MergeConfig, EvalConfig, BenchConfig)
              for f in cls.__dataclass_fields__.values()}
     flags |= {"--no" + flag[1:] for flag in flags}  # every on/off option has a --no- form
-    flags |= {"--config", "--demo", "--json", "--help", "--no-deps", "--out"}  # --out: also powerflow plot's
-    flags |= set(re.findall(r'add_argument\("(--[a-z-]+)"', (ROOT / "examples" / "exact_alpha.py").read_text()))
+    flags |= {"--config", "--demo", "--demo-creative", "--json", "--help", "--no-deps", "--out"}  # --out: plot's too
+    for script in ("exact_alpha.py", "real_model.py"):
+        flags |= set(re.findall(r'add_argument\("(--[a-z-]+)"', (ROOT / "examples" / script).read_text()))
     documented = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", README))
     assert documented - flags == set()
 
