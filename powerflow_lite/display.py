@@ -73,11 +73,17 @@ def _table(result: StepResult | None) -> Table:
         table.add_row(Text(label), Text(render(result.metrics) if result else "…"))
     if result and "peak_gpu_mem_gib" in result.metrics:
         table.add_row(Text("peak GPU memory"), Text(f"{result.metrics['peak_gpu_mem_gib']:.2f} GiB"))
+    elif result and "peak_rss_gib" in result.metrics:
+        table.add_row(Text("peak memory (RSS)"), Text(f"{result.metrics['peak_rss_gib']:.2f} GiB"))
     return table
 
 
+def _eval_title(result: StepResult) -> str:
+    return "eval before training" if result.step == 0 else f"eval after step {result.step}"
+
+
 def _eval_panel(result: StepResult) -> Panel:
-    return Panel(Text(eval_text(result.metrics)), title=f"eval after step {result.step}", title_align="left")
+    return Panel(Text(eval_text(result.metrics)), title=_eval_title(result), title_align="left")
 
 
 def _example_panel(result: StepResult) -> Panel:
@@ -93,6 +99,9 @@ def show_training(steps: Iterable[StepResult], console: Console, start_step: int
     last = None
     if not console.is_terminal:
         for last in steps:
+            if last.step == 0:  # the eval before training: no loss yet
+                console.print(f"{_eval_title(last)}: {eval_text(last.metrics)}", highlight=False, soft_wrap=True)
+                continue
             for note in _notes(last):
                 console.print(note, highlight=False, soft_wrap=True, markup=False)
             console.print(plain_line(last), highlight=False, soft_wrap=True)
@@ -105,6 +114,9 @@ def show_training(steps: Iterable[StepResult], console: Console, start_step: int
     task = progress.add_task("train", total=max_steps, completed=start_step)
     with Live(Group(progress, _table(None)), console=console, refresh_per_second=4) as live:
         for last in steps:
+            if last.step == 0:  # the eval before training: no loss yet
+                live.console.print(_eval_panel(last))
+                continue
             progress.update(task, completed=last.step)
             for note in [*_notes(last), _skipped(last.metrics).strip()]:
                 if note:

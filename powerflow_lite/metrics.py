@@ -39,6 +39,7 @@ METRICS: dict[str, str] = {
     "time_score": "Seconds spent computing log pi_old, log p_base and psi.",
     "time_update": "Seconds spent in forward/backward/optimizer updates.",
     "peak_gpu_mem_gib": "Peak GPU memory allocated during the step (GPU runs only).",
+    "peak_rss_gib": "Peak resident memory of the process during the step (CPU runs; on Linux, else since start).",
 }
 
 # Written with --eval-data / --eval-every: on eval steps, and in a row of their own at step 0 (before training).
@@ -55,6 +56,29 @@ EVAL_METRICS: dict[str, str] = {
     "eval_base_logp_per_token": "Log-prob per token of the eval samples under the base model (adapter off).",
     "time_eval": "Seconds spent evaluating at this step.",
 }
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak of resident memory (Linux: writing 5 to clear_refs resets VmHWM; elsewhere a no-op)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory since `reset_peak_rss` (Linux), else since the process started, in GiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)  # bytes on macOS, KiB elsewhere
 
 
 def mean(values: list[float]) -> float:

@@ -2,7 +2,7 @@
 
     run = setup(cfg)           # run.py: output dir, prompts, model + LoRA, log Z head, optimizer, resume
     for result in train(run):  # one StepResult per step; metrics.jsonl and checkpoints written here
-        print(result.metrics["loss"])
+        print(result.metrics.get("loss"))  # step 0, with --eval-data: the eval before training, no loss
 
 `train` is a generator so that the CLI can draw its live display between steps
 without the loop knowing about terminals. Nothing here prints.
@@ -36,7 +36,7 @@ from .engine import SAMPLERS
 from .errors import PowerflowError
 from .evaluate import EVALS, before_after, training_metrics, write_training_eval
 from .faults import halve_on_oom
-from .metrics import mean, std
+from .metrics import mean, peak_rss_gib, reset_peak_rss, std
 from .model import trainable_parameters
 from .objectives import batch_log_z_estimate
 from .rewards import format_penalties
@@ -77,6 +77,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
     if run.eval_set is not None and run.start_step == 0:  # where the curves start: the base model itself
         run.info["eval_before"] = {"step": 0, **_evaluate(run, settings.stop_ids, 0)}
         run.metrics.write(run.info["eval_before"])
+        yield StepResult(0, cfg.max_steps, run.info["eval_before"], None, None)  # shown before step 1 starts
 
     for step in range(run.start_step, cfg.max_steps):
         _reset_peak_memory(run.device)
@@ -154,6 +155,8 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         }
         if run.device.type == "cuda":
             row["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(run.device) / 2**30
+        else:
+            row["peak_rss_gib"] = peak_rss_gib()
         if run.eval_set is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps):
             row.update(_evaluate(run, settings.stop_ids, step + 1))
         run.metrics.write(row)
@@ -337,3 +340,5 @@ def _clock(device: torch.device) -> float:
 def _reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    else:
+        reset_peak_rss()

@@ -53,6 +53,7 @@ def test_metrics_has_one_row_per_step_with_every_documented_key(trained):
     assert [row["step"] for row in rows] == [1, 2, 3]
     cpu_keys = set(METRICS) - {"peak_gpu_mem_gib"}
     assert all(cpu_keys <= set(row) for row in rows)
+    assert all(0.1 < row["peak_rss_gib"] < 20 for row in rows)  # torch alone takes a few hundred MiB
     for row in rows:  # real figures, not placeholders
         assert 1 <= row["length_min"] <= row["length_mean"] <= row["length_max"] <= 8
         assert row["base_logp_per_token"] < 0 and row["policy_logp_per_token"] < 0

@@ -107,6 +107,8 @@ def test_demo_evaluates_before_and_after_and_prints_what_it_writes(digit_model, 
     change = summary["change"]["avg_at_k"]
     assert cells[3] == f"{100 * change['mean']:+.1f} ± {100 * change['stderr']:.1f} pts"
     assert "never in training" in printed
+    # the base's figures are shown as soon as they are measured, before step 1
+    assert printed.index(f"eval before training: avg@k {before['avg_at_k']:.1%}") < printed.index("step 1/3")
 
 
 def test_step_0_eval_takes_the_base_log_probs_from_the_fresh_adapter(tiny_model_dir, prompts_file, tmp_path,
@@ -123,13 +125,16 @@ def test_step_0_eval_takes_the_base_log_probs_from_the_fresh_adapter(tiny_model_
     run = setup(TrainConfig(model=str(tiny_model_dir), alpha=2.0, prompts=str(prompts_file), output=str(tmp_path / "o"),
                             max_steps=1, prompts_per_step=1, samples_per_prompt=2, max_new_tokens=4, eval_data=str(problems),
                             eval_every=1, eval_k=2, show_every=0))
-    rows = [r.metrics for r in train(run)]
-    assert passes == [False]  # step 1's eval scores the base; step 0's took the policy's own log-probs
+    results = list(train(run))
+    assert [r.step for r in results] == [0, 1]  # step 0: the eval before training, yielded as it is measured
+    rows = [r.metrics for r in results]
+    # step 1's eval scores the base; step 0's took the policy's own log-probs
+    assert "loss" not in rows[0] and passes == [False]
     before = json.loads((tmp_path / "o" / "evals" / "step-0.json").read_text())
     samples = read_jsonl(tmp_path / "o" / "evals" / "step-0.samples.jsonl")
     assert before["base_logp_per_token"] == pytest.approx(sum(s["logp"] for s in samples) /
                                                           sum(s["tokens"] for s in samples))
-    assert rows[0]["eval_base_logp_per_token"] < 0
+    assert rows[1]["eval_base_logp_per_token"] < 0
 
 
 def test_two_demos_at_once_are_refused(capsys):
