@@ -15,6 +15,12 @@ the per-problem differences (each averaged over the seeds) with its standard
 error across problems, the paired comparison that cancels the problems' own
 difficulty.
 
+log Z'. The largest alpha's runs again with the learned head in the loss
+(`--log-z head`, the default before 0.2) instead of each prompt's batch
+estimate (`--log-z batch`, the default): held-out avg@k, the mean residual
+(the bias a lagging log Z' puts into every completion's target), the head's
+lag behind the batch estimate, and the loss.
+
 Flattening. alpha 0.5 on the shipped creative prompts (the creative demo's
 recipe), measured on 20 held-out prompts: semantic diversity of k samples
 (all-MiniLM-L6-v2) and the base log-prob per token (a quality proxy: how
@@ -73,14 +79,19 @@ class Settings:
     creative_limit: int = 0  # held-out creative prompts (0: all 20)
     steps: int | None = None  # training steps (None: the demo's)
     creative_steps: int | None = None
+    log_z_modes: tuple[str, ...] = ("head",)  # --log-z settings compared with the default at the largest alpha
     judge: str = ""  # judge model for creative samples ("" : none)
     chat_template: str = "auto"
 
 
-def train_config(s: Settings, kind: str, alpha: float, seed: int, steps: int | None) -> TrainConfig:
-    """The demo's recipe at this alpha and seed, evaluated on all held-out data with k samples."""
+def train_config(s: Settings, kind: str, alpha: float, seed: int, steps: int | None, log_z: str = "") -> TrainConfig:
+    """The demo's recipe at this alpha and seed (and --log-z, if given), evaluated on all held-out data with k
+    samples."""
     values = demo.demo_defaults(kind, need_model=False)
-    values.update(model=s.model, alpha=alpha, seed=seed, output=str(s.out / "work" / f"{kind}-{alpha:g}-{seed}"),
+    name = f"{kind}-{alpha:g}-{seed}" + (f"-log-z-{log_z}" if log_z else "")
+    if log_z:
+        values["log_z"] = log_z
+    values.update(model=s.model, alpha=alpha, seed=seed, output=str(s.out / "work" / name),
                   overwrite=True, eval_k=s.k if kind == "reasoning" else s.creative_k,
                   eval_limit=s.math_limit if kind == "reasoning" else s.creative_limit,
                   show_every=0, chat_template=s.chat_template)
@@ -106,7 +117,7 @@ def run_training(cfg: TrainConfig) -> dict:
             "base_samples": str(folder / "step-0.samples.jsonl"),
             "training": {key: [r[key] for r in rows] for key in (
                 "loss", "length_mean", "truncated_frac", "policy_logp_per_token", "base_logp_per_token",
-                "log_z_mean", "residual_mean", "residual_std")}}
+                "log_z_mean", "log_z_batch_mean", "log_z_gap", "residual_mean", "residual_std")}}
 
 
 def run_base(s: Settings, cfg: TrainConfig, temperature: float, seed: int, name: str) -> dict:
@@ -186,6 +197,38 @@ def sharpening(s: Settings, log) -> dict:
                                             for key in MATH_KEYS}
     return {"policies": table, "runs": runs, "problems": len(reference["avg_at_k_per_prompt"]),
             "kinds": _kinds(cfg), "steps": cfg.max_steps, "recipe": _recipe(cfg)}
+
+
+def log_z_comparison(s: Settings, sharp: dict, log) -> dict:
+    """The largest alpha's runs again with log Z' from the learned head in the loss (`--log-z head`, the default
+    before 0.2), against the default (`batch`: each prompt's estimate from its G samples), the same seeds."""
+    alpha = max(s.alphas)
+    default = sharp["policies"][f"PowerFlow alpha {alpha:g}"]
+    runs = {"batch": [sharp["runs"][f"alpha {alpha:g}, seed {seed}"] for seed in s.seeds]}
+    rows = {"batch": dict(default)}
+    for mode in s.log_z_modes:
+        trained, runs[mode] = [], []
+        for seed in s.seeds:
+            cfg = train_config(s, "reasoning", alpha, seed, s.steps, log_z=mode)
+            log(f"log Z': alpha {alpha:g}, --log-z {mode}, seed {seed}: training {cfg.max_steps} steps")
+            result = run_training(cfg)
+            runs[mode].append({k: v for k, v in result.items() if k not in ("before", "after")})
+            trained.append(result["after"])
+        rows[mode] = policy_row(trained, MATH_KEYS)
+        rows[mode]["vs batch"] = {key: paired(rows[mode][f"{key}_per_prompt"], default[f"{key}_per_prompt"])
+                                  for key in MATH_KEYS}
+    for mode, row in rows.items():
+        curves = [run["training"] for run in runs[mode]]
+        row["training"] = {  # over every step of every seed
+            "residual_mean_abs": mean([abs(v) for c in curves for v in c["residual_mean"]]),
+            "log_z_gap_abs": mean([abs(v) for c in curves for v in c["log_z_gap"]]),
+            "loss_first": mean([c["loss"][0] for c in curves]),
+            "loss_max": mean([max(c["loss"]) for c in curves]),
+            "loss_last": mean([c["loss"][-1] for c in curves]),
+            "log_z_mean_last": mean([c["log_z_mean"][-1] for c in curves]),
+            "log_z_batch_mean_last": mean([c["log_z_batch_mean"][-1] for c in curves]),
+        }
+    return {"alpha": alpha, "policies": rows, "seeds": len(s.seeds)}
 
 
 def flattening(s: Settings, log) -> dict:
@@ -295,6 +338,20 @@ def markdown(study: dict) -> str:
                          f"| {_change(against)} | {row['length_mean']:.1f} | {_pct(row['truncated_frac'])}% "
                          f"| {row['base_logp_per_token']:.3f} |")
         lines.append("")
+    log_z = study.get("log_z")
+    if log_z:
+        k = study["settings"]["k"]
+        lines += [f"### How log Z' enters the loss: alpha {log_z['alpha']:g}, {log_z['seeds']} seeds", "",
+                  f"| --log-z | avg@{k} after | avg@{k} vs batch | mean residual (mean of abs, per step) "
+                  "| head lag: head - batch estimate (mean of abs) | loss: step 1 / highest / last |",
+                  "|---|---|---|---|---|---|"]
+        for mode, row in log_z["policies"].items():
+            t = row["training"]
+            lines.append(f"| {mode}{' (default)' if mode == 'batch' else ''} | {_pct(row['avg_at_k'])} "
+                         f"| {_change(row.get('vs batch', {}).get('avg_at_k'))} | {t['residual_mean_abs']:.3f} "
+                         f"| {t['log_z_gap_abs']:.3f} | {t['loss_first']:.2f} / {t['loss_max']:.2f} / "
+                         f"{t['loss_last']:.2f} |")
+        lines.append("")
     flat = study.get("flattening")
     if flat:
         k = study["settings"]["creative_k"]
@@ -385,6 +442,7 @@ def main(argv=None) -> int:
                              dataclasses.asdict(settings).items()}, "quick": args.quick},
              "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
     study["sharpening"] = sharpening(settings, log)
+    study["log_z"] = log_z_comparison(settings, study["sharpening"], log)
     study["flattening"] = flattening(settings, log)
     study["seconds"] = time.perf_counter() - started
     (out / "real_model.json").write_text(json.dumps(study, indent=1) + "\n")

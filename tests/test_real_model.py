@@ -77,3 +77,22 @@ def test_the_markdown_table_shows_the_json_figures(study):
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[1] == f"{row['diversity']:.2f}" and cells[3] == f"{row['base_logp_per_token']:.3f}"
     assert "Judge check" in "\n".join(lines)  # the judge is rated for usability, not taken on trust
+
+
+def test_the_log_z_comparison_trains_with_the_head_in_the_loss_and_reports_its_lag(study):
+    out, result = study
+    log_z = result["log_z"]
+    assert log_z["alpha"] == 4 and list(log_z["policies"]) == ["batch", "head"]
+    config = (out / "work" / "reasoning-4-0-log-z-head" / "config.yaml").read_text()
+    assert "log_z: head" in config and "log_z: batch" in (out / "work" / "reasoning-4-0" / "config.yaml").read_text()
+    rows = [json.loads(line) for line in
+            (out / "work" / "reasoning-4-0-log-z-head" / "metrics.jsonl").read_text().splitlines()]
+    steps = [row for row in rows if "loss" in row]
+    head = log_z["policies"]["head"]
+    assert head["training"]["log_z_gap_abs"] == pytest.approx(mean([abs(r["log_z_gap"]) for r in steps]))
+    assert head["training"]["loss_max"] == pytest.approx(max(r["loss"] for r in steps))
+    assert log_z["policies"]["batch"]["avg_at_k"] == result["sharpening"]["policies"]["PowerFlow alpha 4"]["avg_at_k"]
+    line = next(line for line in (out / "real_model.md").read_text().splitlines() if line.startswith("| head |"))
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[1] == f"{100 * head['avg_at_k']:.1f}"
+    assert cells[4] == f"{head['training']['log_z_gap_abs']:.3f}"
