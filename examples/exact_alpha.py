@@ -73,7 +73,7 @@ VARIANTS: dict[str, dict] = {
     "z-lr 1e-3": {"z_lr": 1e-3, "log_z": "head"},
     "log-z batch, z-init 0, z-lr 1e-3": {"log_z": "batch", "z_init": "zero", "z_lr": 1e-3},  # no head in the loss
     "constant lr": {"lr_schedule": "constant"},  # the default decays the lr along a cosine
-    "log-z head": {"log_z": "head"},  # the learned head in the loss (the default before 0.2)
+    "log-z head": {"log_z": "head"},  # the learned head in the loss (the default until the batch estimate replaced it)
     "log-z batch": {"log_z": "batch"},  # each prompt's batch estimate in the loss; the head tracks it
     "log-z hybrid": {"log_z": "hybrid"},  # the head in the loss, re-centred on the batch estimates every step
 }

@@ -16,7 +16,7 @@ error across problems, the paired comparison that cancels the problems' own
 difficulty.
 
 log Z'. The largest alpha's runs again with the learned head in the loss
-(`--log-z head`, the default before 0.2) instead of each prompt's batch
+(`--log-z head`, the default until the batch estimate replaced it) instead of each prompt's batch
 estimate (`--log-z batch`, the default): held-out avg@k, the mean residual
 (the bias a lagging log Z' puts into every completion's target), the head's
 lag behind the batch estimate, and the loss.
@@ -112,7 +112,7 @@ def run_training(cfg: TrainConfig) -> dict:
     folder = Path(cfg.output) / EVALS
     before, after = (json.loads((folder / f"step-{s}.json").read_text()) for s in (0, cfg.max_steps))
     rows = [r for r in read_metrics(Path(cfg.output) / "metrics.jsonl") if "loss" in r]
-    return {"before": before, "after": after, "seconds": time.perf_counter() - started,
+    return {"before": before, "after": after, "seconds": time.perf_counter() - started, "recipe": _recipe(run.cfg),
             "samples": str(folder / f"step-{cfg.max_steps}.samples.jsonl"),
             "base_samples": str(folder / "step-0.samples.jsonl"),
             "training": {key: [r[key] for r in rows] for key in (
@@ -123,7 +123,8 @@ def run_training(cfg: TrainConfig) -> dict:
 def run_base(s: Settings, cfg: TrainConfig, temperature: float, seed: int, name: str) -> dict:
     """The base model sampled at `temperature` on the same held-out data, prompts built as in training."""
     out = s.out / "work" / name
-    eval_cfg = EvalConfig(model=s.model, data=cfg.eval_data, k=cfg.eval_k, limit=cfg.eval_limit, temperature=temperature,
+    eval_cfg = EvalConfig(model=s.model, data=cfg.eval_data, k=cfg.eval_k, limit=cfg.eval_limit,
+                          temperature=temperature,
                           max_new_tokens=cfg.max_new_tokens, chat_template=cfg.chat_template,
                           system_prompt=cfg.system_prompt, quant=cfg.quant, seed=seed, output=str(out),
                           overwrite=out.is_dir(), batch_size=cfg.prompts_per_step * cfg.samples_per_prompt)
@@ -196,7 +197,7 @@ def sharpening(s: Settings, log) -> dict:
                 row["vs base T=1/alpha"] = {key: paired(row[f"{key}_per_prompt"], table[match][f"{key}_per_prompt"])
                                             for key in MATH_KEYS}
     return {"policies": table, "runs": runs, "problems": len(reference["avg_at_k_per_prompt"]),
-            "kinds": _kinds(cfg), "steps": cfg.max_steps, "recipe": _recipe(cfg)}
+            "kinds": _kinds(cfg), "steps": cfg.max_steps, "recipe": next(iter(runs.values()))["recipe"]}
 
 
 def log_z_comparison(s: Settings, sharp: dict, log) -> dict:
@@ -264,7 +265,7 @@ def flattening(s: Settings, log) -> dict:
     for row in rows.values():
         row["vs base T=1"] = {key: paired(row[f"{key}_per_prompt"], reference[f"{key}_per_prompt"]) for key in keys}
     return {"policies": rows, "runs": runs, "prompts": len(reference["diversity_per_prompt"]),
-            "steps": cfg.max_steps, "recipe": _recipe(cfg), "judge": s.judge,
+            "steps": cfg.max_steps, "recipe": next(iter(runs.values()))["recipe"], "judge": s.judge,
             "judge_separates": _judge_check(rows) if judge else None}
 
 

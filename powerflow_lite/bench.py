@@ -28,7 +28,7 @@ import torch
 
 from .config import BenchConfig
 from .engine import sample_static
-from .model import add_lora, load_base_model, load_tokenizer, resolve_device
+from .model import add_lora, load_base_model, load_tokenizer, resolve_device, resolve_quant
 from .sampling import SamplingSettings, sample
 from .tiny import build_tokenizer
 
@@ -103,7 +103,8 @@ def compare_samplers(cfg: BenchConfig, model, tokenizer, device: torch.device) -
                          "peak_gpu_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30
                          if device.type == "cuda" else None}
     hf, ours = results["hf generate"], results["powerflow static"]
-    return {"model": cfg.model or cfg.shape, "device": str(device), "quant": cfg.quant, "batch": cfg.batch,
+    return {"model": cfg.model or cfg.shape, "device": str(device), "quant": resolve_quant(cfg.quant, device)[0],
+            "batch": cfg.batch,
             "prompt_len": cfg.prompt_len, "new_tokens": cfg.new_tokens, "lora_r": cfg.lora_r,
             "torch": torch.__version__, "results": results, "speedup": ours["tokens_per_s"] / hf["tokens_per_s"]}
 

@@ -138,6 +138,8 @@ def train(config: str | None = None, demo: bool = False, demo_creative: bool = F
         console.print(f"nothing to do: {run.out} is already at step {run.start_step} of {cfg.max_steps}",
                       markup=False)
         return
+    if "before_after_note" in info:
+        console.print(info["before_after_note"], markup=False)
     if "before_after" in info:
         console.print(eval_table(info["before_after"]))
         used = ("its reference answers are read only to grade these samples, never in training"

@@ -45,6 +45,10 @@ class TrainConfig:
     objective: str = option("latb", "Objective: latb is the paper's; the others are its ablations.",
                                 choices=tuple(OBJECTIVES))
     format_penalty: str = option("none", "Format penalty psi: boxed, none, or module:function / file.py:function.")
+    truncation_penalty: float = option(0.0, "Subtracted from psi(y) of a completion cut at --max-new-tokens without "
+                                       "EOS. LA-TB scores a cut completion by its prefix as if it had ended, so a "
+                                       "policy can drift to answers that never end within the budget; 0.5 (the "
+                                       "boxed penalty's size) all but excludes them from the target.")
     output: str = option("runs/powerflow", "Output directory (refused if it exists, unless --resume/--overwrite).")
     # --- prompts as the model sees them
     chat_template: str = option("auto", "Apply the tokenizer's chat template when it has one.",
@@ -121,9 +125,9 @@ class TrainConfig:
         _check_ranges(self, positive=("alpha", "prompts_per_step", "samples_per_prompt", "max_new_tokens",
                                       "lora_r", "lora_alpha", "max_steps", "lr", "z_lr", "z_hidden",
                                       "micro_batch_size", "inner_epochs", "temperature", "max_bad_steps"),
-                      non_negative=("min_new_tokens", "weight_decay", "warmup_steps", "max_grad_norm", "save_every",
-                                    "show_every", "seed", "eval_every", "eval_limit", "sample_batch_size",
-                                    "keep_checkpoints"))
+                      non_negative=("min_new_tokens", "weight_decay", "truncation_penalty", "warmup_steps",
+                                    "max_grad_norm", "save_every", "show_every", "seed", "eval_every", "eval_limit",
+                                    "sample_batch_size", "keep_checkpoints"))
         _check_choices(self)
         if not 0 < self.top_p <= 1:
             raise PowerflowError(f"--top-p must be in (0, 1], got {self.top_p}")
@@ -159,6 +163,12 @@ class TrainConfig:
                          "then not the policy itself, so the objective no longer targets p_base^alpha exactly")
         if self.log_z in ("batch", "hybrid") and not OBJECTIVES[self.objective].uses_log_z:
             notes.append(f"--log-z {self.log_z} has no effect with --objective {self.objective}, which has no log Z")
+        if self.z_init == "zero" and self.resolved_log_z != "head" and OBJECTIVES[self.objective].uses_log_z:
+            notes.append(f"--z-init zero has no effect with --log-z {self.resolved_log_z}: the head is re-centred on "
+                         "the batch estimates every step (--log-z head to start it at 0)")
+        if self.truncation_penalty and self.ignore_eos:
+            notes.append("--truncation-penalty has no effect with --ignore-eos: every completion is cut at the same "
+                         "length, so the penalty is the same constant for all of them")
         if self.min_new_tokens:
             notes.append("--min-new-tokens forbids EOS early on: those EOS probabilities are not sampled on-policy")
         return notes

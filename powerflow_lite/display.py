@@ -176,7 +176,10 @@ def eval_table(summary: dict) -> Table:
         cells = [render(v) for v in values]
         if compare:  # a standard error's own change means nothing: leave it blank
             paired = summary.get("change", {}).get("pass_at_k" if key == f"pass_at.{summary['k']}" else key)
-            cells.append("" if key.endswith("_stderr") else _change(values[1] - values[0], render, paired))
+            # with a paired entry, its mean: the change its ± belongs to (for base log-prob / token, the mean of the
+            # per-prompt changes, which differs a little from the change of the token-weighted figures beside it)
+            delta = paired["mean"] if paired else values[1] - values[0]
+            cells.append("" if key.endswith("_stderr") else _change(delta, render, paired))
         table.add_row(label, *cells)
     return table
 

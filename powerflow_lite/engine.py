@@ -70,7 +70,8 @@ def draw(probs: Tensor) -> Tensor:
     cdf = probs.double().cumsum(-1)  # [n, V]
     total = cdf[:, -1:]  # [n, 1]
     if not bool(torch.isfinite(total).all() and (total > 0).all() and (probs >= 0).all()):
-        raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")  # torch.multinomial's words
+        # torch.multinomial's words, which the trainer recognises
+        raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
     u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device) * total  # [n, 1]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 

@@ -99,7 +99,9 @@ def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: Samp
     """
     started = time.perf_counter()
     with torch.random.fork_rng(devices=_cuda_devices(model)):  # training's random draws stay as they were
-        torch.manual_seed(EVAL_SEED_OFFSET + seed)  # the same noise at every evaluation: changes come from the model
+        # the same seed at every evaluation (on the CPU the static sampler's draws stay row-aligned only until its
+        # first row stops, so the pairing of samples is partial; the paired statistics hold either way)
+        torch.manual_seed(EVAL_SEED_OFFSET + seed)
         records = list(generate_records(model, tokenizer, eval_set.prompt_ids, k, settings, rows_per_batch,
                                         score_base=not policy_is_base))
     for record in records:
@@ -113,24 +115,33 @@ def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: Samp
 EVALS = "evals"  # OUT/evals/step-N.json (+ .samples.jsonl) for every eval during training; before_after.json
 
 
-def write_training_eval(out: Path, step: int, summary: dict, records: list[dict]) -> None:
-    """OUT/evals/step-N.json (the figures, per prompt too) and step-N.samples.jsonl (every graded sample)."""
+def write_training_eval(out: Path, step: int, summary: dict, records: list[dict], setting: dict) -> None:
+    """OUT/evals/step-N.json (the figures, per prompt too, and the `setting` they were measured with: data, k,
+    limit, ...) and step-N.samples.jsonl (every graded sample)."""
     from .checkpoint import write_atomically
 
     folder = out / EVALS
     folder.mkdir(exist_ok=True)
     write_atomically(folder / f"step-{step}.samples.jsonl",
                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    write_atomically(folder / f"step-{step}.json", json.dumps({"step": step, **summary}, indent=1) + "\n")
+    write_atomically(folder / f"step-{step}.json",
+                     json.dumps({"step": step, "setting": setting, **summary}, indent=1) + "\n")
 
 
-def before_after(out: Path, data: str, k: int, after_step: int) -> dict:
+def before_after(out: Path, data: str, k: int, after_step: int) -> dict | str:
     """The eval at step 0 (the base) against the one at `after_step`, shaped as a `powerflow eval --compare-base`
-    summary (results: before, after; change: paired standard errors); written to OUT/evals/before_after.json."""
+    summary (results: before, after; change: paired standard errors); written to OUT/evals/before_after.json.
+    -> the summary, or a sentence saying why there is none (no step-0 eval, or one measured differently: a run
+    resumed with other eval settings, whose per-problem pairs would not match)."""
     from .checkpoint import write_atomically
 
     folder = out / EVALS
+    if not (folder / "step-0.json").is_file():
+        return "no before/after table: this run has no eval before training (it began without --eval-data)"
     before, after = (json.loads((folder / f"step-{s}.json").read_text()) for s in (0, after_step))
+    if before.get("setting") != after.get("setting"):
+        return (f"no before/after table: the eval at step {after_step} was measured with other settings than the "
+                f"one before training ({after.get('setting')} against {before.get('setting')})")
     task = "math" if "avg_at_k" in before else "creative"
     summary = {"task": task, "data": data, "k": k, "prompts": before["prompts"],
                "seconds": before["seconds"] + after["seconds"], "steps": after_step,

@@ -16,8 +16,8 @@ import torch
 
 from .config import SampleConfig
 from .data import chat_stop_ids, encode_prompts, load_prompts
-from .model import context_length, eval_mode, load_adapter, load_base_model, load_tokenizer, resolve_device
 from .engine import SAMPLERS, resolve_sampler
+from .model import context_length, eval_mode, load_adapter, load_base_model, load_tokenizer, resolve_device
 from .sampling import SamplingSettings
 from .scoring import score
 

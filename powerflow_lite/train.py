@@ -78,6 +78,8 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         run.info["eval_before"] = {"step": 0, **_evaluate(run, settings.stop_ids, 0)}
         run.metrics.write(run.info["eval_before"])
         yield StepResult(0, cfg.max_steps, run.info["eval_before"], None, None)  # shown before step 1 starts
+        if should_stop():  # a signal during that eval: nothing trained yet, so no checkpoint to write
+            return
 
     for step in range(run.start_step, cfg.max_steps):
         _reset_peak_memory(run.device)
@@ -93,8 +95,9 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         # --- 2. score without grad: log pi_old, log p_base (same weights, adapter off), psi(y)
         old_logps, base_logps, features = _score(run, rollouts, step, notes)  # [N, L], [N, L], [N, H]
         prompt_texts = [run.prompts[batch[g]]["prompt"] for g in rollouts.group_ids.tolist()]
-        psi = torch.tensor(format_penalties(run.psi, cfg.format_penalty, texts, prompt_texts),
-                           device=run.device)  # [N]
+        formats = torch.tensor(format_penalties(run.psi, cfg.format_penalty, texts, prompt_texts),
+                               device=run.device)  # [N]
+        psi = formats - cfg.truncation_penalty * rollouts.truncated.float()  # [N]
         mask = rollouts.completion_mask  # [N, L]
         tensors = dict(old_logps=old_logps, base_logps=base_logps, mask=mask, psi=psi,
                        group_ids=rollouts.group_ids, alpha=cfg.alpha, clip_eps=cfg.clip_eps)
@@ -105,6 +108,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         #        re-centres it (batch: so that the head, a regression on the estimates there, keeps up too)
         estimates = (batch_log_z_estimate(objective, old_logps, tensors)[::G]  # [B]
                      if objective.uses_log_z and G >= 2 else None)
+        head_start = head.output.bias.detach().clone(), run.z_initialized  # restored if no update is applied
         if objective.uses_log_z and not run.z_initialized:
             if cfg.z_init == "batch":
                 start_loss, stats = objective.loss(policy_logps=old_logps, log_z=torch.zeros_like(psi), **tensors)
@@ -120,6 +124,9 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
 
         # --- 4. K inner epochs of updates over micro-batches; a non-finite loss or gradient skips the rest
         update = _update(run, rollouts, tensors, features, step, notes)
+        if update.skipped and len(update.losses) == 1:  # not even a first epoch applied: nor is the re-centring
+            head.output.bias.data.copy_(head_start[0])
+            run.z_initialized = head_start[1]
         run.bad_in_row = run.bad_in_row + 1 if update.skipped else 0
         updated = _clock(run.device)
 
@@ -140,7 +147,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
             "length_min": min(lengths),
             "length_max": max(lengths),
             "truncated_frac": rollouts.truncated.float().mean().item(),
-            "format_frac": (psi >= 0).float().mean().item(),
+            "format_frac": (formats >= 0).float().mean().item(),
             "psi_mean": psi.mean().item(),
             "policy_logp_per_token": (old_logps.sum() / mask.sum()).item(),
             "base_logp_per_token": (base_logps.sum() / mask.sum()).item(),
@@ -179,7 +186,8 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
     # Also when there was nothing left to do: a run killed between its last checkpoint and this write.
     ckpt.save_final_adapter(run.out, model, head)
     if run.eval_set is not None and (run.out / EVALS / f"step-{cfg.max_steps}.json").is_file():
-        run.info["before_after"] = before_after(run.out, cfg.eval_data, cfg.eval_k, cfg.max_steps)
+        compared = before_after(run.out, cfg.eval_data, cfg.eval_k, cfg.max_steps)
+        run.info["before_after" if isinstance(compared, dict) else "before_after_note"] = compared
 
 
 def _sample(run: Run, prompts: list[list[int]], settings: SamplingSettings, step: int, notes: list[str]) -> Rollouts:
@@ -323,7 +331,10 @@ def _evaluate(run: Run, stop_ids: tuple[int, ...], step: int) -> dict:
     row, summary, records = training_metrics(run.model, run.tokenizer, run.eval_set, cfg.eval_k,
                                              SamplingSettings(cfg.max_new_tokens, stop_ids=stop_ids), cfg.seed,
                                              run.embed, rows, policy_is_base=step == 0)
-    write_training_eval(run.out, step, summary, records)
+    setting = {"data": cfg.eval_data, "task": run.eval_set.task, "k": cfg.eval_k, "limit": cfg.eval_limit,
+               "max_new_tokens": cfg.max_new_tokens, "chat_template": cfg.chat_template,
+               "system_prompt": cfg.system_prompt}
+    write_training_eval(run.out, step, summary, records, setting)
     return row
 
 

@@ -10,6 +10,15 @@ from powerflow_lite.cli import main
 DATA = Path(__file__).resolve().parent.parent / "examples" / "data"  # the shipped sample data files
 
 
+# metrics-row keys measured on the machine rather than computed: they differ between identical runs
+MEASURED = {"time_sample", "time_score", "time_update", "sample_tokens_per_s", "peak_rss_gib", "peak_gpu_mem_gib"}
+
+
+def untimed(rows: list[dict]) -> list[dict]:
+    """Metrics rows without their MEASURED keys: what two identical runs must agree on exactly."""
+    return [{k: v for k, v in row.items() if k not in MEASURED} for row in rows]
+
+
 def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 

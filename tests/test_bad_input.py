@@ -41,7 +41,7 @@ POSITIVE = ("alpha", "temperature", "lr", "z_lr", "prompts_per_step", "samples_p
             "lora_alpha", "max_steps", "z_hidden", "micro_batch_size", "inner_epochs", "max_bad_steps", "n", "k",
             "batch_size")
 NON_NEGATIVE = ("min_new_tokens", "warmup_steps", "weight_decay", "max_grad_norm", "save_every", "show_every",
-                "eval_every", "eval_limit", "limit", "sample_batch_size", "keep_checkpoints")
+                "eval_every", "eval_limit", "limit", "sample_batch_size", "keep_checkpoints", "truncation_penalty")
 OUT_OF_RANGE = {
     **{name: ("0", "-1") for name in POSITIVE},
     **{name: ("-1",) for name in NON_NEGATIVE},

@@ -123,7 +123,8 @@ def test_step_0_eval_takes_the_base_log_probs_from_the_fresh_adapter(tiny_model_
     monkeypatch.setattr(inference, "score", lambda model, rollouts, size, adapter=True:
                         passes.append(adapter) or real_score(model, rollouts, size, adapter))
     run = setup(TrainConfig(model=str(tiny_model_dir), alpha=2.0, prompts=str(prompts_file), output=str(tmp_path / "o"),
-                            max_steps=1, prompts_per_step=1, samples_per_prompt=2, max_new_tokens=4, eval_data=str(problems),
+                            max_steps=1, prompts_per_step=1, samples_per_prompt=2, max_new_tokens=4,
+                            eval_data=str(problems),
                             eval_every=1, eval_k=2, show_every=0))
     results = list(train(run))
     assert [r.step for r in results] == [0, 1]  # step 0: the eval before training, yielded as it is measured

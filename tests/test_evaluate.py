@@ -19,10 +19,10 @@ from helpers import DATA, one_error_line, read_jsonl, run_cli, write_jsonl
 
 from powerflow_lite.cli import main
 from powerflow_lite.display import eval_table
-from powerflow_lite.train import CPU_EVAL_ROWS
 from powerflow_lite.evaluate import EVAL_SEED_OFFSET, paired_changes
 from powerflow_lite.metrics import EVAL_METRICS, read_metrics, stderr
 from powerflow_lite.tiny import write_tiny_model
+from powerflow_lite.train import CPU_EVAL_ROWS
 
 PROMPTS = ["12", "345", "6789", "0", "55"]  # digits only: every character is a token of the digit model
 DIGIT_SETTINGS = ["--quant", "none", "--chat-template", "none", "--system-prompt", ""]

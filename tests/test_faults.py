@@ -5,7 +5,7 @@ import signal
 
 import pytest
 import torch
-from helpers import one_error_line, run_cli
+from helpers import one_error_line, run_cli, untimed
 from safetensors.torch import load_file
 
 import powerflow_lite.checkpoint as ckpt
@@ -15,7 +15,6 @@ from powerflow_lite.errors import PowerflowError
 from powerflow_lite.metrics import read_metrics
 from powerflow_lite.train import setup, train
 
-TIMING = {"time_sample", "time_score", "time_update", "sample_tokens_per_s"}
 PER_STEP = 6  # completions per step below: 2 prompts x 3 samples
 
 
@@ -63,10 +62,6 @@ def same_tensors(a: dict, b: dict) -> bool:
                                         all(torch.equal(a[f][k], b[f][k]) for k in a[f]) for f in a)
 
 
-def untimed(rows):
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
-
-
 def state(checkpoint):
     return json.loads((checkpoint / "trainer_state.json").read_text())
 
@@ -103,13 +98,19 @@ def test_a_non_finite_gradient_with_a_finite_loss_is_skipped(tiny_model_dir, pro
     name, param = next((n, p) for n, p in run.model.named_parameters() if p.requires_grad)
     poison = {"on": False}
     param.register_hook(lambda grad: grad * float("nan") if poison["on"] else grad)
-    after = []
+    after, heads = [], []
     for result in train(run):
         after.append((result.metrics, param.detach().clone()))
+        heads.append({k: v.clone() for k, v in run.head.state_dict().items()})
         poison["on"] = result.step == 1  # the next step's gradient is poisoned
     (_, p1), (m2, p2), (m3, p3) = after
     assert m2["update_skipped"] == 1 and torch.isfinite(torch.tensor(m2["loss"])) and m3["update_skipped"] == 0
     assert torch.equal(p1, p2) and not torch.equal(p2, p3)
+    # the log Z' head too: under --log-z batch (the default) its bias is re-centred before the update, and a
+    # skipped update takes that back
+    assert run.cfg.log_z == "batch"
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+    assert not torch.equal(heads[1]["net.3.bias"], heads[2]["net.3.bias"])
 
 
 def test_max_bad_steps_in_a_row_stop_the_run_naming_the_causes(tiny_model_dir, prompts_file, tmp_path, capsys):
@@ -229,7 +230,8 @@ def test_a_policy_with_non_finite_probabilities_is_one_line(tiny_model_dir, prom
         raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
 
     monkeypatch.setitem(train_module.SAMPLERS, "hf", overflowed)
-    code, _, err = run_cli(capsys, cli_args(config(tiny_model_dir, prompts_file, tmp_path / "run")) + ["--sampler", "hf"])
+    args = cli_args(config(tiny_model_dir, prompts_file, tmp_path / "run")) + ["--sampler", "hf"]
+    code, _, err = run_cli(capsys, args)
     assert code == 2 and "probabilities are not finite at step 1" in one_error_line(err) and "--lr" in err
 
 

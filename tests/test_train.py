@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from helpers import untimed
 from safetensors.torch import load_file
 
 from powerflow_lite.config import TrainConfig
@@ -11,8 +12,6 @@ from powerflow_lite.errors import PowerflowError
 from powerflow_lite.metrics import read_metrics
 from powerflow_lite.objectives import OBJECTIVES, batch_log_z_estimate
 from powerflow_lite.train import lr_lambda, micro_batches, setup, train
-
-TIMING = {"time_sample", "time_score", "time_update", "sample_tokens_per_s"}
 
 
 def config(tiny_model_dir, prompts_file, output, **overrides):
@@ -76,8 +75,7 @@ def test_resume_ends_exactly_like_the_uninterrupted_run(tiny_model_dir, prompts_
     straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
     stopped = read_metrics(tmp_path / "stopped" / "metrics.jsonl")
     assert [r["step"] for r in stopped] == [1, 2, 3, 4]
-    assert [{k: v for k, v in r.items() if k not in TIMING} for r in stopped] == \
-           [{k: v for k, v in r.items() if k not in TIMING} for r in straight]
+    assert untimed(stopped) == untimed(straight)
     assert json.loads((tmp_path / "stopped" / "checkpoint-4" / "trainer_state.json").read_text())["step"] == 4
 
 
@@ -176,3 +174,32 @@ def test_log_z_gap_is_the_head_lag_that_hybrid_removes(tiny_model_dir, prompts_f
         expected = 0.0 if log_z == "hybrid" else row["log_z_gap"]
         assert row["residual_mean"] == pytest.approx(expected, abs=1e-4)
         assert row["log_z_batch_mean"] < 0
+
+
+def test_the_truncation_penalty_is_subtracted_from_psi_of_cut_completions(tiny_model_dir, prompts_file, tmp_path):
+    # no format penalty, so psi(y) = -0.5 for a completion cut at --max-new-tokens and 0 for one that ended:
+    # psi_mean = -0.5 x truncated_frac, while format_frac (the format penalty's verdict) stays 1
+    rows = [r.metrics for r in train(setup(config(tiny_model_dir, prompts_file, tmp_path / "out", max_steps=2,
+                                                  truncation_penalty=0.5)))]
+    for row in rows:
+        assert 0 < row["truncated_frac"]
+        assert row["psi_mean"] == pytest.approx(-0.5 * row["truncated_frac"], abs=1e-7)
+        assert row["format_frac"] == 1.0
+
+
+def test_the_truncation_penalty_teaches_the_policy_to_end(tmp_path):
+    # a 5-letter model (the exact study's) ends about a third of its 3-token completions: a large penalty on the
+    # cut ones makes ending likelier, while without it the policy has no reason to
+    from powerflow_lite.tiny import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "model", hidden_size=32, num_layers=2, chat_template=False, alphabet="abcde",
+                             logit_scale=4.0)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("abc", "edd")))
+    settings = dict(max_steps=20, max_new_tokens=3, samples_per_prompt=8, lr=1e-2, chat_template="none")
+    plain, penalised = ([r.metrics["truncated_frac"] for r in
+                         train(setup(config(model, prompts, tmp_path / name, truncation_penalty=p, **settings)))]
+                        for name, p in (("plain", 0.0), ("penalised", 2.0)))
+    assert plain[0] == penalised[0] and 0 < plain[0] < 1  # the same first step: the penalty changes what is learnt
+    # the last 8 steps: about 0.75 of the completions cut without the penalty, under 0.25 with it
+    assert sum(penalised[-8:]) / 8 < sum(plain[-8:]) / 8 - 0.3
