@@ -275,9 +275,13 @@ def plot(study: dict, path: Path) -> bool:
     for i, (regime, base, prompt_set) in enumerate(panels):
         for j, alpha in enumerate(alphas):
             ax = axes[i][j]
-            for c in study["curves"]:
-                if (c["regime"], c["base"], c.get("prompts", "two"), c["alpha"]) != (regime, base, prompt_set, alpha):
-                    continue
+            panel = (regime, base, prompt_set, alpha)
+            curves = [c for c in study["curves"]
+                      if (c["regime"], c["base"], c.get("prompts", "two"), c["alpha"]) == panel]
+            if not curves:  # not every problem is run at every alpha
+                ax.set_visible(False)
+                continue
+            for c in curves:
                 column = 2 if c["objective"] == "latb" and regime == "eos" else 1
                 label = c["objective"] + ("" if c["variant"] == "default" else f" ({c['variant']})")
                 if regime == "eos":

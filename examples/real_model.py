@@ -150,7 +150,8 @@ def policy_row(summaries: list[dict], keys: tuple[str, ...]) -> dict:
         per_prompt = averaged(summaries, key)
         row[key] = mean(per_prompt)
         row[f"{key}_per_prompt"] = per_prompt
-        row[f"{key}_seed_std"] = _std([s[key] for s in summaries])
+        row[f"{key}_per_seed"] = [s[key] for s in summaries]
+        row[f"{key}_seed_std"] = _std(row[f"{key}_per_seed"])
     for key in ("length_mean", "truncated_frac", "base_logp_per_token"):
         if key not in row:  # the per-prompt mean where the key was averaged per prompt above
             row[key] = mean([s[key] for s in summaries])
@@ -328,8 +329,9 @@ def markdown(study: dict) -> str:
         lines += [f"### Sharpening: {sharp['problems']} held-out problems ({', '.join(sharp['kinds'])}), k = {k}, "
                   f"{len(study['settings']['seeds'])} seeds", "",
                   f"| policy | avg@{k} | pass@{k} | maj@{k} | avg@{k} vs base T=1 | maj@{k} vs base T=1 "
-                  f"| avg@{k} vs base T=1/alpha | mean length | truncated | base log-prob / token |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  f"| avg@{k} vs base T=1/alpha | mean length | truncated | base log-prob / token "
+                  f"| sd of avg@{k} over seeds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, row in sharp["policies"].items():
             reference = name == "base, temperature 1"
             vs, against = row["vs base T=1"], row.get("vs base T=1/alpha", {}).get("avg_at_k")
@@ -337,18 +339,19 @@ def markdown(study: dict) -> str:
                          f"| {'' if reference else _change(vs['avg_at_k'])} "
                          f"| {'' if reference else _change(vs['maj_at_k'])} "
                          f"| {_change(against)} | {row['length_mean']:.1f} | {_pct(row['truncated_frac'])}% "
-                         f"| {row['base_logp_per_token']:.3f} |")
+                         f"| {row['base_logp_per_token']:.3f} | {_pct(row['avg_at_k_seed_std'])} |")
         lines.append("")
     log_z = study.get("log_z")
     if log_z:
         k = study["settings"]["k"]
         lines += [f"### How log Z' enters the loss: alpha {log_z['alpha']:g}, {log_z['seeds']} seeds", "",
-                  f"| --log-z | avg@{k} after | avg@{k} vs batch | mean residual (mean of abs, per step) "
-                  "| head lag: head - batch estimate (mean of abs) | loss: step 1 / highest / last |",
-                  "|---|---|---|---|---|---|"]
+                  f"| --log-z | avg@{k} after | sd over seeds | avg@{k} vs batch | mean residual (mean of abs, per "
+                  "step) | head lag: head - batch estimate (mean of abs) | loss: step 1 / highest / last |",
+                  "|---|---|---|---|---|---|---|"]
         for mode, row in log_z["policies"].items():
             t = row["training"]
             lines.append(f"| {mode}{' (default)' if mode == 'batch' else ''} | {_pct(row['avg_at_k'])} "
+                         f"| {_pct(row['avg_at_k_seed_std'])} "
                          f"| {_change(row.get('vs batch', {}).get('avg_at_k'))} | {t['residual_mean_abs']:.3f} "
                          f"| {t['log_z_gap_abs']:.3f} | {t['loss_first']:.2f} / {t['loss_max']:.2f} / "
                          f"{t['loss_last']:.2f} |")
@@ -417,6 +420,17 @@ def plot(study: dict, path: Path) -> bool:
     return True
 
 
+def report(out: Path) -> int:
+    """real_model.md and .png again from real_model.json: the tables of a finished study, re-rendered."""
+    study = json.loads((out / "real_model.json").read_text())
+    table = markdown(study)
+    (out / "real_model.md").write_text(table)
+    drew = plot(study, out / "real_model.png")
+    print(table)
+    print(f"wrote {out / 'real_model.md'}" + (f" and {out / 'real_model.png'}" if drew else ""))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="", help="model directory (default: the demo's SmolLM2-135M-Instruct)")
@@ -424,7 +438,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="one seed, alpha 4 only, 3 steps, k 4, few problems")
     parser.add_argument("--no-judge", action="store_true", help="skip rating creative samples with a judge")
     parser.add_argument("--keep-work", action="store_true", help="keep OUT/work (run directories, samples)")
+    parser.add_argument("--report", action="store_true",
+                        help="only rewrite real_model.md and .png from OUT/real_model.json (no training)")
     args = parser.parse_args(argv)
+    if args.report:
+        return report(Path(args.out))
     model = args.model or str(demo.demo_model_dir())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

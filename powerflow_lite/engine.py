@@ -45,7 +45,7 @@ def supports(settings: SamplingSettings) -> bool:
 
 
 def resolve_sampler(name: str, device: torch.device, top_p: float = 1.0) -> tuple[str, str]:
-    """`auto` -> static on the CPU, where it is measured faster (README: Speed), hf elsewhere; and why, in words.
+    """`auto` -> static on the CPU, measured faster there (README: Speed on the CPU), hf elsewhere; and why, in words.
 
     On a GPU `generate` stays the default until the static loop is measured there (its CUDA graph is not built).
     """

@@ -59,6 +59,12 @@ def test_warnings():
     notes = train_config(temperature=0.7).warnings()
     assert len(notes) == 1 and "temperature=0.7" in notes[0]
     assert any("--min-new-tokens" in note for note in train_config(min_new_tokens=2).warnings())
+    # settings that do nothing where they are: said, not silently ignored
+    assert any("--z-init zero has no effect with --log-z batch" in n for n in train_config(z_init="zero").warnings())
+    assert train_config(z_init="zero", log_z="head").warnings() == []
+    assert any("--truncation-penalty has no effect with --ignore-eos" in n
+               for n in train_config(truncation_penalty=0.5, ignore_eos=True).warnings())
+    assert train_config(truncation_penalty=0.5).warnings() == []
 
 
 # --- reading YAML

@@ -394,3 +394,28 @@ def test_generate_records_splits_a_prompts_samples_across_batches(digit_model, m
                                               SamplingSettings(1), rows_per_batch=2))
     assert sizes == [2, 2, 2, 2, 2]
     assert [(r["prompt_index"], r["sample"]) for r in records] == [(p, s) for p in (0, 1) for s in range(5)]
+
+
+def test_a_resume_with_other_eval_settings_says_why_there_is_no_before_after(digit_model, tmp_path, capsys):
+    # the per-problem pairs of two evals measured differently would not match: no table, a line that says why
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
+    problems = write_jsonl(tmp_path / "problems.jsonl", [{"problem": p, "answer": p[-1]} for p in PROMPTS])
+    out = tmp_path / "run"
+    assert main([str(a) for a in train_args(digit_model, prompts, out, "--max-steps", "1", "--save-every", "1")]) == 0
+    code, printed, err = run_cli(capsys, train_args(digit_model, prompts, out, "--resume", "--max-steps", "2",
+                                                    "--eval-data", problems, "--eval-every", "1"))
+    assert code == 0, err
+    assert "no before/after table: this run has no eval before training" in printed
+    assert "read only to grade" not in printed  # the line printed under a before/after table
+    assert not (out / "evals" / "before_after.json").exists() and (out / "evals" / "step-2.json").is_file()
+    # begun with eval k = 2, resumed with k = 3: the settings differ
+    other = tmp_path / "other"
+    assert main([str(a) for a in train_args(digit_model, prompts, other, "--max-steps", "1", "--save-every", "1",
+                                            "--eval-data", problems, "--eval-every", "1", "--eval-k", "2")]) == 0
+    capsys.readouterr()
+    code, printed, err = run_cli(capsys, train_args(digit_model, prompts, other, "--resume", "--max-steps", "2",
+                                                    "--eval-k", "3"))
+    assert code == 0, err
+    assert "measured with other settings" in printed and "'k': 3" in printed and "'k': 2" in printed
+    summary = json.loads((other / "evals" / "before_after.json").read_text())  # the one from the first invocation
+    assert summary["steps"] == 1

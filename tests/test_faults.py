@@ -387,3 +387,14 @@ def test_a_disk_that_fills_up_during_a_save_keeps_the_last_checkpoint(tiny_model
     code, _, err = run_cli(capsys, cli_args(config(tiny_model_dir, prompts_file, tmp_path / "run")))
     assert code == 2 and "checkpoint-2 was not written; the newest complete one is checkpoint-1" in one_error_line(err)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint-1", "config.yaml", "metrics.jsonl"]
+
+
+def test_a_signal_during_the_eval_before_training_stops_before_step_1(tiny_model_dir, prompts_file, tmp_path):
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(json.dumps({"problem": "Name a color.", "answer": "1"}) + "\n")
+    run = setup(config(tiny_model_dir, prompts_file, tmp_path / "run", eval_data=str(problems), eval_every=2,
+                       eval_k=2))
+    results = list(train(run, should_stop=lambda: True))  # as if Ctrl-C came while the base was being evaluated
+    assert [r.step for r in results] == [0]
+    assert [row["step"] for row in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0]
+    assert not list((tmp_path / "run").glob("checkpoint-*")) and not (tmp_path / "run" / "adapter").exists()

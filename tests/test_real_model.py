@@ -71,7 +71,8 @@ def test_the_markdown_table_shows_the_json_figures(study):
         [line] = [line for line in sharpening if line.startswith(f"| {name} |")]
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[1:4] == [f"{100 * row[key]:.1f}" for key in real_model.MATH_KEYS]
-        assert cells[-1] == f"{row['base_logp_per_token']:.3f}"
+        assert cells[-2] == f"{row['base_logp_per_token']:.3f}"
+        assert cells[-1] == f"{100 * row['avg_at_k_seed_std']:.1f}" and len(row["avg_at_k_per_seed"]) == 1
     for name, row in result["flattening"]["policies"].items():
         [line] = [line for line in flattening if line.startswith(f"| {name} |")]
         cells = [cell.strip() for cell in line.strip("|").split("|")]
@@ -95,4 +96,13 @@ def test_the_log_z_comparison_trains_with_the_head_in_the_loss_and_reports_its_l
     line = next(line for line in (out / "real_model.md").read_text().splitlines() if line.startswith("| head |"))
     cells = [cell.strip() for cell in line.strip("|").split("|")]
     assert cells[1] == f"{100 * head['avg_at_k']:.1f}"
-    assert cells[4] == f"{head['training']['log_z_gap_abs']:.3f}"
+    assert cells[2] == f"{100 * head['avg_at_k_seed_std']:.1f}"
+    assert cells[5] == f"{head['training']['log_z_gap_abs']:.3f}"
+
+
+def test_report_rewrites_the_tables_from_the_json_alone(study, tmp_path):
+    out, _ = study
+    (tmp_path / "real_model.json").write_bytes((out / "real_model.json").read_bytes())
+    assert real_model.main(["--report", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "real_model.md").read_text() == (out / "real_model.md").read_text()
+    assert not (tmp_path / "work").exists()  # nothing trained
