@@ -1,20 +1,22 @@
 """Which path is fastest on the CPU? The demo's training step under each --quant and --sampler, side by side.
 
-    python examples/cpu_paths.py                 # 4 paths x 4 steps of the demo recipe on SmolLM2-135M: ~7 min
+    python examples/cpu_paths.py                 # 4 paths x 5 steps of the demo recipe on SmolLM2-135M: ~12 min
     python examples/cpu_paths.py --steps 3 --model DIR --out DIR
 
 Each path (NF4 or full precision; Hugging Face `generate` or our static-cache
 sampler) trains the demo's recipe (`powerflow_lite.demo.DEMOS["reasoning"]`,
-no evaluation) for --steps steps in a process of its own, one after another,
+no evaluation, --lr 1e-12) for --steps steps in a process of its own, one after another,
 so that each path's peak RSS is its own and no two torch processes share the
 cores (on 2 cores they slow each other down about tenfold). Reported per path:
 the median over steps 2..N (step 1 pays one-time costs) of the seconds per
 step and its sample / score / update split, sampled tokens per second, the
 highest peak RSS of a step (the metrics' `peak_rss_gib`: loading the model
 peaks lower, about 1.3 GiB), and each figure's ratio to the NF4 + `generate` path, the
-one a GPU run takes. The paths draw different completions (the numerics
-differ), so tokens per second is the fair sampling figure; seconds per step
-also depend on how long the completions were.
+one a GPU run takes. The learning rate is 1e-12 so that the policy stays the
+base model on every path: at the demo's lr the paths' policies drift apart
+(their numerics differ) and within 4 steps one path wrote half as many tokens
+per completion as another, which timed the lengths rather than the paths. The
+update still runs its forward and backward in full.
 
 Written to OUT (default examples/results): cpu_paths.md and cpu_paths.json.
 """
@@ -38,7 +40,8 @@ def run_path(model: str, quant: str, sampler: str, steps: int, out: Path) -> dic
     """One training run in a child process; -> its metrics rows and the highest of its steps' peak RSS."""
     command = [sys.executable, "-m", "powerflow_lite", "train", "--demo", "--model", model, "--quant", quant,
                "--sampler", sampler, "--max-steps", str(steps), "--eval-data", "", "--eval-every", "0",
-               "--save-every", "0", "--show-every", "0", "--output", str(out), "--overwrite"]
+               "--save-every", "0", "--show-every", "0", "--output", str(out), "--overwrite",
+               "--lr", "1e-12"]  # the policy stays the base: every path samples from one distribution
     started = time.perf_counter()
     done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
@@ -71,7 +74,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def markdown(report: dict) -> str:
     reference = report["paths"][f"{REFERENCE[0]}/{REFERENCE[1]}"]
-    lines = [f"Demo recipe on {report['model_name']}, {report['steps']} steps per path, medians of steps 2-"
+    lines = [f"Demo recipe at lr 1e-12 on {report['model_name']}, {report['steps']} steps per path, medians of steps 2-"
              f"{report['steps']}; ratios against NF4 + `generate`.", "",
              "| --quant / --sampler | s per step (x faster) | sample / score / update s | sampled tok/s (x) "
              "| mean length | peak RSS in a step, GiB (x) |",
@@ -90,7 +93,7 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="", help="model directory (default: the demo's SmolLM2-135M-Instruct)")
-    parser.add_argument("--steps", type=int, default=4, help="training steps per path (the first is not counted)")
+    parser.add_argument("--steps", type=int, default=5, help="training steps per path (the first is not counted)")
     parser.add_argument("--out", default="examples/results", help="where cpu_paths.md and cpu_paths.json go")
     args = parser.parse_args(argv)
     if args.steps < 2:
