@@ -8,7 +8,7 @@ target is exact, not estimated. Each run trains through the same `setup` and
 `train` the CLI uses (LoRA r=8 on the full-precision base, 16 samples per
 prompt per step).
 
-    python examples/exact_alpha.py                  # the whole study, a few minutes on 2 CPU cores
+    python examples/exact_alpha.py                  # the whole study, about 20 minutes on 2 CPU cores
     python examples/exact_alpha.py --quick          # a smoke run: fewer cases and steps
     python examples/exact_alpha.py --steps 800 --out runs/exact
 

@@ -52,7 +52,8 @@ COMMON = dict(
 )
 DEMOS = {
     # 3 prompts x 6 samples a step: 4 x 6 took 5 min 21 s on a slow day of our 2 cores, 3 x 6 took 2:50-4:10
-    # and moved held-out avg@4 as much (+36.5 and +33.3 points on seeds 0 and 1, against +30.2)
+    # and moved held-out avg@4 as much (+36.5 and +33.3 points on seeds 0 and 1, against +30.2; with the truncation
+    # penalty below, +34.4 and +27.1)
     # --truncation-penalty 0.5: half of the base's answers run past 48 tokens, and LA-TB scores a cut answer by its
     # prefix as if it had ended; without it, alpha 2 on seed 2 drifted to explanations that never end within 48
     # tokens (all cut, held-out avg@4 6% -> 1%); with it 6% -> 12%, while alpha 4 on seed 0 did as well either way
