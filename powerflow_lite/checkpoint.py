@@ -23,6 +23,7 @@ import math
 import os
 import re
 import shutil
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -31,6 +32,27 @@ from .errors import PowerflowError, first_line
 from .partition import LogZHead, save_head
 
 STATE_FILE = "trainer_state.json"
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    """The loop's own state at a checkpoint, beside the weights and the optimizer: trainer_state.json."""
+
+    step: int  # steps completed
+    seed: int
+    z_initialized: bool  # the log Z' head's start value is set (partition.LogPartition.initialized)
+    bad_steps_in_row: int = 0  # skipped updates in a row, towards --max-bad-steps
+    micro_batch_size: int = 0  # as an out-of-memory error may have halved it (0: --micro-batch-size's)
+    sample_batch_size: int = 0  # likewise (0: all of a step's completions in one call)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @staticmethod
+    def from_json(text: str) -> "TrainerState":
+        """Keys this version does not know are ignored; the ones an older checkpoint lacks take their defaults."""
+        saved = json.loads(text)
+        return TrainerState(**{f.name: saved[f.name] for f in fields(TrainerState) if f.name in saved})
 RUN_MARKERS = ("config.yaml", "metrics.jsonl")
 
 
@@ -122,7 +144,8 @@ def save_adapter(directory: Path, model, head: LogZHead) -> None:
     save_head(head, directory)
 
 
-def save_checkpoint(out: Path, step: int, model, head: LogZHead, optimizer, scheduler, state: dict) -> Path:
+def save_checkpoint(out: Path, model, head: LogZHead, optimizer, scheduler, state: TrainerState) -> Path:
+    step = state.step
     final = out / f"checkpoint-{step}"
     tmp = out / f".checkpoint-{step}.tmp"
     try:
@@ -131,7 +154,7 @@ def save_checkpoint(out: Path, step: int, model, head: LogZHead, optimizer, sche
         save_adapter(tmp, model, head)
         save_state(optimizer.state_dict(), tmp / "optimizer")
         (tmp / "scheduler.json").write_text(json.dumps(encode(scheduler.state_dict())))
-        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
+        (tmp / STATE_FILE).write_text(state.to_json())
         sync_tree(tmp)
         replace_dir(tmp, final)
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a failed write
@@ -285,7 +308,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, model, head: LogZHead, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, model, head: LogZHead, optimizer, scheduler) -> TrainerState:
     """Restore adapter, head, optimizer and scheduler in place; returns trainer_state.json."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -304,8 +327,8 @@ def load_checkpoint(path: Path, model, head: LogZHead, optimizer, scheduler) -> 
         device = next(head.parameters()).device
         optimizer.load_state_dict(load_state(path / "optimizer", device))
         scheduler.load_state_dict(decode(json.loads((path / "scheduler.json").read_text())))
-        return json.loads((path / STATE_FILE).read_text())
-    except (RuntimeError, ValueError, KeyError, OSError) as err:
+        return TrainerState.from_json((path / STATE_FILE).read_text())
+    except (RuntimeError, ValueError, KeyError, OSError, TypeError) as err:
         raise PowerflowError(f"checkpoint {str(path)!r} does not match this run's model, LoRA or head settings "
                              f"(was --model, --lora-r, --lora-targets or --z-hidden changed?): {first_line(err)}"
                              ) from None

@@ -1,7 +1,7 @@
 """What a long run on one flaky card survives: out-of-memory errors and stop signals.
 
-    result = halve_on_oom(lambda n: update(micro_batch=n), size, minimum=1, what="in the update",
-                          hint="lower --max-new-tokens", on_halve=log)
+    result = halve_on_oom(lambda rows: update(rows), run.state.micro_batch, total=len(batch), minimum=G,
+                          what="in the update", hint="lower --max-new-tokens", notes=notes)
     with StopSignals() as stop:   # SIGINT / SIGTERM set stop.signal; the loop checks it between steps
         for result in train(run, should_stop=stop.requested): ...
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import torch
@@ -28,26 +29,40 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err))
 
 
-def halve_on_oom(attempt: Callable[[int], T], size: int, minimum: int, what: str, hint: str,
-                 on_halve: Callable[[int], None]) -> T:
-    """attempt(size), retried with half the size (a multiple of `minimum`) after each out-of-memory error.
+@dataclass
+class BatchSize:
+    """A batch size that an out-of-memory error halves; the run keeps (and checkpoints) what it became."""
 
-    `on_halve(new_size)` hears of each retry. At `minimum` the error becomes a
-    PowerflowError that names `hint`, the settings that shrink the work.
+    flag: str  # the option that sets it, named in the note: --micro-batch-size, --sample-batch-size
+    value: int  # rows per call; 0: all of them
+
+    def rows(self, total: int, minimum: int) -> int:
+        """Rows per call for `total` rows: at most `value` (all when 0), a multiple of `minimum`, at least it."""
+        return max(minimum, min(self.value or total, total) // minimum * minimum)
+
+
+def halve_on_oom(attempt: Callable[[int], T], size: BatchSize, total: int, minimum: int, what: str, hint: str,
+                 notes: list[str]) -> T:
+    """attempt(rows), retried with half the rows (a multiple of `minimum`) after each out-of-memory error.
+
+    Each halving is kept in `size` (later steps and checkpoints start there) and said once in `notes`.
+    At `minimum` the error becomes a PowerflowError that names `hint`, the settings that shrink the work.
     """
+    rows = size.rows(total, minimum)
     while True:
         try:
-            return attempt(size)
+            return attempt(rows)
         except Exception as err:  # noqa: BLE001 - anything but out-of-memory is re-raised as it is
             if not is_out_of_memory(err):
                 raise
-            if size <= minimum:
-                raise PowerflowError(f"out of GPU memory {what} even at {size} completion(s) at a time: {hint}"
+            if rows <= minimum:
+                raise PowerflowError(f"out of GPU memory {what} even at {rows} completion(s) at a time: {hint}"
                                      ) from None
         # Outside the except block: the exception's frames (and the tensors they hold) are gone by now.
         release_memory()
-        size = max(minimum, size // 2 // minimum * minimum)
-        on_halve(size)
+        rows = max(minimum, rows // 2 // minimum * minimum)
+        size.value = rows
+        notes.append(f"out of GPU memory {what}: retrying with {size.flag} {rows} (pass it to start there next time)")
 
 
 def release_memory() -> None:

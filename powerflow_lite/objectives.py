@@ -127,17 +127,3 @@ OBJECTIVES: dict[str, Objective] = {
     "rl-traj": Objective(rl_traj, per_token=False, grouped=True, uses_log_z=False),
     "rl-token": Objective(rl_token, per_token=False, grouped=True, uses_log_z=False),
 }
-
-
-def batch_log_z_estimate(objective: Objective, policy_logps: Tensor, inputs: dict) -> Tensor:
-    """Each prompt's log Z that minimises the loss over its completions in this batch.  -> [n], no grad
-
-    Every log-Z objective is a weighted sum of squares (c + g)^2 in the constant c = log Z, so
-    the minimiser is c* = -sum(w g) / sum(w), over completions (latb, tb-traj) or over tokens (tb-token).
-    With it in the loss, the loss is the group's weighted variance of the residual (the log-variance,
-    or VarGrad, form of trajectory balance): the same fixed point, and no head to wait for.
-    """
-    _, stats = objective.loss(policy_logps=policy_logps, log_z=torch.zeros_like(inputs["psi"]), **inputs)
-    free = stats["residual"]  # [n] the residual without log Z (per-token mean for tb-token)
-    weight = stats["weight"] * (inputs["mask"].sum(-1).clamp(min=1) if objective.per_token else 1.0)  # [n]
-    return -group_mean(weight * free, inputs["group_ids"]) / group_mean(weight, inputs["group_ids"])

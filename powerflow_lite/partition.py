@@ -1,4 +1,13 @@
-"""The learned log-partition head log Z'(q) (DESIGN section 4).
+"""log Z'(q): the learned head, each prompt's batch estimate, and which of them the loss uses (DESIGN section 4).
+
+    log_z = LogPartition(head, objective, mode="batch", z_init="batch", alpha=4.0, clip_eps=0.2)
+    before = log_z.before_update(batch, G)        # start the head, re-centre it on the batch's estimates
+    log_z_rows, head_loss = log_z.for_loss(policy_logps, part, len(batch))   # per micro-batch, with grad
+    log_z.undo(before)                            # the update was skipped: the head as it was
+
+Everything the loop does with log Z' is here: the start value, each prompt's
+estimate from its G completions, the head's regression on those estimates, and
+its re-centring. The rest of this docstring is about the head itself.
 
 A small MLP on the masked mean of the prompt's last hidden states. The features
 come from the base pass (adapter off, no grad), so they are a fixed function of
@@ -23,13 +32,16 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .batch import ScoredBatch
 from .errors import PowerflowError
+from .objectives import Objective, group_mean
 
 FILENAME = "z_head.safetensors"
 
@@ -73,6 +85,97 @@ class LogZHead(nn.Module):
     def init_bias_from_residuals(self, residual_without_log_z: Tensor) -> None:
         """Set the output bias so that the mean residual of this batch becomes zero."""
         self.output.bias.fill_(-residual_without_log_z.float().mean().item())
+
+
+def batch_log_z_estimate(objective: Objective, policy_logps: Tensor, inputs: dict) -> Tensor:
+    """Each prompt's log Z that minimises the loss over its completions in this batch.  -> [n], no grad
+
+    Every log-Z objective is a weighted sum of squares (c + g)^2 in the constant c = log Z, so
+    the minimiser is c* = -sum(w g) / sum(w), over completions (latb, tb-traj) or over tokens (tb-token).
+    With it in the loss, the loss is the group's weighted variance of the residual (the log-variance,
+    or VarGrad, form of trajectory balance): the same fixed point, and no head to wait for.
+    """
+    _, stats = objective.loss(policy_logps=policy_logps, log_z=torch.zeros_like(inputs["psi"]), **inputs)
+    free = stats["residual"]  # [n] the residual without log Z (per-token mean for tb-token)
+    weight = stats["weight"] * (inputs["mask"].sum(-1).clamp(min=1) if objective.per_token else 1.0)  # [n]
+    return -group_mean(weight * free, inputs["group_ids"]) / group_mean(weight, inputs["group_ids"])
+
+
+@dataclass(frozen=True)
+class Before:
+    """log Z' at the start of a step, before the update."""
+
+    estimates: Tensor | None  # [B] each prompt's batch estimate (None without log Z or with one sample per prompt)
+    head: Tensor  # [B] the head's values, before any re-centring
+    bias: Tensor  # the head's output bias before this step touched it
+    initialized: bool  # whether the head had been started before this step
+
+
+@dataclass
+class LogPartition:
+    """The owner of log Z'(q): which value the loss uses (`mode`, --log-z) and the head's training."""
+
+    head: LogZHead
+    objective: Objective
+    mode: str  # batch: each prompt's batch estimate; head: the head; hybrid: the head, re-centred every step
+    z_init: str  # batch: the head starts at the first finite batch's value; zero: at 0
+    alpha: float
+    clip_eps: float
+    initialized: bool = False  # the head's start value is set (saved in checkpoints as z_initialized)
+
+    @property
+    def from_batch(self) -> bool:
+        """The loss uses each prompt's batch estimate, so a micro-batch must hold whole groups."""
+        return self.objective.uses_log_z and self.mode == "batch"
+
+    def estimate(self, policy_logps: Tensor, batch: ScoredBatch) -> Tensor:
+        """Each row's prompt's batch estimate.  [N, L] -> [N], no grad"""
+        return batch_log_z_estimate(self.objective, policy_logps, self._inputs(batch))
+
+    def before_update(self, batch: ScoredBatch, group_size: int) -> Before:
+        """Start the head on the first finite batch; with --log-z batch or hybrid, re-centre it on the estimates."""
+        estimates = (self.estimate(batch.old_logps, batch)[::group_size]  # [B]
+                     if self.objective.uses_log_z and group_size >= 2 else None)
+        bias, initialized = self.head.output.bias.detach().clone(), self.initialized
+        if self.objective.uses_log_z and not self.initialized:
+            if self.z_init == "batch":
+                start_loss, stats = self.objective.loss(policy_logps=batch.old_logps,
+                                                        log_z=torch.zeros_like(batch.psi), **self._inputs(batch))
+                if torch.isfinite(start_loss):  # else this step is skipped, and a later batch sets it
+                    self.head.init_bias_from_residuals(stats["residual"])
+                    self.initialized = True
+            else:
+                self.initialized = True
+        with torch.no_grad():
+            head = self.head(batch.features[::group_size])  # [B]
+        # with batch the head is a regression on the estimates; re-centred, it keeps up with the policy too
+        if self.mode != "head" and estimates is not None and bool(torch.isfinite(estimates).all()):
+            self.head.recenter(head, estimates)
+        return Before(estimates, head, bias, initialized)
+
+    def undo(self, before: Before) -> None:
+        """No update was applied this step: take back the start and the re-centring."""
+        self.head.output.bias.data.copy_(before.bias)
+        self.initialized = before.initialized
+
+    def for_loss(self, policy_logps: Tensor, part: ScoredBatch, total_rows: int) -> tuple[Tensor, Tensor | float]:
+        """log Z' of each row of a micro-batch [n] for the loss, and the head's own loss on it (to add).
+
+        With --log-z batch the loss uses the rows' batch estimates (whole groups are in the micro-batch)
+        and the head regresses on them, its squared error summed over the step's `total_rows`."""
+        log_z = self.head(part.features)  # [n]
+        if not self.from_batch:
+            return log_z, 0.0
+        target = self.estimate(policy_logps.detach(), part)  # [n]
+        return target, (log_z - target).square().sum() / total_rows
+
+    def values(self, batch: ScoredBatch, group_size: int) -> list[float]:
+        """The head's log Z'(q), one value per prompt of the step."""
+        with torch.no_grad():
+            return self.head(batch.features[::group_size]).tolist()
+
+    def _inputs(self, batch: ScoredBatch) -> dict:
+        return dict(batch.objective_inputs(), alpha=self.alpha, clip_eps=self.clip_eps)
 
 
 def save_head(head: LogZHead, directory: str | Path) -> None:

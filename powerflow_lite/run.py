@@ -22,6 +22,7 @@ from .config_files import to_yaml
 from .data import encode_prompts, load_prompts
 from .engine import resolve_sampler
 from .evaluate import EvalSet, setup_training_eval
+from .faults import BatchSize
 from .metrics import MetricsLog
 from .model import (
     add_lora,
@@ -34,7 +35,7 @@ from .model import (
     trainable_parameters,
 )
 from .objectives import OBJECTIVES, Objective
-from .partition import LogZHead
+from .partition import LogPartition, LogZHead
 from .rewards import FormatPenalty, load_format_penalty
 
 
@@ -55,14 +56,14 @@ class Run:
     prompts: list[dict]  # rows from the prompt file; row["prompt"] is the text
     prompt_ids: list[list[int]]  # the rendered, tokenized prompts
     metrics: MetricsLog
+    log_z: LogPartition  # owns log Z': the head's start, the batch estimates, what the loss uses
+    micro_batch: BatchSize  # completions per forward/backward: --micro-batch-size, until out of memory halves it
+    sample_batch: BatchSize  # completions per sampling call (0: all): --sample-batch-size, halved likewise
     start_step: int = 0
-    z_initialized: bool = False
     resumed_from: Path | None = None
     info: dict = field(default_factory=dict)
     eval_set: EvalSet | None = None  # with --eval-data
     embed: Callable | None = None  # sentence embedder of creative evals
-    micro_batch_size: int = 0  # cfg's, until an out-of-memory error halves it
-    sample_batch_size: int = 0  # completions per sampling call, 0: all; halved likewise
     bad_in_row: int = 0  # steps in a row whose update was skipped (non-finite loss or gradient)
 
 
@@ -135,17 +136,20 @@ def setup(cfg: TrainConfig) -> Run:
     optimizer = build_optimizer(cfg, lora_params, head, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
 
-    run = Run(cfg, out, device, model, tokenizer, head, optimizer, scheduler, OBJECTIVES[cfg.objective], psi,
-              rows, prompt_ids, MetricsLog(out / "metrics.jsonl"), eval_set=eval_set, embed=embed,
-              micro_batch_size=cfg.micro_batch_size, sample_batch_size=cfg.sample_batch_size)
+    objective = OBJECTIVES[cfg.objective]
+    run = Run(cfg, out, device, model, tokenizer, head, optimizer, scheduler, objective, psi, rows, prompt_ids,
+              MetricsLog(out / "metrics.jsonl"),
+              LogPartition(head, objective, cfg.log_z, cfg.z_init, cfg.alpha, cfg.clip_eps),
+              BatchSize("--micro-batch-size", cfg.micro_batch_size),
+              BatchSize("--sample-batch-size", cfg.sample_batch_size), eval_set=eval_set, embed=embed)
     if resume_path is not None:
         state = ckpt.load_checkpoint(resume_path, model, head, optimizer, scheduler)
-        run.start_step, run.z_initialized, run.resumed_from = state["step"], state["z_initialized"], resume_path
-        run.bad_in_row = state.get("bad_steps_in_row", 0)
+        run.start_step, run.resumed_from = state.step, resume_path
+        run.log_z.initialized, run.bad_in_row = state.z_initialized, state.bad_steps_in_row
         # sizes halved after an out-of-memory error stay halved (and the draws stay those of the run so far)
-        run.micro_batch_size = min(cfg.micro_batch_size, state.get("micro_batch_size") or cfg.micro_batch_size)
-        if state.get("sample_batch_size"):
-            run.sample_batch_size = min(cfg.sample_batch_size or math.inf, state["sample_batch_size"])
+        run.micro_batch.value = min(cfg.micro_batch_size, state.micro_batch_size or cfg.micro_batch_size)
+        if state.sample_batch_size:
+            run.sample_batch.value = min(cfg.sample_batch_size or state.sample_batch_size, state.sample_batch_size)
         _set_learning_rates(optimizer, scheduler, [cfg.lr, *(g["lr"] for g in head.param_groups(cfg.z_lr))])
     freed = ckpt.tree_bytes(out) if cfg.overwrite and not resuming else 0  # the run --overwrite deletes
     ckpt.check_free_space(out, _disk_needed(cfg, run.start_step, sum(p.numel() for p in lora_params)) - freed)

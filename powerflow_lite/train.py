@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from . import checkpoint as ckpt
+from .batch import ScoredBatch
 from .data import chat_stop_ids, prompt_indices
 from .engine import SAMPLERS
 from .errors import PowerflowError
@@ -38,7 +39,6 @@ from .evaluate import EVALS, before_after, training_metrics, write_training_eval
 from .faults import halve_on_oom
 from .metrics import mean, peak_rss_gib, reset_peak_rss, std
 from .model import trainable_parameters
-from .objectives import batch_log_z_estimate
 from .rewards import format_penalties
 from .run import Run, lr_lambda, setup  # noqa: F401 - setup and lr_lambda are re-exported: train.setup(cfg)
 from .sampling import Rollouts, SamplingSettings, sample_in_batches
@@ -70,7 +70,7 @@ def micro_batches(n: int, size: int, group_size: int) -> list[slice]:
 
 def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator[StepResult]:
     """The steps from run.start_step; stops early, after a checkpoint, once `should_stop()` is true."""
-    cfg, model, tokenizer, head, objective = run.cfg, run.model, run.tokenizer, run.head, run.objective
+    cfg, tokenizer = run.cfg, run.tokenizer
     settings = SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos,
                                 tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
     G = cfg.samples_per_prompt
@@ -93,46 +93,29 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         sampled = _clock(run.device)
 
         # --- 2. score without grad: log pi_old, log p_base (same weights, adapter off), psi(y)
-        old_logps, base_logps, features = _score(run, rollouts, step, notes)  # [N, L], [N, L], [N, H]
+        old_logps, base_logps, features = _score(run, rollouts, notes)  # [N, L], [N, L], [N, H]
         prompt_texts = [run.prompts[batch[g]]["prompt"] for g in rollouts.group_ids.tolist()]
         formats = torch.tensor(format_penalties(run.psi, cfg.format_penalty, texts, prompt_texts),
                                device=run.device)  # [N]
         psi = formats - cfg.truncation_penalty * rollouts.truncated.float()  # [N]
-        mask = rollouts.completion_mask  # [N, L]
-        tensors = dict(old_logps=old_logps, base_logps=base_logps, mask=mask, psi=psi,
-                       group_ids=rollouts.group_ids, alpha=cfg.alpha, clip_eps=cfg.clip_eps)
+        scored_batch = ScoredBatch(rollouts, old_logps, base_logps, psi, features)
+        mask = scored_batch.mask  # [N, L]
         scored = _clock(run.device)
 
-        # --- 3. log Z' before the update (see partition.py): each prompt's batch estimate from its G samples;
-        #        the first finite batch sets the head's start, and with --log-z batch or hybrid every batch
-        #        re-centres it (batch: so that the head, a regression on the estimates there, keeps up too)
-        estimates = (batch_log_z_estimate(objective, old_logps, tensors)[::G]  # [B]
-                     if objective.uses_log_z and G >= 2 else None)
-        head_start = head.output.bias.detach().clone(), run.z_initialized  # restored if no update is applied
-        if objective.uses_log_z and not run.z_initialized:
-            if cfg.z_init == "batch":
-                start_loss, stats = objective.loss(policy_logps=old_logps, log_z=torch.zeros_like(psi), **tensors)
-                if torch.isfinite(start_loss):  # else this step is skipped, and a later batch sets it
-                    head.init_bias_from_residuals(stats["residual"])
-                    run.z_initialized = True
-            else:
-                run.z_initialized = True
-        with torch.no_grad():
-            head_before = head(features[::G])  # [B]
-        if cfg.log_z != "head" and estimates is not None and bool(torch.isfinite(estimates).all()):
-            head.recenter(head_before, estimates)
+        # --- 3. log Z' before the update (partition.py): each prompt's batch estimate from its G samples; the
+        #        first finite batch starts the head, and with --log-z batch or hybrid every batch re-centres it
+        before = run.log_z.before_update(scored_batch, G)
 
         # --- 4. K inner epochs of updates over micro-batches; a non-finite loss or gradient skips the rest
-        update = _update(run, rollouts, tensors, features, step, notes)
+        update = _update(run, scored_batch, notes)
         if update.skipped and len(update.losses) == 1:  # not even a first epoch applied: nor is the re-centring
-            head.output.bias.data.copy_(head_start[0])
-            run.z_initialized = head_start[1]
+            run.log_z.undo(before)
         run.bad_in_row = run.bad_in_row + 1 if update.skipped else 0
         updated = _clock(run.device)
 
         # --- 5. log, stop after too many bad steps, checkpoint
-        with torch.no_grad():
-            log_z = head(features[::G]).tolist()  # one value per prompt
+        log_z = run.log_z.values(scored_batch, G)  # one value per prompt
+        estimates = before.estimates
         lengths = rollouts.lengths.tolist()
         row = {
             "step": step + 1,
@@ -140,7 +123,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
             "log_z_mean": mean(log_z),
             "log_z_std": std(log_z),
             "log_z_batch_mean": float("nan") if estimates is None else estimates.mean().item(),
-            "log_z_gap": float("nan") if estimates is None else (head_before - estimates).mean().item(),
+            "log_z_gap": float("nan") if estimates is None else (before.head - estimates).mean().item(),
             "residual_mean": mean(update.residuals),
             "residual_std": std(update.residuals),
             "length_mean": mean(lengths),
@@ -184,7 +167,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
             return
 
     # Also when there was nothing left to do: a run killed between its last checkpoint and this write.
-    ckpt.save_final_adapter(run.out, model, head)
+    ckpt.save_final_adapter(run.out, run.model, run.head)
     if run.eval_set is not None and (run.out / EVALS / f"step-{cfg.max_steps}.json").is_file():
         compared = before_after(run.out, cfg.eval_data, cfg.eval_k, cfg.max_steps)
         run.info["before_after" if isinstance(compared, dict) else "before_after_note"] = compared
@@ -207,12 +190,11 @@ def _sample(run: Run, prompts: list[list[int]], settings: SamplingSettings, step
                                  "weights overflow): lower --lr, or use a GPU with bf16 rather than fp16; "
                                  "resume from an earlier checkpoint") from None
 
-    return halve_on_oom(attempt, min(run.sample_batch_size or total, total), 1, "while sampling",
-                        "lower --samples-per-prompt, --prompts-per-step or --max-new-tokens",
-                        _keep_halved(run, "sample_batch_size", step, notes))
+    return halve_on_oom(attempt, run.sample_batch, total, 1, "while sampling",
+                        "lower --samples-per-prompt, --prompts-per-step or --max-new-tokens", notes)
 
 
-def _score(run: Run, rollouts: Rollouts, step: int, notes: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+def _score(run: Run, rollouts: Rollouts, notes: list[str]) -> tuple[Tensor, Tensor, Tensor]:
     """log pi_old [N, L] (from the sampler when it returns it), log p_base [N, L] and prompt features [N, H]."""
 
     def attempt(size: int):
@@ -221,9 +203,8 @@ def _score(run: Run, rollouts: Rollouts, step: int, notes: list[str]) -> tuple[T
             old, _ = score(run.model, rollouts, size, adapter=True)
         return old, *score(run.model, rollouts, size, adapter=False)
 
-    return halve_on_oom(attempt, min(run.micro_batch_size, len(rollouts)), 1, "while scoring",
-                        "lower --max-new-tokens (scoring holds one micro-batch's logits)",
-                        _keep_halved(run, "micro_batch_size", step, notes))
+    return halve_on_oom(attempt, run.micro_batch, len(rollouts), 1, "while scoring",
+                        "lower --max-new-tokens (scoring holds one micro-batch's logits)", notes)
 
 
 @dataclass
@@ -235,29 +216,24 @@ class Update:
     skipped: bool  # an epoch's loss or gradient was not finite: it and the epochs after it were not applied
 
 
-def _update(run: Run, rollouts: Rollouts, tensors: dict, features: Tensor, step: int, notes: list[str]) -> Update:
+def _update(run: Run, batch: ScoredBatch, notes: list[str]) -> Update:
     """K epochs of gradient accumulation and an optimizer step each; the schedule advances K steps regardless."""
     cfg, objective = run.cfg, run.objective
-    batch_log_z = objective.uses_log_z and cfg.log_z == "batch"
-    group = cfg.samples_per_prompt if objective.grouped or batch_log_z else 1  # the smallest micro-batch
+    group = cfg.samples_per_prompt if objective.grouped or run.log_z.from_batch else 1  # the smallest micro-batch
     lora_params = trainable_parameters(run.model)
-    denominator = float(tensors["mask"].sum()) if objective.per_token else float(len(rollouts))
+    denominator = float(batch.mask.sum()) if objective.per_token else float(len(batch))
     update = Update([], [], [], float("nan"), False)
 
     def accumulate(size: int) -> tuple[float, list[float] | None, list[float]]:
         """One epoch's gradients: (loss, residuals, clipped); residuals None once the loss is not finite."""
         run.optimizer.zero_grad(set_to_none=True)
         total, residuals, clipped = 0.0, [], []
-        for rows in micro_batches(len(rollouts), size, group):
-            policy_logps, _ = completion_logprobs(run.model, rollouts.select(rows))  # [n, L] with grad
-            inputs = {k: (v[rows] if torch.is_tensor(v) else v) for k, v in tensors.items()}
-            log_z = run.head(features[rows])  # [n]
-            head_loss = 0.0
-            if batch_log_z:
-                target = batch_log_z_estimate(objective, policy_logps.detach(), inputs)  # [n]
-                head_loss = (log_z - target).square().sum() / len(rollouts)
-                log_z = target
-            loss, stats = objective.loss(policy_logps=policy_logps, log_z=log_z, denominator=denominator, **inputs)
+        for rows in micro_batches(len(batch), size, group):
+            part = batch.select(rows)
+            policy_logps, _ = completion_logprobs(run.model, part.rollouts)  # [n, L] with grad
+            log_z, head_loss = run.log_z.for_loss(policy_logps, part, len(batch))  # [n], scalar
+            loss, stats = objective.loss(policy_logps=policy_logps, log_z=log_z, denominator=denominator,
+                                         alpha=cfg.alpha, clip_eps=cfg.clip_eps, **part.objective_inputs())
             if not torch.isfinite(loss + head_loss):
                 return (loss + head_loss).item(), None, clipped
             (loss + head_loss).backward()
@@ -269,9 +245,8 @@ def _update(run: Run, rollouts: Rollouts, tensors: dict, features: Tensor, step:
     hint = "lower --max-new-tokens" + ("" if cfg.gradient_checkpointing else ", or turn --gradient-checkpointing on")
     run.model.train()
     for epoch in range(cfg.inner_epochs):
-        loss, residuals, clipped = halve_on_oom(
-            accumulate, max(1, min(run.micro_batch_size, len(rollouts)) // group) * group, group, "in the update",
-            hint, _keep_halved(run, "micro_batch_size", step, notes))
+        loss, residuals, clipped = halve_on_oom(accumulate, run.micro_batch, len(batch), group, "in the update",
+                                                hint, notes)
         update.losses.append(loss)
         if residuals is not None:
             update.grad_norm = float(torch.nn.utils.clip_grad_norm_(lora_params, cfg.max_grad_norm or float("inf")))
@@ -292,22 +267,10 @@ def _update(run: Run, rollouts: Rollouts, tensors: dict, features: Tensor, step:
     return update
 
 
-def _keep_halved(run: Run, size_field: str, step: int, notes: list[str]) -> Callable[[int], None]:
-    """After an out-of-memory error: the run keeps the halved size (its checkpoints too), and says so once."""
-
-    def keep(size: int) -> None:
-        setattr(run, size_field, size)  # the field is named as its flag: micro_batch_size, sample_batch_size
-        notes.append(f"out of GPU memory at step {step + 1}: retrying with --{size_field.replace('_', '-')} {size} "
-                     "(pass it to start there next time)")
-
-    return keep
-
-
 def _save(run: Run, step: int) -> Path:
-    path = ckpt.save_checkpoint(run.out, step, run.model, run.head, run.optimizer, run.scheduler,
-                                {"z_initialized": run.z_initialized, "seed": run.cfg.seed,
-                                 "bad_steps_in_row": run.bad_in_row, "micro_batch_size": run.micro_batch_size,
-                                 "sample_batch_size": run.sample_batch_size})
+    state = ckpt.TrainerState(step, run.cfg.seed, run.log_z.initialized, run.bad_in_row, run.micro_batch.value,
+                              run.sample_batch.value)
+    path = ckpt.save_checkpoint(run.out, run.model, run.head, run.optimizer, run.scheduler, state)
     ckpt.prune_checkpoints(run.out, run.cfg.keep_checkpoints)
     return path
 

@@ -9,6 +9,7 @@ import torch
 
 from powerflow_lite import checkpoint
 from powerflow_lite.checkpoint import (
+    TrainerState,
     check_output_dir,
     create_output_dir,
     latest_checkpoint,
@@ -172,7 +173,9 @@ def trained(tiny_model_dir):
 
 def test_checkpoint_round_trip_is_exact(tmp_path, tiny_model_dir, trained):
     model, head, optimizer, scheduler = trained
-    path = save_checkpoint(tmp_path, 7, model, head, optimizer, scheduler, {"best_reward": 0.25, "tag": "x"})
+    state = TrainerState(step=7, seed=3, z_initialized=True, bad_steps_in_row=1, micro_batch_size=4,
+                         sample_batch_size=2)
+    path = save_checkpoint(tmp_path, model, head, optimizer, scheduler, state)
     assert path == tmp_path / "checkpoint-7"
     assert CHECKPOINT_FILES <= {p.name for p in path.iterdir()} <= CHECKPOINT_FILES | {"README.md"}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-7"]  # the temporary dir was renamed away
@@ -183,8 +186,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path, tiny_model_dir, trained):
     assert scheduler2.get_last_lr() != scheduler.get_last_lr()
     assert optimizer2.state_dict()["state"] == {}
 
-    state = load_checkpoint(path, model2, head2, optimizer2, scheduler2)
-    assert state == {"best_reward": 0.25, "tag": "x", "step": 7}
+    assert load_checkpoint(path, model2, head2, optimizer2, scheduler2) == state
 
     saved, loaded = lora_weights(model), lora_weights(model2)
     assert saved.keys() == loaded.keys() and len(saved) > 0
@@ -205,7 +207,8 @@ def test_checkpoint_round_trip_is_exact(tmp_path, tiny_model_dir, trained):
 
 def test_load_checkpoint_refuses_an_incomplete_directory(tmp_path, trained):
     model, head, optimizer, scheduler = trained
-    path = save_checkpoint(tmp_path, 3, model, head, optimizer, scheduler, {})
+    state = TrainerState(step=3, seed=0, z_initialized=False)
+    path = save_checkpoint(tmp_path, model, head, optimizer, scheduler, state)
     (path / "trainer_state.json").unlink()  # as if the save had been interrupted before its last file
     with pytest.raises(PowerflowError, match="not a complete checkpoint"):
         load_checkpoint(path, model, head, optimizer, scheduler)
@@ -228,3 +231,11 @@ def test_final_adapter_loads_with_peft(tmp_path, tiny_model_dir, trained):
         expected = model.eval()(input_ids=INPUT_IDS).logits
         assert not torch.allclose(expected, base_logits)  # the step moved the adapter away from the base
         torch.testing.assert_close(reloaded(input_ids=INPUT_IDS).logits, expected, atol=0, rtol=0)
+
+
+def test_trainer_state_reads_an_older_checkpoints_file_and_ignores_unknown_keys():
+    # a checkpoint written before the halved batch sizes were saved, with a key a later version might add
+    state = TrainerState.from_json('{"z_initialized": true, "seed": 5, "step": 4, "future_key": 1}')
+    assert state == TrainerState(step=4, seed=5, z_initialized=True, bad_steps_in_row=0, micro_batch_size=0,
+                                 sample_batch_size=0)
+    assert TrainerState.from_json(state.to_json()) == state

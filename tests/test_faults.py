@@ -170,7 +170,8 @@ def test_out_of_memory_in_the_update_halves_the_micro_batch(tiny_model_dir, prom
         assert all(got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6) for k in got)
     # the halved size is part of the run: checkpointed, and restored by --resume
     assert state(tmp_path / "run" / "checkpoint-1")["micro_batch_size"] == 1
-    assert setup(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=3, resume=True)).micro_batch_size == 1
+    resumed = setup(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=3, resume=True))
+    assert resumed.micro_batch.value == 1
 
 
 @pytest.mark.parametrize("sampler", ["hf", "static"])
