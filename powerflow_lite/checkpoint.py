@@ -56,20 +56,33 @@ class TrainerState:
 RUN_MARKERS = ("config.yaml", "metrics.jsonl")
 
 
+def refuse_to_replace(out: Path, shown: str, overwrite: bool, markers: tuple[str, ...], what: str,
+                      also: str = "") -> None:
+    """A non-empty --output is replaced only with --overwrite, and only when it holds one of `markers` (what a
+    powerflow command writes there); otherwise one line, and nothing deleted. `also`: another way out, named."""
+    if out.exists() and not out.is_dir():
+        raise PowerflowError(f"--output {shown!r} exists and is not a directory")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not overwrite:
+        raise PowerflowError(f"output directory {shown!r} already exists: pass {also}--overwrite to replace it, "
+                             "or choose another --output")
+    if not any((out / marker).exists() for marker in markers):
+        raise PowerflowError(f"--overwrite refused: {shown!r} does not look like {what} (no {' or '.join(markers)}), "
+                             "so nothing was deleted")
+
+
 def check_output_dir(output: str, resume: bool, overwrite: bool) -> Path:
     """Refuse an unusable --output before anything is loaded or written (no side effects)."""
     out = Path(output).expanduser()
-    if out.exists() and not out.is_dir():
-        raise PowerflowError(f"--output {output!r} exists and is not a directory")
-    exists = out.is_dir() and any(out.iterdir())
-    if resume and not exists:
-        raise PowerflowError(f"--resume: {output!r} holds no run to resume")
-    if exists and not resume and not overwrite:
-        raise PowerflowError(f"output directory {output!r} already exists: pass --resume to continue it, "
-                             "--overwrite to replace it, or choose another --output")
-    if exists and not resume and not any((out / marker).exists() for marker in RUN_MARKERS):
-        raise PowerflowError(f"--overwrite refused: {output!r} does not look like a powerflow output "
-                             "directory (no config.yaml or metrics.jsonl), so nothing was deleted")
+    if resume:
+        if out.exists() and not out.is_dir():
+            raise PowerflowError(f"--output {output!r} exists and is not a directory")
+        if not (out.is_dir() and any(out.iterdir())):
+            raise PowerflowError(f"--resume: {output!r} holds no run to resume")
+    else:
+        refuse_to_replace(out, output, overwrite, RUN_MARKERS, "a powerflow output directory",
+                          also="--resume to continue it, ")
     check_writable(out)
     return out
 

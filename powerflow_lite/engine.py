@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from .model import cache_keyword, eval_mode, hf_model
-from .sampling import Rollouts, SamplingSettings, eos_token_ids, left_pad, sample
+from .sampling import Rollouts, SamplingSettings, group_ids_of, left_pad, per_sample, sample, stop_token_ids
 
 COMPACT_FRACTION = 0.25  # drop stopped rows once they are this share of the batch (each drop copies the cache)
 
@@ -89,7 +89,7 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
         raise ValueError("sample_static does not implement top-p < 1")
     device = next(model.parameters()).device
     compact = device.type == "cpu" if compact is None else compact
-    rows = [ids for ids in prompts for _ in range(samples_per_prompt)]
+    rows = per_sample(prompts, samples_per_prompt)
     distinct = list(dict.fromkeys(tuple(ids) for ids in rows))  # each prompt once, in order of first use
     position = {ids: i for i, ids in enumerate(distinct)}
     expand = torch.tensor([position[tuple(ids)] for ids in rows], device=device)  # [N] row -> distinct prompt
@@ -97,7 +97,7 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
     prompt_ids, prompt_mask = unique_ids[expand], unique_mask[expand]  # [N, P]
     N, P = prompt_ids.shape
     L = settings.max_new_tokens
-    stop_ids = [] if settings.ignore_eos else sorted(set(eos_token_ids(model, tokenizer)) | set(settings.stop_ids))
+    stop_ids = stop_token_ids(model, tokenizer, settings)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
     config = hf_model(model).config
     cache_arg = cache_keyword(model)
@@ -148,7 +148,7 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
     width = int(lengths.max())
     completion_mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()  # [N, L']
     completion_ids = tokens[:, :width].masked_fill(completion_mask == 0, tokenizer.pad_token_id)
-    group_ids = torch.arange(len(prompts), device=device).repeat_interleave(samples_per_prompt)
+    group_ids = group_ids_of(len(prompts), samples_per_prompt, device)
     return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, group_ids, ~stopped,
                     sampled_logps=logps[:, :width] * completion_mask)
 

@@ -27,15 +27,15 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import check_writable
+from .checkpoint import check_writable, refuse_to_replace
 from .config import MATH_SYSTEM_PROMPT, EvalConfig
 from .creative import distinct_n, judge_scores, load_embedder, semantic_diversity
-from .data import chat_stop_ids, encode_prompts, load_prompts
+from .data import encode_prompts, load_prompts
 from .errors import PowerflowError
 from .grading import grade_math, majority_correct, parse_answer, pass_at_k, pass_ks
 from .inference import generate_records
 from .metrics import EVAL_METRICS, mean, stderr
-from .model import context_length, load_adapter, load_base_model, load_tokenizer, resolve_device
+from .model import context_length, load_base_model, load_policy, load_tokenizer, resolve_device
 from .sampling import SamplingSettings
 
 SUMMARY, SAMPLES = "summary.json", "samples.jsonl"
@@ -248,11 +248,8 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
     if cfg.judge:
         judge = (load_base_model(cfg.judge, cfg.quant, device, cfg.trust_remote_code),
                  load_tokenizer(cfg.judge, cfg.trust_remote_code))
-    model = load_base_model(cfg.model, cfg.quant, device, cfg.trust_remote_code)
-    if cfg.adapter:
-        model = load_adapter(model, cfg.adapter)
-    settings = SamplingSettings(cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                stop_ids=tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
+    model = load_policy(cfg, device)
+    settings = SamplingSettings.from_config(cfg, tokenizer)
     variants = (["base"] if cfg.compare_base else []) + ["adapter" if cfg.adapter else "base"]
 
     _make_output(out, cfg.overwrite)
@@ -286,15 +283,7 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
 
 def _check_output(cfg: EvalConfig) -> Path:
     out = Path(cfg.output).expanduser()
-    if out.exists() and not out.is_dir():
-        raise PowerflowError(f"--output {cfg.output!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise PowerflowError(f"output directory {cfg.output!r} already exists: pass --overwrite to replace it, "
-                                 "or choose another --output")
-        if not ((out / SUMMARY).exists() or (out / SAMPLES).exists()):
-            raise PowerflowError(f"--overwrite refused: {cfg.output!r} does not look like a powerflow eval output "
-                                 f"(no {SUMMARY} or {SAMPLES}), so nothing was deleted")
+    refuse_to_replace(out, cfg.output, cfg.overwrite, (SUMMARY, SAMPLES), "a powerflow eval output")
     check_writable(out)
     return out
 

@@ -15,9 +15,9 @@ from typing import Iterator
 import torch
 
 from .config import SampleConfig
-from .data import chat_stop_ids, encode_prompts, load_prompts
+from .data import encode_prompts, load_prompts
 from .engine import SAMPLERS, resolve_sampler
-from .model import context_length, eval_mode, load_adapter, load_base_model, load_tokenizer, resolve_device
+from .model import context_length, eval_mode, load_policy, load_tokenizer, resolve_device
 from .sampling import SamplingSettings
 from .scoring import score
 
@@ -31,11 +31,8 @@ def sample_completions(cfg: SampleConfig) -> Iterator[dict]:
     prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], cfg.chat_template, cfg.system_prompt,
                                 cfg.max_new_tokens, context_length(cfg.model, cfg.trust_remote_code),
                                 cfg.prompts or "--prompt", getattr(rows, "lines", None))
-    model = load_base_model(cfg.model, cfg.quant, device, cfg.trust_remote_code)
-    if cfg.adapter:
-        model = load_adapter(model, cfg.adapter)
-    settings = SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos,
-                                tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
+    model = load_policy(cfg, device)
+    settings = SamplingSettings.from_config(cfg, tokenizer)
     torch.manual_seed(cfg.seed)
     for record in generate_records(model, tokenizer, prompt_ids, cfg.n, settings, ROWS_PER_BATCH,
                                    score_base=bool(cfg.adapter)):

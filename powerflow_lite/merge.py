@@ -20,7 +20,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from .checkpoint import check_writable, replace_dir
+from .checkpoint import check_writable, refuse_to_replace, replace_dir
 from .config import MergeConfig
 from .errors import PowerflowError, first_line
 from .model import check_adapter_dir, load_adapter, load_base_model, load_tokenizer, resolve_device
@@ -58,9 +58,5 @@ def _load_original(name: str, device, trust_remote_code: bool):
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise PowerflowError(f"--output {str(out)!r} exists; choose a new directory or pass --overwrite")
-        if not (out / "config.json").is_file():
-            raise PowerflowError(f"--overwrite refused: {str(out)!r} is not a model directory, nothing was deleted")
+    refuse_to_replace(out, str(out), overwrite, ("config.json",), "a model directory")
     check_writable(out)

@@ -240,6 +240,12 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
     return path
 
 
+def load_policy(cfg, device: torch.device):
+    """The model a `sample` or `eval` config names: its base at --quant, with --adapter on when given."""
+    model = load_base_model(cfg.model, cfg.quant, device, cfg.trust_remote_code)
+    return load_adapter(model, cfg.adapter) if cfg.adapter else model
+
+
 def load_adapter(model, adapter_dir: str | Path, trainable: bool = False):
     """Attach a saved PEFT adapter to a loaded base model."""
     from peft import PeftModel

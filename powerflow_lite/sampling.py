@@ -33,6 +33,31 @@ class SamplingSettings:
     ignore_eos: bool = False  # never stop at EOS: every completion is max_new_tokens long, EOS scored as any token
     stop_ids: tuple[int, ...] = ()  # more ids that end a completion, e.g. the chat template's end of turn
 
+    @staticmethod
+    def from_config(cfg, tokenizer) -> "SamplingSettings":
+        """A command's sampling options (those its config lacks take the defaults above), also stopping at the
+        chat template's end-of-turn token."""
+        from .data import chat_stop_ids
+
+        return SamplingSettings(cfg.max_new_tokens, getattr(cfg, "min_new_tokens", 0), getattr(cfg, "temperature", 1.0),
+                                getattr(cfg, "top_p", 1.0), getattr(cfg, "ignore_eos", False),
+                                tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
+
+
+def per_sample(prompts: list[list[int]], samples_per_prompt: int) -> list[list[int]]:
+    """Each prompt repeated G = samples_per_prompt times, rows grouped by prompt."""
+    return [ids for ids in prompts for _ in range(samples_per_prompt)]
+
+
+def group_ids_of(prompts: int, samples_per_prompt: int, device) -> Tensor:
+    """[N] the prompt each row of `per_sample` answers: 0, 0, ..., 1, 1, ..."""
+    return torch.arange(prompts, device=device).repeat_interleave(samples_per_prompt)
+
+
+def stop_token_ids(model, tokenizer, settings: SamplingSettings) -> list[int]:
+    """What ends a completion: the model's EOS tokens and the settings' stop ids (none with ignore_eos)."""
+    return [] if settings.ignore_eos else sorted(set(eos_token_ids(model, tokenizer)) | set(settings.stop_ids))
+
 
 @dataclass(frozen=True)
 class Rollouts:
@@ -100,9 +125,8 @@ def sample(model, tokenizer, prompts: list[list[int]], samples_per_prompt: int, 
     from transformers import GenerationConfig
 
     device = next(model.parameters()).device
-    rows = [ids for ids in prompts for _ in range(samples_per_prompt)]
-    prompt_ids, prompt_mask = left_pad(rows, tokenizer.pad_token_id, device)
-    stop_ids = [] if settings.ignore_eos else sorted(set(eos_token_ids(model, tokenizer)) | set(settings.stop_ids))
+    prompt_ids, prompt_mask = left_pad(per_sample(prompts, samples_per_prompt), tokenizer.pad_token_id, device)
+    stop_ids = stop_token_ids(model, tokenizer, settings)
     generation_config = GenerationConfig(
         do_sample=True,
         temperature=settings.temperature,
@@ -119,7 +143,7 @@ def sample(model, tokenizer, prompts: list[list[int]], samples_per_prompt: int, 
     completion_ids = output[:, prompt_ids.shape[1]:]  # [N, L]
     completion_mask, truncated = _completion_mask(completion_ids, stop_ids)
     completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
-    group_ids = torch.arange(len(prompts), device=device).repeat_interleave(samples_per_prompt)
+    group_ids = group_ids_of(len(prompts), samples_per_prompt, device)
     return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, group_ids, truncated)
 
 
@@ -129,10 +153,10 @@ def sample_in_batches(sampler, model, tokenizer, prompts: list[list[int]], sampl
     total = len(prompts) * samples_per_prompt
     if not batch_size or batch_size >= total:
         return sampler(model, tokenizer, prompts, samples_per_prompt, settings)
-    rows = [ids for ids in prompts for _ in range(samples_per_prompt)]
+    rows = per_sample(prompts, samples_per_prompt)
     parts = [sampler(model, tokenizer, rows[start:start + batch_size], 1, settings)
              for start in range(0, total, batch_size)]
-    group_ids = torch.arange(len(prompts), device=parts[0].group_ids.device).repeat_interleave(samples_per_prompt)
+    group_ids = group_ids_of(len(prompts), samples_per_prompt, parts[0].group_ids.device)
     return Rollouts.concat(parts, tokenizer.pad_token_id, group_ids)
 
 

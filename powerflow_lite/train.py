@@ -32,7 +32,7 @@ from torch import Tensor
 
 from . import checkpoint as ckpt
 from .batch import ScoredBatch
-from .data import chat_stop_ids, prompt_indices
+from .data import prompt_indices
 from .engine import SAMPLERS
 from .errors import PowerflowError
 from .evaluate import EVALS, before_after, training_metrics, write_training_eval
@@ -71,8 +71,7 @@ def micro_batches(n: int, size: int, group_size: int) -> list[slice]:
 def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator[StepResult]:
     """The steps from run.start_step; stops early, after a checkpoint, once `should_stop()` is true."""
     cfg, tokenizer = run.cfg, run.tokenizer
-    settings = SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos,
-                                tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
+    settings = SamplingSettings.from_config(cfg, tokenizer)
     G = cfg.samples_per_prompt
     if run.eval_set is not None and run.start_step == 0:  # where the curves start: the base model itself
         run.info["eval_before"] = {"step": 0, **_evaluate(run, settings.stop_ids, 0)}

@@ -372,7 +372,8 @@ def test_overwrite_keeps_an_input_file_kept_inside_the_output(digit_model, tmp_p
 def test_unreadable_reference_is_refused_before_sampling(digit_model, tmp_path, capsys, monkeypatch):
     import powerflow_lite.evaluate as evaluate
 
-    monkeypatch.setattr(evaluate, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    for loader in ("load_base_model", "load_policy"):  # the judge's and the evaluated model's
+        monkeypatch.setattr(evaluate, loader, lambda *a, **k: pytest.fail("the model was loaded"))
     data = write_jsonl(tmp_path / "p.jsonl", [{"problem": "1", "answer": "3"}, {"problem": "2", "answer": "\\text{}"}])
     code, _, err = run_cli(capsys, ["eval", "--model", digit_model, "--data", data, "-k", "2", *DIGIT_SETTINGS,
                                     "--output", tmp_path / "out"])
