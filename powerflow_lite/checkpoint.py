@@ -44,6 +44,7 @@ class TrainerState:
     bad_steps_in_row: int = 0  # skipped updates in a row, towards --max-bad-steps
     micro_batch_size: int = 0  # as an out-of-memory error may have halved it (0: --micro-batch-size's)
     sample_batch_size: int = 0  # likewise (0: all of a step's completions in one call)
+    fresh_steps: int | None = None  # steps that sampled (the rest replayed); None in checkpoints before replay: all
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -157,7 +158,9 @@ def save_adapter(directory: Path, model, head: LogZHead) -> None:
     save_head(head, directory)
 
 
-def save_checkpoint(out: Path, model, head: LogZHead, optimizer, scheduler, state: TrainerState) -> Path:
+def save_checkpoint(out: Path, model, head: LogZHead, optimizer, scheduler, state: TrainerState,
+                    replay=None) -> Path:
+    """checkpoint-N, atomically; with `replay` (a ReplayBuffer) its completions too."""
     step = state.step
     final = out / f"checkpoint-{step}"
     tmp = out / f".checkpoint-{step}.tmp"
@@ -167,6 +170,13 @@ def save_checkpoint(out: Path, model, head: LogZHead, optimizer, scheduler, stat
         save_adapter(tmp, model, head)
         save_state(optimizer.state_dict(), tmp / "optimizer")
         (tmp / "scheduler.json").write_text(json.dumps(encode(scheduler.state_dict())))
+        if replay is not None:
+            from safetensors.torch import save_file
+
+            from .replay import FILENAME as REPLAY_FILE
+
+            tensors, meta = replay.state()
+            save_file(tensors, str(tmp / REPLAY_FILE), metadata=meta)
         (tmp / STATE_FILE).write_text(state.to_json())
         sync_tree(tmp)
         replace_dir(tmp, final)
@@ -345,6 +355,22 @@ def load_checkpoint(path: Path, model, head: LogZHead, optimizer, scheduler) -> 
         raise PowerflowError(f"checkpoint {str(path)!r} does not match this run's model, LoRA or head settings "
                              f"(was --model, --lora-r, --lora-targets or --z-hidden changed?): {first_line(err)}"
                              ) from None
+
+
+def load_replay(path: Path):
+    """The replay buffer saved in checkpoint `path`, or None when it has none."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from .replay import FILENAME as REPLAY_FILE
+    from .replay import ReplayBuffer
+
+    file = path / REPLAY_FILE
+    if not file.is_file():
+        return None
+    with safe_open(str(file), framework="pt") as handle:
+        meta = handle.metadata()
+    return ReplayBuffer.from_state(load_file(str(file)), meta)
 
 
 def _row_step(line: str) -> int | None:

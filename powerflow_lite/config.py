@@ -96,6 +96,12 @@ class TrainConfig:
                                    "halved automatically after a CUDA out-of-memory error.")
     inner_epochs: int = option(1, "Updates per batch of samples (K); >1 uses the clipped importance weight.")
     clip_eps: float = option(0.2, "Importance-weight clip: w in [1-eps, 1+eps].")
+    replay_steps: int = option(0, "Steps on replayed completions after each freshly sampled step (0: on-policy "
+                                  "only): they skip sampling and the base pass. Trajectory-balance objectives only.")
+    replay_size: int = option(16, "Completions kept per prompt for replay: the best by target log-prob per token "
+                                  "and the most recent.")
+    replay_best: float = option(0.5, "Fraction of a prompt's replayed completions taken from its best; the rest "
+                                     "are its most recent.")
     seed: int = option(0, "Seed for prompt order, sampling and initialisation.")
     max_bad_steps: int = option(3, "A step whose loss or gradient is not finite is skipped (nothing applied); "
                                    "stop after this many in a row.")
@@ -124,8 +130,10 @@ class TrainConfig:
             raise PowerflowError(f"--seed must be < 2**32, got {self.seed}")
         _check_ranges(self, positive=("alpha", "prompts_per_step", "samples_per_prompt", "max_new_tokens",
                                       "lora_r", "lora_alpha", "max_steps", "lr", "z_lr", "z_hidden",
-                                      "micro_batch_size", "inner_epochs", "temperature", "max_bad_steps"),
+                                      "micro_batch_size", "inner_epochs", "temperature", "max_bad_steps",
+                                      "replay_size"),
                       non_negative=("min_new_tokens", "weight_decay", "truncation_penalty", "warmup_steps",
+                                    "replay_steps",
                                     "max_grad_norm", "save_every", "show_every", "seed", "eval_every", "eval_limit",
                                     "sample_batch_size", "keep_checkpoints"))
         _check_choices(self)
@@ -144,6 +152,14 @@ class TrainConfig:
         if OBJECTIVES[self.objective].grouped and self.samples_per_prompt < 2:
             raise PowerflowError(f"--objective {self.objective} compares completions of a prompt: "
                                  "needs --samples-per-prompt >= 2")
+        if self.replay_steps and OBJECTIVES[self.objective].grouped:
+            raise PowerflowError(f"--replay-steps needs a trajectory-balance objective: --objective {self.objective} "
+                                 "is an on-policy estimator, right only for completions the current policy sampled")
+        if self.replay_steps and self.replay_size < self.samples_per_prompt:
+            raise PowerflowError(f"--replay-size ({self.replay_size}) must hold at least --samples-per-prompt "
+                                 f"({self.samples_per_prompt}) completions: a replayed prompt brings that many")
+        if not 0 <= self.replay_best <= 1:
+            raise PowerflowError(f"--replay-best must be in [0, 1], got {self.replay_best}")
         if self.log_z in ("batch", "hybrid") and self.samples_per_prompt < 2:
             raise PowerflowError(f"--log-z {self.log_z} estimates log Z from a prompt's completions: "
                                  "needs --samples-per-prompt >= 2")

@@ -31,7 +31,7 @@ ROWS = [  # (label, how to render the metrics row)
     ("log-prob/token policy | base", lambda m: f"{m['policy_logp_per_token']:.3f} | {m['base_logp_per_token']:.3f}"),
     ("IS clipped / grad norm", lambda m: f"{m['clip_frac']:.0%} / {m['grad_norm']:.3g}"),
     ("lr", lambda m: f"{m['lr']:.2e}"),
-    ("sample tok/s", lambda m: f"{m['sample_tokens_per_s']:.1f}"),
+    ("sample tok/s", lambda m: _rate(m)),
     ("seconds sample/score/update",
      lambda m: f"{m['time_sample']:.1f} / {m['time_score']:.1f} / {m['time_update']:.1f}"),
 ]
@@ -54,7 +54,13 @@ def plain_line(result: StepResult) -> str:
     return (f"step {result.step}/{result.max_steps}  loss {m['loss']:.4g}  log_z {m['log_z_mean']:.3f}"
             f"±{m['log_z_std']:.3f}  len {m['length_mean']:.1f}  trunc {m['truncated_frac']:.0%}  "
             f"logp pi/base {m['policy_logp_per_token']:.3f}/{m['base_logp_per_token']:.3f}  "
-            f"grad {m['grad_norm']:.3g}  {m['sample_tokens_per_s']:.1f} tok/s{_skipped(m)}{evaluated}")
+            f"grad {m['grad_norm']:.3g}  {_rate(m)}{' tok/s' if not m.get('replayed') else ''}{_skipped(m)}"
+            f"{evaluated}")
+
+
+def _rate(m: dict) -> str:
+    """Sampled tokens per second, or what a replay step did instead of sampling."""
+    return "replayed" if m.get("replayed") else f"{m['sample_tokens_per_s']:.1f}"
 
 
 def _skipped(m: dict) -> str:

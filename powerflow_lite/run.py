@@ -36,6 +36,7 @@ from .model import (
 )
 from .objectives import OBJECTIVES, Objective
 from .partition import LogPartition, LogZHead
+from .replay import ReplayBuffer
 from .rewards import FormatPenalty, load_format_penalty
 
 
@@ -65,6 +66,8 @@ class Run:
     eval_set: EvalSet | None = None  # with --eval-data
     embed: Callable | None = None  # sentence embedder of creative evals
     bad_in_row: int = 0  # steps in a row whose update was skipped (non-finite loss or gradient)
+    replay: ReplayBuffer | None = None  # with --replay-steps: the completions of earlier fresh steps
+    fresh_steps: int = 0  # steps that sampled (the others replayed): where the prompt schedule stands
 
 
 def _set_learning_rates(optimizer, scheduler, base_lrs: list[float]) -> None:
@@ -146,11 +149,18 @@ def setup(cfg: TrainConfig) -> Run:
         state = ckpt.load_checkpoint(resume_path, model, head, optimizer, scheduler)
         run.start_step, run.resumed_from = state.step, resume_path
         run.log_z.initialized, run.bad_in_row = state.z_initialized, state.bad_steps_in_row
+        run.fresh_steps = state.step if state.fresh_steps is None else state.fresh_steps
+        if cfg.replay_steps:
+            run.replay = ckpt.load_replay(resume_path)
         # sizes halved after an out-of-memory error stay halved (and the draws stay those of the run so far)
         run.micro_batch.value = min(cfg.micro_batch_size, state.micro_batch_size or cfg.micro_batch_size)
         if state.sample_batch_size:
             run.sample_batch.value = min(cfg.sample_batch_size or state.sample_batch_size, state.sample_batch_size)
         _set_learning_rates(optimizer, scheduler, [cfg.lr, *(g["lr"] for g in head.param_groups(cfg.z_lr))])
+    if cfg.replay_steps and run.replay is None:
+        run.replay = ReplayBuffer(cfg.replay_size, cfg.replay_best)
+    elif run.replay is not None:  # resumed: this invocation's settings apply from now on
+        run.replay.capacity, run.replay.best_fraction = cfg.replay_size, cfg.replay_best
     freed = ckpt.tree_bytes(out) if cfg.overwrite and not resuming else 0  # the run --overwrite deletes
     ckpt.check_free_space(out, _disk_needed(cfg, run.start_step, sum(p.numel() for p in lora_params)) - freed)
     # Every input is valid by now: only here may --overwrite delete a previous run.

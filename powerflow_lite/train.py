@@ -39,6 +39,7 @@ from .evaluate import EVALS, before_after, training_metrics, write_training_eval
 from .faults import halve_on_oom
 from .metrics import mean, peak_rss_gib, reset_peak_rss, std
 from .model import trainable_parameters
+from .replay import replay_batch
 from .rewards import format_penalties
 from .run import Run, lr_lambda, setup  # noqa: F401 - setup and lr_lambda are re-exported: train.setup(cfg)
 from .sampling import Rollouts, SamplingSettings, sample_in_batches
@@ -84,20 +85,37 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         _reset_peak_memory(run.device)
         notes: list[str] = []  # said once, e.g. a batch halved after running out of memory
 
-        # --- 1. sample G completions per prompt from the policy (adapter on, temperature 1)
+        # --- 1. sample G completions per prompt from the policy (adapter on, temperature 1), or, on a replay
+        #        step (--replay-steps), take G stored completions of each of B prompts from the buffer
         started = time.perf_counter()
-        batch = prompt_indices(len(run.prompts), step, cfg.prompts_per_step, cfg.seed)
-        rollouts = _sample(run, [run.prompt_ids[i] for i in batch], settings, step, notes)
+        replayed = _replay_prompts(run, step)  # None: a fresh step
+        if replayed is None:
+            batch = prompt_indices(len(run.prompts), run.fresh_steps, cfg.prompts_per_step, cfg.seed)
+            rollouts = _sample(run, [run.prompt_ids[i] for i in batch], settings, step, notes)
+            run.fresh_steps += 1
+        else:
+            batch = replayed
+            entries = [entry for prompt in batch for entry in run.replay.draw(prompt, G)]
+            rollouts, stored_base, stored_psi, stored_features = replay_batch(
+                entries, run.prompt_ids, G, tokenizer.pad_token_id, run.device)
         texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
         sampled = _clock(run.device)
 
-        # --- 2. score without grad: log pi_old, log p_base (same weights, adapter off), psi(y)
-        old_logps, base_logps, features = _score(run, rollouts, notes)  # [N, L], [N, L], [N, H]
+        # --- 2. score without grad: log pi_old, log p_base (same weights, adapter off), psi(y); a replayed
+        #        completion keeps its log p_base, psi and features and needs only log pi under today's weights
         prompt_texts = [run.prompts[batch[g]]["prompt"] for g in rollouts.group_ids.tolist()]
-        formats = torch.tensor(format_penalties(run.psi, cfg.format_penalty, texts, prompt_texts),
-                               device=run.device)  # [N]
-        psi = formats - cfg.truncation_penalty * rollouts.truncated.float()  # [N]
+        if replayed is None:
+            old_logps, base_logps, features = _score(run, rollouts, notes)  # [N, L], [N, L], [N, H]
+            formats = torch.tensor(format_penalties(run.psi, cfg.format_penalty, texts, prompt_texts),
+                                   device=run.device)  # [N]
+            psi = formats - cfg.truncation_penalty * rollouts.truncated.float()  # [N]
+        else:
+            old_logps = _score(run, rollouts, notes, base=False)[0]  # [N, L]
+            base_logps, psi, features = stored_base, stored_psi, stored_features
+            formats = psi + cfg.truncation_penalty * rollouts.truncated.float()  # [N]
         scored_batch = ScoredBatch(rollouts, old_logps, base_logps, psi, features)
+        if replayed is None and run.replay is not None:
+            run.replay.add(scored_batch, batch, step + 1, cfg.alpha)
         mask = scored_batch.mask  # [N, L]
         scored = _clock(run.device)
 
@@ -137,11 +155,14 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
             "grad_norm": update.grad_norm,
             "update_skipped": int(update.skipped),
             "lr": run.scheduler.get_last_lr()[0],
-            "sample_tokens_per_s": sum(lengths) / max(sampled - started, 1e-9),
+            "sampled_tokens": 0 if replayed else sum(lengths),
+            "sample_tokens_per_s": float("nan") if replayed else sum(lengths) / max(sampled - started, 1e-9),
             "time_sample": sampled - started,
             "time_score": scored - sampled,
             "time_update": updated - scored,
         }
+        if run.replay is not None:
+            row["replayed"] = int(replayed is not None)
         if run.device.type == "cuda":
             row["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(run.device) / 2**30
         else:
@@ -172,6 +193,23 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         run.info["before_after" if isinstance(compared, dict) else "before_after_note"] = compared
 
 
+def _replay_prompts(run: Run, step: int) -> list[int] | None:
+    """The prompts a replay step draws from the buffer, or None for a fresh step.
+
+    With --replay-steps K, K steps replay after each fresh one (the first step is fresh); a replay step takes
+    up to --prompts-per-step prompts, chosen at random (a function of (seed, step)) among those with at least
+    two completions stored (a prompt with fewer than G distinct ones repeats them)."""
+    K = run.cfg.replay_steps
+    if run.replay is None or step % (K + 1) == 0:
+        return None
+    ready = run.replay.ready(min(2, run.cfg.samples_per_prompt))
+    if not ready:
+        return None
+    generator = torch.Generator().manual_seed(run.cfg.seed * 1_000_003 + step)
+    order = torch.randperm(len(ready), generator=generator)[:run.cfg.prompts_per_step]
+    return [ready[i] for i in order.tolist()]
+
+
 def _sample(run: Run, prompts: list[list[int]], settings: SamplingSettings, step: int, notes: list[str]) -> Rollouts:
     """G completions per prompt; out of memory, again with half as many per sampling call."""
     cfg = run.cfg
@@ -193,14 +231,15 @@ def _sample(run: Run, prompts: list[list[int]], settings: SamplingSettings, step
                         "lower --samples-per-prompt, --prompts-per-step or --max-new-tokens", notes)
 
 
-def _score(run: Run, rollouts: Rollouts, notes: list[str]) -> tuple[Tensor, Tensor, Tensor]:
-    """log pi_old [N, L] (from the sampler when it returns it), log p_base [N, L] and prompt features [N, H]."""
+def _score(run: Run, rollouts: Rollouts, notes: list[str], base: bool = True) -> tuple[Tensor, ...]:
+    """log pi_old [N, L] (from the sampler when it returns it), and with `base` log p_base [N, L] and prompt
+    features [N, H]."""
 
     def attempt(size: int):
         old = rollouts.sampled_logps  # the static sampler returns it; HF generate does not
         if old is None:
             old, _ = score(run.model, rollouts, size, adapter=True)
-        return old, *score(run.model, rollouts, size, adapter=False)
+        return (old, *score(run.model, rollouts, size, adapter=False)) if base else (old,)
 
     return halve_on_oom(attempt, run.micro_batch, len(rollouts), 1, "while scoring",
                         "lower --max-new-tokens (scoring holds one micro-batch's logits)", notes)
@@ -268,8 +307,8 @@ def _update(run: Run, batch: ScoredBatch, notes: list[str]) -> Update:
 
 def _save(run: Run, step: int) -> Path:
     state = ckpt.TrainerState(step, run.cfg.seed, run.log_z.initialized, run.bad_in_row, run.micro_batch.value,
-                              run.sample_batch.value)
-    path = ckpt.save_checkpoint(run.out, run.model, run.head, run.optimizer, run.scheduler, state)
+                              run.sample_batch.value, run.fresh_steps)
+    path = ckpt.save_checkpoint(run.out, run.model, run.head, run.optimizer, run.scheduler, state, run.replay)
     ckpt.prune_checkpoints(run.out, run.cfg.keep_checkpoints)
     return path
 

@@ -1,0 +1,157 @@
+"""The replay buffer: what it keeps and draws (by hand), and training on it (tiny model): schedule, exact resume."""
+
+import json
+
+import pytest
+import torch
+from helpers import untimed
+from safetensors.torch import load_file
+
+from powerflow_lite.batch import ScoredBatch
+from powerflow_lite.checkpoint import load_replay
+from powerflow_lite.config import TrainConfig
+from powerflow_lite.errors import PowerflowError
+from powerflow_lite.metrics import read_metrics
+from powerflow_lite.replay import ReplayBuffer, replay_batch
+from powerflow_lite.sampling import Rollouts
+from powerflow_lite.train import setup, train
+
+PAD = 0
+
+
+def scored(completions: list[list[int]], base: list[list[float]], psi: list[float], groups: list[int]) -> ScoredBatch:
+    """A ScoredBatch of hand-written completions (right-padded with PAD), prompts of two tokens."""
+    n, width = len(completions), max(len(c) for c in completions)
+    ids = torch.full((n, width), PAD)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    base_logps = torch.zeros((n, width))
+    for i, (c, b) in enumerate(zip(completions, base)):
+        ids[i, :len(c)], mask[i, :len(c)], base_logps[i, :len(c)] = torch.tensor(c), 1, torch.tensor(b)
+    rollouts = Rollouts(torch.ones((n, 2), dtype=torch.long), torch.ones((n, 2), dtype=torch.long), ids, mask,
+                        torch.tensor(groups), torch.zeros(n, dtype=torch.bool))
+    features = torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 3)  # [N, 3] row i holds i
+    return ScoredBatch(rollouts, base_logps - 0.5, base_logps, torch.tensor(psi), features)
+
+
+def test_add_scores_each_completion_by_its_target_per_token_and_merges_duplicates():
+    buffer = ReplayBuffer(capacity=8)
+    batch = scored([[5, 6], [7], [5, 6]], [[-1.0, -3.0], [-0.5], [-1.0, -3.0]], [0.0, -0.5, 0.0], [0, 0, 1])
+    buffer.add(batch, prompts=[10, 11], step=1, alpha=2.0)
+    # prompt 10: [5, 6] target 2 * ((-1 - 3) / 2 + 0) = -4; [7]: 2 * (-0.5 - 0.5) = -2.  prompt 11: [5, 6]
+    assert [e.target for e in buffer.entries[10]] == [-4.0, -2.0]
+    assert buffer.entries[10][0].behaviour_logps.tolist() == [-1.5, -3.5]  # old_logps: the sampling policy's
+    assert len(buffer.entries[11]) == 1 and len(buffer) == 3
+    buffer.add(scored([[7]], [[-0.5]], [-0.5], [0]), prompts=[10], step=2, alpha=2.0)  # [7] again: one copy
+    assert [(e.completion.tolist(), e.step) for e in buffer.entries[10]] == [([5, 6], 1), ([7], 2)]
+
+
+def test_eviction_keeps_the_best_half_and_otherwise_the_newest():
+    buffer = ReplayBuffer(capacity=4)
+    for step, base in enumerate([-1.0, -9.0, -0.1, -8.0, -7.0, -6.0], start=1):  # one completion a step
+        buffer.add(scored([[step]], [[base]], [0.0], [0]), prompts=[0], step=step, alpha=1.0)
+    # capacity 4: the 2 best (-0.1, -1.0) stay; of the rest the newest survive: -7.0 (step 5), -6.0 (step 6)
+    assert sorted(e.step for e in buffer.entries[0]) == [1, 3, 5, 6]
+
+
+def test_draw_takes_the_best_fraction_then_the_newest_and_repeats_when_short():
+    buffer = ReplayBuffer(capacity=8, best_fraction=0.5)
+    for step, base in enumerate([-1.0, -5.0, -0.2, -4.0, -3.0], start=1):
+        buffer.add(scored([[step]], [[base]], [0.0], [0]), prompts=[3], step=step, alpha=1.0)
+    drawn = buffer.draw(3, 4)
+    # best 2: steps 3 (-0.2) and 1 (-1.0); then the newest others: steps 5 and 4
+    assert [e.step for e in drawn] == [3, 1, 5, 4]
+    buffer.best_fraction = 0.0
+    assert [e.step for e in buffer.draw(3, 3)] == [5, 4, 3]  # only the newest
+    assert buffer.ready(5) == [3] and buffer.ready(6) == []
+    small = ReplayBuffer(capacity=8, best_fraction=0.0)
+    small.add(scored([[1], [2]], [[-1.0], [-2.0]], [0.0, 0.0], [0, 0]), prompts=[0], step=1, alpha=1.0)
+    assert [e.completion.tolist() for e in small.draw(0, 5)] == [[2], [1], [2], [1], [2]]  # newest first, cycled
+
+
+def test_state_round_trip_is_exact_and_replay_batch_rebuilds_the_rows():
+    buffer = ReplayBuffer(capacity=8, best_fraction=0.25)
+    buffer.add(scored([[5, 6, 9], [7]], [[-1.1, -3.3, -0.7], [-0.5]], [0.0, -0.5], [0, 1]), prompts=[2, 0], step=4,
+               alpha=3.0)
+    tensors, meta = buffer.state()
+    again = ReplayBuffer.from_state(tensors, meta)
+    assert (again.capacity, again.best_fraction) == (8, 0.25)
+    for prompt in (0, 2):
+        for a, b in zip(buffer.entries[prompt], again.entries[prompt]):
+            assert torch.equal(a.completion, b.completion) and torch.equal(a.base_logps, b.base_logps)
+            assert torch.equal(a.features, b.features) and (a.psi, a.target, a.step) == (b.psi, b.target, b.step)
+    entries = again.draw(2, 2) + again.draw(0, 2)  # two groups of G = 2 (each prompt has one, repeated)
+    rollouts, base, psi, features = replay_batch(entries, [[1], [2, 3], [4, 5, 6]], 2, PAD, torch.device("cpu"))
+    assert rollouts.completion_ids.tolist() == [[5, 6, 9], [5, 6, 9], [7, PAD, PAD], [7, PAD, PAD]]
+    assert rollouts.completion_mask.sum(-1).tolist() == [3, 3, 1, 1] and rollouts.group_ids.tolist() == [0, 0, 1, 1]
+    assert rollouts.prompt_ids.tolist() == [[4, 5, 6], [4, 5, 6], [PAD, PAD, 1], [PAD, PAD, 1]]  # left-padded
+    assert torch.equal(base[0], torch.tensor([-1.1, -3.3, -0.7])) and psi.tolist() == [0.0, 0.0, -0.5, -0.5]
+    assert features[:, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+# --- training on replayed completions (tiny model)
+
+
+def config(tiny_model_dir, prompts_file, output, **overrides):
+    values = dict(model=str(tiny_model_dir), alpha=2.0, prompts=str(prompts_file), output=str(output),
+                  quant="none", max_steps=6, prompts_per_step=2, samples_per_prompt=3, max_new_tokens=6,
+                  micro_batch_size=6, lr=1e-2, warmup_steps=0, save_every=2, show_every=0, replay_steps=2,
+                  replay_size=6)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_replay_steps_train_without_sampling(tiny_model_dir, prompts_file, tmp_path):
+    run = setup(config(tiny_model_dir, prompts_file, tmp_path / "run"))
+    lora_before = None
+    rows = []
+    for result in train(run):
+        lora = torch.cat([p.detach().flatten() for p in run.model.parameters() if p.requires_grad])
+        if lora_before is not None and result.metrics["replayed"]:
+            assert not torch.equal(lora, lora_before)  # a replay step updates the adapter
+        lora_before = lora.clone()
+        rows.append(result.metrics)
+    assert [r["replayed"] for r in rows] == [0, 1, 1, 0, 1, 1]
+    assert [r["sampled_tokens"] > 0 for r in rows] == [True, False, False, True, False, False]
+    assert all(r["sampled_tokens"] == 0 and r["time_score"] >= 0 for r in rows if r["replayed"])
+    assert run.fresh_steps == 2 and len(run.replay) > 0
+    assert all(abs(r["residual_mean"]) < 1e-5 for r in rows)  # --log-z batch: zero on replayed groups too
+    saved = load_replay(tmp_path / "run" / "checkpoint-6")
+    assert saved is not None and len(saved) == len(run.replay)
+
+
+def test_without_replay_the_prompt_schedule_and_rows_are_unchanged(tiny_model_dir, prompts_file, tmp_path):
+    rows = read_metrics_of(setup(config(tiny_model_dir, prompts_file, tmp_path / "a", replay_steps=0, max_steps=2)))
+    assert "replayed" not in rows[0] and all(r["sampled_tokens"] > 0 for r in rows)
+    assert not (tmp_path / "a" / "checkpoint-2" / "replay.safetensors").exists()
+    state = json.loads((tmp_path / "a" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["fresh_steps"] == 2
+
+
+def read_metrics_of(run):
+    list(train(run))
+    return read_metrics(run.out / "metrics.jsonl")
+
+
+def test_resume_with_a_buffer_ends_exactly_like_the_uninterrupted_run(tiny_model_dir, prompts_file, tmp_path):
+    list(train(setup(config(tiny_model_dir, prompts_file, tmp_path / "straight"))))
+    steps = train(setup(config(tiny_model_dir, prompts_file, tmp_path / "stopped")))
+    for result in steps:
+        if result.step == 3:  # a fresh step's completions reached the buffer after checkpoint-2: resume redoes it
+            break
+    steps.close()
+    resumed = setup(config(tiny_model_dir, prompts_file, tmp_path / "stopped", resume=True))
+    assert resumed.start_step == 2 and resumed.fresh_steps == 1 and len(resumed.replay) > 0
+    list(train(resumed))
+    for name in ("adapter_model.safetensors", "z_head.safetensors"):
+        straight, stopped = (load_file(tmp_path / run / "adapter" / name) for run in ("straight", "stopped"))
+        assert all(torch.equal(straight[key], stopped[key]) for key in straight)
+    assert untimed(read_metrics(tmp_path / "stopped" / "metrics.jsonl")) == \
+        untimed(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("objective", ["rl-traj", "rl-token"])
+def test_replay_refuses_the_on_policy_objectives(tiny_model_dir, prompts_file, tmp_path, objective):
+    with pytest.raises(PowerflowError, match="--replay-steps needs a trajectory-balance objective"):
+        config(tiny_model_dir, prompts_file, tmp_path / "run", objective=objective)
+    with pytest.raises(PowerflowError, match="--replay-size"):
+        config(tiny_model_dir, prompts_file, tmp_path / "run", replay_size=2)
