@@ -7,7 +7,7 @@ The model is built in code (no download) with the Qwen2.5 configuration of the
 named size and random weights, saved once as safetensors, then trained through
 the same `setup` / `train` the CLI uses: 8 prompts x 8 samples of 128-token
 prompts and 256 new tokens (`--ignore-eos`, so every completion has the same
-length), the setting of the reference figures in DESIGN section 6.
+length), the setting of the reference figures in docs/design.md section 6.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The output directory (DESIGN section 8): checkpoints written atomically, resume, final adapter.
+"""The output directory (docs/design.md section 8): checkpoints written atomically, resume, final adapter.
 
     OUT/config.yaml, OUT/metrics.jsonl
     OUT/checkpoint-N/   adapter_model.safetensors, adapter_config.json, z_head.safetensors,

@@ -100,8 +100,8 @@ class TrainConfig:
                                   "only): they skip sampling and the base pass. Trajectory-balance objectives only.")
     replay_size: int = option(16, "Completions kept per prompt for replay: the best by target log-prob per token "
                                   "and the most recent.")
-    replay_best: float = option(0.5, "Fraction of a prompt's replayed completions taken from its best; the rest "
-                                     "are its most recent.")
+    replay_best: float = option(0.0, "Fraction of a prompt's replayed completions taken from its best by target "
+                                     "log-prob; the rest are its most recent (0, the default, measured best).")
     seed: int = option(0, "Seed for prompt order, sampling and initialisation.")
     max_bad_steps: int = option(3, "A step whose loss or gradient is not finite is skipped (nothing applied); "
                                    "stop after this many in a row.")

@@ -17,7 +17,7 @@ Two regimes:
   stop token, plus the (V-s)^L that reach L without one (truncated). Their
   probabilities under a model sum to one, because sampling stops exactly there.
 
-The LA-TB fixed point (DESIGN section 3). With psi = 0, the `latb` residual is
+The LA-TB fixed point (docs/design.md section 3). With psi = 0, the `latb` residual is
 r(y) = log Z + (log pi(y) - alpha log p_base(y)) / |y|. Its loss, a weighted mean
 of r^2 over completions the policy samples, is zero exactly when r(y) = 0 for
 every y the policy can sample, that is when

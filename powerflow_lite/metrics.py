@@ -19,7 +19,8 @@ METRICS: dict[str, str] = {
                         "where log Z' should be (needs G >= 2).",
     "log_z_gap": "Mean of the head's log Z'(q) minus the batch estimate, before the update: how far the head lags "
                  "(with --log-z head the residual mean is about this; batch and hybrid then re-centre the head).",
-    "residual_mean": "Mean mismatch r (0 at the optimum; for rl-* it is -R = S_pi - alpha S_base).",
+    "residual_mean": "Mean mismatch r (0 at the optimum; for rl-* it is -R = S_pi - alpha (S_base + psi), per token "
+                     "for rl-token).",
     "residual_std": "Spread of r: what the loss is made of once the mean is absorbed by log Z.",
     "length_mean": "Mean completion length in tokens (EOS included).",
     "length_min": "Shortest completion.",
@@ -34,7 +35,9 @@ METRICS: dict[str, str] = {
     "update_skipped": "1 when the loss or gradient was not finite and the step's update was skipped (see "
                       "--max-bad-steps), else 0.",
     "lr": "LoRA learning rate after this step's scheduler update.",
-    "sample_tokens_per_s": "Generated tokens per second while sampling.",
+    "sampled_tokens": "Tokens the step sampled (0 on a replay step).",
+    "replayed": "With --replay-steps: 1 when the step trained on stored completions instead of fresh ones.",
+    "sample_tokens_per_s": "Generated tokens per second while sampling (nan on a replay step).",
     "time_sample": "Seconds spent sampling.",
     "time_score": "Seconds spent computing log pi_old, log p_base and psi.",
     "time_update": "Seconds spent in forward/backward/optimizer updates.",

@@ -1,4 +1,4 @@
-"""The training objectives of DESIGN section 3, as pure functions of tensors.
+"""The training objectives of docs/design.md section 3, as pure functions of tensors.
 
 Every objective takes the same keyword arguments and returns `(loss, stats)`:
 
@@ -11,7 +11,7 @@ Every objective takes the same keyword arguments and returns `(loss, stats)`:
     group_ids     [N]     which prompt each completion came from (the RL baselines use it)
     alpha, clip_eps       floats
     denominator           what the summed loss is divided by; the default makes it the
-                          mean of DESIGN section 3 over this batch. The trainer passes the
+                          mean of docs/design.md section 3 over this batch. The trainer passes the
                           whole step's count so that micro-batch losses add up to it exactly.
 
 `stats["residual"]` [N] is each completion's mismatch (the quantity that is

@@ -1,4 +1,4 @@
-"""log Z'(q): the learned head, each prompt's batch estimate, and which of them the loss uses (DESIGN section 4).
+"""log Z'(q): the learned head, each prompt's batch estimate, and which the loss uses (docs/design.md section 4).
 
     log_z = LogPartition(head, objective, mode="batch", z_init="batch", alpha=4.0, clip_eps=0.2)
     before = log_z.before_update(batch, G)        # start the head, re-centre it on the batch's estimates
@@ -11,9 +11,11 @@ its re-centring. The rest of this docstring is about the head itself.
 
 A small MLP on the masked mean of the prompt's last hidden states. The features
 come from the base pass (adapter off, no grad), so they are a fixed function of
-the prompt and the head never back-propagates into the LM. It is trained by the
-same loss as the adapter, with its own larger learning rate (`--z-lr`), and is
-saved beside the adapter as `z_head.safetensors`.
+the prompt and the head never back-propagates into the LM. With `--log-z head` or
+`hybrid` it is trained by the same loss as the adapter; with `batch` (the default)
+by regression on the prompts' batch estimates, re-centred on them every step. It
+has its own larger learning rate (`--z-lr`) and is saved beside the adapter as
+`z_head.safetensors`.
 
 Its output scale differs a lot between objectives (per token for `latb`, per
 sequence for `tb-traj`) and models, so the output bias starts at the value that
@@ -78,7 +80,7 @@ class LogZHead(nn.Module):
     @torch.no_grad()
     def recenter(self, predicted: Tensor, targets: Tensor) -> None:
         """Shift the output bias so that the head's mean over these prompts, `predicted` [B], becomes the
-        mean of `targets` [B] (their batch estimates): --log-z hybrid, every step."""
+        mean of `targets` [B] (their batch estimates): --log-z batch and hybrid, every step."""
         self.output.bias.add_((targets.float() - predicted.float()).mean())
 
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Format penalties psi(y) (DESIGN section 5), chosen by name with `--format-penalty`.
+"""Format penalties psi(y) (docs/design.md section 5), chosen by name with `--format-penalty`.
 
     boxed            -0.5 when the completion has no complete \\boxed{...}, else 0 (reasoning)
     none             0 for every completion (creative writing)

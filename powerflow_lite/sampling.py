@@ -1,7 +1,8 @@
 """Rollouts: G completions per prompt from the policy, by pure ancestral sampling.
 
-`sample()` is the one entry point the trainer and `powerflow sample` use, so a
-faster engine can replace Hugging Face `generate` behind it later.
+`sample()` wraps Hugging Face `generate` (`--sampler hf`); `engine.sample_static` is
+the other sampler (`--sampler static`); both return `Rollouts`, and the trainer,
+`powerflow sample` and `powerflow eval` pick one through `engine.SAMPLERS`.
 
 The maths assumes the behaviour policy is the model itself at temperature 1, so
 we hand `generate` a configuration in which nothing reshapes the distribution:

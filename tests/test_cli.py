@@ -51,13 +51,14 @@ def test_metrics_has_one_row_per_step_with_every_documented_key(trained):
     _, out, _ = trained
     rows = read_metrics(out / "metrics.jsonl")
     assert [row["step"] for row in rows] == [1, 2, 3]
-    cpu_keys = set(METRICS) - {"peak_gpu_mem_gib"}
+    cpu_keys = set(METRICS) - {"peak_gpu_mem_gib", "replayed"}  # a GPU's; a run with --replay-steps's
     assert all(cpu_keys <= set(row) for row in rows)
     assert all(0.1 < row["peak_rss_gib"] < 20 for row in rows)  # torch alone takes a few hundred MiB
     for row in rows:  # real figures, not placeholders
         assert 1 <= row["length_min"] <= row["length_mean"] <= row["length_max"] <= 8
         assert row["base_logp_per_token"] < 0 and row["policy_logp_per_token"] < 0
-        assert row["sample_tokens_per_s"] > 0
+        assert row["sample_tokens_per_s"] > 0 and row["sampled_tokens"] >= row["length_max"]
+        assert "replayed" not in row
 
 
 def test_saved_config_is_the_resolved_config(trained, tiny_model_dir):

@@ -44,3 +44,32 @@ def test_quick_study_writes_a_consistent_table(study_module, tmp_path, capsys):
     assert table.count("\n") == 2 + len(rows) and table in capsys.readouterr().out
     if importlib.util.find_spec("matplotlib"):
         assert (tmp_path / "exact_alpha.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+REPLAY = Path(__file__).resolve().parents[1] / "examples" / "replay_exact.py"
+
+
+@pytest.fixture(scope="module")
+def replay_module(study_module):
+    spec = importlib.util.spec_from_file_location("replay_exact", REPLAY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_replay_study_reads_tokens_and_attainment_off_the_curves(replay_module):
+    # on-policy: 300 tokens to KL 0.2 (from 1.0); replay: KL 0.25 at 100 tokens, 0.2 at 150, 0.1 at 200
+    problem = [2.0, "fixed", "x8", "two"]
+    runs = [{"problem": problem, "replay_steps": 0, "replay_best": 0.0, "target": "alpha", "seconds": 1.0,
+             "curve": [(0, 0, 1.0), (10, 100, 0.6), (20, 200, 0.3), (30, 300, 0.2)]},
+            {"problem": problem, "replay_steps": 2, "replay_best": 0.0, "target": "alpha", "seconds": 1.0,
+             "curve": [(0, 0, 1.0), (10, 100, 0.25), (20, 150, 0.2), (30, 200, 0.1)]}]
+    on, replay = replay_module.summarise(runs, {(2.0, "fixed", "x8", "two", "alpha"): 0.15})
+    assert on["tokens_ratio"] == 300 / 300 and replay["tokens_ratio"] == 300 / 150  # first reached at 150 tokens
+    assert replay["floor"] == 0.1  # lowered to what a run passed through
+    # a third of on-policy's 300 tokens is 100: replay's KL there is 0.25, on-policy's 0.6
+    assert replay["attained_third"] == pytest.approx((1.0 - 0.25) / (1.0 - 0.1))
+    assert on["attained_third"] == pytest.approx((1.0 - 0.6) / (1.0 - 0.1))
+    assert replay["attained_end"] == pytest.approx(1.0) and replay["sampled_tokens"] == 200
+    table = replay_module.markdown([on, replay], 30)
+    assert "| 2.0x |" in table and "| 100.0% / 83.3% |" in table

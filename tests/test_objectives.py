@@ -1,4 +1,4 @@
-"""Objectives against numbers worked out by hand, and the invariants DESIGN section 3 promises."""
+"""Objectives against numbers worked out by hand, and the invariants docs/design.md section 3 promises."""
 
 import math
 
