@@ -3,15 +3,17 @@
     OUT/config.yaml, OUT/metrics.jsonl
     OUT/checkpoint-N/   adapter_model.safetensors, adapter_config.json, z_head.safetensors,
                         optimizer.safetensors + optimizer.json, scheduler.json, trainer_state.json
+                        (+ replay.safetensors with --replay-steps)
     OUT/adapter/        the final adapter (PEFT format) + z_head.safetensors
 
 A checkpoint is written under a temporary name, synced to disk and renamed into
 place, and `trainer_state.json` is its last file, so a directory named
 checkpoint-N is always complete; old ones are renamed away before they are
 deleted (--keep-checkpoints). There is no data loader or RNG state to save: the
-prompts and the random draws of step s are functions of (seed, s) (see
-`data.prompt_indices` and `train.seed_step`), so the step number alone puts a
-resumed run back on track. Nothing is pickled: tensors go to safetensors, the
+random draws of step s are functions of (seed, s) (`train.seed_step`) and its
+prompts of (seed, fresh steps so far) (`data.prompt_indices`), so the step, the
+count of fresh steps (trainer_state.json) and, with --replay-steps, the buffer
+put a resumed run back on track. Nothing is pickled: tensors go to safetensors, the
 rest of the optimizer and scheduler state to JSON.
 """
 
@@ -368,9 +370,12 @@ def load_replay(path: Path):
     file = path / REPLAY_FILE
     if not file.is_file():
         return None
-    with safe_open(str(file), framework="pt") as handle:
-        meta = handle.metadata()
-    return ReplayBuffer.from_state(load_file(str(file)), meta)
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            meta = handle.metadata()
+        return ReplayBuffer.from_state(load_file(str(file)), meta)
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+        raise PowerflowError(f"the replay buffer {str(file)!r} cannot be read: {first_line(err)}") from None
 
 
 def _row_step(line: str) -> int | None:

@@ -31,8 +31,9 @@ and backward: no sampling and no base pass. The log-probs of the policy that
 sampled it are kept too (`behaviour_logps`), for diagnostics.
 
 What is kept per prompt (`capacity` completions at most, duplicates merged):
-the best by target log-prob per token, alpha (S_base/|y| + psi), the quantity
-LA-TB matches, and otherwise the most recent. A replay step draws, for each
+the best half by target log-prob per token, alpha (S_base/|y| + psi), the
+quantity LA-TB matches, and otherwise the most recent (so with a capacity below
+2 G, a prompt's G newest may include older best ones). A replay step draws, for each
 prompt, the `best_fraction` best and the most recent of the rest. The default
 draws the most recent only: on the exact problems (examples/replay_exact.py)
 half from the best ended further from the target at alpha 4 (KL 0.40 against
@@ -79,12 +80,18 @@ class ReplayBuffer:
         lengths = batch.mask.sum(-1).tolist()
         per_token_base = (batch.base_logps * batch.mask).sum(-1) / batch.mask.sum(-1).clamp(min=1)  # [N]
         targets = (alpha * (per_token_base + batch.psi)).tolist()
+        # one copy to the CPU for the whole batch; each entry then owns its rows (a view would keep the batch alive)
+        ids, base, old = (t.detach().cpu() for t in (batch.rollouts.completion_ids, batch.base_logps, batch.old_logps))
+        features, psi, truncated = batch.features.detach().float().cpu(), batch.psi.tolist(), batch.rollouts.truncated
+        finite = (torch.isfinite(base * batch.mask.cpu()).all(-1) & torch.isfinite(old * batch.mask.cpu()).all(-1)
+                  & torch.isfinite(torch.tensor(targets))).tolist()
         for row, (group, length) in enumerate(zip(batch.group_ids.tolist(), lengths)):
+            if not finite[row]:  # a row the step could not train on is not worth keeping
+                continue
             prompt = prompts[group]
-            entry = Entry(prompt, batch.rollouts.completion_ids[row, :length].cpu(),
-                          batch.base_logps[row, :length].float().cpu(), batch.old_logps[row, :length].float().cpu(),
-                          float(batch.psi[row]), batch.features[row].float().cpu(),
-                          bool(batch.rollouts.truncated[row]), targets[row], step)
+            entry = Entry(prompt, ids[row, :length].clone(), base[row, :length].float().clone(),
+                          old[row, :length].float().clone(), psi[row], features[row].clone(),
+                          bool(truncated[row]), targets[row], step)
             kept = self.entries.setdefault(prompt, [])
             same = [i for i, other in enumerate(kept) if torch.equal(other.completion, entry.completion)]
             if same:  # sampled again: one copy, now as recent as this step

@@ -21,6 +21,7 @@ from .config import TrainConfig
 from .config_files import to_yaml
 from .data import encode_prompts, load_prompts
 from .engine import resolve_sampler
+from .errors import PowerflowError
 from .evaluate import EvalSet, setup_training_eval
 from .faults import BatchSize
 from .metrics import MetricsLog
@@ -161,6 +162,9 @@ def setup(cfg: TrainConfig) -> Run:
         run.replay = ReplayBuffer(cfg.replay_size, cfg.replay_best)
     elif run.replay is not None:  # resumed: this invocation's settings apply from now on
         run.replay.capacity, run.replay.best_fraction = cfg.replay_size, cfg.replay_best
+        if any(prompt >= len(rows) for prompt in run.replay.entries):
+            raise PowerflowError(f"the replay buffer of {resume_path} holds prompts beyond the {len(rows)} of "
+                                 f"{cfg.prompts}: was the prompt file changed? Resume with the run's own prompts")
     freed = ckpt.tree_bytes(out) if cfg.overwrite and not resuming else 0  # the run --overwrite deletes
     ckpt.check_free_space(out, _disk_needed(cfg, run.start_step, sum(p.numel() for p in lora_params)) - freed)
     # Every input is valid by now: only here may --overwrite delete a previous run.

@@ -8,8 +8,10 @@
 without the loop knowing about terminals. Nothing here prints.
 
 Reproducibility: step s reseeds torch from (seed, s) and takes the prompts
-`data.prompt_indices(seed, s)`, so a run resumed from checkpoint-s draws exactly
-what the uninterrupted run would have drawn.
+`data.prompt_indices(seed, f)`, f the number of steps that sampled before it
+(all of them without --replay-steps); a replay step draws its prompts from
+(seed, s) and the buffer. A checkpoint holds f and the buffer, so a run resumed
+from checkpoint-s draws exactly what the uninterrupted run would have drawn.
 
 Faults (faults.py): a CUDA out-of-memory error halves the sampling batch or the
 micro-batch and retries the stage; a step whose loss or gradient is not finite
@@ -88,6 +90,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         # --- 1. sample G completions per prompt from the policy (adapter on, temperature 1), or, on a replay
         #        step (--replay-steps), take G stored completions of each of B prompts from the buffer
         started = time.perf_counter()
+        seed_step(cfg.seed, step)  # a replay step's random draws (dropout) too are a function of (seed, step)
         replayed = _replay_prompts(run, step)  # None: a fresh step
         if replayed is None:
             batch = prompt_indices(len(run.prompts), run.fresh_steps, cfg.prompts_per_step, cfg.seed)
@@ -96,7 +99,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         else:
             batch = replayed
             entries = [entry for prompt in batch for entry in run.replay.draw(prompt, G)]
-            rollouts, stored_base, stored_psi, stored_features = replay_batch(
+            rollouts, stored_base, _, stored_features = replay_batch(
                 entries, run.prompt_ids, G, tokenizer.pad_token_id, run.device)
         texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
         sampled = _clock(run.device)
@@ -106,13 +109,13 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         prompt_texts = [run.prompts[batch[g]]["prompt"] for g in rollouts.group_ids.tolist()]
         if replayed is None:
             old_logps, base_logps, features = _score(run, rollouts, notes)  # [N, L], [N, L], [N, H]
-            formats = torch.tensor(format_penalties(run.psi, cfg.format_penalty, texts, prompt_texts),
-                                   device=run.device)  # [N]
-            psi = formats - cfg.truncation_penalty * rollouts.truncated.float()  # [N]
         else:
             old_logps = _score(run, rollouts, notes, base=False)[0]  # [N, L]
-            base_logps, psi, features = stored_base, stored_psi, stored_features
-            formats = psi + cfg.truncation_penalty * rollouts.truncated.float()  # [N]
+            base_logps, features = stored_base, stored_features
+        # psi under this invocation's --format-penalty and --truncation-penalty, replayed completions included
+        formats = torch.tensor(format_penalties(run.psi, cfg.format_penalty, texts, prompt_texts),
+                               device=run.device)  # [N]
+        psi = formats - cfg.truncation_penalty * rollouts.truncated.float()  # [N]
         scored_batch = ScoredBatch(rollouts, old_logps, base_logps, psi, features)
         if replayed is None and run.replay is not None:
             run.replay.add(scored_batch, batch, step + 1, cfg.alpha)

@@ -132,14 +132,16 @@ def read_metrics_of(run):
     return read_metrics(run.out / "metrics.jsonl")
 
 
-def test_resume_with_a_buffer_ends_exactly_like_the_uninterrupted_run(tiny_model_dir, prompts_file, tmp_path):
-    list(train(setup(config(tiny_model_dir, prompts_file, tmp_path / "straight"))))
-    steps = train(setup(config(tiny_model_dir, prompts_file, tmp_path / "stopped")))
+@pytest.mark.parametrize("dropout", [0.0, 0.1])  # with dropout, a replay step's random draws must be (seed, step)'s
+def test_resume_with_a_buffer_ends_exactly_like_the_uninterrupted_run(tiny_model_dir, prompts_file, tmp_path,
+                                                                      dropout):
+    list(train(setup(config(tiny_model_dir, prompts_file, tmp_path / "straight", lora_dropout=dropout))))
+    steps = train(setup(config(tiny_model_dir, prompts_file, tmp_path / "stopped", lora_dropout=dropout)))
     for result in steps:
         if result.step == 3:  # a fresh step's completions reached the buffer after checkpoint-2: resume redoes it
             break
     steps.close()
-    resumed = setup(config(tiny_model_dir, prompts_file, tmp_path / "stopped", resume=True))
+    resumed = setup(config(tiny_model_dir, prompts_file, tmp_path / "stopped", resume=True, lora_dropout=dropout))
     assert resumed.start_step == 2 and resumed.fresh_steps == 1 and len(resumed.replay) > 0
     list(train(resumed))
     for name in ("adapter_model.safetensors", "z_head.safetensors"):
@@ -155,3 +157,12 @@ def test_replay_refuses_the_on_policy_objectives(tiny_model_dir, prompts_file, t
         config(tiny_model_dir, prompts_file, tmp_path / "run", objective=objective)
     with pytest.raises(PowerflowError, match="--replay-size"):
         config(tiny_model_dir, prompts_file, tmp_path / "run", replay_size=2)
+
+
+def test_add_skips_rows_that_are_not_finite_and_owns_its_tensors():
+    buffer = ReplayBuffer(capacity=8)
+    batch = scored([[5, 6], [7]], [[-1.0, float("-inf")], [-0.5]], [0.0, 0.0], [0, 0])
+    buffer.add(batch, prompts=[0], step=1, alpha=2.0)
+    [entry] = buffer.entries[0]  # the row with a -inf base log-prob is not kept
+    assert entry.completion.tolist() == [7]
+    assert entry.completion.untyped_storage().nbytes() == 8  # its own copy, not a view of the step's batch
