@@ -60,8 +60,9 @@ class TrainConfig:
     max_new_tokens: int = option(256, "Longest completion; longer ones are cut and counted as truncated.")
     min_new_tokens: int = option(0, "Forbid EOS before this many tokens (makes EOS sampling off-policy).")
     ignore_eos: bool = option(False, "Never stop at EOS: every completion is --max-new-tokens long.")
-    temperature: float = option(1.0, "Sampling temperature; the maths assumes 1.")
-    top_p: float = option(1.0, "Nucleus sampling; the maths assumes 1.")
+    temperature: float = option(1.0, "Sampling temperature: the rl-* objectives assume 1; the trajectory-balance "
+                                      "ones keep their target at another.")
+    top_p: float = option(1.0, "Nucleus sampling; the maths assumes 1 (less removes completions from the support).")
     sampler: str = option("auto", "hf: Hugging Face generate; static: our static-cache decode loop, which returns "
                           "log pi_old with the samples (no scoring pass for it); auto: static on the CPU, where it is "
                           "faster, hf on a GPU.", choices=("auto", "hf", "static"))
@@ -174,9 +175,13 @@ class TrainConfig:
     def warnings(self) -> list[str]:
         """Settings that are allowed but bend the maths."""
         notes = []
-        if self.temperature != 1.0 or self.top_p != 1.0:
+        if self.top_p != 1.0 or (self.temperature != 1.0 and OBJECTIVES[self.objective].grouped):
             notes.append(f"sampling with temperature={self.temperature}, top_p={self.top_p}: the behaviour policy is "
                          "then not the policy itself, so the objective no longer targets p_base^alpha exactly")
+        elif self.temperature != 1.0:
+            notes.append(f"sampling with temperature={self.temperature}: --objective {self.objective} keeps its "
+                         "target (a trajectory-balance fixed point does not depend on which completions it is "
+                         "shown, docs/design.md section 12), but it is shown other completions than the policy's")
         if self.log_z in ("batch", "hybrid") and not OBJECTIVES[self.objective].uses_log_z:
             notes.append(f"--log-z {self.log_z} has no effect with --objective {self.objective}, which has no log Z")
         if self.z_init == "zero" and self.resolved_log_z != "head" and OBJECTIVES[self.objective].uses_log_z:

@@ -57,7 +57,10 @@ def test_boundary_values_are_allowed():
 def test_warnings():
     assert train_config().warnings() == []
     notes = train_config(temperature=0.7).warnings()
-    assert len(notes) == 1 and "temperature=0.7" in notes[0]
+    assert len(notes) == 1 and "temperature=0.7" in notes[0] and "keeps its target" in notes[0]  # latb: off-policy
+    notes = train_config(temperature=0.7, objective="rl-traj").warnings()  # REINFORCE is right only on-policy
+    assert len(notes) == 1 and "no longer targets p_base^alpha" in notes[0]
+    assert any("no longer targets" in n for n in train_config(top_p=0.9).warnings())  # top-p removes support
     assert any("--min-new-tokens" in note for note in train_config(min_new_tokens=2).warnings())
     # settings that do nothing where they are: said, not silently ignored
     assert any("--z-init zero has no effect with --log-z batch" in n for n in train_config(z_init="zero").warnings())
