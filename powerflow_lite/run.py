@@ -166,7 +166,8 @@ def setup(cfg: TrainConfig) -> Run:
             raise PowerflowError(f"the replay buffer of {resume_path} holds prompts beyond the {len(rows)} of "
                                  f"{cfg.prompts}: was the prompt file changed? Resume with the run's own prompts")
     freed = ckpt.tree_bytes(out) if cfg.overwrite and not resuming else 0  # the run --overwrite deletes
-    ckpt.check_free_space(out, _disk_needed(cfg, run.start_step, sum(p.numel() for p in lora_params)) - freed)
+    ckpt.check_free_space(out, _disk_needed(cfg, run.start_step, sum(p.numel() for p in lora_params), len(rows),
+                                            head.hidden_size) - freed)
     # Every input is valid by now: only here may --overwrite delete a previous run.
     ckpt.create_output_dir(out, resume=resuming, overwrite=cfg.overwrite)
     if resuming:  # rows after the checkpoint (all rows, when there is none) are redone
@@ -188,10 +189,13 @@ def setup(cfg: TrainConfig) -> Run:
     return run
 
 
-def _disk_needed(cfg: TrainConfig, start_step: int, trainable: int) -> int:
-    """Bytes the checkpoints and final adapter of this invocation will take (at most keep + 1 at once)."""
+def _disk_needed(cfg: TrainConfig, start_step: int, trainable: int, prompts: int = 0, hidden_size: int = 0) -> int:
+    """Bytes the checkpoints and final adapter of this invocation will take (at most keep + 1 at once), with
+    --replay-steps a full buffer in each checkpoint (its rows padded to --max-new-tokens: ids, two log-probs)."""
     steps = cfg.max_steps - start_step
     count = steps // cfg.save_every + 1 if cfg.save_every else 1
     if cfg.keep_checkpoints:
         count = min(count, cfg.keep_checkpoints + 1)
-    return count * ckpt.checkpoint_bytes(trainable) + 4 * trainable
+    entry = 16 * cfg.max_new_tokens + 4 * hidden_size + 48  # int64 ids, float32 log-probs x 2, features, scalars
+    replay = prompts * cfg.replay_size * entry if cfg.replay_steps else 0
+    return count * (ckpt.checkpoint_bytes(trainable) + replay) + 4 * trainable

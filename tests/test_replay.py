@@ -166,3 +166,13 @@ def test_add_skips_rows_that_are_not_finite_and_owns_its_tensors():
     [entry] = buffer.entries[0]  # the row with a -inf base log-prob is not kept
     assert entry.completion.tolist() == [7]
     assert entry.completion.untyped_storage().nbytes() == 8  # its own copy, not a view of the step's batch
+
+
+def test_the_disk_check_counts_a_full_buffer_in_every_checkpoint(tiny_model_dir, prompts_file, tmp_path):
+    from powerflow_lite.run import _disk_needed
+
+    cfg = config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=10, save_every=5, keep_checkpoints=0)
+    without = _disk_needed(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=10, save_every=5,
+                                  replay_steps=0), 0, 1000, 100, 64)
+    # 3 checkpoints (5, 10 and the last), each with 100 prompts x 6 entries of 16 x 6 + 4 x 64 + 48 bytes
+    assert _disk_needed(cfg, 0, 1000, 100, 64) - without == 3 * 100 * 6 * (16 * 6 + 4 * 64 + 48)
