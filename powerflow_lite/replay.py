@@ -3,7 +3,7 @@
     buffer = ReplayBuffer(capacity=16, best_fraction=0.0)
     buffer.add(batch, prompts, step, alpha)       # after a fresh step is scored
     entries = [e for p in chosen_prompts for e in buffer.draw(p, G)]   # on a replay step (train.py chooses)
-    rollouts, base_logps, psi, features = replay_batch(entries, prompt_ids, G, pad_id, device)
+    rollouts, base_logps, features = replay_batch(entries, prompt_ids, G, pad_id, device)
 
 Why this is allowed. Every trajectory-balance objective here (latb, tb-traj,
 tb-token) is a regression: it drives the residual
@@ -42,7 +42,6 @@ half from the best ended further from the target at alpha 4 (KL 0.40 against
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import torch
@@ -161,9 +160,6 @@ class ReplayBuffer:
             buffer.entries.setdefault(entry.prompt, []).append(entry)
         return buffer
 
-    def summary(self) -> str:
-        return json.dumps({"completions": len(self), "prompts": len(self.entries)})
-
 
 def _best(kept: list[Entry], count: int) -> list[int]:
     """Indices of the `count` highest targets (the newer first among equals)."""
@@ -172,9 +168,9 @@ def _best(kept: list[Entry], count: int) -> list[int]:
 
 
 def replay_batch(entries: list[Entry], prompt_ids: list[list[int]], group_size: int, pad_id: int,
-                 device: torch.device) -> tuple[Rollouts, Tensor, Tensor, Tensor]:
+                 device: torch.device) -> tuple[Rollouts, Tensor, Tensor]:
     """Stored completions as a step's rows (consecutive groups of `group_size`, one per prompt):
-    -> rollouts, base log-probs [N, L], psi [N], features [N, H]."""
+    -> rollouts, base log-probs [N, L], features [N, H]. (psi is recomputed under the run's current penalties.)"""
     prompt_rows, prompt_mask = left_pad([prompt_ids[e.prompt] for e in entries], pad_id, device)
     width = max(len(e.completion) for e in entries)
     completion = torch.full((len(entries), width), pad_id, dtype=torch.long)
@@ -186,6 +182,5 @@ def replay_batch(entries: list[Entry], prompt_ids: list[list[int]], group_size: 
     rollouts = Rollouts(prompt_rows, prompt_mask, completion.to(device), mask.to(device),
                         group_ids_of(len(entries) // group_size, group_size, device),
                         torch.tensor([e.truncated for e in entries], device=device))
-    psi = torch.tensor([e.psi for e in entries], dtype=torch.float32, device=device)
     features = torch.stack([e.features for e in entries]).to(device)
-    return rollouts, base.to(device), psi, features
+    return rollouts, base.to(device), features

@@ -99,7 +99,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         else:
             batch = replayed
             entries = [entry for prompt in batch for entry in run.replay.draw(prompt, G)]
-            rollouts, stored_base, _, stored_features = replay_batch(
+            rollouts, stored_base, stored_features = replay_batch(
                 entries, run.prompt_ids, G, tokenizer.pad_token_id, run.device)
         texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
         sampled = _clock(run.device)

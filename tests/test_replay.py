@@ -80,7 +80,8 @@ def test_state_round_trip_is_exact_and_replay_batch_rebuilds_the_rows():
             assert torch.equal(a.completion, b.completion) and torch.equal(a.base_logps, b.base_logps)
             assert torch.equal(a.features, b.features) and (a.psi, a.target, a.step) == (b.psi, b.target, b.step)
     entries = again.draw(2, 2) + again.draw(0, 2)  # two groups of G = 2 (each prompt has one, repeated)
-    rollouts, base, psi, features = replay_batch(entries, [[1], [2, 3], [4, 5, 6]], 2, PAD, torch.device("cpu"))
+    rollouts, base, features = replay_batch(entries, [[1], [2, 3], [4, 5, 6]], 2, PAD, torch.device("cpu"))
+    psi = torch.tensor([e.psi for e in entries])  # kept per entry (for the target); the loop recomputes it
     assert rollouts.completion_ids.tolist() == [[5, 6, 9], [5, 6, 9], [7, PAD, PAD], [7, PAD, PAD]]
     assert rollouts.completion_mask.sum(-1).tolist() == [3, 3, 1, 1] and rollouts.group_ids.tolist() == [0, 0, 1, 1]
     assert rollouts.prompt_ids.tolist() == [[4, 5, 6], [4, 5, 6], [PAD, PAD, 1], [PAD, PAD, 1]]  # left-padded
