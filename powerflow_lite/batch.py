@@ -1,15 +1,19 @@
 """A step's scored completions: what the objectives consume and the update iterates over.
 
-    batch = ScoredBatch(rollouts, old_logps, base_logps, psi, features)
+    batch = ScoredBatch(rollouts, old_logps, base_logps, psi, features, behaviour_logps)
     for rows in micro_batches(len(batch), size, G):
         part = batch.select(rows)
         loss, stats = objective.loss(policy_logps=..., log_z=..., **part.objective_inputs(), alpha=a, clip_eps=e)
 
 Everything in it is fixed once the completions are sampled and scored: the
-tokens, the behaviour policy's log-probs (`old_logps`, what the importance
-weight divides by), the base model's log-probs, psi and the prompts' features.
-Only the policy's log-probs change as the adapter trains, and those are
-recomputed from `rollouts` under grad.
+tokens, the policy's log-probs before the update (`old_logps`, at temperature 1:
+what the importance weight of --inner-epochs divides by), the base model's
+log-probs, psi, the prompts' features, and the log-probs of the distribution
+that drew each token (`behaviour_logps`: the policy at the row's sampling
+temperature when it was sampled, which differs from `old_logps` for explored
+rows and for replayed ones; the buffer keeps them, and the `behaviour_log_ratio`
+metric reports how far the rows are from on-policy). Only the policy's log-probs
+change as the adapter trains, and those are recomputed from `rollouts` under grad.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class ScoredBatch:
     base_logps: Tensor  # [N, L] log p_base, adapter off (no grad)
     psi: Tensor  # [N] psi(y): format penalties minus the truncation penalty
     features: Tensor  # [N, H] the prompt's features for the log Z' head (adapter off, detached)
+    behaviour_logps: Tensor  # [N, L] log-prob of each token under the distribution that drew it (no grad)
 
     @property
     def mask(self) -> Tensor:  # [N, L] 1 on completion tokens

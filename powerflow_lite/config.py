@@ -102,7 +102,14 @@ class TrainConfig:
     replay_size: int = option(16, "Completions kept per prompt for replay: the best by target log-prob per token "
                                   "and the most recent.")
     replay_best: float = option(0.0, "Fraction of a prompt's replayed completions taken from its best by target "
-                                     "log-prob; the rest are its most recent (0, the default, measured best).")
+                                     "log-prob, and of --replay-size kept for them; the rest are its most recent "
+                                     "(0, the default, measured best).")
+    replay_window: int = option(0, "Replay only prompts sampled in the last N steps (0: any prompt in the buffer).")
+    explore_temperature: float = option(1.0, "Sample --explore-fraction of each prompt's completions at this "
+                                             "temperature (1: no exploration); e.g. 1/alpha. Trajectory-balance "
+                                             "objectives only: their target does not change.")
+    explore_fraction: float = option(0.25, "Share of each prompt's --samples-per-prompt drawn at "
+                                           "--explore-temperature (at least one).")
     seed: int = option(0, "Seed for prompt order, sampling and initialisation.")
     max_bad_steps: int = option(3, "A step whose loss or gradient is not finite is skipped (nothing applied); "
                                    "stop after this many in a row.")
@@ -132,9 +139,9 @@ class TrainConfig:
         _check_ranges(self, positive=("alpha", "prompts_per_step", "samples_per_prompt", "max_new_tokens",
                                       "lora_r", "lora_alpha", "max_steps", "lr", "z_lr", "z_hidden",
                                       "micro_batch_size", "inner_epochs", "temperature", "max_bad_steps",
-                                      "replay_size"),
+                                      "replay_size", "explore_temperature"),
                       non_negative=("min_new_tokens", "weight_decay", "truncation_penalty", "warmup_steps",
-                                    "replay_steps",
+                                    "replay_steps", "replay_window",
                                     "max_grad_norm", "save_every", "show_every", "seed", "eval_every", "eval_limit",
                                     "sample_batch_size", "keep_checkpoints"))
         _check_choices(self)
@@ -161,9 +168,22 @@ class TrainConfig:
                                  f"({self.samples_per_prompt}) completions: a replayed prompt brings that many")
         if not 0 <= self.replay_best <= 1:
             raise PowerflowError(f"--replay-best must be in [0, 1], got {self.replay_best}")
+        if not 0 < self.explore_fraction <= 1:
+            raise PowerflowError(f"--explore-fraction must be in (0, 1], got {self.explore_fraction}")
+        if self.explore_temperature != 1.0 and OBJECTIVES[self.objective].grouped:
+            raise PowerflowError(f"--explore-temperature needs a trajectory-balance objective: --objective "
+                                 f"{self.objective} is an on-policy estimator, right only for completions the policy "
+                                 "samples at temperature 1")
         if self.log_z in ("batch", "hybrid") and self.samples_per_prompt < 2:
             raise PowerflowError(f"--log-z {self.log_z} estimates log Z from a prompt's completions: "
                                  "needs --samples-per-prompt >= 2")
+
+    @property
+    def explored_per_prompt(self) -> int:
+        """How many of a prompt's G completions are sampled at --explore-temperature (0: no exploration)."""
+        if self.explore_temperature == 1.0:
+            return 0
+        return min(self.samples_per_prompt, max(1, round(self.samples_per_prompt * self.explore_fraction)))
 
     @property
     def resolved_log_z(self) -> str:

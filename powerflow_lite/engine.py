@@ -105,6 +105,8 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
     cache = StaticCache(config=config, max_cache_len=P + L)
     tokens = torch.full((N, L), tokenizer.pad_token_id, dtype=torch.long, device=device)  # [N, L]
     logps = torch.zeros(N, L, dtype=torch.float32, device=device)  # [N, L]
+    # at another temperature, the log-probs of the distribution the tokens are drawn from (the behaviour policy)
+    behaviour = None if settings.temperature == 1.0 else torch.zeros(N, L, dtype=torch.float32, device=device)
     stopped = torch.zeros(N, dtype=torch.bool, device=device)  # [N] ended by a stop id (not by the length limit)
     lengths = torch.full((N,), L, dtype=torch.long, device=device)  # [N]
     # The decode batch: `batch` [n] holds the output rows still in it, in cache order.
@@ -122,13 +124,16 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
         logits = logits[expand]  # [N, V]
         for t in range(L):
             log_probs = torch.log_softmax(logits.float(), dim=-1)  # [n, V] the policy at temperature 1
-            scores = log_probs / settings.temperature if settings.temperature != 1.0 else log_probs
+            tempered = log_probs if behaviour is None else torch.log_softmax(log_probs / settings.temperature, -1)
+            scores = tempered
             if t < settings.min_new_tokens and len(stop_ids):
                 scores = scores.index_fill(-1, stops, float("-inf"))
             token = scores.argmax(-1) if greedy else draw(torch.softmax(scores, dim=-1))  # [n]
             token = torch.where(done, torch.full_like(token, tokenizer.pad_token_id), token)
             tokens[batch, t] = token
             logps[batch, t] = torch.where(done, 0.0, log_probs.gather(-1, token[:, None]).squeeze(-1))
+            if behaviour is not None:
+                behaviour[batch, t] = torch.where(done, 0.0, tempered.gather(-1, token[:, None]).squeeze(-1))
             if len(stop_ids):
                 hit = ~done & torch.isin(token, stops)  # [n]
                 lengths[batch[hit]] = t + 1
@@ -149,8 +154,10 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
     completion_mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()  # [N, L']
     completion_ids = tokens[:, :width].masked_fill(completion_mask == 0, tokenizer.pad_token_id)
     group_ids = group_ids_of(len(prompts), samples_per_prompt, device)
+    sampled_logps = logps[:, :width] * completion_mask
     return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, group_ids, ~stopped,
-                    sampled_logps=logps[:, :width] * completion_mask)
+                    sampled_logps=sampled_logps, temperature=torch.full((N,), settings.temperature, device=device),
+                    behaviour_logps=sampled_logps if behaviour is None else behaviour[:, :width] * completion_mask)
 
 
 SAMPLERS = {"hf": sample, "static": sample_static}  # the names of --sampler

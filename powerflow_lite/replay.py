@@ -51,6 +51,7 @@ from .batch import ScoredBatch
 from .sampling import Rollouts, group_ids_of, left_pad
 
 FILENAME = "replay.safetensors"
+FORMAT = "2"  # completions concatenated (int32 ids) with offsets, features once per prompt
 
 
 @dataclass(frozen=True)
@@ -58,17 +59,18 @@ class Entry:
     prompt: int  # index of the prompt in the run's prompt list
     completion: Tensor  # [l] token ids, EOS included when it was emitted
     base_logps: Tensor  # [l] log p_base of each token
-    behaviour_logps: Tensor  # [l] log-prob under the policy that sampled it, when it was sampled
+    behaviour_logps: Tensor  # [l] log-prob of each token under the distribution that drew it (its temperature)
     psi: float
     features: Tensor  # [H] the prompt's features (adapter off)
     truncated: bool  # cut at --max-new-tokens
     target: float  # alpha (S_base/|y| + psi): what `best` ranks by
     step: int  # the step that sampled it (1-based): what `recent` ranks by
+    temperature: float = 1.0  # the temperature it was sampled at (--explore-temperature for explored rows)
 
 
 class ReplayBuffer:
-    def __init__(self, capacity: int, best_fraction: float = 0.0):
-        self.capacity, self.best_fraction = capacity, best_fraction
+    def __init__(self, capacity: int, best_fraction: float = 0.0, window: int = 0):
+        self.capacity, self.best_fraction, self.window = capacity, best_fraction, window
         self.entries: dict[int, list[Entry]] = {}  # prompt index -> its completions, oldest first
 
     def __len__(self) -> int:
@@ -80,17 +82,20 @@ class ReplayBuffer:
         per_token_base = (batch.base_logps * batch.mask).sum(-1) / batch.mask.sum(-1).clamp(min=1)  # [N]
         targets = (alpha * (per_token_base + batch.psi)).tolist()
         # one copy to the CPU for the whole batch; each entry then owns its rows (a view would keep the batch alive)
-        ids, base, old = (t.detach().cpu() for t in (batch.rollouts.completion_ids, batch.base_logps, batch.old_logps))
+        ids, base, behaviour = (t.detach().cpu() for t in (batch.rollouts.completion_ids, batch.base_logps,
+                                                           batch.behaviour_logps))
         features, psi, truncated = batch.features.detach().float().cpu(), batch.psi.tolist(), batch.rollouts.truncated
-        finite = (torch.isfinite(base * batch.mask.cpu()).all(-1) & torch.isfinite(old * batch.mask.cpu()).all(-1)
+        temperatures = batch.rollouts.temperatures().tolist()
+        mask = batch.mask.cpu()
+        finite = (torch.isfinite(base * mask).all(-1) & torch.isfinite(behaviour * mask).all(-1)
                   & torch.isfinite(torch.tensor(targets))).tolist()
         for row, (group, length) in enumerate(zip(batch.group_ids.tolist(), lengths)):
             if not finite[row]:  # a row the step could not train on is not worth keeping
                 continue
             prompt = prompts[group]
             entry = Entry(prompt, ids[row, :length].clone(), base[row, :length].float().clone(),
-                          old[row, :length].float().clone(), psi[row], features[row].clone(),
-                          bool(truncated[row]), targets[row], step)
+                          behaviour[row, :length].float().clone(), psi[row], features[row].clone(),
+                          bool(truncated[row]), targets[row], step, temperatures[row])
             kept = self.entries.setdefault(prompt, [])
             same = [i for i, other in enumerate(kept) if torch.equal(other.completion, entry.completion)]
             if same:  # sampled again: one copy, now as recent as this step
@@ -99,15 +104,19 @@ class ReplayBuffer:
             self._evict(kept)
 
     def _evict(self, kept: list[Entry]) -> None:
-        """Over capacity: drop the oldest completion that is not among the best half."""
+        """Over capacity: drop the oldest completion that is not among the best `best_fraction` of the capacity
+        (with the default 0, simply the oldest)."""
         while len(kept) > self.capacity:
-            best = set(_best(kept, self.capacity // 2))
+            best = set(_best(kept, round(self.capacity * self.best_fraction)))
             oldest = next(i for i in range(len(kept)) if i not in best)
             del kept[oldest]
 
-    def ready(self, count: int) -> list[int]:
-        """Prompts with at least `count` completions stored, in increasing order."""
-        return sorted(prompt for prompt, kept in self.entries.items() if len(kept) >= count)
+    def ready(self, count: int, done: int) -> list[int]:
+        """Prompts with at least `count` completions stored and, with a `window`, some sampled in the last `window`
+        of the `done` steps completed so far, in increasing order."""
+        oldest = done - self.window if self.window else -1  # entries record their 1-based step
+        return sorted(prompt for prompt, kept in self.entries.items()
+                      if len(kept) >= count and max(e.step for e in kept) > oldest)
 
     def draw(self, prompt: int, count: int) -> list[Entry]:
         """`count` of a prompt's completions: the best `best_fraction` by target, then the most recent of the rest;
@@ -118,46 +127,47 @@ class ReplayBuffer:
         picked = [kept[i] for i in chosen + rest][:count]
         return [picked[i % len(picked)] for i in range(count)]
 
-    # --- checkpoints: every entry in one safetensors file, padded, plus its settings
+    # --- checkpoints: one safetensors file, the completions concatenated, plus the buffer's settings
 
     def state(self) -> tuple[dict[str, Tensor], dict[str, str]]:
         entries = [entry for prompt in sorted(self.entries) for entry in self.entries[prompt]]
-        meta = {"capacity": str(self.capacity), "best_fraction": repr(self.best_fraction), "count": str(len(entries))}
+        meta = {"format": FORMAT, "capacity": str(self.capacity), "best_fraction": repr(self.best_fraction),
+                "window": str(self.window), "count": str(len(entries))}
         if not entries:
             return {"empty": torch.zeros(1)}, meta
-        width = max(len(e.completion) for e in entries)
-
-        def padded(name: str, dtype) -> Tensor:
-            out = torch.zeros(len(entries), width, dtype=dtype)
-            for i, e in enumerate(entries):
-                value = getattr(e, name)
-                out[i, :len(value)] = value
-            return out
-
+        lengths = torch.tensor([len(e.completion) for e in entries])
+        prompts = sorted(self.entries)
         tensors = {
-            "completion": padded("completion", torch.long),
-            "base_logps": padded("base_logps", torch.float32),
-            "behaviour_logps": padded("behaviour_logps", torch.float32),
-            "length": torch.tensor([len(e.completion) for e in entries]),
+            "completion": torch.cat([e.completion for e in entries]).to(torch.int32),  # [T]
+            "base_logps": torch.cat([e.base_logps for e in entries]),  # [T]
+            "behaviour_logps": torch.cat([e.behaviour_logps for e in entries]),  # [T]
+            "offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),  # [n + 1]
             "prompt": torch.tensor([e.prompt for e in entries]),
             "psi": torch.tensor([e.psi for e in entries], dtype=torch.float64),
-            "features": torch.stack([e.features for e in entries]),
             "truncated": torch.tensor([e.truncated for e in entries]),
             "target": torch.tensor([e.target for e in entries], dtype=torch.float64),
             "step": torch.tensor([e.step for e in entries]),
+            "temperature": torch.tensor([e.temperature for e in entries], dtype=torch.float64),
+            "feature_prompts": torch.tensor(prompts),  # [P]
+            "features": torch.stack([self.entries[p][0].features for p in prompts]),  # [P, H]: fixed per prompt
         }
         return tensors, meta
 
     @staticmethod
     def from_state(tensors: dict[str, Tensor], meta: dict[str, str]) -> "ReplayBuffer":
-        buffer = ReplayBuffer(int(meta["capacity"]), float(meta["best_fraction"]))
+        buffer = ReplayBuffer(int(meta["capacity"]), float(meta["best_fraction"]), int(meta.get("window", 0)))
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"replay buffer format {meta.get('format', '1')!r}, this version reads {FORMAT!r}")
+        offsets = tensors["offsets"].tolist() if int(meta["count"]) else []
+        features = dict(zip(tensors["feature_prompts"].tolist(), tensors["features"])) if offsets else {}
         for i in range(int(meta["count"])):
-            length = int(tensors["length"][i])
-            entry = Entry(int(tensors["prompt"][i]), tensors["completion"][i, :length].clone(),
-                          tensors["base_logps"][i, :length].clone(), tensors["behaviour_logps"][i, :length].clone(),
-                          float(tensors["psi"][i]), tensors["features"][i].clone(), bool(tensors["truncated"][i]),
-                          float(tensors["target"][i]), int(tensors["step"][i]))
-            buffer.entries.setdefault(entry.prompt, []).append(entry)
+            span = slice(offsets[i], offsets[i + 1])
+            prompt = int(tensors["prompt"][i])
+            entry = Entry(prompt, tensors["completion"][span].long(), tensors["base_logps"][span].clone(),
+                          tensors["behaviour_logps"][span].clone(), float(tensors["psi"][i]), features[prompt],
+                          bool(tensors["truncated"][i]), float(tensors["target"][i]), int(tensors["step"][i]),
+                          float(tensors["temperature"][i]))
+            buffer.entries.setdefault(prompt, []).append(entry)
         return buffer
 
 
@@ -168,19 +178,22 @@ def _best(kept: list[Entry], count: int) -> list[int]:
 
 
 def replay_batch(entries: list[Entry], prompt_ids: list[list[int]], group_size: int, pad_id: int,
-                 device: torch.device) -> tuple[Rollouts, Tensor, Tensor]:
+                 device: torch.device) -> tuple[Rollouts, Tensor, Tensor, Tensor]:
     """Stored completions as a step's rows (consecutive groups of `group_size`, one per prompt):
-    -> rollouts, base log-probs [N, L], features [N, H]. (psi is recomputed under the run's current penalties.)"""
+    -> rollouts, base log-probs [N, L], behaviour log-probs [N, L], features [N, H]. (psi is recomputed under the
+    run's current penalties.)"""
     prompt_rows, prompt_mask = left_pad([prompt_ids[e.prompt] for e in entries], pad_id, device)
     width = max(len(e.completion) for e in entries)
     completion = torch.full((len(entries), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(entries), width), dtype=torch.long)
     base = torch.zeros((len(entries), width), dtype=torch.float32)
+    behaviour = torch.zeros((len(entries), width), dtype=torch.float32)
     for i, e in enumerate(entries):
         completion[i, :len(e.completion)], mask[i, :len(e.completion)] = e.completion, 1
-        base[i, :len(e.completion)] = e.base_logps
+        base[i, :len(e.completion)], behaviour[i, :len(e.completion)] = e.base_logps, e.behaviour_logps
     rollouts = Rollouts(prompt_rows, prompt_mask, completion.to(device), mask.to(device),
                         group_ids_of(len(entries) // group_size, group_size, device),
-                        torch.tensor([e.truncated for e in entries], device=device))
+                        torch.tensor([e.truncated for e in entries], device=device),
+                        temperature=torch.tensor([e.temperature for e in entries], device=device))
     features = torch.stack([e.features for e in entries]).to(device)
-    return rollouts, base.to(device), features
+    return rollouts, base.to(device), behaviour.to(device), features

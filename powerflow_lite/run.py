@@ -159,9 +159,10 @@ def setup(cfg: TrainConfig) -> Run:
             run.sample_batch.value = min(cfg.sample_batch_size or state.sample_batch_size, state.sample_batch_size)
         _set_learning_rates(optimizer, scheduler, [cfg.lr, *(g["lr"] for g in head.param_groups(cfg.z_lr))])
     if cfg.replay_steps and run.replay is None:
-        run.replay = ReplayBuffer(cfg.replay_size, cfg.replay_best)
+        run.replay = ReplayBuffer(cfg.replay_size, cfg.replay_best, cfg.replay_window)
     elif run.replay is not None:  # resumed: this invocation's settings apply from now on
         run.replay.capacity, run.replay.best_fraction = cfg.replay_size, cfg.replay_best
+        run.replay.window = cfg.replay_window
         if any(prompt >= len(rows) for prompt in run.replay.entries):
             raise PowerflowError(f"the replay buffer of {resume_path} holds prompts beyond the {len(rows)} of "
                                  f"{cfg.prompts}: was the prompt file changed? Resume with the run's own prompts")
@@ -191,11 +192,13 @@ def setup(cfg: TrainConfig) -> Run:
 
 def _disk_needed(cfg: TrainConfig, start_step: int, trainable: int, prompts: int = 0, hidden_size: int = 0) -> int:
     """Bytes the checkpoints and final adapter of this invocation will take (at most keep + 1 at once), with
-    --replay-steps a full buffer in each checkpoint (its rows padded to --max-new-tokens: ids, two log-probs)."""
+    --replay-steps a full buffer in each checkpoint (completions of --max-new-tokens: int32 ids, two float32
+    log-probs; scalars per entry; features per prompt)."""
     steps = cfg.max_steps - start_step
     count = steps // cfg.save_every + 1 if cfg.save_every else 1
     if cfg.keep_checkpoints:
         count = min(count, cfg.keep_checkpoints + 1)
-    entry = 16 * cfg.max_new_tokens + 4 * hidden_size + 48  # int64 ids, float32 log-probs x 2, features, scalars
-    replay = prompts * cfg.replay_size * entry if cfg.replay_steps else 0
+    entry = 12 * cfg.max_new_tokens + 57  # ids and two log-probs per token; offset, prompt, psi, target, step,
+    # temperature and truncated per entry
+    replay = prompts * (cfg.replay_size * entry + 4 * hidden_size + 8) if cfg.replay_steps else 0
     return count * (ckpt.checkpoint_bytes(trainable) + replay) + 4 * trainable

@@ -69,6 +69,16 @@ class Rollouts:
     group_ids: Tensor  # [N] which prompt of the batch each row answers
     truncated: Tensor  # [N] bool: ended by the length limit, not by EOS
     sampled_logps: Tensor | None = None  # [N, L] log pi of each sampled token at temperature 1 (engine.py only)
+    temperature: Tensor | None = None  # [N] the temperature each row was sampled at (None: 1)
+    behaviour_logps: Tensor | None = None  # [N, L] log-prob of each token under the distribution that drew it,
+    # the logits divided by the row's temperature (engine.py only; None: compute it, or sampled_logps at 1)
+
+    def temperatures(self) -> Tensor:  # [N]
+        return self.temperature if self.temperature is not None else torch.ones(len(self), device=self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.completion_ids.device
 
     @property
     def lengths(self) -> Tensor:  # [N]
@@ -94,9 +104,11 @@ class Rollouts:
                                                       value=value) for t in tensors])
 
         logps = None if parts[0].sampled_logps is None else cat("sampled_logps", 0.0)
+        behaviour = None if any(p.behaviour_logps is None for p in parts) else cat("behaviour_logps", 0.0)
         return Rollouts(cat("prompt_ids", pad_id, left=True), cat("prompt_mask", 0, left=True),
                         cat("completion_ids", pad_id), cat("completion_mask", 0), group_ids,
-                        torch.cat([p.truncated for p in parts]), logps)
+                        torch.cat([p.truncated for p in parts]), logps, torch.cat([p.temperatures() for p in parts]),
+                        behaviour)
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -145,7 +157,9 @@ def sample(model, tokenizer, prompts: list[list[int]], samples_per_prompt: int, 
     completion_mask, truncated = _completion_mask(completion_ids, stop_ids)
     completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
     group_ids = group_ids_of(len(prompts), samples_per_prompt, device)
-    return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, group_ids, truncated)
+    temperature = torch.full((len(completion_ids),), settings.temperature, device=device)
+    return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, group_ids, truncated,
+                    temperature=temperature)
 
 
 def sample_in_batches(sampler, model, tokenizer, prompts: list[list[int]], samples_per_prompt: int,

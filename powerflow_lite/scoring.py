@@ -38,11 +38,13 @@ def _hf_parts(model):
     return inner.get_decoder(), inner.get_output_embeddings(), inner.config
 
 
-def completion_logprobs(model, rollouts: Rollouts, chunk_positions: int | None = None) -> tuple[Tensor, Tensor]:
+def completion_logprobs(model, rollouts: Rollouts, chunk_positions: int | None = None,
+                        temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """log p(y_t | q, y_<t) for every completion token [N, L] (0 on padding) and prompt features [N, H].
 
     Grad flows into the log-probs when it is enabled; the prompt features (masked mean of
-    the final hidden states over the prompt) are always detached.
+    the final hidden states over the prompt) are always detached. With a `temperature`, the log-probs of
+    the logits divided by it (what a sampler at that temperature drew from).
     """
     decoder, lm_head, config = _hf_parts(model)
     key = torch.cat([rollouts.prompt_ids, rollouts.prompt_mask], dim=1)  # [N, 2P]: a prompt and its padding
@@ -59,7 +61,7 @@ def completion_logprobs(model, rollouts: Rollouts, chunk_positions: int | None =
 
     mask = rollouts.completion_mask.bool()  # [N, L]
     token_logps = _chunked_logprobs(predicting[mask], rollouts.completion_ids[mask], lm_head, config,
-                                    chunk_positions)  # [T]
+                                    chunk_positions, temperature)  # [T]
     logps = torch.zeros(mask.shape, dtype=torch.float32, device=predicting.device)
     return logps.masked_scatter(mask, token_logps), features
 
@@ -101,13 +103,14 @@ def _keeps_a_cache(decoder) -> bool:
     return not any(getattr(module, "gradient_checkpointing", False) for module in decoder.modules())
 
 
-def _chunked_logprobs(hidden: Tensor, targets: Tensor, lm_head, config, chunk_positions: int | None) -> Tensor:
+def _chunked_logprobs(hidden: Tensor, targets: Tensor, lm_head, config, chunk_positions: int | None,
+                      temperature: float = 1.0) -> Tensor:
     """hidden [T, H], targets [T] -> log-softmax(lm_head(hidden))[targets] [T], one chunk at a time."""
     budget = LOGITS_BUDGET.get(hidden.device.type, LOGITS_BUDGET["cuda"])
     chunk = chunk_positions or max(1, budget // lm_head.weight.shape[0])
     parts = []
     for start in range(0, hidden.shape[0], chunk):
-        args = (hidden[start:start + chunk], targets[start:start + chunk], lm_head, config)
+        args = (hidden[start:start + chunk], targets[start:start + chunk], lm_head, config, temperature)
         if torch.is_grad_enabled() and hidden.requires_grad:
             parts.append(checkpoint(_logprob_chunk, *args, use_reentrant=False))
         else:
@@ -115,7 +118,7 @@ def _chunked_logprobs(hidden: Tensor, targets: Tensor, lm_head, config, chunk_po
     return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
 
 
-def _logprob_chunk(hidden: Tensor, targets: Tensor, lm_head, config) -> Tensor:
+def _logprob_chunk(hidden: Tensor, targets: Tensor, lm_head, config, temperature: float = 1.0) -> Tensor:
     logits = lm_head(hidden).float()  # [C, V]
     softcap = getattr(config, "final_logit_softcapping", None)
     if softcap:  # Gemma 2/3
@@ -126,16 +129,21 @@ def _logprob_chunk(hidden: Tensor, targets: Tensor, lm_head, config) -> Tensor:
     multiplier = getattr(config, "logit_scale", None)
     if multiplier:  # Cohere
         logits = logits * multiplier
+    if temperature != 1.0:
+        logits = logits / temperature
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
 @torch.no_grad()
-def score(model, rollouts: Rollouts, batch_size: int, adapter: bool = True) -> tuple[Tensor, Tensor]:
-    """No-grad log-probs [N, L] and prompt features [N, H] in batches, adapter on (pi) or off (p_base)."""
+def score(model, rollouts: Rollouts, batch_size: int, adapter: bool = True,
+          temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """No-grad log-probs [N, L] and prompt features [N, H] in batches, adapter on (pi) or off (p_base); with a
+    `temperature`, those of the logits divided by it."""
     logps, features = [], []
     with eval_mode(model, adapter=adapter):
         for start in range(0, len(rollouts), batch_size):
-            batch_logps, batch_features = completion_logprobs(model, rollouts.select(slice(start, start + batch_size)))
+            batch_logps, batch_features = completion_logprobs(model, rollouts.select(slice(start, start + batch_size)),
+                                                              temperature=temperature)
             logps.append(batch_logps)
             features.append(batch_features)
     return torch.cat(logps), torch.cat(features)

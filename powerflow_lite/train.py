@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -44,7 +44,7 @@ from .model import trainable_parameters
 from .replay import replay_batch
 from .rewards import format_penalties
 from .run import Run, lr_lambda, setup  # noqa: F401 - setup and lr_lambda are re-exported: train.setup(cfg)
-from .sampling import Rollouts, SamplingSettings, sample_in_batches
+from .sampling import Rollouts, SamplingSettings, group_ids_of, sample_in_batches
 from .scoring import completion_logprobs, score
 
 
@@ -99,24 +99,25 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         else:
             batch = replayed
             entries = [entry for prompt in batch for entry in run.replay.draw(prompt, G)]
-            rollouts, stored_base, stored_features = replay_batch(
+            rollouts, stored_base, stored_behaviour, stored_features = replay_batch(
                 entries, run.prompt_ids, G, tokenizer.pad_token_id, run.device)
         texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
         sampled = _clock(run.device)
 
-        # --- 2. score without grad: log pi_old, log p_base (same weights, adapter off), psi(y); a replayed
-        #        completion keeps its log p_base, psi and features and needs only log pi under today's weights
+        # --- 2. score without grad: log pi_old, log p_base (same weights, adapter off), psi(y), and the
+        #        behaviour log-probs (explored rows: the policy at --explore-temperature); a replayed completion
+        #        keeps its log p_base, behaviour log-probs and features and needs only log pi under today's weights
         prompt_texts = [run.prompts[batch[g]]["prompt"] for g in rollouts.group_ids.tolist()]
         if replayed is None:
-            old_logps, base_logps, features = _score(run, rollouts, notes)  # [N, L], [N, L], [N, H]
+            old_logps, behaviour_logps, base_logps, features = _score(run, rollouts, notes)  # 3 x [N, L], [N, H]
         else:
             old_logps = _score(run, rollouts, notes, base=False)[0]  # [N, L]
-            base_logps, features = stored_base, stored_features
+            behaviour_logps, base_logps, features = stored_behaviour, stored_base, stored_features
         # psi under this invocation's --format-penalty and --truncation-penalty, replayed completions included
         formats = torch.tensor(format_penalties(run.psi, cfg.format_penalty, texts, prompt_texts),
                                device=run.device)  # [N]
         psi = formats - cfg.truncation_penalty * rollouts.truncated.float()  # [N]
-        scored_batch = ScoredBatch(rollouts, old_logps, base_logps, psi, features)
+        scored_batch = ScoredBatch(rollouts, old_logps, base_logps, psi, features, behaviour_logps)
         if replayed is None and run.replay is not None:
             run.replay.add(scored_batch, batch, step + 1, cfg.alpha)
         mask = scored_batch.mask  # [N, L]
@@ -166,6 +167,11 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         }
         if run.replay is not None:
             row["replayed"] = int(replayed is not None)
+        if run.replay is not None or cfg.explored_per_prompt:
+            row["explored_frac"] = (rollouts.temperatures() == cfg.explore_temperature).float().mean().item() \
+                if cfg.explored_per_prompt else 0.0
+            # mean over tokens of log pi(y_t) - log b(y_t): 0 on-policy; its negation estimates KL(b || pi) per token
+            row["behaviour_log_ratio"] = (((old_logps - behaviour_logps) * mask).sum() / mask.sum()).item()
         if run.device.type == "cuda":
             row["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(run.device) / 2**30
         else:
@@ -201,11 +207,12 @@ def _replay_prompts(run: Run, step: int) -> list[int] | None:
 
     With --replay-steps K, K steps replay after each fresh one (the first step is fresh); a replay step takes
     up to --prompts-per-step prompts, chosen at random (a function of (seed, step)) among those with at least
-    two completions stored (a prompt with fewer than G distinct ones repeats them)."""
+    two completions stored (a prompt with fewer than G distinct ones repeats them) and, with --replay-window N,
+    sampled in the last N steps."""
     K = run.cfg.replay_steps
     if run.replay is None or step % (K + 1) == 0:
         return None
-    ready = run.replay.ready(min(2, run.cfg.samples_per_prompt))
+    ready = run.replay.ready(min(2, run.cfg.samples_per_prompt), step)
     if not ready:
         return None
     generator = torch.Generator().manual_seed(run.cfg.seed * 1_000_003 + step)
@@ -214,38 +221,68 @@ def _replay_prompts(run: Run, step: int) -> list[int] | None:
 
 
 def _sample(run: Run, prompts: list[list[int]], settings: SamplingSettings, step: int, notes: list[str]) -> Rollouts:
-    """G completions per prompt; out of memory, again with half as many per sampling call."""
+    """G completions per prompt, the last --explore-fraction of each prompt's at --explore-temperature; out of
+    memory, again with half as many per sampling call."""
     cfg = run.cfg
-    total = len(prompts) * cfg.samples_per_prompt
+    G, explored = cfg.samples_per_prompt, cfg.explored_per_prompt
+    total = len(prompts) * G
+    shares = [(settings, G - explored), (replace(settings, temperature=cfg.explore_temperature), explored)]
+    shares = [(share, count) for share, count in shares if count]
 
     def attempt(size: int) -> Rollouts:
         seed_step(cfg.seed, step)  # a retry draws as a first attempt with that batch size would
         try:
-            return sample_in_batches(SAMPLERS[cfg.sampler], run.model, run.tokenizer, prompts,
-                                     cfg.samples_per_prompt, settings, size)
+            parts = [sample_in_batches(SAMPLERS[cfg.sampler], run.model, run.tokenizer, prompts, count, share, size)
+                     for share, count in shares]
         except RuntimeError as err:
             if "probability tensor contains" not in str(err):
                 raise
             raise PowerflowError(f"the policy's probabilities are not finite at step {step + 1} (the adapter's "
                                  "weights overflow): lower --lr, or use a GPU with bf16 rather than fp16; "
                                  "resume from an earlier checkpoint") from None
+        if len(parts) == 1:
+            return parts[0]
+        # each prompt's G rows together: its G - m at temperature 1, then its m explored ones
+        group_ids = group_ids_of(len(prompts), G, parts[0].device)
+        order = torch.cat([torch.arange(len(prompts))[:, None] * (G - explored) + torch.arange(G - explored),
+                           len(prompts) * (G - explored) + torch.arange(len(prompts))[:, None] * explored
+                           + torch.arange(explored)], dim=1).flatten()
+        merged = Rollouts.concat(parts, run.tokenizer.pad_token_id, group_ids)
+        return replace(merged.select(order.to(merged.device)), group_ids=group_ids)
 
     return halve_on_oom(attempt, run.sample_batch, total, 1, "while sampling",
                         "lower --samples-per-prompt, --prompts-per-step or --max-new-tokens", notes)
 
 
 def _score(run: Run, rollouts: Rollouts, notes: list[str], base: bool = True) -> tuple[Tensor, ...]:
-    """log pi_old [N, L] (from the sampler when it returns it), and with `base` log p_base [N, L] and prompt
-    features [N, H]."""
+    """log pi_old [N, L] (from the sampler when it returns it), and with `base` the behaviour log-probs [N, L]
+    (those of the row's sampling temperature), log p_base [N, L] and prompt features [N, H]."""
 
     def attempt(size: int):
         old = rollouts.sampled_logps  # the static sampler returns it; HF generate does not
         if old is None:
             old, _ = score(run.model, rollouts, size, adapter=True)
-        return (old, *score(run.model, rollouts, size, adapter=False)) if base else (old,)
+        if not base:
+            return (old,)
+        return (old, _behaviour_logps(run, rollouts, old, size), *score(run.model, rollouts, size, adapter=False))
 
     return halve_on_oom(attempt, run.micro_batch, len(rollouts), 1, "while scoring",
                         "lower --max-new-tokens (scoring holds one micro-batch's logits)", notes)
+
+
+def _behaviour_logps(run: Run, rollouts: Rollouts, old: Tensor, size: int) -> Tensor:
+    """[N, L] log-probs of the distribution each row was drawn from: from the sampler when it returns them, else
+    `old` (temperature 1) with the rows sampled at another temperature scored at theirs."""
+    if rollouts.behaviour_logps is not None:
+        return rollouts.behaviour_logps
+    temperatures = rollouts.temperatures()
+    behaviour = old
+    for temperature in temperatures.unique().tolist():
+        if temperature != 1.0:
+            rows = (temperatures == temperature).nonzero().squeeze(-1)
+            behaviour = behaviour.index_copy(0, rows, score(run.model, rollouts.select(rows), size, adapter=True,
+                                                            temperature=temperature)[0])
+    return behaviour
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The replay buffer: what it keeps and draws (by hand), and training on it (tiny model): schedule, exact resume."""
 
+import dataclasses
 import json
 
 import pytest
@@ -29,8 +30,8 @@ def scored(completions: list[list[int]], base: list[list[float]], psi: list[floa
         ids[i, :len(c)], mask[i, :len(c)], base_logps[i, :len(c)] = torch.tensor(c), 1, torch.tensor(b)
     rollouts = Rollouts(torch.ones((n, 2), dtype=torch.long), torch.ones((n, 2), dtype=torch.long), ids, mask,
                         torch.tensor(groups), torch.zeros(n, dtype=torch.bool))
-    features = torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 3)  # [N, 3] row i holds i
-    return ScoredBatch(rollouts, base_logps - 0.5, base_logps, torch.tensor(psi), features)
+    features = torch.tensor(groups, dtype=torch.float32)[:, None].repeat(1, 3)  # [N, 3]: a prompt's, its group id
+    return ScoredBatch(rollouts, base_logps - 0.5, base_logps, torch.tensor(psi), features, base_logps - 0.25)
 
 
 def test_add_scores_each_completion_by_its_target_per_token_and_merges_duplicates():
@@ -39,18 +40,22 @@ def test_add_scores_each_completion_by_its_target_per_token_and_merges_duplicate
     buffer.add(batch, prompts=[10, 11], step=1, alpha=2.0)
     # prompt 10: [5, 6] target 2 * ((-1 - 3) / 2 + 0) = -4; [7]: 2 * (-0.5 - 0.5) = -2.  prompt 11: [5, 6]
     assert [e.target for e in buffer.entries[10]] == [-4.0, -2.0]
-    assert buffer.entries[10][0].behaviour_logps.tolist() == [-1.5, -3.5]  # old_logps: the sampling policy's
+    assert buffer.entries[10][0].behaviour_logps.tolist() == [-1.25, -3.25]  # what drew it, not old_logps
     assert len(buffer.entries[11]) == 1 and len(buffer) == 3
     buffer.add(scored([[7]], [[-0.5]], [-0.5], [0]), prompts=[10], step=2, alpha=2.0)  # [7] again: one copy
     assert [(e.completion.tolist(), e.step) for e in buffer.entries[10]] == [([5, 6], 1), ([7], 2)]
 
 
-def test_eviction_keeps_the_best_half_and_otherwise_the_newest():
-    buffer = ReplayBuffer(capacity=4)
+@pytest.mark.parametrize("best_fraction, kept", [(0.5, [1, 3, 5, 6]), (0.0, [3, 4, 5, 6]), (0.25, [3, 4, 5, 6]),
+                                                  (1.0, [1, 3, 5, 6])])
+def test_eviction_keeps_the_best_fraction_of_the_capacity_and_otherwise_the_newest(best_fraction, kept):
+    buffer = ReplayBuffer(capacity=4, best_fraction=best_fraction)
     for step, base in enumerate([-1.0, -9.0, -0.1, -8.0, -7.0, -6.0], start=1):  # one completion a step
         buffer.add(scored([[step]], [[base]], [0.0], [0]), prompts=[0], step=step, alpha=1.0)
-    # capacity 4: the 2 best (-0.1, -1.0) stay; of the rest the newest survive: -7.0 (step 5), -6.0 (step 6)
-    assert sorted(e.step for e in buffer.entries[0]) == [1, 3, 5, 6]
+    # 0.5: the 2 best (-0.1 at step 3, -1.0 at step 1) stay; of the rest the newest survive (steps 5, 6).
+    # 0: the 4 newest. 0.25: the best (step 3) is among the 4 newest anyway. 1: the 4 best, whatever their age:
+    # -0.1, -1.0, -6.0, -7.0 (steps 3, 1, 6, 5; -9.0 and then -8.0 were dropped)
+    assert sorted(e.step for e in buffer.entries[0]) == kept
 
 
 def test_draw_takes_the_best_fraction_then_the_newest_and_repeats_when_short():
@@ -62,30 +67,42 @@ def test_draw_takes_the_best_fraction_then_the_newest_and_repeats_when_short():
     assert [e.step for e in drawn] == [3, 1, 5, 4]
     buffer.best_fraction = 0.0
     assert [e.step for e in buffer.draw(3, 3)] == [5, 4, 3]  # only the newest
-    assert buffer.ready(5) == [3] and buffer.ready(6) == []
+    assert buffer.ready(5, done=5) == [3] and buffer.ready(6, done=5) == []
+    buffer.window = 2
+    assert buffer.ready(2, done=6) == [3] and buffer.ready(2, done=7) == []  # newest entry: step 5
     small = ReplayBuffer(capacity=8, best_fraction=0.0)
     small.add(scored([[1], [2]], [[-1.0], [-2.0]], [0.0, 0.0], [0, 0]), prompts=[0], step=1, alpha=1.0)
     assert [e.completion.tolist() for e in small.draw(0, 5)] == [[2], [1], [2], [1], [2]]  # newest first, cycled
 
 
 def test_state_round_trip_is_exact_and_replay_batch_rebuilds_the_rows():
-    buffer = ReplayBuffer(capacity=8, best_fraction=0.25)
-    buffer.add(scored([[5, 6, 9], [7]], [[-1.1, -3.3, -0.7], [-0.5]], [0.0, -0.5], [0, 1]), prompts=[2, 0], step=4,
-               alpha=3.0)
+    buffer = ReplayBuffer(capacity=8, best_fraction=0.25, window=3)
+    batch = scored([[5, 6, 9], [7], [8, 8]], [[-1.1, -3.3, -0.7], [-0.5], [-2.0, -2.0]], [0.0, -0.5, 0.0], [0, 1, 1])
+    batch = dataclasses.replace(batch, rollouts=dataclasses.replace(
+        batch.rollouts, temperature=torch.tensor([1.0, 0.5, 1.0])))
+    buffer.add(batch, prompts=[2, 0], step=4, alpha=3.0)
     tensors, meta = buffer.state()
+    # compact: the completions concatenated as int32 with offsets, the features once per prompt
+    assert tensors["completion"].dtype == torch.int32 and tensors["completion"].tolist() == [7, 8, 8, 5, 6, 9]
+    assert tensors["offsets"].tolist() == [0, 1, 3, 6] and tensors["features"].shape == (2, 3)
     again = ReplayBuffer.from_state(tensors, meta)
-    assert (again.capacity, again.best_fraction) == (8, 0.25)
+    assert (again.capacity, again.best_fraction, again.window) == (8, 0.25, 3)
     for prompt in (0, 2):
-        for a, b in zip(buffer.entries[prompt], again.entries[prompt]):
+        for a, b in zip(buffer.entries[prompt], again.entries[prompt], strict=True):
             assert torch.equal(a.completion, b.completion) and torch.equal(a.base_logps, b.base_logps)
-            assert torch.equal(a.features, b.features) and (a.psi, a.target, a.step) == (b.psi, b.target, b.step)
-    entries = again.draw(2, 2) + again.draw(0, 2)  # two groups of G = 2 (each prompt has one, repeated)
-    rollouts, base, features = replay_batch(entries, [[1], [2, 3], [4, 5, 6]], 2, PAD, torch.device("cpu"))
+            assert torch.equal(a.behaviour_logps, b.behaviour_logps) and torch.equal(a.features, b.features)
+            assert (a.psi, a.target, a.step, a.temperature) == (b.psi, b.target, b.step, b.temperature)
+    assert [e.temperature for e in again.entries[0]] == [0.5, 1.0]
+    entries = again.draw(2, 2) + again.draw(0, 2)  # two groups of G = 2 (prompt 2 has one, repeated)
+    rollouts, base, behaviour, features = replay_batch(entries, [[1], [2, 3], [4, 5, 6]], 2, PAD,
+                                                       torch.device("cpu"))
     psi = torch.tensor([e.psi for e in entries])  # kept per entry (for the target); the loop recomputes it
-    assert rollouts.completion_ids.tolist() == [[5, 6, 9], [5, 6, 9], [7, PAD, PAD], [7, PAD, PAD]]
-    assert rollouts.completion_mask.sum(-1).tolist() == [3, 3, 1, 1] and rollouts.group_ids.tolist() == [0, 0, 1, 1]
+    assert rollouts.completion_ids.tolist() == [[5, 6, 9], [5, 6, 9], [8, 8, PAD], [7, PAD, PAD]]
+    assert rollouts.completion_mask.sum(-1).tolist() == [3, 3, 2, 1] and rollouts.group_ids.tolist() == [0, 0, 1, 1]
     assert rollouts.prompt_ids.tolist() == [[4, 5, 6], [4, 5, 6], [PAD, PAD, 1], [PAD, PAD, 1]]  # left-padded
-    assert torch.equal(base[0], torch.tensor([-1.1, -3.3, -0.7])) and psi.tolist() == [0.0, 0.0, -0.5, -0.5]
+    assert torch.equal(base[0], torch.tensor([-1.1, -3.3, -0.7])) and psi.tolist() == [0.0, 0.0, 0.0, -0.5]
+    assert torch.equal(behaviour[3], torch.tensor([-0.75, 0.0, 0.0]))
+    assert rollouts.temperature.tolist() == [1.0, 1.0, 1.0, 0.5]
     assert features[:, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
 
 
@@ -133,16 +150,18 @@ def read_metrics_of(run):
     return read_metrics(run.out / "metrics.jsonl")
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.1])  # with dropout, a replay step's random draws must be (seed, step)'s
+# with dropout, a replay step's random draws must be (seed, step)'s; exploring, the buffer holds tempered rows
+@pytest.mark.parametrize("dropout, explore", [(0.0, 1.0), (0.1, 1.0), (0.0, 0.5)])
 def test_resume_with_a_buffer_ends_exactly_like_the_uninterrupted_run(tiny_model_dir, prompts_file, tmp_path,
-                                                                      dropout):
-    list(train(setup(config(tiny_model_dir, prompts_file, tmp_path / "straight", lora_dropout=dropout))))
-    steps = train(setup(config(tiny_model_dir, prompts_file, tmp_path / "stopped", lora_dropout=dropout)))
+                                                                      dropout, explore):
+    settings = dict(lora_dropout=dropout, explore_temperature=explore)
+    list(train(setup(config(tiny_model_dir, prompts_file, tmp_path / "straight", **settings))))
+    steps = train(setup(config(tiny_model_dir, prompts_file, tmp_path / "stopped", **settings)))
     for result in steps:
         if result.step == 3:  # a fresh step's completions reached the buffer after checkpoint-2: resume redoes it
             break
     steps.close()
-    resumed = setup(config(tiny_model_dir, prompts_file, tmp_path / "stopped", resume=True, lora_dropout=dropout))
+    resumed = setup(config(tiny_model_dir, prompts_file, tmp_path / "stopped", resume=True, **settings))
     assert resumed.start_step == 2 and resumed.fresh_steps == 1 and len(resumed.replay) > 0
     list(train(resumed))
     for name in ("adapter_model.safetensors", "z_head.safetensors"):
@@ -175,5 +194,5 @@ def test_the_disk_check_counts_a_full_buffer_in_every_checkpoint(tiny_model_dir,
     cfg = config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=10, save_every=5, keep_checkpoints=0)
     without = _disk_needed(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=10, save_every=5,
                                   replay_steps=0), 0, 1000, 100, 64)
-    # 3 checkpoints (5, 10 and the last), each with 100 prompts x 6 entries of 16 x 6 + 4 x 64 + 48 bytes
-    assert _disk_needed(cfg, 0, 1000, 100, 64) - without == 3 * 100 * 6 * (16 * 6 + 4 * 64 + 48)
+    # 3 checkpoints (5, 10 and the last), each with 100 prompts of 6 entries of 12 x 6 + 57 bytes, 4 x 64 + 8 more
+    assert _disk_needed(cfg, 0, 1000, 100, 64) - without == 3 * 100 * (6 * (12 * 6 + 57) + 4 * 64 + 8)
