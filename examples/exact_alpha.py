@@ -104,6 +104,7 @@ class Case:
 class Result:
     case: Case
     curve: list = field(default_factory=list)  # (step, kl_alpha, kl_latb)
+    tokens: list = field(default_factory=list)  # completion tokens sampled by each point of the curve
     start: dict = field(default_factory=dict)
     end: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -142,8 +143,9 @@ def problem_for(model, tokenizer, prompt_ids, case: Case) -> exact.Problem:
                                tokenizer.pad_token_id)
 
 
-def train_case(case: Case, root: str, steps: int, eval_every: int, seed: int) -> Result:
-    """One training run through powerflow's own setup/train, with the exact KL every `eval_every` steps."""
+def train_case(case: Case, root: str, steps: int, eval_every: int, seed: int, overrides: dict | None = None) -> Result:
+    """One training run through powerflow's own setup/train, with the exact KL every `eval_every` steps;
+    `overrides` change the config beyond the case's variant (examples/replay_exact.py)."""
     from powerflow_lite.train import setup, train
 
     torch.set_num_threads(1)
@@ -153,16 +155,20 @@ def train_case(case: Case, root: str, steps: int, eval_every: int, seed: int) ->
         cfg = TrainConfig(model=str(root / f"model-{case.base}"), prompts=str(root / f"prompts-{case.prompts}.jsonl"),
                           output=str(Path(out) / "run"), alpha=case.alpha, objective=case.objective, max_steps=steps,
                           ignore_eos=case.regime == "fixed", seed=seed,
-                          **{**TRAINING, **per_step, **VARIANTS[case.variant]})
+                          **{**TRAINING, **per_step, **VARIANTS[case.variant], **(overrides or {})})
         started = time.perf_counter()
         run = setup(cfg)
         problem = problem_for(run.model, run.tokenizer, run.prompt_ids, case)
         result = Result(case, start=exact.evaluate(run.model, problem))
         result.curve.append((0, result.start["kl_alpha"], result.start["kl_latb"]))
+        result.tokens.append(0)
+        sampled = 0
         for step in train(run):
+            sampled += step.metrics["sampled_tokens"]
             if step.step % eval_every == 0 or step.step == steps:
                 report = exact.evaluate(run.model, problem)
                 result.curve.append((step.step, report["kl_alpha"], report["kl_latb"]))
+                result.tokens.append(sampled)
         result.end, result.seconds = report, time.perf_counter() - started
     return result
 

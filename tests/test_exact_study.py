@@ -60,9 +60,9 @@ def replay_module(study_module):
 def test_replay_study_reads_tokens_and_attainment_off_the_curves(replay_module):
     # on-policy: 300 tokens to KL 0.2 (from 1.0); replay: KL 0.25 at 100 tokens, 0.2 at 150, 0.1 at 200
     problem = [2.0, "fixed", "x8", "two"]
-    runs = [{"problem": problem, "replay_steps": 0, "replay_best": 0.0, "target": "alpha", "seconds": 1.0,
+    runs = [{"problem": problem, "setting": "on-policy", "target": "alpha", "seconds": 1.0,
              "curve": [(0, 0, 1.0), (10, 100, 0.6), (20, 200, 0.3), (30, 300, 0.2)]},
-            {"problem": problem, "replay_steps": 2, "replay_best": 0.0, "target": "alpha", "seconds": 1.0,
+            {"problem": problem, "setting": "K=2", "target": "alpha", "seconds": 1.0,
              "curve": [(0, 0, 1.0), (10, 100, 0.25), (20, 150, 0.2), (30, 200, 0.1)]}]
     on, replay = replay_module.summarise(runs, {(2.0, "fixed", "x8", "two", "alpha"): 0.15})
     assert on["tokens_ratio"] == 300 / 300 and replay["tokens_ratio"] == 300 / 150  # first reached at 150 tokens
