@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import os
 import signal
 import warnings
 from typing import Callable, Optional
@@ -35,8 +36,10 @@ from .errors import PowerflowError, Stopped, first_line
 # Plain click help: rich's two-column panels squeeze 40 options into an unreadable 80-column layout.
 app = typer.Typer(rich_markup_mode=None, add_completion=False, no_args_is_help=True,
                   help="Train a LoRA adapter so that a language model samples from p_base(y|q)^alpha (PowerFlow).")
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Under torchrun or accelerate launch only rank 0 speaks: the others' output (errors too) would repeat it.
+_QUIET = os.environ.get("RANK", "0") != "0"
+console = Console(highlight=False, soft_wrap=True, quiet=_QUIET)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, quiet=_QUIET)
 
 
 def _usage_errors() -> tuple[type, ...]:
@@ -100,11 +103,8 @@ DEMO_CREATIVE = _extra("demo_creative", bool, "--demo-creative", default=False,
 @app.command(help="Fine-tune a LoRA adapter so the policy matches p_base(y|q)^alpha.")
 @with_config_flags(TrainConfig, extra=[CONFIG_FILE, DEMO, DEMO_CREATIVE])
 def train(config: str | None = None, demo: bool = False, demo_creative: bool = False, **flags) -> None:
-    from .checkpoint import latest_checkpoint
-    from .display import eval_table, show_training
-    from .faults import StopSignals
+    from .distributed import Ranks
     from .train import setup
-    from .train import train as train_steps
 
     if demo and demo_creative:
         raise PowerflowError("--demo and --demo-creative are two demos: pick one")
@@ -117,14 +117,28 @@ def train(config: str | None = None, demo: bool = False, demo_creative: bool = F
     cfg = resolve_train_config(config, flags, kind)
     for note in cfg.warnings():
         err_console.print(f"warning: {note}", markup=False)
-    run = setup(cfg)
+    ranks = Ranks.from_environment()  # torchrun / accelerate launch: data parallel (distributed.py)
+    try:
+        _train(cfg, setup(cfg, ranks))
+    finally:
+        ranks.stop()
+
+
+def _train(cfg: TrainConfig, run) -> None:
+    """Train with the live display; the closing lines."""
+    from .checkpoint import latest_checkpoint
+    from .display import eval_table, show_training
+    from .faults import StopSignals
+    from .train import train as train_steps
+
     info = run.info
     resumed = f", resuming from {run.resumed_from} (step {run.start_step})" if run.resumed_from else ""
     if info["started_over"]:
         resumed = ", starting over: no checkpoint had been written"
     console.print(f"powerflow: {cfg.model} ({info['quant']}, {info['device']}), alpha={cfg.alpha}, "
                   f"objective={cfg.objective}, {info['trainable_params']:,} trainable of "
-                  f"{info['total_params']:,} parameters, {info['prompts']} prompts -> {run.out}{resumed}", markup=False)
+                  f"{info['total_params']:,} parameters, {info['prompts']} prompts -> {run.out}{resumed}"
+                  + (f", {info['ranks']} processes (data parallel)" if info["ranks"] > 1 else ""), markup=False)
     for name in ("quant", "sampler"):
         console.print(f"  {name} {info[name]}: {info['why'][name]}", markup=False)
     with StopSignals() as stop:

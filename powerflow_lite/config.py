@@ -105,6 +105,9 @@ class TrainConfig:
                                      "log-prob, and of --replay-size kept for them; the rest are its most recent "
                                      "(0, the default, measured best).")
     replay_window: int = option(0, "Replay only prompts sampled in the last N steps (0: any prompt in the buffer).")
+    replay_order: str = option("newest", "Which of a replayed prompt's stored completions (besides --replay-best's) "
+                               "it brings: its newest, or a random choice among all it keeps.",
+                               choices=("newest", "random"))
     explore_temperature: float = option(1.0, "Sample --explore-fraction of each prompt's completions at this "
                                              "temperature (1: no exploration); e.g. 1/alpha. Trajectory-balance "
                                              "objectives only: their target does not change.")

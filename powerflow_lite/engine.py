@@ -60,10 +60,11 @@ def resolve_sampler(name: str, device: torch.device, top_p: float = 1.0) -> tupl
 
 
 
-def draw(probs: Tensor) -> Tensor:
+def draw(probs: Tensor, u: Tensor | None = None) -> Tensor:
     """One token per row from the categorical distributions `probs` [n, V] (rows may be unnormalised).  -> [n]
 
-    The token is the first whose cumulative probability exceeds u * total, for one uniform u per row;
+    The token is the first whose cumulative probability exceeds u * total, for one uniform u per row (`u` [n]
+    float64, drawn here when not given);
     a zero-probability token has no width and is never drawn. float64 keeps the tail of a large
     vocabulary representable next to a cumulative sum near 1.
     """
@@ -72,16 +73,21 @@ def draw(probs: Tensor) -> Tensor:
     if not bool(torch.isfinite(total).all() and (total > 0).all() and (probs >= 0).all()):
         # torch.multinomial's words, which the trainer recognises
         raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
-    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device) * total  # [n, 1]
+    if u is None:
+        u = torch.rand(probs.shape[0], dtype=torch.float64, device=probs.device)
+    u = u[:, None] * total  # [n, 1]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 @torch.no_grad()
 def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt: int, settings: SamplingSettings,
-                  greedy: bool = False, compact: bool | None = None) -> Rollouts:
+                  greedy: bool = False, compact: bool | None = None, uniforms: Tensor | None = None) -> Rollouts:
     """G completions per prompt (rows grouped by prompt), with the log-prob of every sampled token at temperature 1.
 
     `compact` (default: on the CPU only) drops stopped rows from the decode batch, see the module docstring.
+    `uniforms` [N, max_new_tokens] float64: the uniform number that draws each row's t-th token (default: drawn
+    from torch's stream now), so that a row's completion does not depend on the rows sampled beside it
+    (distributed.py: R ranks sample what one process does).
     """
     from transformers import StaticCache
 
@@ -97,6 +103,8 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
     prompt_ids, prompt_mask = unique_ids[expand], unique_mask[expand]  # [N, P]
     N, P = prompt_ids.shape
     L = settings.max_new_tokens
+    if uniforms is None:
+        uniforms = torch.rand(N, L, dtype=torch.float64, device=device)
     stop_ids = stop_token_ids(model, tokenizer, settings)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
     config = hf_model(model).config
@@ -128,7 +136,7 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
             scores = tempered
             if t < settings.min_new_tokens and len(stop_ids):
                 scores = scores.index_fill(-1, stops, float("-inf"))
-            token = scores.argmax(-1) if greedy else draw(torch.softmax(scores, dim=-1))  # [n]
+            token = scores.argmax(-1) if greedy else draw(torch.softmax(scores, dim=-1), uniforms[batch, t])  # [n]
             token = torch.where(done, torch.full_like(token, tokenizer.pad_token_id), token)
             tokens[batch, t] = token
             logps[batch, t] = torch.where(done, 0.0, log_probs.gather(-1, token[:, None]).squeeze(-1))

@@ -31,6 +31,7 @@ from .checkpoint import check_writable, refuse_to_replace
 from .config import MATH_SYSTEM_PROMPT, EvalConfig
 from .creative import distinct_n, judge_scores, load_embedder, semantic_diversity
 from .data import encode_prompts, load_prompts
+from .distributed import SINGLE, Ranks
 from .errors import PowerflowError
 from .grading import grade_math, majority_correct, parse_answer, pass_at_k, pass_ks
 from .inference import generate_records
@@ -90,20 +91,28 @@ def setup_training_eval(cfg, tokenizer, device: torch.device) -> tuple[EvalSet, 
 
 
 def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: SamplingSettings, seed: int,
-                     embed=None, rows_per_batch: int = 64, policy_is_base: bool = False) -> tuple[dict, dict, list]:
+                     embed=None, rows_per_batch: int = 64, policy_is_base: bool = False,
+                     ranks: Ranks = SINGLE) -> tuple[dict, dict, list]:
     """The policy measured as it is now: the eval_* keys of a metrics.jsonl row (metrics.EVAL_METRICS), the
     whole summary (with the per-prompt figures) and the graded samples.
 
     `policy_is_base` (a fresh adapter, whose LoRA B is zero) skips the base pass: the base log-probs are
-    then the policy's own, to the bit.
+    then the policy's own, to the bit. Under a launcher each rank samples a contiguous share of the problems
+    (its own random stream) and rank 0 gathers and grades them all; the other ranks return ({}, {}, []).
     """
     started = time.perf_counter()
+    share = ranks.share(eval_set.prompt_ids)
     with torch.random.fork_rng(devices=_cuda_devices(model)):  # training's random draws stay as they were
         # the same seed at every evaluation (on the CPU the static sampler's draws stay row-aligned only until its
         # first row stops, so the pairing of samples is partial; the paired statistics hold either way)
-        torch.manual_seed(EVAL_SEED_OFFSET + seed)
-        records = list(generate_records(model, tokenizer, eval_set.prompt_ids, k, settings, rows_per_batch,
+        torch.manual_seed(EVAL_SEED_OFFSET + seed + ranks.rank * 2**40)
+        records = list(generate_records(model, tokenizer, eval_set.prompt_ids[share], k, settings, rows_per_batch,
                                         score_base=not policy_is_base))
+    for record in records:
+        record["prompt_index"] += share.start
+    records = ranks.cat(records)
+    if not ranks.main:
+        return {}, {}, []
     for record in records:
         record["prompt"] = eval_set.rows[record["prompt_index"]]["prompt"]
     summary = summarize(eval_set, records, k, embed)

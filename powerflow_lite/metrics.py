@@ -37,6 +37,10 @@ METRICS: dict[str, str] = {
     "lr": "LoRA learning rate after this step's scheduler update.",
     "sampled_tokens": "Tokens the step sampled (0 on a replay step).",
     "replayed": "With --replay-steps: 1 when the step trained on stored completions instead of fresh ones.",
+    "explored_frac": "With --replay-steps or --explore-temperature: share of the step's completions drawn at "
+                     "--explore-temperature.",
+    "behaviour_log_ratio": "With --replay-steps or --explore-temperature: mean over tokens of log pi - log b, b the "
+                           "distribution that drew them; 0 on-policy, its negation estimates KL(b || pi) per token.",
     "sample_tokens_per_s": "Generated tokens per second while sampling (nan on a replay step).",
     "time_sample": "Seconds spent sampling.",
     "time_score": "Seconds spent computing log pi_old, log p_base and psi.",
@@ -101,12 +105,15 @@ def stderr(values: list[float]) -> float:
 
 
 class MetricsLog:
-    """Appends one row per step and flushes it, so a crash loses at most the step in flight."""
+    """Appends one row per step and flushes it, so a crash loses at most the step in flight; with no path (a
+    rank other than 0) it writes nothing."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | None):
         self.path = path
 
     def write(self, row: dict) -> None:
+        if self.path is None:
+            return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row, allow_nan=True) + "\n")
             handle.flush()

@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .batch import ScoredBatch
+from .distributed import SINGLE, Ranks
 from .errors import PowerflowError
 from .objectives import Objective, group_mean
 
@@ -124,6 +125,7 @@ class LogPartition:
     alpha: float
     clip_eps: float
     initialized: bool = False  # the head's start value is set (saved in checkpoints as z_initialized)
+    ranks: Ranks = SINGLE  # under a launcher, the start and the re-centring use every rank's rows
 
     @property
     def from_batch(self) -> bool:
@@ -143,16 +145,18 @@ class LogPartition:
             if self.z_init == "batch":
                 start_loss, stats = self.objective.loss(policy_logps=batch.old_logps,
                                                         log_z=torch.zeros_like(batch.psi), **self._inputs(batch))
-                if torch.isfinite(start_loss):  # else this step is skipped, and a later batch sets it
-                    self.head.init_bias_from_residuals(stats["residual"])
+                if not self.ranks.any(not bool(torch.isfinite(start_loss))):  # else this step is skipped, and a
+                    self.head.init_bias_from_residuals(self.ranks.cat_tensor(stats["residual"]))  # later batch sets it
                     self.initialized = True
             else:
                 self.initialized = True
         with torch.no_grad():
             head = self.head(batch.features[::group_size])  # [B]
         # with batch the head is a regression on the estimates; re-centred, it keeps up with the policy too
-        if self.mode != "head" and estimates is not None and bool(torch.isfinite(estimates).all()):
-            self.head.recenter(head, estimates)
+        if self.mode != "head" and estimates is not None:
+            every = self.ranks.cat_tensor(estimates)  # [B] of the whole step
+            if bool(torch.isfinite(every).all()):
+                self.head.recenter(self.ranks.cat_tensor(head), every)
         return Before(estimates, head, bias, initialized)
 
     def undo(self, before: Before) -> None:

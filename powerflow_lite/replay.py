@@ -1,9 +1,10 @@
 """A replay buffer of scored completions: trajectory balance trained on what was sampled before.
 
-    buffer = ReplayBuffer(capacity=16, best_fraction=0.0)
+    buffer = ReplayBuffer(capacity=16, best_fraction=0.0, window=0, order="newest")
     buffer.add(batch, prompts, step, alpha)       # after a fresh step is scored
-    entries = [e for p in chosen_prompts for e in buffer.draw(p, G)]   # on a replay step (train.py chooses)
-    rollouts, base_logps, features = replay_batch(entries, prompt_ids, G, pad_id, device)
+    chosen_prompts = buffer.ready(2, done_steps)  # train.py picks B of them at random
+    entries = [e for p in chosen_prompts for e in buffer.draw(p, G, generator)]
+    rollouts, base_logps, behaviour_logps, features = replay_batch(entries, prompt_ids, G, pad_id, device)
 
 Why this is allowed. Every trajectory-balance objective here (latb, tb-traj,
 tb-token) is a regression: it drives the residual
@@ -27,17 +28,19 @@ What a stored completion keeps: its tokens, log p_base of each token, psi and
 the prompt's features, none of which change as the adapter trains; so replaying
 it costs one policy forward without grad (the reference the importance ratio of
 --inner-epochs and the batch estimate of log Z' use) and the update's forward
-and backward: no sampling and no base pass. The log-probs of the policy that
-sampled it are kept too (`behaviour_logps`), for diagnostics.
+and backward: no sampling and no base pass. The log-probs of the distribution
+that drew it (`behaviour_logps`: the policy at its sampling temperature, which
+--explore-temperature may set) and that temperature are kept too, for the
+`behaviour_log_ratio` metric and for any importance weight that would need them.
 
 What is kept per prompt (`capacity` completions at most, duplicates merged):
-the best half by target log-prob per token, alpha (S_base/|y| + psi), the
-quantity LA-TB matches, and otherwise the most recent (so with a capacity below
-2 G, a prompt's G newest may include older best ones). A replay step draws, for each
-prompt, the `best_fraction` best and the most recent of the rest. The default
-draws the most recent only: on the exact problems (examples/replay_exact.py)
-half from the best ended further from the target at alpha 4 (KL 0.40 against
-0.31 on the peaky base) and no closer elsewhere.
+the most recent, except that the best `best_fraction` of the capacity by target
+log-prob per token, alpha (S_base/|y| + psi), the quantity LA-TB matches, stay
+whatever their age. A replay step draws, for each prompt, the `best_fraction`
+best and then the most recent of the rest (`order` "newest") or a random choice
+of them ("random"); with a `window`, only prompts sampled in the last `window`
+steps are ready. Defaults and measurements: docs/design.md section 12 and
+examples/replay_exact.py.
 """
 
 from __future__ import annotations
@@ -69,8 +72,8 @@ class Entry:
 
 
 class ReplayBuffer:
-    def __init__(self, capacity: int, best_fraction: float = 0.0, window: int = 0):
-        self.capacity, self.best_fraction, self.window = capacity, best_fraction, window
+    def __init__(self, capacity: int, best_fraction: float = 0.0, window: int = 0, order: str = "newest"):
+        self.capacity, self.best_fraction, self.window, self.order = capacity, best_fraction, window, order
         self.entries: dict[int, list[Entry]] = {}  # prompt index -> its completions, oldest first
 
     def __len__(self) -> int:
@@ -118,12 +121,15 @@ class ReplayBuffer:
         return sorted(prompt for prompt, kept in self.entries.items()
                       if len(kept) >= count and max(e.step for e in kept) > oldest)
 
-    def draw(self, prompt: int, count: int) -> list[Entry]:
-        """`count` of a prompt's completions: the best `best_fraction` by target, then the most recent of the rest;
-        a prompt with fewer stored repeats them in that order."""
+    def draw(self, prompt: int, count: int, generator: torch.Generator | None = None) -> list[Entry]:
+        """`count` of a prompt's completions: the best `best_fraction` by target, then of the rest the most recent
+        (`order` "newest") or a random choice (`order` "random", drawn with `generator`); a prompt with fewer
+        stored repeats them in that order."""
         kept = self.entries[prompt]
         chosen = _best(kept, min(len(kept), round(count * self.best_fraction)))
         rest = [i for i in range(len(kept) - 1, -1, -1) if i not in chosen]  # newest first
+        if self.order == "random":
+            rest = [rest[i] for i in torch.randperm(len(rest), generator=generator).tolist()]
         picked = [kept[i] for i in chosen + rest][:count]
         return [picked[i % len(picked)] for i in range(count)]
 
@@ -132,7 +138,7 @@ class ReplayBuffer:
     def state(self) -> tuple[dict[str, Tensor], dict[str, str]]:
         entries = [entry for prompt in sorted(self.entries) for entry in self.entries[prompt]]
         meta = {"format": FORMAT, "capacity": str(self.capacity), "best_fraction": repr(self.best_fraction),
-                "window": str(self.window), "count": str(len(entries))}
+                "window": str(self.window), "order": self.order, "count": str(len(entries))}
         if not entries:
             return {"empty": torch.zeros(1)}, meta
         lengths = torch.tensor([len(e.completion) for e in entries])
@@ -155,7 +161,7 @@ class ReplayBuffer:
 
     @staticmethod
     def from_state(tensors: dict[str, Tensor], meta: dict[str, str]) -> "ReplayBuffer":
-        buffer = ReplayBuffer(int(meta["capacity"]), float(meta["best_fraction"]), int(meta.get("window", 0)))
+        buffer = ReplayBuffer(int(meta["capacity"]), float(meta["best_fraction"]), int(meta["window"]), meta["order"])
         if meta.get("format") != FORMAT:
             raise ValueError(f"replay buffer format {meta.get('format', '1')!r}, this version reads {FORMAT!r}")
         offsets = tensors["offsets"].tolist() if int(meta["count"]) else []

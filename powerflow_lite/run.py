@@ -20,6 +20,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .config_files import to_yaml
 from .data import encode_prompts, load_prompts
+from .distributed import SINGLE, Ranks
 from .engine import resolve_sampler
 from .errors import PowerflowError
 from .evaluate import EvalSet, setup_training_eval
@@ -69,6 +70,7 @@ class Run:
     bad_in_row: int = 0  # steps in a row whose update was skipped (non-finite loss or gradient)
     replay: ReplayBuffer | None = None  # with --replay-steps: the completions of earlier fresh steps
     fresh_steps: int = 0  # steps that sampled (the others replayed): where the prompt schedule stands
+    ranks: Ranks = SINGLE  # under torchrun / accelerate launch: this process's rank (distributed.py)
 
 
 def _set_learning_rates(optimizer, scheduler, base_lrs: list[float]) -> None:
@@ -111,14 +113,42 @@ def build_optimizer(cfg: TrainConfig, lora_params, head: LogZHead, device: torch
     return torch.optim.AdamW(groups)
 
 
-def setup(cfg: TrainConfig) -> Run:
-    """Check inputs cheaply first (output dir, prompts), then load the model and restore a checkpoint."""
+def setup(cfg: TrainConfig, ranks: Ranks = SINGLE) -> Run:
+    """Check inputs cheaply first (output dir, prompts), then load the model and restore a checkpoint.
+
+    Under a launcher every rank checks and loads; only when all have passed (`ranks.agree`) does rank 0 write
+    the output directory, and the others wait for it."""
+    device = ranks.start(resolve_device(cfg.device))  # a bad --device fails here on every rank alike
+    try:
+        run = _prepare(cfg, ranks, device)
+    except PowerflowError as err:
+        ranks.agree(err)  # raises here, on every rank
+        raise
+    ranks.agree(None)
+    cfg, out = run.cfg, run.out
     resuming = cfg.resume or bool(cfg.resume_from)
+    if ranks.main:
+        # Every input is valid by now: only here may --overwrite delete a previous run.
+        ckpt.create_output_dir(out, resume=resuming, overwrite=cfg.overwrite)
+        if resuming:  # rows after the checkpoint (all rows, when there is none) are redone
+            ckpt.remove_leftovers(out)
+            ckpt.truncate_metrics(out / "metrics.jsonl", run.start_step if run.resumed_from else -1)
+        # The saved config describes the run, not how this invocation started it: never `overwrite: true`.
+        ckpt.write_atomically(out / "config.yaml",
+                              to_yaml(replace(cfg, resume=False, resume_from="", overwrite=False)))
+    ranks.barrier()
+    return run
+
+
+def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
+    """setup's checks and loading, which write nothing."""
+    resuming = cfg.resume or bool(cfg.resume_from)
+    if ranks.active:
+        _check_ranks(cfg, ranks)
     out = ckpt.check_output_dir(cfg.output, resume=resuming, overwrite=cfg.overwrite)
     resume_path = ckpt.resume_checkpoint(out, cfg.resume_from) if resuming else None  # None: start at step 0
     rows = load_prompts(cfg.prompts, cfg.prompt_field, cfg.split)
     psi = load_format_penalty(cfg.format_penalty)
-    device = resolve_device(cfg.device)
     # `auto` becomes what runs here, and the saved config says so: a resumed run keeps the path it started on
     quant, quant_why = resolve_quant(cfg.quant, device)
     sampler, sampler_why = resolve_sampler(cfg.sampler, device, cfg.top_p)
@@ -142,10 +172,11 @@ def setup(cfg: TrainConfig) -> Run:
 
     objective = OBJECTIVES[cfg.objective]
     run = Run(cfg, out, device, model, tokenizer, head, optimizer, scheduler, objective, psi, rows, prompt_ids,
-              MetricsLog(out / "metrics.jsonl"),
-              LogPartition(head, objective, cfg.log_z, cfg.z_init, cfg.alpha, cfg.clip_eps),
+              MetricsLog(out / "metrics.jsonl" if ranks.main else None),
+              LogPartition(head, objective, cfg.log_z, cfg.z_init, cfg.alpha, cfg.clip_eps, ranks=ranks),
               BatchSize("--micro-batch-size", cfg.micro_batch_size),
-              BatchSize("--sample-batch-size", cfg.sample_batch_size), eval_set=eval_set, embed=embed)
+              BatchSize("--sample-batch-size", cfg.sample_batch_size), eval_set=eval_set, embed=embed,
+              ranks=ranks)
     if resume_path is not None:
         state = ckpt.load_checkpoint(resume_path, model, head, optimizer, scheduler)
         run.start_step, run.resumed_from = state.step, resume_path
@@ -159,23 +190,17 @@ def setup(cfg: TrainConfig) -> Run:
             run.sample_batch.value = min(cfg.sample_batch_size or state.sample_batch_size, state.sample_batch_size)
         _set_learning_rates(optimizer, scheduler, [cfg.lr, *(g["lr"] for g in head.param_groups(cfg.z_lr))])
     if cfg.replay_steps and run.replay is None:
-        run.replay = ReplayBuffer(cfg.replay_size, cfg.replay_best, cfg.replay_window)
+        run.replay = ReplayBuffer(cfg.replay_size, cfg.replay_best, cfg.replay_window, cfg.replay_order)
     elif run.replay is not None:  # resumed: this invocation's settings apply from now on
         run.replay.capacity, run.replay.best_fraction = cfg.replay_size, cfg.replay_best
-        run.replay.window = cfg.replay_window
+        run.replay.window, run.replay.order = cfg.replay_window, cfg.replay_order
         if any(prompt >= len(rows) for prompt in run.replay.entries):
             raise PowerflowError(f"the replay buffer of {resume_path} holds prompts beyond the {len(rows)} of "
                                  f"{cfg.prompts}: was the prompt file changed? Resume with the run's own prompts")
     freed = ckpt.tree_bytes(out) if cfg.overwrite and not resuming else 0  # the run --overwrite deletes
-    ckpt.check_free_space(out, _disk_needed(cfg, run.start_step, sum(p.numel() for p in lora_params), len(rows),
-                                            head.hidden_size) - freed)
-    # Every input is valid by now: only here may --overwrite delete a previous run.
-    ckpt.create_output_dir(out, resume=resuming, overwrite=cfg.overwrite)
-    if resuming:  # rows after the checkpoint (all rows, when there is none) are redone
-        ckpt.remove_leftovers(out)
-        ckpt.truncate_metrics(out / "metrics.jsonl", run.start_step if resume_path else -1)
-    # The saved config describes the run, not how this invocation started it: never `overwrite: true`.
-    ckpt.write_atomically(out / "config.yaml", to_yaml(replace(cfg, resume=False, resume_from="", overwrite=False)))
+    if ranks.main:
+        ckpt.check_free_space(out, _disk_needed(cfg, run.start_step, sum(p.numel() for p in lora_params), len(rows),
+                                                head.hidden_size) - freed)
     run.info = {
         "device": str(device),
         "quant": cfg.quant,
@@ -186,8 +211,19 @@ def setup(cfg: TrainConfig) -> Run:
         "prompts": len(rows),
         "start_step": run.start_step,
         "started_over": resuming and resume_path is None,
+        "ranks": ranks.world,
     }
     return run
+
+
+def _check_ranks(cfg: TrainConfig, ranks: Ranks) -> None:
+    """What data parallel needs of the settings: an equal share of every step's prompts per rank."""
+    if cfg.prompts_per_step % ranks.world:
+        raise PowerflowError(f"--prompts-per-step ({cfg.prompts_per_step}) must be a multiple of the number of "
+                             f"processes ({ranks.world}): each takes an equal share of a step's prompts")
+    if cfg.replay_steps:
+        raise PowerflowError("--replay-steps runs in one process only for now (the buffer is not shared across "
+                             f"ranks); launched with {ranks.world} processes")
 
 
 def _disk_needed(cfg: TrainConfig, start_step: int, trainable: int, prompts: int = 0, hidden_size: int = 0) -> int:

@@ -92,10 +92,14 @@ class Rollouts:
                            for f in fields(self)})
 
     @staticmethod
-    def concat(parts: list["Rollouts"], pad_id: int, group_ids: Tensor) -> "Rollouts":
-        """The rows of `parts` in order, prompts re-padded on the left and completions on the right."""
+    def concat(parts: list["Rollouts"], pad_id: int, group_ids: Tensor,
+               widths: tuple[int, int] | None = None) -> "Rollouts":
+        """The rows of `parts` in order, prompts re-padded on the left and completions on the right (to `widths`,
+        prompt and completion, when given: at least the parts' own)."""
         prompt_width = max(p.prompt_ids.shape[1] for p in parts)
         width = max(p.completion_ids.shape[1] for p in parts)
+        if widths is not None:
+            prompt_width, width = max(prompt_width, widths[0]), max(width, widths[1])
 
         def cat(name: str, value, left: bool = False):
             tensors = [getattr(p, name) for p in parts]
@@ -133,8 +137,10 @@ def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[Tensor, T
     return ids.to(device), mask.to(device)
 
 
-def sample(model, tokenizer, prompts: list[list[int]], samples_per_prompt: int, settings: SamplingSettings) -> Rollouts:
-    """G = samples_per_prompt completions for each prompt (rows grouped by prompt), adapter as it is set."""
+def sample(model, tokenizer, prompts: list[list[int]], samples_per_prompt: int, settings: SamplingSettings,
+           uniforms: Tensor | None = None) -> Rollouts:
+    """G = samples_per_prompt completions for each prompt (rows grouped by prompt), adapter as it is set.
+    `generate` draws from torch's own stream: `uniforms` (engine.sample_static's) is not used."""
     from transformers import GenerationConfig
 
     device = next(model.parameters()).device
@@ -163,13 +169,15 @@ def sample(model, tokenizer, prompts: list[list[int]], samples_per_prompt: int, 
 
 
 def sample_in_batches(sampler, model, tokenizer, prompts: list[list[int]], samples_per_prompt: int,
-                      settings: SamplingSettings, batch_size: int) -> Rollouts:
-    """`sampler` over at most `batch_size` completions per call (0: all in one call, exactly `sampler` itself)."""
+                      settings: SamplingSettings, batch_size: int, uniforms: Tensor | None = None) -> Rollouts:
+    """`sampler` over at most `batch_size` completions per call (0: all in one call, exactly `sampler` itself);
+    `uniforms` [N, L] (rows in order) are handed to the calls, each its rows."""
     total = len(prompts) * samples_per_prompt
     if not batch_size or batch_size >= total:
-        return sampler(model, tokenizer, prompts, samples_per_prompt, settings)
+        return sampler(model, tokenizer, prompts, samples_per_prompt, settings, uniforms=uniforms)
     rows = per_sample(prompts, samples_per_prompt)
-    parts = [sampler(model, tokenizer, rows[start:start + batch_size], 1, settings)
+    parts = [sampler(model, tokenizer, rows[start:start + batch_size], 1, settings,
+                     uniforms=None if uniforms is None else uniforms[start:start + batch_size])
              for start in range(0, total, batch_size)]
     group_ids = group_ids_of(len(prompts), samples_per_prompt, parts[0].group_ids.device)
     return Rollouts.concat(parts, tokenizer.pad_token_id, group_ids)

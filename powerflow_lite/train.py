@@ -35,6 +35,7 @@ from torch import Tensor
 from . import checkpoint as ckpt
 from .batch import ScoredBatch
 from .data import prompt_indices
+from .distributed import uniforms
 from .engine import SAMPLERS
 from .errors import PowerflowError
 from .evaluate import EVALS, before_after, training_metrics, write_training_eval
@@ -73,9 +74,11 @@ def micro_batches(n: int, size: int, group_size: int) -> list[slice]:
 
 def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator[StepResult]:
     """The steps from run.start_step; stops early, after a checkpoint, once `should_stop()` is true."""
-    cfg, tokenizer = run.cfg, run.tokenizer
+    cfg, tokenizer, ranks = run.cfg, run.tokenizer, run.ranks
     settings = SamplingSettings.from_config(cfg, tokenizer)
     G = cfg.samples_per_prompt
+    stop_requested = should_stop
+    should_stop = lambda: ranks.any(stop_requested())  # noqa: E731 - all ranks stop after the same step
     if run.eval_set is not None and run.start_step == 0:  # where the curves start: the base model itself
         run.info["eval_before"] = {"step": 0, **_evaluate(run, settings.stop_ids, 0)}
         run.metrics.write(run.info["eval_before"])
@@ -91,14 +94,20 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         #        step (--replay-steps), take G stored completions of each of B prompts from the buffer
         started = time.perf_counter()
         seed_step(cfg.seed, step)  # a replay step's random draws (dropout) too are a function of (seed, step)
-        replayed = _replay_prompts(run, step)  # None: a fresh step
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # a replay step's draws
+        replayed = _replay_prompts(run, step, generator)  # None: a fresh step
         if replayed is None:
-            batch = prompt_indices(len(run.prompts), run.fresh_steps, cfg.prompts_per_step, cfg.seed)
-            rollouts = _sample(run, [run.prompt_ids[i] for i in batch], settings, step, notes)
+            every = prompt_indices(len(run.prompts), run.fresh_steps, cfg.prompts_per_step, cfg.seed)
+            share = ranks.share(every)  # under a launcher this rank's part of the step's prompts; else all
+            batch = every[share]
+            rollouts = _sample(run, [run.prompt_ids[i] for i in batch], settings, step, notes, share.start, len(every))
+            if ranks.active:  # padded as one process pads the whole step: the same shapes, the same rounding
+                widths = (max(len(run.prompt_ids[i]) for i in every), ranks.max(rollouts.completion_ids.shape[1]))
+                rollouts = Rollouts.concat([rollouts], tokenizer.pad_token_id, rollouts.group_ids, widths)
             run.fresh_steps += 1
         else:
             batch = replayed
-            entries = [entry for prompt in batch for entry in run.replay.draw(prompt, G)]
+            entries = [entry for prompt in batch for entry in run.replay.draw(prompt, G, generator)]
             rollouts, stored_base, stored_behaviour, stored_features = replay_batch(
                 entries, run.prompt_ids, G, tokenizer.pad_token_id, run.device)
         texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
@@ -120,7 +129,6 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         scored_batch = ScoredBatch(rollouts, old_logps, base_logps, psi, features, behaviour_logps)
         if replayed is None and run.replay is not None:
             run.replay.add(scored_batch, batch, step + 1, cfg.alpha)
-        mask = scored_batch.mask  # [N, L]
         scored = _clock(run.device)
 
         # --- 3. log Z' before the update (partition.py): each prompt's batch estimate from its G samples; the
@@ -134,48 +142,13 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         run.bad_in_row = run.bad_in_row + 1 if update.skipped else 0
         updated = _clock(run.device)
 
-        # --- 5. log, stop after too many bad steps, checkpoint
-        log_z = run.log_z.values(scored_batch, G)  # one value per prompt
-        estimates = before.estimates
-        lengths = rollouts.lengths.tolist()
-        row = {
-            "step": step + 1,
-            "loss": mean(update.losses),
-            "log_z_mean": mean(log_z),
-            "log_z_std": std(log_z),
-            "log_z_batch_mean": float("nan") if estimates is None else estimates.mean().item(),
-            "log_z_gap": float("nan") if estimates is None else (before.head - estimates).mean().item(),
-            "residual_mean": mean(update.residuals),
-            "residual_std": std(update.residuals),
-            "length_mean": mean(lengths),
-            "length_min": min(lengths),
-            "length_max": max(lengths),
-            "truncated_frac": rollouts.truncated.float().mean().item(),
-            "format_frac": (formats >= 0).float().mean().item(),
-            "psi_mean": psi.mean().item(),
-            "policy_logp_per_token": (old_logps.sum() / mask.sum()).item(),
-            "base_logp_per_token": (base_logps.sum() / mask.sum()).item(),
-            "clip_frac": mean([float(c) for c in update.clipped]),
-            "grad_norm": update.grad_norm,
-            "update_skipped": int(update.skipped),
-            "lr": run.scheduler.get_last_lr()[0],
-            "sampled_tokens": 0 if replayed else sum(lengths),
-            "sample_tokens_per_s": float("nan") if replayed else sum(lengths) / max(sampled - started, 1e-9),
-            "time_sample": sampled - started,
-            "time_score": scored - sampled,
-            "time_update": updated - scored,
-        }
-        if run.replay is not None:
-            row["replayed"] = int(replayed is not None)
-        if run.replay is not None or cfg.explored_per_prompt:
-            row["explored_frac"] = (rollouts.temperatures() == cfg.explore_temperature).float().mean().item() \
-                if cfg.explored_per_prompt else 0.0
-            # mean over tokens of log pi(y_t) - log b(y_t): 0 on-policy; its negation estimates KL(b || pi) per token
-            row["behaviour_log_ratio"] = (((old_logps - behaviour_logps) * mask).sum() / mask.sum()).item()
+        # --- 5. log, stop after too many bad steps, checkpoint (under a launcher: over every rank's rows)
+        times = [sampled - started, scored - sampled, updated - scored]
+        row = _metrics_row(run, step, scored_batch, formats, update, before, replayed is not None, times)
         if run.device.type == "cuda":
-            row["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(run.device) / 2**30
+            row["peak_gpu_mem_gib"] = ranks.max(torch.cuda.max_memory_allocated(run.device) / 2**30)
         else:
-            row["peak_rss_gib"] = peak_rss_gib()
+            row["peak_rss_gib"] = ranks.max(peak_rss_gib())
         if run.eval_set is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps):
             row.update(_evaluate(run, settings.stop_ids, step + 1))
         run.metrics.write(row)
@@ -187,7 +160,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.max_steps or stopping:
             saved = _save(run, step + 1)
         show = cfg.show_every and (step == run.start_step or (step + 1) % cfg.show_every == 0)
-        example = {"prompt": prompt_texts[0], "completion": texts[0], "length": lengths[0],
+        example = {"prompt": prompt_texts[0], "completion": texts[0], "length": int(rollouts.lengths[0]),
                    "truncated": bool(rollouts.truncated[0])} if show else None
         yield StepResult(step + 1, cfg.max_steps, row, example, saved, tuple(notes))
         if (stopping or should_stop()) and step + 1 < cfg.max_steps:  # a signal: checkpoint this step and leave
@@ -196,13 +169,15 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
             return
 
     # Also when there was nothing left to do: a run killed between its last checkpoint and this write.
-    ckpt.save_final_adapter(run.out, run.model, run.head)
-    if run.eval_set is not None and (run.out / EVALS / f"step-{cfg.max_steps}.json").is_file():
+    if ranks.main:
+        ckpt.save_final_adapter(run.out, run.model, run.head)
+    ranks.barrier()
+    if ranks.main and run.eval_set is not None and (run.out / EVALS / f"step-{cfg.max_steps}.json").is_file():
         compared = before_after(run.out, cfg.eval_data, cfg.eval_k, cfg.max_steps)
         run.info["before_after" if isinstance(compared, dict) else "before_after_note"] = compared
 
 
-def _replay_prompts(run: Run, step: int) -> list[int] | None:
+def _replay_prompts(run: Run, step: int, generator: torch.Generator) -> list[int] | None:
     """The prompts a replay step draws from the buffer, or None for a fresh step.
 
     With --replay-steps K, K steps replay after each fresh one (the first step is fresh); a replay step takes
@@ -215,25 +190,39 @@ def _replay_prompts(run: Run, step: int) -> list[int] | None:
     ready = run.replay.ready(min(2, run.cfg.samples_per_prompt), step)
     if not ready:
         return None
-    generator = torch.Generator().manual_seed(run.cfg.seed * 1_000_003 + step)
     order = torch.randperm(len(ready), generator=generator)[:run.cfg.prompts_per_step]
     return [ready[i] for i in order.tolist()]
 
 
-def _sample(run: Run, prompts: list[list[int]], settings: SamplingSettings, step: int, notes: list[str]) -> Rollouts:
+def _sample(run: Run, prompts: list[list[int]], settings: SamplingSettings, step: int, notes: list[str],
+            first: int = 0, step_prompts: int | None = None) -> Rollouts:
     """G completions per prompt, the last --explore-fraction of each prompt's at --explore-temperature; out of
-    memory, again with half as many per sampling call."""
-    cfg = run.cfg
+    memory, again with half as many per sampling call. `prompts` are the step's `step_prompts` from its `first`
+    on (a rank's share; default all): the static sampler draws row i of the step from uniforms fixed by
+    (seed, step, i), whichever rank samples it."""
+    cfg, ranks = run.cfg, run.ranks
     G, explored = cfg.samples_per_prompt, cfg.explored_per_prompt
     total = len(prompts) * G
     shares = [(settings, G - explored), (replace(settings, temperature=cfg.explore_temperature), explored)]
-    shares = [(share, count) for share, count in shares if count]
+    shares = [(stream, share, count) for stream, (share, count) in enumerate(shares) if count]
+    static = cfg.sampler == "static"
+
+    def draws(stream: int, count: int):
+        """The uniforms of this rank's rows of one share, or None (generate draws from torch's stream)."""
+        if not static:
+            return None
+        every = uniforms(cfg.seed, step, stream, (step_prompts or len(prompts)) * count, settings.max_new_tokens,
+                         run.device)
+        return every[first * count:(first + len(prompts)) * count]
 
     def attempt(size: int) -> Rollouts:
         seed_step(cfg.seed, step)  # a retry draws as a first attempt with that batch size would
+        if ranks.rank and not static:  # generate: each rank a stream of its own
+            torch.manual_seed(cfg.seed * 1_000_003 + step + ranks.rank * 2**56)
         try:
-            parts = [sample_in_batches(SAMPLERS[cfg.sampler], run.model, run.tokenizer, prompts, count, share, size)
-                     for share, count in shares]
+            parts = [sample_in_batches(SAMPLERS[cfg.sampler], run.model, run.tokenizer, prompts, count, share, size,
+                                       draws(stream, count))
+                     for stream, share, count in shares]
         except RuntimeError as err:
             if "probability tensor contains" not in str(err):
                 raise
@@ -296,10 +285,12 @@ class Update:
 
 def _update(run: Run, batch: ScoredBatch, notes: list[str]) -> Update:
     """K epochs of gradient accumulation and an optimizer step each; the schedule advances K steps regardless."""
-    cfg, objective = run.cfg, run.objective
+    cfg, objective, ranks = run.cfg, run.objective, run.ranks
     group = cfg.samples_per_prompt if objective.grouped or run.log_z.from_batch else 1  # the smallest micro-batch
     lora_params = trainable_parameters(run.model)
-    denominator = float(batch.mask.sum()) if objective.per_token else float(len(batch))
+    # the whole step's counts, every rank's rows: the ranks' summed gradients are then the one-process gradient
+    step_rows = ranks.sum(len(batch))
+    denominator = ranks.sum(float(batch.mask.sum())) if objective.per_token else float(step_rows)
     update = Update([], [], [], float("nan"), False)
 
     def accumulate(size: int) -> tuple[float, list[float] | None, list[float]]:
@@ -309,7 +300,7 @@ def _update(run: Run, batch: ScoredBatch, notes: list[str]) -> Update:
         for rows in micro_batches(len(batch), size, group):
             part = batch.select(rows)
             policy_logps, _ = completion_logprobs(run.model, part.rollouts)  # [n, L] with grad
-            log_z, head_loss = run.log_z.for_loss(policy_logps, part, len(batch))  # [n], scalar
+            log_z, head_loss = run.log_z.for_loss(policy_logps, part, step_rows)  # [n], scalar
             loss, stats = objective.loss(policy_logps=policy_logps, log_z=log_z, denominator=denominator,
                                          alpha=cfg.alpha, clip_eps=cfg.clip_eps, **part.objective_inputs())
             if not torch.isfinite(loss + head_loss):
@@ -326,6 +317,10 @@ def _update(run: Run, batch: ScoredBatch, notes: list[str]) -> Update:
         loss, residuals, clipped = halve_on_oom(accumulate, run.micro_batch, len(batch), group, "in the update",
                                                 hint, notes)
         update.losses.append(loss)
+        if ranks.any(residuals is None):  # a rank's loss was not finite: no rank applies this epoch
+            residuals = None
+        else:  # one all-reduce per optimizer step, after every micro-batch
+            ranks.sum_gradients(lora_params + [p for p in run.head.parameters()])
         if residuals is not None:
             update.grad_norm = float(torch.nn.utils.clip_grad_norm_(lora_params, cfg.max_grad_norm or float("inf")))
         if residuals is None or not (math.isfinite(update.grad_norm) and _finite_grads(run.head)):
@@ -346,11 +341,82 @@ def _update(run: Run, batch: ScoredBatch, notes: list[str]) -> Update:
 
 
 def _save(run: Run, step: int) -> Path:
-    state = ckpt.TrainerState(step, run.cfg.seed, run.log_z.initialized, run.bad_in_row, run.micro_batch.value,
-                              run.sample_batch.value, run.fresh_steps)
-    path = ckpt.save_checkpoint(run.out, run.model, run.head, run.optimizer, run.scheduler, state, run.replay)
-    ckpt.prune_checkpoints(run.out, run.cfg.keep_checkpoints)
+    """checkpoint-N, written by rank 0 (every rank holds the same weights); the others wait for it."""
+    path = run.out / f"checkpoint-{step}"
+    if run.ranks.main:
+        state = ckpt.TrainerState(step, run.cfg.seed, run.log_z.initialized, run.bad_in_row, run.micro_batch.value,
+                                  run.sample_batch.value, run.fresh_steps)
+        path = ckpt.save_checkpoint(run.out, run.model, run.head, run.optimizer, run.scheduler, state, run.replay)
+        ckpt.prune_checkpoints(run.out, run.cfg.keep_checkpoints)
+    run.ranks.barrier()
     return path
+
+
+def _metrics_row(run: Run, step: int, batch: ScoredBatch, formats: Tensor, update: "Update", before,
+                 replayed: bool, times: list[float]) -> dict:
+    """The step's metrics.jsonl row. Per-row figures are gathered over the ranks in rank order (the one-process
+    row order), sums added and times the slowest rank's, so that R ranks write what one process writes."""
+    cfg, ranks, G = run.cfg, run.ranks, run.cfg.samples_per_prompt
+    mask = batch.mask
+    tokens = mask.sum(-1)  # [N]
+    per_row = {
+        "lengths": tokens.tolist(),
+        "truncated": batch.rollouts.truncated.float().tolist(),
+        "format_ok": (formats >= 0).float().tolist(),
+        "psi": batch.psi.tolist(),
+        "old": (batch.old_logps * mask).sum(-1).tolist(),
+        "base": (batch.base_logps * mask).sum(-1).tolist(),
+        "behaviour": (batch.behaviour_logps * mask).sum(-1).tolist(),
+        "explored": (batch.rollouts.temperatures() == cfg.explore_temperature).float().tolist(),
+        "residuals": update.residuals,
+        "clipped": update.clipped,
+        "log_z": run.log_z.values(batch, G),  # one value per prompt
+        "estimates": [] if before.estimates is None else before.estimates.tolist(),
+        "head": before.head.tolist(),
+    }
+    per_step = {"losses": update.losses, "times": times}
+    if ranks.active:
+        parts = ranks.gather((per_row, per_step))
+        per_row = {key: [v for rows, _ in parts for v in rows[key]] for key in per_row}
+        per_step = {"losses": [sum(values) for values in zip(*(s["losses"] for _, s in parts))],
+                    "times": [max(values) for values in zip(*(s["times"] for _, s in parts))]}
+    lengths, count = per_row["lengths"], sum(per_row["lengths"])
+    estimates, head = per_row["estimates"], per_row["head"]
+    time_sample, time_score, time_update = per_step["times"]
+    row = {
+        "step": step + 1,
+        "loss": mean(per_step["losses"]),
+        "log_z_mean": mean(per_row["log_z"]),
+        "log_z_std": std(per_row["log_z"]),
+        "log_z_batch_mean": mean(estimates) if estimates else float("nan"),
+        "log_z_gap": mean([h - e for h, e in zip(head, estimates)]) if estimates else float("nan"),
+        "residual_mean": mean(per_row["residuals"]),
+        "residual_std": std(per_row["residuals"]),
+        "length_mean": mean(lengths),
+        "length_min": min(lengths),
+        "length_max": max(lengths),
+        "truncated_frac": mean(per_row["truncated"]),
+        "format_frac": mean(per_row["format_ok"]),
+        "psi_mean": mean(per_row["psi"]),
+        "policy_logp_per_token": sum(per_row["old"]) / count,
+        "base_logp_per_token": sum(per_row["base"]) / count,
+        "clip_frac": mean(per_row["clipped"]),
+        "grad_norm": update.grad_norm,
+        "update_skipped": int(update.skipped),
+        "lr": run.scheduler.get_last_lr()[0],
+        "sampled_tokens": 0 if replayed else count,
+        "sample_tokens_per_s": float("nan") if replayed else count / max(time_sample, 1e-9),
+        "time_sample": time_sample,
+        "time_score": time_score,
+        "time_update": time_update,
+    }
+    if run.replay is not None:
+        row["replayed"] = int(replayed)
+    if run.replay is not None or cfg.explored_per_prompt:
+        row["explored_frac"] = mean(per_row["explored"]) if cfg.explored_per_prompt else 0.0
+        # mean over tokens of log pi(y_t) - log b(y_t): 0 on-policy; its negation estimates KL(b || pi) per token
+        row["behaviour_log_ratio"] = (sum(per_row["old"]) - sum(per_row["behaviour"])) / count
+    return row
 
 
 def _bad_steps_message(run: Run, step: int) -> str:
@@ -371,7 +437,9 @@ def _evaluate(run: Run, stop_ids: tuple[int, ...], step: int) -> dict:
         rows = max(rows, CPU_EVAL_ROWS)  # once took 22 s where four calls of 24 took 36 s (SmolLM2-135M)
     row, summary, records = training_metrics(run.model, run.tokenizer, run.eval_set, cfg.eval_k,
                                              SamplingSettings(cfg.max_new_tokens, stop_ids=stop_ids), cfg.seed,
-                                             run.embed, rows, policy_is_base=step == 0)
+                                             run.embed, rows, policy_is_base=step == 0, ranks=run.ranks)
+    if not run.ranks.main:  # rank 0 graded every rank's samples
+        return row
     setting = {"data": cfg.eval_data, "task": run.eval_set.task, "k": cfg.eval_k, "limit": cfg.eval_limit,
                "max_new_tokens": cfg.max_new_tokens, "chat_template": cfg.chat_template,
                "system_prompt": cfg.system_prompt}

@@ -39,10 +39,10 @@ ROWS = [{"prompt": "What is 1+1?", "answer": "2"}, {"prompt": "Name a color.", "
 
 POSITIVE = ("alpha", "temperature", "lr", "z_lr", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "lora_r",
             "lora_alpha", "max_steps", "z_hidden", "micro_batch_size", "inner_epochs", "max_bad_steps", "n", "k",
-            "batch_size", "replay_size")
+            "batch_size", "replay_size", "explore_temperature")
 NON_NEGATIVE = ("min_new_tokens", "warmup_steps", "weight_decay", "max_grad_norm", "save_every", "show_every",
                 "eval_every", "eval_limit", "limit", "sample_batch_size", "keep_checkpoints", "truncation_penalty",
-                "replay_steps")
+                "replay_steps", "replay_window")
 OUT_OF_RANGE = {
     **{name: ("0", "-1") for name in POSITIVE},
     **{name: ("-1",) for name in NON_NEGATIVE},
@@ -52,6 +52,7 @@ OUT_OF_RANGE = {
     "lora_dropout": ("-0.1", "1"),  # [0, 1)
     "clip_eps": ("-0.1", "1"),  # [0, 1)
     "replay_best": ("-0.1", "1.5"),  # [0, 1]
+    "explore_fraction": ("0", "1.5"),  # (0, 1]
 }
 BAD_TEXT = {  # a text field's bad value, and what its error must name
     "device": ("tpu", "--device"),

@@ -181,10 +181,10 @@ def test_out_of_memory_while_sampling_halves_the_sampling_batch(tiny_model_dir, 
                                                        sample_batch_size=1, max_steps=2, sampler=sampler)))]
     real = train_module.SAMPLERS[sampler]
 
-    def flaky(model, tokenizer, prompts, samples_per_prompt, settings):
+    def flaky(model, tokenizer, prompts, samples_per_prompt, settings, uniforms=None):
         if len(prompts) * samples_per_prompt > 2:
             raise oom()
-        return real(model, tokenizer, prompts, samples_per_prompt, settings)
+        return real(model, tokenizer, prompts, samples_per_prompt, settings, uniforms=uniforms)
 
     monkeypatch.setitem(train_module.SAMPLERS, sampler, flaky)
     results = list(train(setup(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=2,
@@ -227,7 +227,7 @@ def test_a_policy_with_non_finite_probabilities_is_one_line(tiny_model_dir, prom
     with pytest.raises(PowerflowError, match="probabilities are not finite at step 1"):
         next(train(run))
 
-    def overflowed(*args):  # what torch.multinomial says when the adapter's weights have overflowed
+    def overflowed(*args, **kwargs):  # what torch.multinomial says when the adapter's weights have overflowed
         raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
 
     monkeypatch.setitem(train_module.SAMPLERS, "hf", overflowed)

@@ -70,13 +70,17 @@ def test_draw_takes_the_best_fraction_then_the_newest_and_repeats_when_short():
     assert buffer.ready(5, done=5) == [3] and buffer.ready(6, done=5) == []
     buffer.window = 2
     assert buffer.ready(2, done=6) == [3] and buffer.ready(2, done=7) == []  # newest entry: step 5
+    buffer.order = "random"  # a random choice among the kept ones, drawn from the step's generator
+    draws = [[e.step for e in buffer.draw(3, 3, torch.Generator().manual_seed(seed))] for seed in range(6)]
+    assert all(len(set(d)) == 3 and set(d) <= {1, 2, 3, 4, 5} for d in draws) and len({tuple(d) for d in draws}) > 1
+    assert draws[2] == [e.step for e in buffer.draw(3, 3, torch.Generator().manual_seed(2))]
     small = ReplayBuffer(capacity=8, best_fraction=0.0)
     small.add(scored([[1], [2]], [[-1.0], [-2.0]], [0.0, 0.0], [0, 0]), prompts=[0], step=1, alpha=1.0)
     assert [e.completion.tolist() for e in small.draw(0, 5)] == [[2], [1], [2], [1], [2]]  # newest first, cycled
 
 
 def test_state_round_trip_is_exact_and_replay_batch_rebuilds_the_rows():
-    buffer = ReplayBuffer(capacity=8, best_fraction=0.25, window=3)
+    buffer = ReplayBuffer(capacity=8, best_fraction=0.25, window=3, order="random")
     batch = scored([[5, 6, 9], [7], [8, 8]], [[-1.1, -3.3, -0.7], [-0.5], [-2.0, -2.0]], [0.0, -0.5, 0.0], [0, 1, 1])
     batch = dataclasses.replace(batch, rollouts=dataclasses.replace(
         batch.rollouts, temperature=torch.tensor([1.0, 0.5, 1.0])))
@@ -86,13 +90,14 @@ def test_state_round_trip_is_exact_and_replay_batch_rebuilds_the_rows():
     assert tensors["completion"].dtype == torch.int32 and tensors["completion"].tolist() == [7, 8, 8, 5, 6, 9]
     assert tensors["offsets"].tolist() == [0, 1, 3, 6] and tensors["features"].shape == (2, 3)
     again = ReplayBuffer.from_state(tensors, meta)
-    assert (again.capacity, again.best_fraction, again.window) == (8, 0.25, 3)
+    assert (again.capacity, again.best_fraction, again.window, again.order) == (8, 0.25, 3, "random")
     for prompt in (0, 2):
         for a, b in zip(buffer.entries[prompt], again.entries[prompt], strict=True):
             assert torch.equal(a.completion, b.completion) and torch.equal(a.base_logps, b.base_logps)
             assert torch.equal(a.behaviour_logps, b.behaviour_logps) and torch.equal(a.features, b.features)
             assert (a.psi, a.target, a.step, a.temperature) == (b.psi, b.target, b.step, b.temperature)
     assert [e.temperature for e in again.entries[0]] == [0.5, 1.0]
+    again.order = "newest"
     entries = again.draw(2, 2) + again.draw(0, 2)  # two groups of G = 2 (prompt 2 has one, repeated)
     rollouts, base, behaviour, features = replay_batch(entries, [[1], [2, 3], [4, 5, 6]], 2, PAD,
                                                        torch.device("cpu"))
