@@ -39,13 +39,18 @@ def flags(model: Path, prompts: Path, out: Path, **overrides) -> list[str]:
             for part in ([flag[key]] if value is True else [flag[key], str(value)])]
 
 
-def launch(args: list[str], processes: int, wait: bool = True):
-    """`powerflow train ARGS` in one process, or under torchrun with `processes` ranks (gloo, one thread each)."""
+def launch(args: list[str], processes: int, wait: bool = True, launcher: str = "torchrun"):
+    """`powerflow train ARGS` in one process, or under torchrun (or accelerate launch) with `processes` ranks (gloo,
+    one thread each)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     prefix = [sys.executable, "-m", "powerflow_lite", "train"]
-    if processes > 1:
+    if processes > 1 and launcher == "torchrun":
         prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                   str(processes), "-m", "powerflow_lite", "train"]
+    elif processes > 1:  # on the CPU accelerate needs --multi_gpu to start torchrun's processes (gloo here)
+        prefix = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                  str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  "-m", "powerflow_lite", "train"]
     if not wait:
         return subprocess.Popen(prefix + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
@@ -100,6 +105,16 @@ def test_two_ranks_train_what_one_process_trains(tiny_model_dir, one_process, tm
     # rank 0 alone wrote: one metrics row per step, the checkpoints and the adapter
     assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 3
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+
+
+def test_accelerate_launch_trains_what_one_process_trains(tiny_model_dir, one_process, tmp_path):
+    pytest.importorskip("accelerate")  # not a dependency: checked where it is installed
+    reference, prompts = one_process
+    result = launch(flags(tiny_model_dir, prompts, tmp_path / "run"), 2, launcher="accelerate")
+    assert result.returncode == 0, result.stderr
+    assert "2 processes (data parallel)" in result.stdout
+    assert_same_weights(reference, tmp_path / "run")
+    assert_same_rows(reference, tmp_path / "run")
 
 
 @pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])

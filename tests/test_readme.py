@@ -29,7 +29,7 @@ def test_every_documented_flag_exists():
              for f in cls.__dataclass_fields__.values()}
     flags |= {"--no" + flag[1:] for flag in flags}  # every on/off option has a --no- form
     flags |= {"--config", "--demo", "--demo-creative", "--json", "--help", "--no-deps", "--out"}  # --out: plot's too
-    flags |= {"--nproc-per-node", "--num-processes"}  # torchrun's and accelerate launch's
+    flags |= {"--nproc-per-node", "--num-processes", "--multi-gpu"}  # torchrun's and accelerate launch's
     for script in ("exact_alpha.py", "real_model.py"):
         flags |= set(re.findall(r'add_argument\("(--[a-z-]+)"', (ROOT / "examples" / script).read_text()))
     documented = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", README))
