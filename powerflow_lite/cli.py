@@ -223,11 +223,18 @@ def merge_adapter(**flags) -> None:
 @with_config_flags(EvalConfig, extra=[CONFIG_FILE])
 def eval_command(config: str | None = None, **flags) -> None:
     from .display import eval_progress, eval_table
+    from .distributed import Ranks
     from .evaluate import SAMPLES, SUMMARY, evaluate
 
     cfg = resolve_eval_config(config, flags)
-    with eval_progress(console) as progress:
-        summary = evaluate(cfg, progress)
+    ranks = Ranks.from_environment()  # under torchrun: each process samples a share of the problems
+    try:
+        with eval_progress(console) as progress:
+            summary = evaluate(cfg, progress, ranks)
+    finally:
+        ranks.stop()
+    if not ranks.main:  # rank 0 graded and writes everything
+        return
     console.print(eval_table(summary))
     if summary["skipped_without_answer"]:
         console.print(f"skipped {summary['skipped_without_answer']} rows without a reference answer", markup=False)

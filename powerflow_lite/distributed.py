@@ -159,3 +159,14 @@ def uniforms(seed: int, step: int, stream: int, rows: int, length: int, device: 
     e.g. the explored share): row i's numbers are the same in one process and on any rank that samples it."""
     generator = torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 8 + stream)
     return torch.rand(rows, length, dtype=torch.float64, device=device, generator=generator)
+
+
+def row_uniforms(seed: int, first_row: int, rows: int, length: int, device: torch.device) -> Tensor:
+    """[rows, length] float64 uniforms for rows first_row, first_row + 1, ... of an evaluation, each row's from a
+    generator of its own (seed, row): the same numbers whichever call, batch or rank samples the row, and for
+    every variant (base, adapter) evaluated with the same seed."""
+    out = torch.empty(rows, length, dtype=torch.float64, device=device)
+    for i in range(rows):
+        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + first_row + i)
+        out[i] = torch.rand(length, dtype=torch.float64, device=device, generator=generator)
+    return out

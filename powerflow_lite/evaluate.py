@@ -105,9 +105,10 @@ def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: Samp
     with torch.random.fork_rng(devices=_cuda_devices(model)):  # training's random draws stay as they were
         # the same seed at every evaluation (on the CPU the static sampler's draws stay row-aligned only until its
         # first row stops, so the pairing of samples is partial; the paired statistics hold either way)
-        torch.manual_seed(EVAL_SEED_OFFSET + seed + ranks.rank * 2**40)
+        torch.manual_seed(EVAL_SEED_OFFSET + seed + ranks.rank * 2**40)  # generate's draws; the static sampler's:
         records = list(generate_records(model, tokenizer, eval_set.prompt_ids[share], k, settings, rows_per_batch,
-                                        score_base=not policy_is_base))
+                                        score_base=not policy_is_base, seed=EVAL_SEED_OFFSET + seed,
+                                        first_row=share.start * k))
     for record in records:
         record["prompt_index"] += share.start
     records = ranks.cat(records)
@@ -238,10 +239,75 @@ def paired_changes(base: dict, adapter: dict) -> dict:
     return changes
 
 
-def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
-    """The whole `powerflow eval` run; returns the summary it writes to OUT/summary.json."""
+def evaluate(cfg: EvalConfig, progress: Progress | None = None, ranks: Ranks = SINGLE) -> dict:
+    """The whole `powerflow eval` run; returns the summary it writes to OUT/summary.json.
+
+    Under torchrun each rank samples a contiguous share of the problems (row r drawn from uniforms of its own,
+    as in one process, with the static sampler) and rank 0 grades, writes and returns everything; the other
+    ranks return {}."""
+    device = ranks.start(resolve_device(cfg.device))
+    try:
+        out, eval_set, tokenizer = _prepare_eval(cfg)
+    except PowerflowError as err:
+        ranks.agree(err)
+        raise
+    ranks.agree(None)
+    embed, judge = None, None
+    if ranks.main:  # the measuring models grade on rank 0 only
+        embed = load_embedder(cfg.embedder, device) if eval_set.task == "creative" else None
+        if cfg.judge:
+            judge = (load_base_model(cfg.judge, cfg.quant, device, cfg.trust_remote_code),
+                     load_tokenizer(cfg.judge, cfg.trust_remote_code))
+    model = load_policy(cfg, device)
+    settings = SamplingSettings.from_config(cfg, tokenizer)
+    variants = (["base"] if cfg.compare_base else []) + ["adapter" if cfg.adapter else "base"]
+
+    if ranks.main:
+        _make_output(out, cfg.overwrite)
+    ranks.barrier()
+    started = time.perf_counter()
+    results = {}
+    share = ranks.share(eval_set.prompt_ids)
+    total = len(eval_set.prompt_ids[share]) * cfg.k * len(variants)
+    done = 0
+    handle = (out / SAMPLES).open("x", encoding="utf-8") if ranks.main else None
+    try:
+        for variant in variants:
+            torch.manual_seed(cfg.seed + ranks.rank * 2**40)  # generate's draws (the static sampler's: per row)
+            records = []
+            for record in generate_records(model, tokenizer, eval_set.prompt_ids[share], cfg.k, settings,
+                                           cfg.batch_size, adapter=variant == "adapter", seed=cfg.seed,
+                                           first_row=share.start * cfg.k):
+                record["prompt_index"] += share.start
+                prompt = eval_set.rows[record["prompt_index"]]["prompt"]
+                records.append({"variant": variant, **record, "prompt": prompt})
+                done += 1
+                if progress:
+                    progress(done, total, variant)
+            records = ranks.cat(records)
+            if not ranks.main:
+                continue
+            results[variant] = summarize(eval_set, records, cfg.k, embed, judge)
+            for record in records:  # graded by now
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+    finally:
+        if handle is not None:
+            handle.close()
+    if not ranks.main:
+        return {}
+    summary = {"task": eval_set.task, "data": cfg.data, "k": cfg.k, "prompts": len(eval_set.rows),
+               "skipped_without_answer": eval_set.skipped, "seconds": time.perf_counter() - started,
+               "results": results, "config": dataclasses.asdict(cfg)}
+    if list(results) == ["base", "adapter"]:
+        summary["change"] = paired_changes(results["base"], results["adapter"])
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return summary
+
+
+def _prepare_eval(cfg: EvalConfig):
+    """The checks of `evaluate` that read and load but write nothing.  -> output dir, eval set, tokenizer"""
     out = _check_output(cfg)
-    device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     # The data, the references and the measuring models first: a mistake there costs no model load.
     eval_set = load_eval_set(cfg.data, tokenizer, context_length(cfg.model, cfg.trust_remote_code), cfg.task,
@@ -252,42 +318,7 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
                              f"{cfg.data!r} is evaluated as --task math")
     if eval_set.task == "creative" and cfg.k < 2:
         raise PowerflowError(f"{cfg.data!r} is evaluated as --task creative: diversity needs -k >= 2")
-    embed = load_embedder(cfg.embedder, device) if eval_set.task == "creative" else None
-    judge = None
-    if cfg.judge:
-        judge = (load_base_model(cfg.judge, cfg.quant, device, cfg.trust_remote_code),
-                 load_tokenizer(cfg.judge, cfg.trust_remote_code))
-    model = load_policy(cfg, device)
-    settings = SamplingSettings.from_config(cfg, tokenizer)
-    variants = (["base"] if cfg.compare_base else []) + ["adapter" if cfg.adapter else "base"]
-
-    _make_output(out, cfg.overwrite)
-    started = time.perf_counter()
-    results = {}
-    total = len(eval_set.rows) * cfg.k * len(variants)
-    done = 0
-    with (out / SAMPLES).open("x", encoding="utf-8") as handle:
-        for variant in variants:
-            torch.manual_seed(cfg.seed)  # both variants see the same noise
-            records = []
-            for record in generate_records(model, tokenizer, eval_set.prompt_ids, cfg.k, settings, cfg.batch_size,
-                                           adapter=variant == "adapter"):
-                prompt = eval_set.rows[record["prompt_index"]]["prompt"]
-                records.append({"variant": variant, **record, "prompt": prompt})
-                done += 1
-                if progress:
-                    progress(done, total, variant)
-            results[variant] = summarize(eval_set, records, cfg.k, embed, judge)
-            for record in records:  # graded by now
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            handle.flush()
-    summary = {"task": eval_set.task, "data": cfg.data, "k": cfg.k, "prompts": len(eval_set.rows),
-               "skipped_without_answer": eval_set.skipped, "seconds": time.perf_counter() - started,
-               "results": results, "config": dataclasses.asdict(cfg)}
-    if list(results) == ["base", "adapter"]:
-        summary["change"] = paired_changes(results["base"], results["adapter"])
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return summary
+    return out, eval_set, tokenizer
 
 
 def _check_output(cfg: EvalConfig) -> Path:

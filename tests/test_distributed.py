@@ -32,7 +32,7 @@ def flags(model: Path, prompts: Path, out: Path, **overrides) -> list[str]:
                   lr=1e-2, warmup_steps=0, save_every=2, show_every=0, lr_schedule="constant",
                   # one process samples in calls of one rank's rows, and micro-batches hold one rank's rows: the
                   # same shapes, so the same float rounding (Adam would amplify a last-bit difference)
-                  sample_batch_size=3)
+                  sample_batch_size=3, eval_data=prompts.parent / "eval.jsonl", eval_every=3, eval_k=2)
     values.update(overrides)
     flag = {key: f"--{key.replace('_', '-')}" for key in values}
     return [part for key, value in values.items()
@@ -71,8 +71,12 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert any(v.abs().max() > 0 for k, v in first.items() if "lora_B" in k)  # the adapter trained
 
 
-def assert_same_rows(a: Path, b: Path) -> None:
+def assert_same_rows(a: Path, b: Path, training_only: bool = False) -> None:
+    """metrics.jsonl rows equal save timings (floats to 1e-5); `training_only`: without the eval figures."""
     first, second = (read_metrics(out / "metrics.jsonl") for out in (a, b))
+    if training_only:
+        first, second = ([{k: v for k, v in r.items() if not k.startswith("eval_") and k != "time_eval"}
+                          for r in rows if "loss" in r] for rows in (first, second))
     assert [r["step"] for r in first] == [r["step"] for r in second]
     for one, two in zip(first, second):
         assert one.keys() == two.keys()
@@ -85,11 +89,14 @@ def assert_same_rows(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def one_process(tiny_model_dir, tmp_path_factory):
-    """The reference: one process, 2 prompts a step, 3 steps."""
+    """The reference: one process, 2 prompts a step, 3 steps, evaluated before and after on 3 problems (an odd
+    count: two ranks split them 1 + 2)."""
     root = tmp_path_factory.mktemp("one")
     prompts = root / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
                                ["Tell me a story.", "What is 2+2?", "Name a color.", "Say hi."]))
+    (root / "eval.jsonl").write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in
+                                             [("What is 1+1?", "2"), ("What is 2+3?", "5"), ("What is 4-1?", "3")]))
     result = launch(flags(tiny_model_dir, prompts, root / "run"), 1)
     assert result.returncode == 0, result.stderr
     return root / "run", prompts
@@ -102,9 +109,43 @@ def test_two_ranks_train_what_one_process_trains(tiny_model_dir, one_process, tm
     assert "2 processes (data parallel)" in result.stdout and result.stdout.count("done: 3 steps") == 1
     assert_same_weights(reference, tmp_path / "run")
     assert_same_rows(reference, tmp_path / "run")
-    # rank 0 alone wrote: one metrics row per step, the checkpoints and the adapter
-    assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 3
+    # rank 0 alone wrote: the eval before step 1 and one metrics row per step, the checkpoints and the adapter
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0, 1, 2, 3]
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    # the evals: each rank sampled a share of the problems, rank 0 graded them all, as one process does
+    for step in (0, 3):
+        name = f"evals/step-{step}.samples.jsonl"
+        ours, theirs = (read_metrics(run / name) for run in (reference, tmp_path / "run"))
+        assert [(r["prompt_index"], r["completion"]) for r in ours] == \
+            [(r["prompt_index"], r["completion"]) for r in theirs] and len(ours) == 6
+
+
+def test_powerflow_eval_under_torchrun_grades_what_one_process_grades(tiny_model_dir, one_process, tmp_path):
+    reference, prompts = one_process
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["eval", "--model", str(tiny_model_dir), "--adapter", str(reference / "adapter"), "--data",
+            str(prompts.parent / "eval.jsonl"), "-k", "3", "--compare-base", "--max-new-tokens", "6",
+            "--device", "cpu", "--batch-size", "4"]
+    outs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"eval-{processes}"
+        prefix = [sys.executable, "-m", "powerflow_lite"] if processes == 1 else [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+            "powerflow_lite"]
+        result = subprocess.run(prefix + args + ["--output", str(out)], env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("avg@3") == 1  # one table, from rank 0
+        outs[processes] = out
+    one, two = (json.loads((outs[n] / "summary.json").read_text()) for n in (1, 2))
+    assert one["results"].keys() == two["results"].keys() == {"base", "adapter"}
+    for variant in ("base", "adapter"):
+        assert one["results"][variant]["avg_at_k_per_prompt"] == two["results"][variant]["avg_at_k_per_prompt"]
+        assert one["results"][variant]["length_mean"] == two["results"][variant]["length_mean"]
+    samples = [read_metrics(outs[n] / "samples.jsonl") for n in (1, 2)]
+    assert [(r["variant"], r["prompt_index"], r["sample"], r["completion"]) for r in samples[0]] == \
+        [(r["variant"], r["prompt_index"], r["sample"], r["completion"]) for r in samples[1]]
+    assert len(samples[0]) == 2 * 3 * 3
 
 
 def test_accelerate_launch_trains_what_one_process_trains(tiny_model_dir, one_process, tmp_path):
@@ -126,7 +167,7 @@ def test_a_checkpoint_resumes_in_another_number_of_processes(tiny_model_dir, one
     assert result.returncode == 0, result.stderr
     assert "resuming from" in result.stdout
     assert_same_weights(reference, out)
-    assert_same_rows(reference, out)
+    assert_same_rows(reference, out, training_only=True)  # the first invocation also evaluated after its step 2
 
 
 def test_killing_a_rank_and_resuming_ends_like_the_uninterrupted_run(tiny_model_dir, one_process, tmp_path):
@@ -208,3 +249,22 @@ def test_a_row_samples_the_same_completion_whichever_rows_are_sampled_beside_it(
     assert torch.equal(second.completion_ids, whole.completion_ids[2:4, :width])
     assert torch.equal(uniforms(7, 3, 0, 6, 12, torch.device("cpu")), draws)  # a function of (seed, step, stream)
     assert not torch.equal(uniforms(7, 3, 1, 6, 12, torch.device("cpu")), draws)
+
+
+def test_an_eval_row_samples_the_same_whatever_batch_or_share_it_is_in(tmp_path):
+    from powerflow_lite.inference import generate_records
+    from powerflow_lite.tiny import write_tiny_model
+
+    model_dir = write_tiny_model(tmp_path / "model", logit_scale=4.0)
+    model = load_base_model(str(model_dir), "none", torch.device("cpu")).eval()
+    tokenizer = load_tokenizer(str(model_dir))
+    prompts = [tokenizer(p).input_ids for p in ("hello there", "a b", "what now")]
+
+    def completions(prompt_ids, batch, first_row=0):
+        return [r["completion"] for r in generate_records(model, tokenizer, prompt_ids, 2, SamplingSettings(10),
+                                                          batch, score_base=False, seed=5, first_row=first_row)]
+
+    whole = completions(prompts, 6)
+    assert completions(prompts, 4) == whole  # batches of 4 then 2
+    assert completions(prompts[1:], 3, first_row=2) == whole[2:]  # a rank's share: prompts 1 and 2
+    assert len(set(whole)) > 1

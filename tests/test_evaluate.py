@@ -389,8 +389,8 @@ def test_generate_records_splits_a_prompts_samples_across_batches(digit_model, m
 
     sizes = []
     real_sample = inference.SAMPLERS["static"]  # the sampler auto picks on the CPU
-    monkeypatch.setitem(inference.SAMPLERS, "static", lambda m, t, prompts, g, s: sizes.append(len(prompts) * g)
-                        or real_sample(m, t, prompts, g, s))
+    monkeypatch.setitem(inference.SAMPLERS, "static", lambda m, t, prompts, g, s, uniforms=None:
+                        sizes.append(len(prompts) * g) or real_sample(m, t, prompts, g, s, uniforms=uniforms))
     records = list(inference.generate_records(load_base(digit_model)[0], load_tokenizer(digit_model), [[3, 4], [5]], 5,
                                               SamplingSettings(1), rows_per_batch=2))
     assert sizes == [2, 2, 2, 2, 2]
