@@ -46,6 +46,7 @@ SETTINGS = {
     "on-policy": (8, {}),
     "K=2": (12, {"replay_steps": 2}),
     "K=2, explore T=1/4": (12, {"replay_steps": 2, "explore_temperature": 0.25}),
+    "K=2, replay lr x0.25": (12, {"replay_steps": 2, "replay_lr_scale": 0.25}),
 }
 
 

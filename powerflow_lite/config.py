@@ -104,6 +104,7 @@ class TrainConfig:
     replay_best: float = option(0.0, "Fraction of a prompt's replayed completions taken from its best by target "
                                      "log-prob, and of --replay-size kept for them; the rest are its most recent "
                                      "(0, the default, measured best).")
+    replay_lr_scale: float = option(1.0, "Learning-rate multiplier on replay steps (1: as on fresh steps).")
     replay_window: int = option(0, "Replay only prompts sampled in the last N steps (0: any prompt in the buffer).")
     replay_order: str = option("newest", "Which of a replayed prompt's stored completions (besides --replay-best's) "
                                "it brings: its newest, or a random choice among all it keeps.",
@@ -144,7 +145,7 @@ class TrainConfig:
                                       "micro_batch_size", "inner_epochs", "temperature", "max_bad_steps",
                                       "replay_size", "explore_temperature"),
                       non_negative=("min_new_tokens", "weight_decay", "truncation_penalty", "warmup_steps",
-                                    "replay_steps", "replay_window",
+                                    "replay_steps", "replay_window", "replay_lr_scale",
                                     "max_grad_norm", "save_every", "show_every", "seed", "eval_every", "eval_limit",
                                     "sample_batch_size", "keep_checkpoints"))
         _check_choices(self)

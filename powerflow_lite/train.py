@@ -136,7 +136,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         before = run.log_z.before_update(scored_batch, G)
 
         # --- 4. K inner epochs of updates over micro-batches; a non-finite loss or gradient skips the rest
-        update = _update(run, scored_batch, notes)
+        update = _update(run, scored_batch, notes, cfg.replay_lr_scale if replayed is not None else 1.0)
         if update.skipped and len(update.losses) == 1:  # not even a first epoch applied: nor is the re-centring
             run.log_z.undo(before)
         run.bad_in_row = run.bad_in_row + 1 if update.skipped else 0
@@ -283,8 +283,9 @@ class Update:
     skipped: bool  # an epoch's loss or gradient was not finite: it and the epochs after it were not applied
 
 
-def _update(run: Run, batch: ScoredBatch, notes: list[str]) -> Update:
-    """K epochs of gradient accumulation and an optimizer step each; the schedule advances K steps regardless."""
+def _update(run: Run, batch: ScoredBatch, notes: list[str], lr_scale: float = 1.0) -> Update:
+    """K epochs of gradient accumulation and an optimizer step each; the schedule advances K steps regardless.
+    `lr_scale` multiplies the learning rates of these optimizer steps (--replay-lr-scale on a replay step)."""
     cfg, objective, ranks = run.cfg, run.objective, run.ranks
     group = cfg.samples_per_prompt if objective.grouped or run.log_z.from_batch else 1  # the smallest micro-batch
     lora_params = trainable_parameters(run.model)
@@ -331,7 +332,12 @@ def _update(run: Run, batch: ScoredBatch, notes: list[str]) -> Update:
                 for _ in range(epoch, cfg.inner_epochs):
                     run.scheduler.step()
             break
+        scheduled = [group["lr"] for group in run.optimizer.param_groups]
+        for group in run.optimizer.param_groups:
+            group["lr"] *= lr_scale
         run.optimizer.step()
+        for group, lr in zip(run.optimizer.param_groups, scheduled):
+            group["lr"] = lr
         run.scheduler.step()
         update.residuals, update.clipped = residuals, update.clipped + clipped
     # Sampling and scoring run in eval mode (eval_mode() skips the switch when there is nothing to switch):

@@ -42,7 +42,7 @@ POSITIVE = ("alpha", "temperature", "lr", "z_lr", "prompts_per_step", "samples_p
             "batch_size", "replay_size", "explore_temperature")
 NON_NEGATIVE = ("min_new_tokens", "warmup_steps", "weight_decay", "max_grad_norm", "save_every", "show_every",
                 "eval_every", "eval_limit", "limit", "sample_batch_size", "keep_checkpoints", "truncation_penalty",
-                "replay_steps", "replay_window")
+                "replay_steps", "replay_window", "replay_lr_scale")
 OUT_OF_RANGE = {
     **{name: ("0", "-1") for name in POSITIVE},
     **{name: ("-1",) for name in NON_NEGATIVE},

@@ -201,3 +201,22 @@ def test_the_disk_check_counts_a_full_buffer_in_every_checkpoint(tiny_model_dir,
                                   replay_steps=0), 0, 1000, 100, 64)
     # 3 checkpoints (5, 10 and the last), each with 100 prompts of 6 entries of 12 x 6 + 57 bytes, 4 x 64 + 8 more
     assert _disk_needed(cfg, 0, 1000, 100, 64) - without == 3 * 100 * (6 * (12 * 6 + 57) + 4 * 64 + 8)
+
+
+def test_replay_lr_scale_zero_leaves_the_weights_as_the_fresh_step_left_them(tiny_model_dir, prompts_file, tmp_path):
+    run = setup(config(tiny_model_dir, prompts_file, tmp_path / "run", replay_lr_scale=0.0, max_steps=4))
+    lora, lrs = [], []
+    for result in train(run):
+        lora.append((result.metrics["replayed"], torch.cat([p.detach().flatten().clone() for p in
+                                                           run.model.parameters() if p.requires_grad])))
+        lrs.append(result.metrics["lr"])
+    assert [replayed for replayed, _ in lora] == [0, 1, 1, 0]
+    assert torch.equal(lora[0][1], lora[1][1]) and torch.equal(lora[1][1], lora[2][1])  # replay steps: lr 0
+    assert not torch.equal(lora[2][1], lora[3][1])  # a fresh step trains
+    assert lrs == pytest.approx([1e-2 * lr_cosine(step, 4) for step in range(1, 5)])  # the schedule is untouched
+
+
+def lr_cosine(done: int, total: int) -> float:
+    import math
+
+    return 0.5 * (1 + math.cos(math.pi * done / total))
