@@ -13,6 +13,10 @@ Reproducibility: step s reseeds torch from (seed, s) and takes the prompts
 (seed, s) and the buffer. A checkpoint holds f and the buffer, so a run resumed
 from checkpoint-s draws exactly what the uninterrupted run would have drawn.
 
+Under torchrun or accelerate launch (distributed.py, docs/design.md section 13) each rank runs this loop on
+its share of every step's prompts; the gradients, the log Z' start and re-centring, the metrics and the
+stop decisions are shared, and rank 0 alone writes.
+
 Faults (faults.py): a CUDA out-of-memory error halves the sampling batch or the
 micro-batch and retries the stage; a step whose loss or gradient is not finite
 is not applied (with K inner epochs: from the bad epoch on) and is counted, and
