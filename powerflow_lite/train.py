@@ -336,12 +336,12 @@ def _update(run: Run, batch: ScoredBatch, notes: list[str], lr_scale: float = 1.
                 for _ in range(epoch, cfg.inner_epochs):
                     run.scheduler.step()
             break
-        scheduled = [group["lr"] for group in run.optimizer.param_groups]
-        for group in run.optimizer.param_groups:
-            group["lr"] *= lr_scale
+        scheduled = [param_group["lr"] for param_group in run.optimizer.param_groups]
+        for param_group in run.optimizer.param_groups:
+            param_group["lr"] *= lr_scale
         run.optimizer.step()
-        for group, lr in zip(run.optimizer.param_groups, scheduled):
-            group["lr"] = lr
+        for param_group, lr in zip(run.optimizer.param_groups, scheduled):
+            param_group["lr"] = lr
         run.scheduler.step()
         update.residuals, update.clipped = residuals, update.clipped + clipped
     # Sampling and scoring run in eval mode (eval_mode() skips the switch when there is nothing to switch):
