@@ -36,10 +36,23 @@ from .errors import PowerflowError, Stopped, first_line
 # Plain click help: rich's two-column panels squeeze 40 options into an unreadable 80-column layout.
 app = typer.Typer(rich_markup_mode=None, add_completion=False, no_args_is_help=True,
                   help="Train a LoRA adapter so that a language model samples from p_base(y|q)^alpha (PowerFlow).")
-# Under torchrun or accelerate launch only rank 0 speaks: the others' output (errors too) would repeat it.
+# Under torchrun or accelerate launch only rank 0 speaks: the others' output would repeat it. Their errors are
+# the same as rank 0's (bad input, agreed across ranks) unless one rank alone failed: those it says itself.
 _QUIET = os.environ.get("RANK", "0") != "0"
 console = Console(highlight=False, soft_wrap=True, quiet=_QUIET)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True, quiet=_QUIET)
+_rank_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _say_error(message: str, err: BaseException | None = None) -> None:
+    """An error line: from rank 0 always; from another rank only when it failed alone (after joining the process
+    group, and not an error every rank agreed on), prefixed with its rank."""
+    from . import distributed
+
+    if not _QUIET:
+        err_console.print(message, markup=False)
+    elif distributed.JOINED and not getattr(err, "shared", False):
+        _rank_console.print(f"[rank {os.environ.get('RANK')}] {message}", markup=False)
 
 
 def _usage_errors() -> tuple[type, ...]:
@@ -143,10 +156,11 @@ def _train(cfg: TrainConfig, run) -> None:
         console.print(f"  {name} {info[name]}: {info['why'][name]}", markup=False)
     with StopSignals() as stop:
         last = show_training(train_steps(run, stop.requested), console, run.start_step, cfg.max_steps)
-    if stop.requested() and (last is None or last.step < cfg.max_steps):
+    if (stop.requested() or info.get("stopped")) and (last is None or last.step < cfg.max_steps):
         latest = latest_checkpoint(run.out)
         where = f"checkpoint {latest} written" if latest else "no checkpoint written"
-        raise Stopped(f"stopped by {signal.Signals(stop.signal).name} after step {last.step if last else 0}: "
+        by = signal.Signals(stop.signal).name if stop.signal else "a signal to another process"
+        raise Stopped(f"stopped by {by} after step {last.step if last else 0}: "
                       f"{where}; continue with: powerflow train --output {run.out} --resume", stop.exit_code)
     if last is None:
         console.print(f"nothing to do: {run.out} is already at step {run.start_step} of {cfg.max_steps}",
@@ -326,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, standalone_mode=False, prog_name="powerflow")
     except PowerflowError as err:
-        err_console.print(f"error: {err}", markup=False)
+        _say_error(f"error: {err}", err)
         return 2
     except _usage_errors() as err:
         if type(err).__name__ == "NoArgsIsHelpError":  # plain `powerflow`: the help is the answer
@@ -347,12 +361,12 @@ def main(argv: list[str] | None = None) -> int:
         from .faults import is_out_of_memory
 
         if is_out_of_memory(err):
-            err_console.print("error: out of GPU memory outside the stages that retry with smaller batches "
+            _say_error("error: out of GPU memory outside the stages that retry with smaller batches "
                               "(the optimizer step or an evaluation): lower --micro-batch-size, --eval-k or "
-                              "--max-new-tokens; a training run continues with --resume", markup=False)
+                       "--max-new-tokens; a training run continues with --resume", err)
         elif disk_full(err):
-            err_console.print(f"error: the disk is full ({first_line(err)}); free space, then a training run "
-                              "continues with --resume", markup=False)
+            _say_error(f"error: the disk is full ({first_line(err)}); free space, then a training run continues "
+                       "with --resume", err)
         else:
             raise
         return 2

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from .errors import PowerflowError
 
+JOINED = False  # this process joined a process group (stays True after it is destroyed: cli.py's error lines)
 TIMEOUT = datetime.timedelta(hours=2)  # a collective waits this long for a rank (an eval on rank 0, a long step)
 
 
@@ -76,6 +77,8 @@ class Ranks:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.local_world))
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+        global JOINED
+        JOINED = True
         return device
 
     def stop(self) -> None:
@@ -120,10 +123,11 @@ class Ranks:
         """Raise on every rank if any rank failed (the lowest rank's message), else return on all."""
         errors = self.gather(None if error is None else str(error))
         failed = next((message for message in errors if message is not None), None)
-        if error is not None:
-            raise error
-        if failed is not None:
-            raise PowerflowError(failed)
+        if failed is None:
+            return
+        shared = error if error is not None else PowerflowError(failed)
+        shared.shared = True  # every rank knows it: rank 0 says it (cli.py)
+        raise shared
 
     def barrier(self) -> None:
         if self.active:

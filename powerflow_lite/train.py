@@ -88,6 +88,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         run.metrics.write(run.info["eval_before"])
         yield StepResult(0, cfg.max_steps, run.info["eval_before"], None, None)  # shown before step 1 starts
         if should_stop():  # a signal during that eval: nothing trained yet, so no checkpoint to write
+            run.info["stopped"] = True  # (under a launcher the signal may have reached another rank only)
             return
 
     for step in range(run.start_step, cfg.max_steps):
@@ -98,6 +99,8 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         #        step (--replay-steps), take G stored completions of each of B prompts from the buffer
         started = time.perf_counter()
         seed_step(cfg.seed, step)  # a replay step's random draws (dropout) too are a function of (seed, step)
+        if ranks.rank:  # under a launcher each rank's dropout masks from a stream of its own
+            torch.manual_seed(cfg.seed * 1_000_003 + step + ranks.rank * 2**56)
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # a replay step's draws
         replayed = _replay_prompts(run, step, generator)  # None: a fresh step
         if replayed is None:
@@ -156,8 +159,10 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         if run.eval_set is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps):
             row.update(_evaluate(run, settings.stop_ids, step + 1))
         run.metrics.write(row)
-        if run.bad_in_row >= cfg.max_bad_steps:
-            raise PowerflowError(_bad_steps_message(run, step + 1))
+        if run.bad_in_row >= cfg.max_bad_steps:  # counted alike on every rank: rank 0 says it
+            error = PowerflowError(_bad_steps_message(run, step + 1))
+            error.shared = True
+            raise error
 
         stopping = should_stop()
         saved = None
@@ -170,6 +175,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         if (stopping or should_stop()) and step + 1 < cfg.max_steps:  # a signal: checkpoint this step and leave
             if saved is None:
                 _save(run, step + 1)
+            run.info["stopped"] = True
             return
 
     # Also when there was nothing left to do: a run killed between its last checkpoint and this write.
@@ -325,7 +331,7 @@ def _update(run: Run, batch: ScoredBatch, notes: list[str], lr_scale: float = 1.
         if ranks.any(residuals is None):  # a rank's loss was not finite: no rank applies this epoch
             residuals = None
         else:  # one all-reduce per optimizer step, after every micro-batch
-            ranks.sum_gradients(lora_params + [p for p in run.head.parameters()])
+            ranks.sum_gradients(lora_params + (list(run.head.parameters()) if objective.uses_log_z else []))
         if residuals is not None:
             update.grad_norm = float(torch.nn.utils.clip_grad_norm_(lora_params, cfg.max_grad_norm or float("inf")))
         if residuals is None or not (math.isfinite(update.grad_norm) and _finite_grads(run.head)):

@@ -268,3 +268,19 @@ def test_an_eval_row_samples_the_same_whatever_batch_or_share_it_is_in(tmp_path)
     assert completions(prompts, 4) == whole  # batches of 4 then 2
     assert completions(prompts[1:], 3, first_row=2) == whole[2:]  # a rank's share: prompts 1 and 2
     assert len(set(whole)) > 1
+
+
+def test_a_rank_other_than_0_says_only_the_errors_it_alone_had(monkeypatch, capsys):
+    from powerflow_lite import cli, distributed
+    from powerflow_lite.errors import PowerflowError
+
+    monkeypatch.setattr(cli, "_QUIET", True)
+    monkeypatch.setenv("RANK", "1")
+    shared = PowerflowError("bad input")
+    shared.shared = True  # what Ranks.agree raises: rank 0 says it
+    monkeypatch.setattr(distributed, "JOINED", False)
+    cli._say_error("error: before joining", PowerflowError("x"))  # every rank parsed the same flags
+    monkeypatch.setattr(distributed, "JOINED", True)
+    cli._say_error("error: bad input", shared)
+    cli._say_error("error: out of memory", PowerflowError("oom"))  # this rank alone
+    assert capsys.readouterr().err.splitlines() == ["[rank 1] error: out of memory"]
