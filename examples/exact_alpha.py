@@ -44,6 +44,7 @@ from powerflow_lite import exact
 from powerflow_lite.config import TrainConfig
 from powerflow_lite.data import chat_stop_ids
 from powerflow_lite.model import add_lora, load_base_model, load_tokenizer
+from powerflow_lite.plot import pyplot
 from powerflow_lite.sampling import eos_token_ids
 from powerflow_lite.tiny import write_tiny_model
 
@@ -266,12 +267,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(study: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     panels = sorted({(c["regime"], c["base"], c.get("prompts", "two")) for c in study["curves"]},
                     key=lambda p: (p[2] != "two", p[0] != "fixed", p[1]))

@@ -52,6 +52,7 @@ from powerflow_lite import demo
 from powerflow_lite.config import EvalConfig, TrainConfig
 from powerflow_lite.evaluate import EVALS, evaluate
 from powerflow_lite.metrics import mean, stderr
+from powerflow_lite.plot import pyplot
 
 transformers.utils.logging.disable_progress_bar()
 transformers.logging.set_verbosity_error()
@@ -383,12 +384,8 @@ def markdown(study: dict) -> str:
 
 
 def plot(study: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     sharp, flat = study.get("sharpening"), study.get("flattening")

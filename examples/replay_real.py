@@ -34,6 +34,7 @@ from powerflow_lite import demo
 from powerflow_lite.config import TrainConfig
 from powerflow_lite.evaluate import EVALS
 from powerflow_lite.metrics import mean, read_metrics, stderr
+from powerflow_lite.plot import pyplot
 
 transformers.utils.logging.disable_progress_bar()
 transformers.logging.set_verbosity_error()
@@ -147,12 +148,8 @@ def markdown(study: dict) -> str:
 
 
 def plot(study: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for name, curve in study["curves"].items():

@@ -56,6 +56,19 @@ def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [s for s, _ in pairs], [v for _, v in pairs]
 
 
+def pyplot():
+    """matplotlib.pyplot drawing to files only (the Agg backend: no display needed), or None when matplotlib is
+    not installed. The example scripts' plots use it too."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
 def plot_run(run: str, out: str = "", overwrite: bool = False) -> Path:
     """Draw the panels the run has data for; returns the PNG's path."""
     directory = Path(run).expanduser()
@@ -67,14 +80,10 @@ def plot_run(run: str, out: str = "", overwrite: bool = False) -> Path:
         raise PowerflowError(f"{target} exists: pass --overwrite to replace it, or --out another file")
     if target.suffix.lower() != ".png":
         raise PowerflowError(f"--out {str(target)!r}: powerflow plot writes PNG files (end the name in .png)")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display needed
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        raise PowerflowError("powerflow plot needs matplotlib: pip install 'powerflow-lite[plot]'") from None
+    plt = pyplot()
+    if plt is None:
+        raise PowerflowError("powerflow plot needs matplotlib: pip install 'powerflow-lite[plot]'")
+    from matplotlib.ticker import MaxNLocator
 
     panels = [p for p in _training_panels(rows) if p[1]] + [
         (title, [(k.removeprefix("eval_"), *series(rows, k), "o-") for k in keys if series(rows, k)[0]])
