@@ -63,8 +63,9 @@ class StepResult:
     notes: tuple[str, ...] = ()  # things the user should read once, e.g. a batch halved after running out of memory
 
 
-def seed_step(seed: int, step: int) -> None:
-    torch.manual_seed(seed * 1_000_003 + step)
+def seed_step(seed: int, step: int, rank: int = 0) -> None:
+    """Step `step`'s random stream; under a launcher each rank's its own (dropout masks, generate's draws)."""
+    torch.manual_seed(seed * 1_000_003 + step + rank * 2**56)
 
 
 CPU_EVAL_ROWS = 128  # completions sampled together by an eval during training on the CPU
@@ -98,9 +99,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         # --- 1. sample G completions per prompt from the policy (adapter on, temperature 1), or, on a replay
         #        step (--replay-steps), take G stored completions of each of B prompts from the buffer
         started = time.perf_counter()
-        seed_step(cfg.seed, step)  # a replay step's random draws (dropout) too are a function of (seed, step)
-        if ranks.rank:  # under a launcher each rank's dropout masks from a stream of its own
-            torch.manual_seed(cfg.seed * 1_000_003 + step + ranks.rank * 2**56)
+        seed_step(cfg.seed, step, ranks.rank)  # a replay step's random draws (dropout) too: (seed, step, rank)
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # a replay step's draws
         replayed = _replay_prompts(run, step, generator)  # None: a fresh step
         if replayed is None:
@@ -226,9 +225,7 @@ def _sample(run: Run, prompts: list[list[int]], settings: SamplingSettings, step
         return every[first * count:(first + len(prompts)) * count]
 
     def attempt(size: int) -> Rollouts:
-        seed_step(cfg.seed, step)  # a retry draws as a first attempt with that batch size would
-        if ranks.rank and not static:  # generate: each rank a stream of its own
-            torch.manual_seed(cfg.seed * 1_000_003 + step + ranks.rank * 2**56)
+        seed_step(cfg.seed, step, ranks.rank)  # a retry draws as a first attempt with that batch size would
         try:
             parts = [sample_in_batches(SAMPLERS[cfg.sampler], run.model, run.tokenizer, prompts, count, share, size,
                                        draws(stream, count))
