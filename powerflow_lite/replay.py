@@ -161,9 +161,9 @@ class ReplayBuffer:
 
     @staticmethod
     def from_state(tensors: dict[str, Tensor], meta: dict[str, str]) -> "ReplayBuffer":
-        buffer = ReplayBuffer(int(meta["capacity"]), float(meta["best_fraction"]), int(meta["window"]), meta["order"])
         if meta.get("format") != FORMAT:
             raise ValueError(f"replay buffer format {meta.get('format', '1')!r}, this version reads {FORMAT!r}")
+        buffer = ReplayBuffer(int(meta["capacity"]), float(meta["best_fraction"]), int(meta["window"]), meta["order"])
         offsets = tensors["offsets"].tolist() if int(meta["count"]) else []
         features = dict(zip(tensors["feature_prompts"].tolist(), tensors["features"])) if offsets else {}
         for i in range(int(meta["count"])):
