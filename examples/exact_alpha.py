@@ -45,7 +45,7 @@ from powerflow_lite.config import TrainConfig
 from powerflow_lite.data import chat_stop_ids
 from powerflow_lite.model import add_lora, load_base_model, load_tokenizer
 from powerflow_lite.plot import pyplot
-from powerflow_lite.sampling import eos_token_ids
+from powerflow_lite.samplers.rollouts import eos_token_ids
 from powerflow_lite.tiny import write_tiny_model
 
 transformers.utils.logging.disable_progress_bar()  # one progress line of our own instead of one per model load
@@ -147,7 +147,8 @@ def problem_for(model, tokenizer, prompt_ids, case: Case) -> exact.Problem:
 def train_case(case: Case, root: str, steps: int, eval_every: int, seed: int, overrides: dict | None = None) -> Result:
     """One training run through powerflow's own setup/train, with the exact KL every `eval_every` steps;
     `overrides` change the config beyond the case's variant (examples/replay_exact.py)."""
-    from powerflow_lite.train import setup, train
+    from powerflow_lite.setup import setup
+    from powerflow_lite.train import train
 
     torch.set_num_threads(1)
     root = Path(root)

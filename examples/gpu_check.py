@@ -22,7 +22,8 @@ import torch
 
 from powerflow_lite.bench import SHAPES, write_letter_prompts, write_random_model
 from powerflow_lite.config import TrainConfig
-from powerflow_lite.train import setup, train
+from powerflow_lite.setup import setup
+from powerflow_lite.train import train
 
 
 def main() -> None:
@@ -51,8 +52,8 @@ def main() -> None:
                           max_new_tokens=args.new_tokens, ignore_eos=True, micro_batch_size=args.micro_batch_size,
                           lora_r=16, lora_alpha=32, warmup_steps=0, save_every=0, show_every=0)
         run = setup(cfg)
-        print(f"{args.shape} ({args.quant}) on {run.device}: {run.info['trainable_params']:,} trainable of "
-              f"{run.info['total_params']:,}; step = {args.prompts_per_step * args.samples_per_prompt} x "
+        print(f"{args.shape} ({args.quant}) on {run.device}: {run.info.trainable_params:,} trainable of "
+              f"{run.info.total_params:,}; step = {args.prompts_per_step * args.samples_per_prompt} x "
               f"({args.prompt_len} + {args.new_tokens}) tokens", flush=True)
         rows = []
         for result in train(run):

@@ -104,7 +104,8 @@ def train_config(s: Settings, kind: str, alpha: float, seed: int, steps: int | N
 def run_training(cfg: TrainConfig) -> dict:
     """Train; -> the eval summaries before (step 0: the base at temperature 1) and after, and the run's rows."""
     from powerflow_lite.metrics import read_metrics
-    from powerflow_lite.train import setup, train
+    from powerflow_lite.setup import setup
+    from powerflow_lite.train import train
 
     started = time.perf_counter()
     run = setup(cfg)

@@ -64,7 +64,8 @@ def train_config(model: str, out: Path, setting: str, seed: int, eval_every: int
 def run_one(cfg: TrainConfig) -> dict:
     """Train; -> the curve: one point per evaluation (step, training seconds and sampled tokens so far, avg@k and
     its per-problem values)."""
-    from powerflow_lite.train import setup, train
+    from powerflow_lite.setup import setup
+    from powerflow_lite.train import train
 
     started = time.perf_counter()
     run = setup(cfg)

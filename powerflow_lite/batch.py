@@ -1,6 +1,6 @@
 """A step's scored completions: what the objectives consume and the update iterates over.
 
-    batch = ScoredBatch(rollouts, old_logps, base_logps, psi, features, behaviour_logps)
+    batch = ScoredBatch(rollouts, old_logps, base_logps, psi, features, behaviour_logps, formats)
     for rows in micro_batches(len(batch), size, G):
         part = batch.select(rows)
         loss, stats = objective.loss(policy_logps=..., log_z=..., **part.objective_inputs(), alpha=a, clip_eps=e)
@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 
 from torch import Tensor
 
-from .sampling import Rollouts
+from .samplers.rollouts import Rollouts
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class ScoredBatch:
     psi: Tensor  # [N] psi(y): format penalties minus the truncation penalty
     features: Tensor  # [N, H] the prompt's features for the log Z' head (adapter off, detached)
     behaviour_logps: Tensor  # [N, L] log-prob of each token under the distribution that drew it (no grad)
+    formats: Tensor  # [N] the format penalty alone (psi without the truncation penalty): 0 when the format is kept
 
     @property
     def mask(self) -> Tensor:  # [N, L] 1 on completion tokens

@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 
 from .config import BenchConfig
-from .engine import sample_static
 from .model import add_lora, load_base_model, load_tokenizer, resolve_device, resolve_quant
-from .sampling import SamplingSettings, sample
+from .samplers import SAMPLERS, SamplingSettings
 from .tiny import build_tokenizer
 
 SHAPES = {  # hidden, intermediate, layers, attention heads, key/value heads, vocabulary
@@ -38,7 +37,7 @@ SHAPES = {  # hidden, intermediate, layers, attention heads, key/value heads, vo
     "qwen2.5-1.5b": (1536, 8960, 28, 12, 2, 151936),
     "qwen2.5-7b": (3584, 18944, 28, 28, 4, 152064),
 }
-SAMPLERS = {"hf generate": sample, "powerflow static": sample_static}
+BENCHED = {"hf generate": SAMPLERS["hf"].sample, "powerflow static": SAMPLERS["static"].sample}
 
 
 def write_random_model(shape: str, path: Path, device: str) -> None:
@@ -86,7 +85,7 @@ def compare_samplers(cfg: BenchConfig, model, tokenizer, device: torch.device) -
     prompts = torch.randint(first_id, min(vocab, len(tokenizer)), (cfg.batch, cfg.prompt_len)).tolist()
     settings = SamplingSettings(cfg.new_tokens, ignore_eos=True)
     results = {}
-    for name, sampler in SAMPLERS.items():
+    for name, sampler in BENCHED.items():
         sampler(model, tokenizer, prompts[:1], 1, SamplingSettings(2, ignore_eos=True))  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -120,7 +119,8 @@ def write_letter_prompts(path: Path, count: int, length: int) -> Path:
 def time_train_step(cfg: BenchConfig, model_dir: str, tmp: Path) -> dict:
     """One LA-TB step through the trainer (static sampler): --batch completions of --new-tokens, 8 per prompt."""
     from .config import TrainConfig
-    from .train import setup, train
+    from .setup import setup
+    from .train import train
 
     G = min(8, cfg.batch)
     prompts = write_letter_prompts(tmp / "prompts.jsonl", max(1, cfg.batch // G), cfg.prompt_len)

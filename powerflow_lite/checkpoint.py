@@ -10,7 +10,7 @@ A checkpoint is written under a temporary name, synced to disk and renamed into
 place, and `trainer_state.json` is its last file, so a directory named
 checkpoint-N is always complete; old ones are renamed away before they are
 deleted (--keep-checkpoints). There is no data loader or RNG state to save: the
-random draws of step s are functions of (seed, s) (`train.seed_step`) and its
+random draws of step s are functions of (seed, s) (seeds.py) and its
 prompts of (seed, fresh steps so far) (`data.prompt_indices`), so the step, the
 count of fresh steps (trainer_state.json) and, with --replay-steps, the buffer
 put a resumed run back on track. Nothing is pickled: tensors go to safetensors, the
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .errors import PowerflowError, first_line
-from .partition import LogZHead, save_head
+from .log_z import LogZHead, save_head
 
 STATE_FILE = "trainer_state.json"
 
@@ -42,7 +42,7 @@ class TrainerState:
 
     step: int  # steps completed
     seed: int
-    z_initialized: bool  # the log Z' head's start value is set (partition.LogPartition.initialized)
+    z_initialized: bool  # the log Z' head's start value is set (log_z.LogPartition.initialized)
     bad_steps_in_row: int = 0  # skipped updates in a row, towards --max-bad-steps
     micro_batch_size: int = 0  # as an out-of-memory error may have halved it (0: --micro-batch-size's)
     sample_batch_size: int = 0  # likewise (0: all of a step's completions in one call)

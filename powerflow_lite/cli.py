@@ -51,7 +51,7 @@ def _say_error(message: str, err: BaseException | None = None) -> None:
 
     if not _QUIET:
         err_console.print(message, markup=False)
-    elif distributed.JOINED and not getattr(err, "shared", False):
+    elif distributed.JOINED and not (isinstance(err, PowerflowError) and err.shared):
         _rank_console.print(f"[rank {os.environ.get('RANK')}] {message}", markup=False)
 
 
@@ -117,7 +117,7 @@ DEMO_CREATIVE = _extra("demo_creative", bool, "--demo-creative", default=False,
 @with_config_flags(TrainConfig, extra=[CONFIG_FILE, DEMO, DEMO_CREATIVE])
 def train(config: str | None = None, demo: bool = False, demo_creative: bool = False, **flags) -> None:
     from .distributed import Ranks
-    from .train import setup
+    from .setup import setup
 
     if demo and demo_creative:
         raise PowerflowError("--demo and --demo-creative are two demos: pick one")
@@ -144,19 +144,19 @@ def _train(cfg: TrainConfig, run) -> None:
     from .faults import StopSignals
     from .train import train as train_steps
 
-    info = run.info
+    info, outcome = run.info, run.outcome
     resumed = f", resuming from {run.resumed_from} (step {run.start_step})" if run.resumed_from else ""
-    if info["started_over"]:
+    if info.started_over:
         resumed = ", starting over: no checkpoint had been written"
-    console.print(f"powerflow: {cfg.model} ({info['quant']}, {info['device']}), alpha={cfg.alpha}, "
-                  f"objective={cfg.objective}, {info['trainable_params']:,} trainable of "
-                  f"{info['total_params']:,} parameters, {info['prompts']} prompts -> {run.out}{resumed}"
-                  + (f", {info['ranks']} processes (data parallel)" if info["ranks"] > 1 else ""), markup=False)
-    for name in ("quant", "sampler"):
-        console.print(f"  {name} {info[name]}: {info['why'][name]}", markup=False)
+    console.print(f"powerflow: {cfg.model} ({info.quant}, {info.device}), alpha={cfg.alpha}, "
+                  f"objective={cfg.objective}, {info.trainable_params:,} trainable of "
+                  f"{info.total_params:,} parameters, {info.prompts} prompts -> {run.out}{resumed}"
+                  + (f", {info.processes} processes (data parallel)" if info.processes > 1 else ""), markup=False)
+    console.print(f"  quant {info.quant}: {info.quant_why}", markup=False)
+    console.print(f"  sampler {info.sampler}: {info.sampler_why}", markup=False)
     with StopSignals() as stop:
         last = show_training(train_steps(run, stop.requested), console, run.start_step, cfg.max_steps)
-    if (stop.requested() or info.get("stopped")) and (last is None or last.step < cfg.max_steps):
+    if (stop.requested() or outcome.stopped) and (last is None or last.step < cfg.max_steps):
         latest = latest_checkpoint(run.out)
         where = f"checkpoint {latest} written" if latest else "no checkpoint written"
         by = signal.Signals(stop.signal).name if stop.signal else "a signal to another process"
@@ -166,12 +166,12 @@ def _train(cfg: TrainConfig, run) -> None:
         console.print(f"nothing to do: {run.out} is already at step {run.start_step} of {cfg.max_steps}",
                       markup=False)
         return
-    if "before_after_note" in info:
-        console.print(info["before_after_note"], markup=False)
-    if "before_after" in info:
-        console.print(eval_table(info["before_after"]))
+    if outcome.before_after_note:
+        console.print(outcome.before_after_note, markup=False)
+    if outcome.before_after:
+        console.print(eval_table(outcome.before_after))
         used = ("its reference answers are read only to grade these samples, never in training"
-                if info["before_after"]["task"] == "math" else "prompts measured, not trained on")
+                if outcome.before_after["task"] == "math" else "prompts measured, not trained on")
         console.print(f"eval data: {cfg.eval_data} ({used}); every sample in {run.out / 'evals'}", markup=False)
     console.print(f"done: {last.step} steps; adapter in {run.out / 'adapter'}, metrics in "
                   f"{run.out / 'metrics.jsonl'}\ntry it: powerflow sample --model {cfg.model} "

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import PowerflowError
 from .objectives import OBJECTIVES
+from .samplers import SAMPLER_HELP, SAMPLERS, unsupported
 
 
 def option(default, help: str, choices: tuple[str, ...] | None = None, short: str | None = None):
@@ -63,9 +64,7 @@ class TrainConfig:
     temperature: float = option(1.0, "Sampling temperature: the rl-* objectives assume 1; the trajectory-balance "
                                       "ones keep their target at another.")
     top_p: float = option(1.0, "Nucleus sampling; the maths assumes 1 (less removes completions from the support).")
-    sampler: str = option("auto", "hf: Hugging Face generate; static: our static-cache decode loop, which returns "
-                          "log pi_old with the samples (no scoring pass for it); auto: static on the CPU, where it is "
-                          "faster, hf on a GPU.", choices=("auto", "hf", "static"))
+    sampler: str = option("auto", SAMPLER_HELP, choices=("auto", *SAMPLERS))
     sample_batch_size: int = option(0, "Completions per sampling call (0: the whole step in one call); halved "
                                     "automatically after a CUDA out-of-memory error.")
     # --- model and adapter
@@ -151,8 +150,8 @@ class TrainConfig:
         _check_choices(self)
         if not 0 < self.top_p <= 1:
             raise PowerflowError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.sampler == "static" and self.top_p != 1.0:
-            raise PowerflowError("--sampler static does not implement --top-p < 1: use --sampler hf")
+        if unsupported(self.sampler, self.top_p):
+            raise PowerflowError(unsupported(self.sampler, self.top_p))
         if bool(self.eval_data) != bool(self.eval_every):
             raise PowerflowError("evaluation during training needs both --eval-data and --eval-every N")
         if self.eval_k < 1 or (self.eval_task == "creative" and self.eval_k < 2):

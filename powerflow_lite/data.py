@@ -22,6 +22,7 @@ import torch
 
 from .errors import PowerflowError, first_line
 from .presets import ANSWER_FIELDS, PRESETS, PROMPT_FIELDS
+from .seeds import epoch_order
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
@@ -211,8 +212,7 @@ def prompt_indices(num_prompts: int, step: int, per_step: int, seed: int) -> lis
     for position in range(step * per_step, (step + 1) * per_step):
         epoch, offset = divmod(position, num_prompts)
         if epoch not in orders:
-            generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            orders[epoch] = torch.randperm(num_prompts, generator=generator)
+            orders[epoch] = epoch_order(seed, epoch, num_prompts)
         indices.append(int(orders[epoch][offset]))
     return indices
 

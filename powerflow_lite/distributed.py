@@ -1,25 +1,20 @@
-"""Data parallel over torch.distributed: `torchrun` or `accelerate launch`, equal to one process.
+"""Data parallel over torch.distributed (`torchrun`, `accelerate launch`): R processes train what one trains.
 
     torchrun --nproc-per-node 2 -m powerflow_lite train --model M --prompts P --prompts-per-step 8 ...
     ranks = Ranks.from_environment()      # RANK, WORLD_SIZE, LOCAL_RANK: set by both launchers
     ranks.start(device)                   # gloo on the CPU, nccl on GPUs; a no-op in one process
 
-Every rank holds the whole (4-bit) base and LoRA, and takes a contiguous share of each step's prompts
-(`share`): rank r of R the r-th B/R of them. It samples, scores and accumulates gradients over its share
-with the step's *global* denominators, so the sum of the ranks' gradients is the one-process gradient;
-`sum_gradients` adds them (one all-reduce per optimizer step, after all micro-batches), and every rank
-applies the same optimizer step to the same weights. What the loop needs from all rows (the head's start
-and re-centring, metrics) is gathered in rank order, which is the one-process row order.
+Every rank holds the whole (4-bit) base and LoRA and takes a contiguous share of each step's prompts. The
+loop reads as the one-process algorithm: every helper here is the identity in one process, and under a
+launcher makes the ranks' work add up to it:
 
-The static sampler draws each token from a uniform number fixed by (seed, step, row of the global batch)
-(`uniforms`), so a row's completion does not depend on which rank samples it or how many ranks there are:
-R ranks sample what one process samples (up to float rounding of batched matmuls). With `--sampler hf`
-each rank draws from its own stream (seed, step, rank): the same distribution, other draws.
+1. accumulate with the step's global denominators, then `sum_gradients` (one all-reduce per optimizer step);
+2. `pad_to_step` pads a share as one process pads the whole step (same shapes, same rounding);
+3. `concat` gathers per-row figures in rank order, which is the one-process row order;
+4. decisions are shared (`agree` for bad input, `any` for a non-finite step or a stop signal), and
+   `main_writes` lets rank 0 alone write while the others wait.
 
-Rank 0 alone writes (the output directory, metrics.jsonl, checkpoints, the adapter, evals) and prints; all
-ranks read the same checkpoint to resume. A decision one rank makes alone would leave the others waiting
-in a collective, so the decisions are shared: bad input (`agree`), a non-finite loss or gradient, a stop
-signal (`any`). docs/design.md section 13.
+docs/design.md section 13 has the contract and what is refused under a launcher.
 """
 
 from __future__ import annotations
@@ -27,11 +22,15 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 from torch import Tensor
 
 from .errors import PowerflowError
+from .samplers.rollouts import Rollouts
+
+T = TypeVar("T")
 
 JOINED = False  # this process joined a process group (stays True after it is destroyed: cli.py's error lines)
 TIMEOUT = datetime.timedelta(hours=2)  # a collective waits this long for a rank (an eval on rank 0, a long step)
@@ -119,15 +118,44 @@ class Ranks:
     def any(self, flag: bool) -> bool:
         return flag if not self.active else any(self.gather(bool(flag)))
 
+    def concat(self, columns: dict[str, list]) -> dict[str, list]:
+        """Every rank's values of each column, in rank order: the rows one process would have."""
+        if not self.active:
+            return columns
+        parts = self.gather(columns)
+        return {key: [value for part in parts for value in part[key]] for key in columns}
+
+    def elementwise(self, values: list[float], reduce: Callable[[list[float]], float]) -> list[float]:
+        """[reduce(the ranks' values[i])] for each i (e.g. a step's losses added, its timings the slowest rank's)."""
+        return values if not self.active else [reduce(list(each)) for each in zip(*self.gather(values))]
+
     def agree(self, error: PowerflowError | None) -> None:
         """Raise on every rank if any rank failed (the lowest rank's message), else return on all."""
         errors = self.gather(None if error is None else str(error))
         failed = next((message for message in errors if message is not None), None)
         if failed is None:
             return
-        shared = error if error is not None else PowerflowError(failed)
-        shared.shared = True  # every rank knows it: rank 0 says it (cli.py)
-        raise shared
+        if error is None:
+            raise PowerflowError(failed, shared=True)
+        error.shared = True  # every rank knows it: rank 0 says it (cli.py)
+        raise error
+
+    def agreed(self, prepare: Callable[[], T]) -> T:
+        """prepare() on every rank, which checks input and writes nothing; if it failed on any rank it raises on
+        all (the lowest rank's message), so that no rank goes on to wait for the others in a collective."""
+        try:
+            result = prepare()
+        except PowerflowError as err:
+            self.agree(err)
+            raise
+        self.agree(None)
+        return result
+
+    def main_writes(self, write: Callable[[], T]) -> T | None:
+        """write() on rank 0 alone (its result; None on the others), then every rank waits until it is done."""
+        result = write() if self.main else None
+        self.barrier()
+        return result
 
     def barrier(self) -> None:
         if self.active:
@@ -149,6 +177,14 @@ class Ranks:
             p.grad = flat[offset:offset + g.numel()].view_as(g).to(g.dtype)
             offset += g.numel()
 
+    def pad_to_step(self, rollouts: Rollouts, prompt_width: int, pad_id: int) -> Rollouts:
+        """This rank's rollouts padded to the whole step's widths (`prompt_width`: its longest prompt; completions:
+        the longest on any rank), as one process pads them: the same shapes, so the same float rounding."""
+        if not self.active:
+            return rollouts
+        widths = (prompt_width, self.max(rollouts.completion_ids.shape[1]))
+        return Rollouts.concat([rollouts], pad_id, rollouts.group_ids, widths)
+
     def share(self, items: list) -> slice:
         """This rank's contiguous share of `items`: equal shares when their count is a multiple of the world size
         (a training step's prompts), else the first ranks take one fewer (an eval's)."""
@@ -157,20 +193,3 @@ class Ranks:
 
 SINGLE = Ranks()  # one process
 
-
-def uniforms(seed: int, step: int, stream: int, rows: int, length: int, device: torch.device) -> Tensor:
-    """[rows, length] float64 uniforms for the step's global batch (`stream` tells apart draws of one step,
-    e.g. the explored share): row i's numbers are the same in one process and on any rank that samples it."""
-    generator = torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 8 + stream)
-    return torch.rand(rows, length, dtype=torch.float64, device=device, generator=generator)
-
-
-def row_uniforms(seed: int, first_row: int, rows: int, length: int, device: torch.device) -> Tensor:
-    """[rows, length] float64 uniforms for rows first_row, first_row + 1, ... of an evaluation, each row's from a
-    generator of its own (seed, row): the same numbers whichever call, batch or rank samples the row, and for
-    every variant (base, adapter) evaluated with the same seed."""
-    out = torch.empty(rows, length, dtype=torch.float64, device=device)
-    for i in range(rows):
-        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + first_row + i)
-        out[i] = torch.rand(length, dtype=torch.float64, device=device, generator=generator)
-    return out

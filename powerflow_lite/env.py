@@ -11,8 +11,8 @@ import platform
 
 import torch
 
-from .engine import resolve_sampler
 from .model import nf4_support, resolve_quant
+from .samplers import resolve_sampler
 
 PACKAGES = ("powerflow-lite", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets",
             "safetensors", "typer", "rich")

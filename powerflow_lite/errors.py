@@ -9,6 +9,10 @@ Anything else escaping is a bug in powerflow-lite and keeps its traceback.
 class PowerflowError(Exception):
     """Bad input or an unsupported setup, described in one line for the user."""
 
+    def __init__(self, message: str, shared: bool = False):
+        super().__init__(message)
+        self.shared = shared  # every process of a launch raised it (distributed.Ranks.agree): rank 0 alone says it
+
 
 class Stopped(Exception):
     """The run stopped cleanly on request (a signal): `str(err)` says where it stands; exit with `code`."""

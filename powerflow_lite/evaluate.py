@@ -37,10 +37,10 @@ from .grading import grade_math, majority_correct, parse_answer, pass_at_k, pass
 from .inference import generate_records
 from .metrics import EVAL_METRICS, mean, stderr
 from .model import context_length, load_base_model, load_policy, load_tokenizer, resolve_device
-from .sampling import SamplingSettings
+from .samplers.rollouts import SamplingSettings
+from .seeds import EVAL_SEED_OFFSET, seed_eval
 
 SUMMARY, SAMPLES = "summary.json", "samples.jsonl"
-EVAL_SEED_OFFSET = 2**32  # eval noise is a stream of its own, apart from training's (seed, step) seeds
 Progress = Callable[[int, int, str], None]  # (completions done, completions in all, variant)
 
 
@@ -103,9 +103,8 @@ def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: Samp
     started = time.perf_counter()
     share = ranks.share(eval_set.prompt_ids)
     with torch.random.fork_rng(devices=_cuda_devices(model)):  # training's random draws stay as they were
-        # the same seed at every evaluation (on the CPU the static sampler's draws stay row-aligned only until its
-        # first row stops, so the pairing of samples is partial; the paired statistics hold either way)
-        torch.manual_seed(EVAL_SEED_OFFSET + seed + ranks.rank * 2**40)  # generate's draws; the static sampler's:
+        # the same seed at every evaluation: the samples before and after training are paired problem by problem
+        seed_eval(EVAL_SEED_OFFSET + seed, ranks.rank)  # generate's draws; the static sampler's:
         records = list(generate_records(model, tokenizer, eval_set.prompt_ids[share], k, settings, rows_per_batch,
                                         score_base=not policy_is_base, seed=EVAL_SEED_OFFSET + seed,
                                         first_row=share.start * k))
@@ -246,12 +245,7 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None, ranks: Ranks = S
     as in one process, with the static sampler) and rank 0 grades, writes and returns everything; the other
     ranks return {}."""
     device = ranks.start(resolve_device(cfg.device))
-    try:
-        out, eval_set, tokenizer = _prepare_eval(cfg)
-    except PowerflowError as err:
-        ranks.agree(err)
-        raise
-    ranks.agree(None)
+    out, eval_set, tokenizer = ranks.agreed(lambda: _prepare_eval(cfg))  # bad input on any rank stops every rank
     embed, judge = None, None
     if ranks.main:  # the measuring models grade on rank 0 only
         embed = load_embedder(cfg.embedder, device) if eval_set.task == "creative" else None
@@ -273,7 +267,7 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None, ranks: Ranks = S
     handle = (out / SAMPLES).open("x", encoding="utf-8") if ranks.main else None
     try:
         for variant in variants:
-            torch.manual_seed(cfg.seed + ranks.rank * 2**40)  # generate's draws (the static sampler's: per row)
+            seed_eval(cfg.seed, ranks.rank)  # generate's draws (the static sampler's: per row)
             records = []
             for record in generate_records(model, tokenizer, eval_set.prompt_ids[share], cfg.k, settings,
                                            cfg.batch_size, adapter=variant == "adapter", seed=cfg.seed,

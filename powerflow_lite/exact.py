@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 
 from .model import eval_mode, trainable_parameters
-from .sampling import Rollouts
+from .samplers.rollouts import Rollouts
 from .scoring import completion_logprobs
 
 

@@ -16,11 +16,10 @@ import torch
 
 from .config import SampleConfig
 from .data import encode_prompts, load_prompts
-from .distributed import row_uniforms
-from .engine import SAMPLERS, resolve_sampler
 from .model import context_length, eval_mode, load_policy, load_tokenizer, resolve_device
-from .sampling import SamplingSettings
+from .samplers import SAMPLERS, SamplingSettings, resolve_sampler
 from .scoring import score
+from .seeds import row_uniforms
 
 ROWS_PER_BATCH = 32  # completions generated together
 
@@ -47,20 +46,20 @@ def generate_records(model, tokenizer, prompt_ids: list[list[int]], n: int, sett
 
     With `adapter=False` the adapter is off for sampling and scoring alike, so
     the records are the base model's own and "logp" is already its log-prob.
-    `sampler` is a name of engine.SAMPLERS or auto (engine.resolve_sampler); the
-    static sampler returns log pi with the samples, so nothing is scored twice.
-    With a `seed`, the static sampler draws row r (counted from `first_row`: a rank's share of a larger set)
-    from uniforms of its own (distributed.row_uniforms), whatever batch it is sampled in.
+    `sampler` is a name of samplers.SAMPLERS or auto (samplers.resolve_sampler); a
+    sampler that returns log pi with the samples has nothing scored twice.
+    With a `seed`, a seeded-rows sampler (static) draws row r (counted from `first_row`: a rank's share of a larger set)
+    from uniforms of its own (seeds.row_uniforms), whatever batch it is sampled in.
     """
     device = next(model.parameters()).device
-    name, _ = resolve_sampler(sampler, device, settings.top_p)
+    sampler = SAMPLERS[resolve_sampler(sampler, device, settings.top_p)[0]]
     rows = [(index, ids) for index, ids in enumerate(prompt_ids) for _ in range(n)]  # n rows per prompt, in order
     with eval_mode(model, adapter=adapter):
         for first in range(0, len(rows), rows_per_batch):  # a batch may split a prompt's n samples: -k > batch
             batch = rows[first:first + rows_per_batch]
-            draws = None if seed is None or name != "static" else row_uniforms(
+            draws = None if seed is None or not sampler.seeded_rows else row_uniforms(
                 seed, first_row + first, len(batch), settings.max_new_tokens, device)
-            rollouts = SAMPLERS[name](model, tokenizer, [ids for _, ids in batch], 1, settings, uniforms=draws)
+            rollouts = sampler.sample(model, tokenizer, [ids for _, ids in batch], 1, settings, uniforms=draws)
             texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
             if rollouts.sampled_logps is None:
                 logps = score(model, rollouts, rows_per_batch, adapter=True)[0].sum(-1).tolist()

@@ -4,7 +4,7 @@
     buffer.add(batch, prompts, step, alpha)       # after a fresh step is scored
     chosen_prompts = buffer.ready(2, done_steps)  # train.py picks B of them at random
     entries = [e for p in chosen_prompts for e in buffer.draw(p, G, generator)]
-    rollouts, base_logps, behaviour_logps, features = replay_batch(entries, prompt_ids, G, pad_id, device)
+    rollouts, stored = replay_batch(entries, prompt_ids, G, pad_id, device)  # stored: log p_base, features, ...
 
 Why this is allowed. Every trajectory-balance objective here (latb, tb-traj,
 tb-token) is a regression: it drives the residual
@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from .batch import ScoredBatch
-from .sampling import Rollouts, group_ids_of, left_pad
+from .samplers.rollouts import Rollouts, group_ids_of, left_pad
 
 FILENAME = "replay.safetensors"
 FORMAT = "2"  # completions concatenated (int32 ids) with offsets, features once per prompt
@@ -183,11 +183,19 @@ def _best(kept: list[Entry], count: int) -> list[int]:
     return order[:count]
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What a replay step takes from the buffer besides the tokens: what does not change as the adapter trains."""
+
+    base_logps: Tensor  # [N, L] log p_base of each token
+    behaviour_logps: Tensor  # [N, L] log-prob of each token under the distribution that drew it
+    features: Tensor  # [N, H] the prompt's features (adapter off)
+
+
 def replay_batch(entries: list[Entry], prompt_ids: list[list[int]], group_size: int, pad_id: int,
-                 device: torch.device) -> tuple[Rollouts, Tensor, Tensor, Tensor]:
-    """Stored completions as a step's rows (consecutive groups of `group_size`, one per prompt):
-    -> rollouts, base log-probs [N, L], behaviour log-probs [N, L], features [N, H]. (psi is recomputed under the
-    run's current penalties.)"""
+                 device: torch.device) -> tuple[Rollouts, Stored]:
+    """Stored completions as a step's rows (consecutive groups of `group_size`, one per prompt) and what the
+    buffer kept of them. (psi is recomputed under the run's current penalties.)"""
     prompt_rows, prompt_mask = left_pad([prompt_ids[e.prompt] for e in entries], pad_id, device)
     width = max(len(e.completion) for e in entries)
     completion = torch.full((len(entries), width), pad_id, dtype=torch.long)
@@ -202,4 +210,4 @@ def replay_batch(entries: list[Entry], prompt_ids: list[list[int]], group_size: 
                         torch.tensor([e.truncated for e in entries], device=device),
                         temperature=torch.tensor([e.temperature for e in entries], device=device))
     features = torch.stack([e.features for e in entries]).to(device)
-    return rollouts, base.to(device), behaviour.to(device), features
+    return rollouts, Stored(base.to(device), behaviour.to(device), features)

@@ -1,34 +1,36 @@
-"""Per-token log-probs of completions, without a batch x length x vocab float32 tensor.
+"""Step phase 2, score; and the per-token log-probs it is made of, without a [N, L, vocab] float32 tensor.
 
-The decoder runs once over prompt + completion; the LM head and the
-log-softmax then run over chunks of completion positions. With grad, each chunk
-is checkpointed, so only its hidden states are kept for backward and its logits
-are recomputed there: peak memory holds one chunk's logits, never all of them.
+    batch = score_step(run, taken, notes)                    # ScoredBatch: log pi_old, log p_base, psi, features
+    logps, features = completion_logprobs(model, rollouts)  # [N, L], [N, H] (with grad when it is enabled)
+    base_logps, _ = score(model, rollouts, 64, adapter=False)  # the base: the same weights, adapter off
 
-A prompt answered G times is run through the decoder once: its key/value cache
-is copied to its G completions, which are then decoded against it (the same
-numbers up to float rounding, G - 1 prompt passes fewer; with grad, the
-gradients of the G completions meet in the one prompt pass). Hugging Face's
-gradient checkpointing drops a cache passed to a checkpointed layer, so with
-checkpointing on, under grad, each row runs its prompt itself as before.
-
-    logps, features = completion_logprobs(model, rollouts)            # [N, L], [N, H]
-    with eval_mode(model, adapter=False), torch.no_grad():
-        base_logps, _ = completion_logprobs(model, rollouts)          # the base, same weights
+The decoder runs once over prompt + completion; the LM head and log-softmax run
+over chunks of positions, each checkpointed under grad, so peak memory holds
+one chunk's logits. A prompt answered G times runs through the decoder once,
+its KV cache copied to its G completions (not under grad with gradient
+checkpointing, where Hugging Face drops a cache).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from .batch import ScoredBatch
+from .faults import halve_on_oom
 from .model import cache_keyword, eval_mode, hf_model, output_cache
-from .sampling import Rollouts
+from .rewards import format_penalties
+from .samplers.rollouts import Rollouts
 
-# float32 logits per chunk: on a GPU 256 MiB (441 positions of a 151,936-token vocabulary, few launches); on
-# the CPU 64 MiB, since a chunk and its log-sum-exp both stay in the process's memory at its peak, and 341
-# positions of a 49,152-token vocabulary already make a matmul as fast per position as a larger one.
+if TYPE_CHECKING:
+    from .rollout import StepRollout
+    from .setup import Run
+
+# float32 logits per chunk: 256 MiB on a GPU (few launches); 64 MiB on the CPU, where a chunk and its
+# log-sum-exp both stay in the process's memory at its peak
 LOGITS_BUDGET = {"cuda": 2**26, "cpu": 2**24}
 
 
@@ -147,3 +149,53 @@ def score(model, rollouts: Rollouts, batch_size: int, adapter: bool = True,
             logps.append(batch_logps)
             features.append(batch_features)
     return torch.cat(logps), torch.cat(features)
+
+
+def score_step(run: Run, taken: StepRollout, notes: list[str]) -> ScoredBatch:
+    """Everything the update needs that stays fixed while it runs: log pi_old (from the sampler when it returns
+    it), log p_base (the same weights, adapter off), the behaviour log-probs, the prompts' features and psi. A
+    replayed completion keeps what the buffer stored and needs only log pi_old under today's weights."""
+    cfg, rollouts = run.cfg, taken.rollouts
+    if taken.stored is None:
+        old_logps, behaviour_logps, base_logps, features = _score(run, rollouts, notes)  # 3 x [N, L], [N, H]
+    else:
+        old_logps = _score(run, rollouts, notes, base=False)[0]  # [N, L]
+        behaviour_logps, base_logps, features = (taken.stored.behaviour_logps, taken.stored.base_logps,
+                                                 taken.stored.features)
+    # psi under this invocation's --format-penalty and --truncation-penalty, replayed completions included
+    formats = torch.tensor(format_penalties(run.psi, cfg.format_penalty, taken.texts, taken.prompt_texts),
+                           device=run.device)  # [N]
+    psi = formats - cfg.truncation_penalty * rollouts.truncated.float()  # [N]
+    return ScoredBatch(rollouts, old_logps, base_logps, psi, features, behaviour_logps, formats)
+
+
+def _score(run: Run, rollouts: Rollouts, notes: list[str], base: bool = True) -> tuple[Tensor, ...]:
+    """log pi_old [N, L] (from the sampler when it returns it), and with `base` the behaviour log-probs [N, L]
+    (those of the row's sampling temperature), log p_base [N, L] and prompt features [N, H]; out of memory,
+    again in smaller batches."""
+
+    def attempt(size: int):
+        old = rollouts.sampled_logps  # the static sampler returns it; HF generate does not
+        if old is None:
+            old, _ = score(run.model, rollouts, size, adapter=True)
+        if not base:
+            return (old,)
+        return (old, behaviour_logps(run.model, rollouts, old, size), *score(run.model, rollouts, size, adapter=False))
+
+    return halve_on_oom(attempt, run.micro_batch, len(rollouts), 1, "while scoring",
+                        "lower --max-new-tokens (scoring holds one micro-batch's logits)", notes)
+
+
+def behaviour_logps(model, rollouts: Rollouts, old: Tensor, size: int) -> Tensor:
+    """[N, L] log-probs of the distribution each row was drawn from: from the sampler when it returns them, else
+    `old` (temperature 1) with the rows sampled at another temperature scored at theirs."""
+    if rollouts.behaviour_logps is not None:
+        return rollouts.behaviour_logps
+    temperatures = rollouts.temperatures()
+    behaviour = old
+    for temperature in temperatures.unique().tolist():
+        if temperature != 1.0:
+            rows = (temperatures == temperature).nonzero().squeeze(-1)
+            behaviour = behaviour.index_copy(0, rows, score(model, rollouts.select(rows), size, adapter=True,
+                                                            temperature=temperature)[0])
+    return behaviour

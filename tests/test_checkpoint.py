@@ -19,8 +19,8 @@ from powerflow_lite.checkpoint import (
     truncate_metrics,
 )
 from powerflow_lite.errors import PowerflowError
+from powerflow_lite.log_z import LogZHead
 from powerflow_lite.model import add_lora, load_base_model
-from powerflow_lite.partition import LogZHead
 
 CPU = torch.device("cpu")
 INPUT_IDS = torch.tensor([[5, 17, 30, 42, 8, 61]])  # [1, L]

@@ -115,7 +115,8 @@ def test_step_0_eval_takes_the_base_log_probs_from_the_fresh_adapter(tiny_model_
                                                                      monkeypatch):
     # LoRA B starts at zero, so the policy is the base to the bit: step 0 skips the adapter-off pass
     import powerflow_lite.inference as inference
-    from powerflow_lite.train import setup, train
+    from powerflow_lite.setup import setup
+    from powerflow_lite.train import train
 
     problems = write_jsonl(tmp_path / "p.jsonl", [{"problem": "Name a color.", "answer": "1"}])
     passes = []

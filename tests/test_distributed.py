@@ -17,11 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from powerflow_lite.distributed import SINGLE, Ranks, uniforms
-from powerflow_lite.engine import sample_static
+from powerflow_lite.distributed import SINGLE, Ranks
 from powerflow_lite.metrics import read_metrics
 from powerflow_lite.model import load_base_model, load_tokenizer
-from powerflow_lite.sampling import SamplingSettings
+from powerflow_lite.samplers.rollouts import SamplingSettings
+from powerflow_lite.samplers.static import sample_static
+from powerflow_lite.seeds import step_uniforms as uniforms
 
 TIMINGS = {"time_sample", "time_score", "time_update", "sample_tokens_per_s", "peak_rss_gib", "time_eval"}
 

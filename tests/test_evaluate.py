@@ -19,10 +19,11 @@ from helpers import DATA, one_error_line, read_jsonl, run_cli, write_jsonl
 
 from powerflow_lite.cli import main
 from powerflow_lite.display import eval_table
-from powerflow_lite.evaluate import EVAL_SEED_OFFSET, paired_changes
+from powerflow_lite.evaluate import paired_changes
 from powerflow_lite.metrics import EVAL_METRICS, read_metrics, stderr
+from powerflow_lite.record import CPU_EVAL_ROWS
+from powerflow_lite.seeds import EVAL_SEED_OFFSET
 from powerflow_lite.tiny import write_tiny_model
-from powerflow_lite.train import CPU_EVAL_ROWS
 
 PROMPTS = ["12", "345", "6789", "0", "55"]  # digits only: every character is a token of the digit model
 DIGIT_SETTINGS = ["--quant", "none", "--chat-template", "none", "--system-prompt", ""]
@@ -383,14 +384,19 @@ def test_unreadable_reference_is_refused_before_sampling(digit_model, tmp_path, 
 
 def test_generate_records_splits_a_prompts_samples_across_batches(digit_model, monkeypatch):
     # -k 5 with batches of 2 rows: no generate call may exceed 2 rows, and every (prompt, sample) comes once, in order
+    from dataclasses import replace
+
     import powerflow_lite.inference as inference
     from powerflow_lite.model import load_tokenizer
-    from powerflow_lite.sampling import SamplingSettings
+    from powerflow_lite.samplers import SAMPLERS
+    from powerflow_lite.samplers.rollouts import SamplingSettings
 
     sizes = []
-    real_sample = inference.SAMPLERS["static"]  # the sampler auto picks on the CPU
-    monkeypatch.setitem(inference.SAMPLERS, "static", lambda m, t, prompts, g, s, uniforms=None:
-                        sizes.append(len(prompts) * g) or real_sample(m, t, prompts, g, s, uniforms=uniforms))
+    real_sample = SAMPLERS["static"].sample  # the sampler auto picks on the CPU
+    def counted(m, t, prompts, g, s, uniforms=None):
+        return sizes.append(len(prompts) * g) or real_sample(m, t, prompts, g, s, uniforms=uniforms)
+
+    monkeypatch.setitem(SAMPLERS, "static", replace(SAMPLERS["static"], sample=counted))
     records = list(inference.generate_records(load_base(digit_model)[0], load_tokenizer(digit_model), [[3, 4], [5]], 5,
                                               SamplingSettings(1), rows_per_batch=2))
     assert sizes == [2, 2, 2, 2, 2]

@@ -9,8 +9,9 @@ import torch
 
 from powerflow_lite import exact
 from powerflow_lite.config import TrainConfig
+from powerflow_lite.setup import setup
 from powerflow_lite.tiny import build_tiny_model, write_tiny_model
-from powerflow_lite.train import setup, train
+from powerflow_lite.train import train
 
 EOS = 2  # <|im_end|> in the tiny tokenizer
 LOG = torch.log

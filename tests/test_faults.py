@@ -2,6 +2,7 @@
 
 import json
 import signal
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,11 +10,14 @@ from helpers import one_error_line, run_cli, untimed
 from safetensors.torch import load_file
 
 import powerflow_lite.checkpoint as ckpt
-import powerflow_lite.train as train_module
+import powerflow_lite.scoring as scoring
+import powerflow_lite.update as update_module
 from powerflow_lite.config import TrainConfig
 from powerflow_lite.errors import PowerflowError
 from powerflow_lite.metrics import read_metrics
-from powerflow_lite.train import setup, train
+from powerflow_lite.samplers import SAMPLERS
+from powerflow_lite.setup import setup
+from powerflow_lite.train import train
 
 PER_STEP = 6  # completions per step below: 2 prompts x 3 samples
 
@@ -137,19 +141,19 @@ def test_out_of_memory_in_the_update_halves_the_micro_batch(tiny_model_dir, prom
     # batches of 4, before its update runs out of memory), so the two must agree to float precision: a first
     # Adam step moves each weight by about lr whatever the size of its gradient, so a scoring difference in the
     # last bit can otherwise move a weight whose gradient is near zero by lr.
-    real_score, scored = train_module.score, []
+    real_score, scored = scoring.score, []
 
     def score_step_1_in_fours(model, rollouts, size, adapter=True):
         scored.append(size)
         return real_score(model, rollouts, 4 if len(scored) <= 2 else size, adapter)
 
-    monkeypatch.setattr(train_module, "score", score_step_1_in_fours)
+    monkeypatch.setattr(scoring, "score", score_step_1_in_fours)
     reference = [r.metrics for r in train(setup(config(tiny_model_dir, prompts_file, tmp_path / "ref",
                                                        micro_batch_size=1, max_steps=2, sampler="hf",
                                                        log_z="head")))]  # head: micro-batches of single rows
     monkeypatch.undo()
     assert scored == [1, 1, 1, 1]  # pi_old and p_base at each step (hf generate returns no log-probs)
-    real, calls = train_module.completion_logprobs, []
+    real, calls = update_module.completion_logprobs, []
 
     def flaky(model, rollouts, *args):
         calls.append(len(rollouts))
@@ -157,7 +161,7 @@ def test_out_of_memory_in_the_update_halves_the_micro_batch(tiny_model_dir, prom
             raise oom()
         return real(model, rollouts, *args)
 
-    monkeypatch.setattr(train_module, "completion_logprobs", flaky)
+    monkeypatch.setattr(update_module, "completion_logprobs", flaky)
     results = list(train(setup(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=2, sampler="hf",
                                       log_z="head"))))
     monkeypatch.undo()
@@ -179,14 +183,14 @@ def test_out_of_memory_while_sampling_halves_the_sampling_batch(tiny_model_dir, 
                                                                  monkeypatch, sampler):
     reference = [r.metrics for r in train(setup(config(tiny_model_dir, prompts_file, tmp_path / "ref",
                                                        sample_batch_size=1, max_steps=2, sampler=sampler)))]
-    real = train_module.SAMPLERS[sampler]
+    real = SAMPLERS[sampler].sample
 
     def flaky(model, tokenizer, prompts, samples_per_prompt, settings, uniforms=None):
         if len(prompts) * samples_per_prompt > 2:
             raise oom()
         return real(model, tokenizer, prompts, samples_per_prompt, settings, uniforms=uniforms)
 
-    monkeypatch.setitem(train_module.SAMPLERS, sampler, flaky)
+    monkeypatch.setitem(SAMPLERS, sampler, replace(SAMPLERS[sampler], sample=flaky))
     results = list(train(setup(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=2,
                                       sampler=sampler))))
     assert ["--sample-batch-size 3" in n or "--sample-batch-size 1" in n for n in results[0].notes] == [True, True]
@@ -199,7 +203,7 @@ def test_out_of_memory_at_size_one_stops_with_settings_to_try(tiny_model_dir, pr
     def always(*args, **kwargs):
         raise oom()
 
-    monkeypatch.setattr(train_module, "score", always)
+    monkeypatch.setattr(scoring, "score", always)
     code, _, err = run_cli(capsys, cli_args(config(tiny_model_dir, prompts_file, tmp_path / "run")))
     assert code == 2
     message = one_error_line(err)
@@ -230,7 +234,7 @@ def test_a_policy_with_non_finite_probabilities_is_one_line(tiny_model_dir, prom
     def overflowed(*args, **kwargs):  # what torch.multinomial says when the adapter's weights have overflowed
         raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
 
-    monkeypatch.setitem(train_module.SAMPLERS, "hf", overflowed)
+    monkeypatch.setitem(SAMPLERS, "hf", replace(SAMPLERS["hf"], sample=overflowed))
     args = cli_args(config(tiny_model_dir, prompts_file, tmp_path / "run")) + ["--sampler", "hf"]
     code, _, err = run_cli(capsys, args)
     assert code == 2 and "probabilities are not finite at step 1" in one_error_line(err) and "--lr" in err
@@ -243,7 +247,7 @@ def test_other_errors_are_not_retried(tiny_model_dir, prompts_file, tmp_path, mo
         calls.append(1)
         raise RuntimeError("an unrelated bug")
 
-    monkeypatch.setattr(train_module, "score", broken)
+    monkeypatch.setattr(scoring, "score", broken)
     with pytest.raises(RuntimeError, match="unrelated"):
         list(train(setup(config(tiny_model_dir, prompts_file, tmp_path / "run"))))
     assert calls == [1]
@@ -318,7 +322,7 @@ def test_resume_before_the_first_checkpoint_starts_over(tiny_model_dir, prompts_
     next(steps)
     steps.close()  # killed after step 1, before any checkpoint
     run = setup(config(tiny_model_dir, prompts_file, out, save_every=0, max_steps=2, resume=True))
-    assert run.start_step == 0 and run.info["started_over"] and read_metrics(out / "metrics.jsonl") == []
+    assert run.start_step == 0 and run.info.started_over and read_metrics(out / "metrics.jsonl") == []
     list(train(run))
     assert untimed(read_metrics(out / "metrics.jsonl")) == untimed(read_metrics(straight / "metrics.jsonl"))
 

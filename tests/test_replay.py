@@ -14,8 +14,9 @@ from powerflow_lite.config import TrainConfig
 from powerflow_lite.errors import PowerflowError
 from powerflow_lite.metrics import read_metrics
 from powerflow_lite.replay import ReplayBuffer, replay_batch
-from powerflow_lite.sampling import Rollouts
-from powerflow_lite.train import setup, train
+from powerflow_lite.samplers.rollouts import Rollouts
+from powerflow_lite.setup import setup
+from powerflow_lite.train import train
 
 PAD = 0
 
@@ -31,7 +32,8 @@ def scored(completions: list[list[int]], base: list[list[float]], psi: list[floa
     rollouts = Rollouts(torch.ones((n, 2), dtype=torch.long), torch.ones((n, 2), dtype=torch.long), ids, mask,
                         torch.tensor(groups), torch.zeros(n, dtype=torch.bool))
     features = torch.tensor(groups, dtype=torch.float32)[:, None].repeat(1, 3)  # [N, 3]: a prompt's, its group id
-    return ScoredBatch(rollouts, base_logps - 0.5, base_logps, torch.tensor(psi), features, base_logps - 0.25)
+    return ScoredBatch(rollouts, base_logps - 0.5, base_logps, torch.tensor(psi), features, base_logps - 0.25,
+                       torch.tensor(psi))
 
 
 def test_add_scores_each_completion_by_its_target_per_token_and_merges_duplicates():
@@ -99,16 +101,15 @@ def test_state_round_trip_is_exact_and_replay_batch_rebuilds_the_rows():
     assert [e.temperature for e in again.entries[0]] == [0.5, 1.0]
     again.order = "newest"
     entries = again.draw(2, 2) + again.draw(0, 2)  # two groups of G = 2 (prompt 2 has one, repeated)
-    rollouts, base, behaviour, features = replay_batch(entries, [[1], [2, 3], [4, 5, 6]], 2, PAD,
-                                                       torch.device("cpu"))
+    rollouts, stored = replay_batch(entries, [[1], [2, 3], [4, 5, 6]], 2, PAD, torch.device("cpu"))
     psi = torch.tensor([e.psi for e in entries])  # kept per entry (for the target); the loop recomputes it
     assert rollouts.completion_ids.tolist() == [[5, 6, 9], [5, 6, 9], [8, 8, PAD], [7, PAD, PAD]]
     assert rollouts.completion_mask.sum(-1).tolist() == [3, 3, 2, 1] and rollouts.group_ids.tolist() == [0, 0, 1, 1]
     assert rollouts.prompt_ids.tolist() == [[4, 5, 6], [4, 5, 6], [PAD, PAD, 1], [PAD, PAD, 1]]  # left-padded
-    assert torch.equal(base[0], torch.tensor([-1.1, -3.3, -0.7])) and psi.tolist() == [0.0, 0.0, 0.0, -0.5]
-    assert torch.equal(behaviour[3], torch.tensor([-0.75, 0.0, 0.0]))
+    assert torch.equal(stored.base_logps[0], torch.tensor([-1.1, -3.3, -0.7])) and psi.tolist() == [0.0, 0.0, 0.0, -0.5]
+    assert torch.equal(stored.behaviour_logps[3], torch.tensor([-0.75, 0.0, 0.0]))
     assert rollouts.temperature.tolist() == [1.0, 1.0, 1.0, 0.5]
-    assert features[:, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert stored.features[:, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
 
 
 # --- training on replayed completions (tiny model)
@@ -194,7 +195,7 @@ def test_add_skips_rows_that_are_not_finite_and_owns_its_tensors():
 
 
 def test_the_disk_check_counts_a_full_buffer_in_every_checkpoint(tiny_model_dir, prompts_file, tmp_path):
-    from powerflow_lite.run import _disk_needed
+    from powerflow_lite.setup import _disk_needed
 
     cfg = config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=10, save_every=5, keep_checkpoints=0)
     without = _disk_needed(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=10, save_every=5,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from powerflow_lite.model import add_lora, eval_mode, load_base_model
-from powerflow_lite.sampling import Rollouts
+from powerflow_lite.samplers.rollouts import Rollouts
 from powerflow_lite.scoring import completion_logprobs, score
 
 

@@ -9,10 +9,12 @@ from safetensors.torch import load_file
 
 from powerflow_lite.config import TrainConfig
 from powerflow_lite.errors import PowerflowError
+from powerflow_lite.log_z import batch_log_z_estimate
 from powerflow_lite.metrics import read_metrics
 from powerflow_lite.objectives import OBJECTIVES
-from powerflow_lite.partition import batch_log_z_estimate
-from powerflow_lite.train import lr_lambda, micro_batches, setup, train
+from powerflow_lite.setup import lr_lambda, setup
+from powerflow_lite.train import train
+from powerflow_lite.update import micro_batches
 
 
 def config(tiny_model_dir, prompts_file, output, **overrides):
@@ -149,9 +151,12 @@ def test_log_z_batch_trains_the_head_towards_the_estimate(tiny_model_dir, prompt
     # With --z-init zero the estimate is detached, so the head can only move through its regression loss.
     run = setup(config(tiny_model_dir, prompts_file, tmp_path / "out", log_z="batch", z_init="zero", max_steps=3,
                        lr=1e-12, z_lr=1e-1))
-    log_z = [result.metrics["log_z_mean"] for result in train(run)]
-    # the estimate (mean per-token residual without log Z) is far below 0 for alpha = 2 on a random model
-    assert log_z[0] < 0 and log_z[2] < log_z[0]
+    rows = [result.metrics for result in train(run)]
+    log_z, gaps = [row["log_z_mean"] for row in rows], [row["log_z_gap"] for row in rows]
+    # the estimate (mean per-token residual without log Z) is far below 0 for alpha = 2 on a random model: the head
+    # starts at 0, far above it, and is then held near it (the head's gap to the estimate before each update shrinks;
+    # its mean itself follows the estimates of the step's prompts, which differ from step to step)
+    assert log_z[0] < 0 and gaps[0] > 1 and max(abs(gaps[1]), abs(gaps[2])) < 0.25 * gaps[0]
     assert run.log_z.initialized
 
 

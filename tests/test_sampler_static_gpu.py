@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from powerflow_lite.engine import sample_static
 from powerflow_lite.model import add_lora, load_base_model, load_tokenizer
-from powerflow_lite.sampling import SamplingSettings, sample
+from powerflow_lite.samplers.hf import sample
+from powerflow_lite.samplers.rollouts import SamplingSettings
+from powerflow_lite.samplers.static import sample_static
 from powerflow_lite.scoring import score
 from powerflow_lite.tiny import write_tiny_model
 
@@ -41,7 +42,7 @@ def test_greedy_agrees_with_generate_on_cuda(cuda_policy):
     model, tokenizer, prompts = cuda_policy
     from transformers import GenerationConfig
 
-    from powerflow_lite.sampling import eos_token_ids, left_pad
+    from powerflow_lite.samplers.rollouts import eos_token_ids, left_pad
 
     ids, mask = left_pad([p for p in prompts for _ in range(2)], tokenizer.pad_token_id, torch.device("cuda"))
     reference = model.generate(input_ids=ids, attention_mask=mask, generation_config=GenerationConfig(

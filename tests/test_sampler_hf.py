@@ -1,10 +1,11 @@
-"""Rollouts: grouping, EOS and truncation masks, --ignore-eos, seeds, and pure ancestral sampling."""
+"""samplers/hf.py (Hugging Face generate) and Rollouts: grouping, EOS and truncation masks, seeds, sampling."""
 
 import pytest
 import torch
 
 from powerflow_lite.model import load_base_model, load_tokenizer
-from powerflow_lite.sampling import SamplingSettings, _completion_mask, eos_token_ids, left_pad, sample
+from powerflow_lite.samplers.hf import _completion_mask, sample
+from powerflow_lite.samplers.rollouts import SamplingSettings, eos_token_ids, left_pad
 
 CPU = torch.device("cpu")
 

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from powerflow_lite.errors import PowerflowError
-from powerflow_lite.partition import LogZHead, load_head, save_head
+from powerflow_lite.log_z import LogZHead, load_head, save_head
 
 HIDDEN = 16
 

@@ -1,28 +1,21 @@
-"""Rollouts: G completions per prompt from the policy, by pure ancestral sampling.
+"""What every sampler returns and takes: `Rollouts` (G completions per prompt) and `SamplingSettings`.
 
-`sample()` wraps Hugging Face `generate` (`--sampler hf`); `engine.sample_static` is
-the other sampler (`--sampler static`); both return `Rollouts`, and the trainer,
-`powerflow sample` and `powerflow eval` pick one through `engine.SAMPLERS`.
+    settings = SamplingSettings(max_new_tokens=128)
+    rollouts = SAMPLERS["static"].sample(model, tokenizer, [ids_q1, ids_q2], 4, settings)
+    rollouts.completion_ids, rollouts.completion_mask, rollouts.group_ids  # [N, L], [N, L], [N]
 
-The maths assumes the behaviour policy is the model itself at temperature 1, so
-we hand `generate` a configuration in which nothing reshapes the distribution:
-the model's own `generation_config.json` (top_k=20, repetition penalties, ...)
-is swapped out for the call, and `top_k=0` overrides the library's global
-default of 50.
-
-    rollouts = sample(model, tokenizer, [ids_q1, ids_q2], samples_per_prompt=4,
-                      settings=SamplingSettings(max_new_tokens=128))
+Rows are grouped by prompt (a prompt's G completions are consecutive), prompts
+are padded on the left and completions on the right.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
 
-from .model import eval_mode, hf_model
+from ..model import hf_model
 
 
 @dataclass(frozen=True)
@@ -38,7 +31,7 @@ class SamplingSettings:
     def from_config(cfg, tokenizer) -> "SamplingSettings":
         """A command's sampling options (those its config lacks take the defaults above), also stopping at the
         chat template's end-of-turn token."""
-        from .data import chat_stop_ids
+        from ..data import chat_stop_ids
 
         return SamplingSettings(cfg.max_new_tokens, getattr(cfg, "min_new_tokens", 0), getattr(cfg, "temperature", 1.0),
                                 getattr(cfg, "top_p", 1.0), getattr(cfg, "ignore_eos", False),
@@ -68,10 +61,10 @@ class Rollouts:
     completion_mask: Tensor  # [N, L] 1 on generated tokens, EOS included when emitted
     group_ids: Tensor  # [N] which prompt of the batch each row answers
     truncated: Tensor  # [N] bool: ended by the length limit, not by EOS
-    sampled_logps: Tensor | None = None  # [N, L] log pi of each sampled token at temperature 1 (engine.py only)
+    sampled_logps: Tensor | None = None  # [N, L] log pi of each sampled token at temperature 1 (static)
     temperature: Tensor | None = None  # [N] the temperature each row was sampled at (None: 1)
     behaviour_logps: Tensor | None = None  # [N, L] log-prob of each token under the distribution that drew it,
-    # the logits divided by the row's temperature (engine.py only; None: compute it, or sampled_logps at 1)
+    # the logits divided by the row's temperature (static only; None: compute it, or sampled_logps at 1)
 
     def temperatures(self) -> Tensor:  # [N]
         return self.temperature if self.temperature is not None else torch.ones(len(self), device=self.device)
@@ -137,37 +130,6 @@ def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[Tensor, T
     return ids.to(device), mask.to(device)
 
 
-def sample(model, tokenizer, prompts: list[list[int]], samples_per_prompt: int, settings: SamplingSettings,
-           uniforms: Tensor | None = None) -> Rollouts:
-    """G = samples_per_prompt completions for each prompt (rows grouped by prompt), adapter as it is set.
-    `generate` draws from torch's own stream: `uniforms` (engine.sample_static's) is not used."""
-    from transformers import GenerationConfig
-
-    device = next(model.parameters()).device
-    prompt_ids, prompt_mask = left_pad(per_sample(prompts, samples_per_prompt), tokenizer.pad_token_id, device)
-    stop_ids = stop_token_ids(model, tokenizer, settings)
-    generation_config = GenerationConfig(
-        do_sample=True,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        top_k=0,
-        max_new_tokens=settings.max_new_tokens,
-        min_new_tokens=settings.min_new_tokens or None,
-        eos_token_id=stop_ids,  # an empty list, not None: None would fall back to the model's EOS
-        pad_token_id=tokenizer.pad_token_id,
-        use_cache=True,
-    )
-    with eval_mode(model), _neutral_generation_config(model):
-        output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation_config)
-    completion_ids = output[:, prompt_ids.shape[1]:]  # [N, L]
-    completion_mask, truncated = _completion_mask(completion_ids, stop_ids)
-    completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
-    group_ids = group_ids_of(len(prompts), samples_per_prompt, device)
-    temperature = torch.full((len(completion_ids),), settings.temperature, device=device)
-    return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, group_ids, truncated,
-                    temperature=temperature)
-
-
 def sample_in_batches(sampler, model, tokenizer, prompts: list[list[int]], samples_per_prompt: int,
                       settings: SamplingSettings, batch_size: int, uniforms: Tensor | None = None) -> Rollouts:
     """`sampler` over at most `batch_size` completions per call (0: all in one call, exactly `sampler` itself);
@@ -183,29 +145,3 @@ def sample_in_batches(sampler, model, tokenizer, prompts: list[list[int]], sampl
     return Rollouts.concat(parts, tokenizer.pad_token_id, group_ids)
 
 
-def _completion_mask(completion_ids: Tensor, stop_ids: list[int]) -> tuple[Tensor, Tensor]:
-    """1 up to and including the first stop token; rows without one run to the end (truncated)."""
-    length = completion_ids.shape[1]
-    if not stop_ids:
-        full = torch.ones_like(completion_ids)
-        return full, torch.ones(completion_ids.shape[0], dtype=torch.bool, device=completion_ids.device)
-    is_stop = torch.isin(completion_ids, torch.tensor(stop_ids, device=completion_ids.device))  # [N, L]
-    stopped = is_stop.any(-1)  # [N]
-    first_stop = is_stop.int().argmax(-1)  # [N], 0 where there is none
-    lengths = torch.where(stopped, first_stop + 1, torch.full_like(first_stop, length))  # [N]
-    positions = torch.arange(length, device=completion_ids.device)
-    return (positions[None, :] < lengths[:, None]).long(), ~stopped
-
-
-@contextmanager
-def _neutral_generation_config(model):
-    """Hide the model's own generation defaults (top_k, penalties, ...) for the duration of a call."""
-    from transformers import GenerationConfig
-
-    inner = hf_model(model)
-    saved = inner.generation_config
-    inner.generation_config = GenerationConfig()
-    try:
-        yield
-    finally:
-        inner.generation_config = saved

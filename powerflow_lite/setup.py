@@ -21,10 +21,10 @@ from .config import TrainConfig
 from .config_files import to_yaml
 from .data import encode_prompts, load_prompts
 from .distributed import SINGLE, Ranks
-from .engine import resolve_sampler
 from .errors import PowerflowError
 from .evaluate import EvalSet, setup_training_eval
 from .faults import BatchSize
+from .log_z import LogPartition, LogZHead
 from .metrics import MetricsLog
 from .model import (
     add_lora,
@@ -37,9 +37,34 @@ from .model import (
     trainable_parameters,
 )
 from .objectives import OBJECTIVES, Objective
-from .partition import LogPartition, LogZHead
 from .replay import ReplayBuffer
 from .rewards import FormatPenalty, load_format_penalty
+from .samplers import SamplingSettings, resolve_sampler
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What setup resolved, for the lines the CLI prints before step 1."""
+
+    device: str
+    quant: str  # what --quant auto became
+    quant_why: str
+    sampler: str  # what --sampler auto became
+    sampler_why: str
+    trainable_params: int
+    total_params: int
+    prompts: int
+    started_over: bool  # --resume found no checkpoint: the run starts at step 0
+    processes: int  # under a launcher, how many train together
+
+
+@dataclass
+class Outcome:
+    """How the loop ended, for the CLI's closing lines."""
+
+    stopped: bool = False  # a signal ended it before its last step (after a checkpoint)
+    before_after: dict | None = None  # the eval before training against the last one (evaluate.before_after)
+    before_after_note: str | None = None  # or why there is no such table
 
 
 @dataclass
@@ -55,6 +80,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     objective: Objective
+    sampling: SamplingSettings  # --max-new-tokens, --temperature, ... and the chat template's end-of-turn id
     psi: FormatPenalty
     prompts: list[dict]  # rows from the prompt file; row["prompt"] is the text
     prompt_ids: list[list[int]]  # the rendered, tokenized prompts
@@ -64,7 +90,8 @@ class Run:
     sample_batch: BatchSize  # completions per sampling call (0: all): --sample-batch-size, halved likewise
     start_step: int = 0
     resumed_from: Path | None = None
-    info: dict = field(default_factory=dict)
+    info: RunInfo | None = None
+    outcome: Outcome = field(default_factory=Outcome)
     eval_set: EvalSet | None = None  # with --eval-data
     embed: Callable | None = None  # sentence embedder of creative evals
     bad_in_row: int = 0  # steps in a row whose update was skipped (non-finite loss or gradient)
@@ -119,12 +146,7 @@ def setup(cfg: TrainConfig, ranks: Ranks = SINGLE) -> Run:
     Under a launcher every rank checks and loads; only when all have passed (`ranks.agree`) does rank 0 write
     the output directory, and the others wait for it."""
     device = ranks.start(resolve_device(cfg.device))  # a bad --device fails here on every rank alike
-    try:
-        run = _prepare(cfg, ranks, device)
-    except PowerflowError as err:
-        ranks.agree(err)  # raises here, on every rank
-        raise
-    ranks.agree(None)
+    run = ranks.agreed(lambda: _prepare(cfg, ranks, device))  # bad input on any rank stops every rank here
     cfg, out = run.cfg, run.out
     resuming = cfg.resume or bool(cfg.resume_from)
     if ranks.main:
@@ -171,7 +193,8 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
 
     objective = OBJECTIVES[cfg.objective]
-    run = Run(cfg, out, device, model, tokenizer, head, optimizer, scheduler, objective, psi, rows, prompt_ids,
+    run = Run(cfg, out, device, model, tokenizer, head, optimizer, scheduler, objective,
+              SamplingSettings.from_config(cfg, tokenizer), psi, rows, prompt_ids,
               MetricsLog(out / "metrics.jsonl" if ranks.main else None),
               LogPartition(head, objective, cfg.log_z, cfg.z_init, cfg.alpha, cfg.clip_eps, ranks=ranks),
               BatchSize("--micro-batch-size", cfg.micro_batch_size),
@@ -201,18 +224,8 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
     if ranks.main:
         ckpt.check_free_space(out, _disk_needed(cfg, run.start_step, sum(p.numel() for p in lora_params), len(rows),
                                                 head.hidden_size) - freed)
-    run.info = {
-        "device": str(device),
-        "quant": cfg.quant,
-        "sampler": cfg.sampler,
-        "why": {"quant": quant_why, "sampler": sampler_why},
-        "trainable_params": sum(p.numel() for p in lora_params),
-        "total_params": parameter_count(model),
-        "prompts": len(rows),
-        "start_step": run.start_step,
-        "started_over": resuming and resume_path is None,
-        "ranks": ranks.world,
-    }
+    run.info = RunInfo(str(device), cfg.quant, quant_why, cfg.sampler, sampler_why, sum(p.numel() for p in lora_params),
+                       parameter_count(model), len(rows), resuming and resume_path is None, ranks.world)
     return run
 
 

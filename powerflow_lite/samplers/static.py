@@ -1,32 +1,21 @@
-"""A decode loop of our own: a static KV cache, sampling on the device, and the log-probs of what it sampled.
+"""`--sampler static`: our own decode loop over a static KV cache, returning log pi_old with the samples.
 
     rollouts = sample_static(model, tokenizer, [ids_q1, ids_q2], samples_per_prompt=4,
                              settings=SamplingSettings(max_new_tokens=128))
     rollouts.sampled_logps  # [N, L] log pi(y_t | q, y_<t) at temperature 1: no second pass for log pi_old
 
-The cache is allocated once for prompt + completion and each step is one
-forward of one token per row; the next token is drawn on the device. Three
-things make it cheaper than `generate` for the trainer's batches, where every
-prompt is answered G times and completions end at very different lengths:
+Why it is cheaper than `generate` for the trainer's batches (every prompt
+answered G times, completions of very different lengths):
 
-* each distinct prompt is prefilled once and its cache rows copied to its G
-  completions (`generate` runs the prompt G times), and only the last
-  position's logits are computed;
-* with `compact` (the default on the CPU, where a step costs in proportion
-  to the rows in it) rows that have stopped leave the batch, once they are a
-  quarter of it: the cache keeps only the rows still decoding, so a batch
-  whose last completion runs to the limit does not pay for all the others;
-* a token is drawn by inverting the cumulative distribution (in float64) with
-  one uniform number per row, instead of `torch.multinomial`, which on the CPU
-  draws an exponential variate for every token of the vocabulary.
+1. each distinct prompt is prefilled once and its cache rows copied to its G
+   completions, and only the last position's logits are computed;
+2. with `compact` (the CPU default) rows that have stopped leave the batch once
+   they are a quarter of it, so a batch does not pay for its longest row;
+3. a token is drawn by inverting the cumulative distribution (float64) with one
+   uniform number per row: exact ancestral samples, and a row's draws can be
+   fixed in advance (`uniforms`), whatever batch or rank samples it.
 
-The draws are exact ancestral samples at the given temperature, but not the
-same draws as `generate` for the same seed. Left for the GPU: capturing the
-decode step in a CUDA graph (where `compact` is off: the graph needs fixed
-shapes), and measuring it against `generate` with `powerflow bench`.
-
-Not supported: top-p < 1 (sample_static raises, and `--sampler static` with
-`--top-p` below 1 is refused at the command line; use `--sampler hf`).
+No nucleus sampling (top-p < 1 is refused). Measurements: docs/experiments/speed.md.
 """
 
 from __future__ import annotations
@@ -34,30 +23,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .model import cache_keyword, eval_mode, hf_model
-from .sampling import Rollouts, SamplingSettings, group_ids_of, left_pad, per_sample, sample, stop_token_ids
+from ..model import cache_keyword, eval_mode, hf_model
+from .rollouts import Rollouts, SamplingSettings, group_ids_of, left_pad, per_sample, stop_token_ids
 
 COMPACT_FRACTION = 0.25  # drop stopped rows once they are this share of the batch (each drop copies the cache)
-
-
-def supports(settings: SamplingSettings) -> bool:
-    return settings.top_p == 1.0
-
-
-def resolve_sampler(name: str, device: torch.device, top_p: float = 1.0) -> tuple[str, str]:
-    """`auto` -> static on the CPU, measured faster there (README: Speed on the CPU), hf elsewhere; and why, in words.
-
-    On a GPU `generate` stays the default until the static loop is measured there (its CUDA graph is not built).
-    """
-    if name != "auto":
-        return name, "as asked"
-    if top_p != 1.0:
-        return "hf", "auto: Hugging Face generate, since --top-p < 1 (the static sampler has no nucleus sampling)"
-    if device.type == "cpu":
-        return "static", ("auto: the static-cache sampler on the CPU (prompts prefilled once, stopped rows dropped, "
-                          "log pi_old returned with the samples)")
-    return "hf", "auto: Hugging Face generate on the GPU (the static sampler is not measured there yet)"
-
 
 
 def draw(probs: Tensor, u: Tensor | None = None) -> Tensor:
@@ -87,11 +56,11 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
     `compact` (default: on the CPU only) drops stopped rows from the decode batch, see the module docstring.
     `uniforms` [N, max_new_tokens] float64: the uniform number that draws each row's t-th token (default: drawn
     from torch's stream now), so that a row's completion does not depend on the rows sampled beside it
-    (distributed.py: R ranks sample what one process does).
+    (seeds.py: R ranks sample what one process does).
     """
     from transformers import StaticCache
 
-    if not supports(settings):
+    if settings.top_p != 1.0:
         raise ValueError("sample_static does not implement top-p < 1")
     device = next(model.parameters()).device
     compact = device.type == "cpu" if compact is None else compact
@@ -167,5 +136,3 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
                     sampled_logps=sampled_logps, temperature=torch.full((N,), settings.temperature, device=device),
                     behaviour_logps=sampled_logps if behaviour is None else behaviour[:, :width] * completion_mask)
 
-
-SAMPLERS = {"hf": sample, "static": sample_static}  # the names of --sampler

@@ -1,4 +1,4 @@
-"""The static-cache sampler (engine.py) against Hugging Face generate and teacher forcing, on tiny models."""
+"""The static-cache sampler (samplers/static.py) against Hugging Face generate and teacher forcing, on tiny models."""
 
 from __future__ import annotations
 
@@ -7,19 +7,20 @@ import torch
 from transformers import GenerationConfig
 
 from powerflow_lite.config import TrainConfig
-from powerflow_lite.engine import sample_static
 from powerflow_lite.errors import PowerflowError
 from powerflow_lite.model import add_lora, load_base_model, load_tokenizer
-from powerflow_lite.sampling import SamplingSettings, eos_token_ids, left_pad, sample_in_batches
+from powerflow_lite.samplers.rollouts import SamplingSettings, eos_token_ids, left_pad, sample_in_batches
+from powerflow_lite.samplers.static import sample_static
 from powerflow_lite.scoring import score
+from powerflow_lite.setup import setup
 from powerflow_lite.tiny import write_tiny_model
-from powerflow_lite.train import setup, train
+from powerflow_lite.train import train
 
 
 @pytest.fixture(scope="module")
 def peaky_dir(tmp_path_factory):
     # logits x4: some rows reach EOS within a dozen tokens, others do not
-    return write_tiny_model(tmp_path_factory.mktemp("engine") / "model", logit_scale=4.0)
+    return write_tiny_model(tmp_path_factory.mktemp("static") / "model", logit_scale=4.0)
 
 
 def policy(model_dir, quant="none", seed=0):
@@ -126,11 +127,11 @@ def test_min_new_tokens_forbids_early_stops(peaky_dir):
 
 def test_training_with_the_static_sampler_skips_the_pi_old_pass(tiny_model_dir, prompts_file, tmp_path,
                                                                  monkeypatch):
-    import powerflow_lite.train as train_module
+    import powerflow_lite.scoring as scoring
 
     calls = []
-    real_score = train_module.score
-    monkeypatch.setattr(train_module, "score", lambda model, rollouts, size, adapter=True:
+    real_score = scoring.score
+    monkeypatch.setattr(scoring, "score", lambda model, rollouts, size, adapter=True:
                         calls.append(adapter) or real_score(model, rollouts, size, adapter=adapter))
     cfg = TrainConfig(model=str(tiny_model_dir), alpha=2.0, prompts=str(prompts_file), output=str(tmp_path / "out"),
                       quant="none", max_steps=2, prompts_per_step=2, samples_per_prompt=3, max_new_tokens=6,
@@ -170,7 +171,7 @@ def test_bench_runs_both_samplers_on_the_same_work(capsys):
 
 
 def test_draw_inverts_the_cumulative_distribution(monkeypatch):
-    from powerflow_lite.engine import draw
+    from powerflow_lite.samplers.static import draw
 
     probs = torch.tensor([[0.0, 0.5, 0.0, 0.5], [2.0, 1.0, 1.0, 0.0]])  # the second row is not normalised
     # row 1: u * 1 in [0, 0.5) -> token 1, [0.5, 1) -> token 3 (zero-width tokens 0 and 2 are never drawn)
@@ -187,7 +188,7 @@ def test_draw_inverts_the_cumulative_distribution(monkeypatch):
 
 
 def test_draws_follow_the_distribution():
-    from powerflow_lite.engine import draw
+    from powerflow_lite.samplers.static import draw
 
     torch.manual_seed(0)
     probs = torch.softmax(torch.randn(1, 50) * 2, -1)  # [1, 50]
@@ -242,8 +243,8 @@ def test_stopped_rows_leave_the_batch_and_nothing_else_changes(peaky_dir):
 
 
 def test_auto_sampler_and_quant_pick_what_runs_fastest_here():
-    from powerflow_lite.engine import resolve_sampler
     from powerflow_lite.model import resolve_quant
+    from powerflow_lite.samplers import resolve_sampler
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert resolve_sampler("auto", cpu)[0] == "static" and resolve_sampler("auto", gpu)[0] == "hf"

@@ -90,15 +90,22 @@ class LogZHead(nn.Module):
         self.output.bias.fill_(-residual_without_log_z.float().mean().item())
 
 
-def batch_log_z_estimate(objective: Objective, policy_logps: Tensor, inputs: dict) -> Tensor:
+def without_log_z(objective: Objective, policy_logps: Tensor, inputs: dict) -> tuple[Tensor, dict[str, Tensor]]:
+    """The objective's loss and stats with log Z' = 0: the residuals the start value and the estimates come from."""
+    return objective.loss(policy_logps=policy_logps, log_z=torch.zeros_like(inputs["psi"]), **inputs)
+
+
+def batch_log_z_estimate(objective: Objective, policy_logps: Tensor, inputs: dict,
+                         stats: dict[str, Tensor] | None = None) -> Tensor:
     """Each prompt's log Z that minimises the loss over its completions in this batch.  -> [n], no grad
 
     Every log-Z objective is a weighted sum of squares (c + g)^2 in the constant c = log Z, so
     the minimiser is c* = -sum(w g) / sum(w), over completions (latb, tb-traj) or over tokens (tb-token).
     With it in the loss, the loss is the group's weighted variance of the residual (the log-variance,
     or VarGrad, form of trajectory balance): the same fixed point, and no head to wait for.
+    `stats`: those of `without_log_z` on the same inputs, when the caller has them.
     """
-    _, stats = objective.loss(policy_logps=policy_logps, log_z=torch.zeros_like(inputs["psi"]), **inputs)
+    stats = stats or without_log_z(objective, policy_logps, inputs)[1]
     free = stats["residual"]  # [n] the residual without log Z (per-token mean for tb-token)
     weight = stats["weight"] * (inputs["mask"].sum(-1).clamp(min=1) if objective.per_token else 1.0)  # [n]
     return -group_mean(weight * free, inputs["group_ids"]) / group_mean(weight, inputs["group_ids"])
@@ -138,13 +145,13 @@ class LogPartition:
 
     def before_update(self, batch: ScoredBatch, group_size: int) -> Before:
         """Start the head on the first finite batch; with --log-z batch or hybrid, re-centre it on the estimates."""
-        estimates = (self.estimate(batch.old_logps, batch)[::group_size]  # [B]
-                     if self.objective.uses_log_z and group_size >= 2 else None)
+        start_loss, stats = (without_log_z(self.objective, batch.old_logps, self._inputs(batch))
+                             if self.objective.uses_log_z else (None, None))
+        estimates = (batch_log_z_estimate(self.objective, batch.old_logps, self._inputs(batch), stats)[::group_size]
+                     if self.objective.uses_log_z and group_size >= 2 else None)  # [B]
         bias, initialized = self.head.output.bias.detach().clone(), self.initialized
         if self.objective.uses_log_z and not self.initialized:
             if self.z_init == "batch":
-                start_loss, stats = self.objective.loss(policy_logps=batch.old_logps,
-                                                        log_z=torch.zeros_like(batch.psi), **self._inputs(batch))
                 if not self.ranks.any(not bool(torch.isfinite(start_loss))):  # else this step is skipped, and a
                     self.head.init_bias_from_residuals(self.ranks.cat_tensor(stats["residual"]))  # later batch sets it
                     self.initialized = True

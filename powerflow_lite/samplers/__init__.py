@@ -1,0 +1,72 @@
+"""The samplers of `--sampler`, as a registry with capability flags (as objectives.OBJECTIVES).
+
+    name, why = resolve_sampler("auto", torch.device("cpu"))   # "static", and why, in words
+    rollouts = SAMPLERS[name].sample(model, tokenizer, prompts, samples_per_prompt, settings, uniforms=None)
+
+Every sampler has the signature above and returns `Rollouts` (rows grouped by
+prompt). The flags say what the rest of the package may rely on; the CLI
+choices, the help line, `auto` and the checks of config.py all come from here.
+A new sampler is one module in this folder and one entry below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .hf import sample as sample_hf
+from .rollouts import Rollouts, SamplingSettings
+from .static import sample_static
+
+
+@dataclass(frozen=True)
+class Sampler:
+    sample: Callable[..., Rollouts]  # (model, tokenizer, prompts, samples_per_prompt, settings, uniforms=None)
+    title: str  # what it is, in a few words (help text and the `auto` note)
+    help: str  # its part of the --sampler help line
+    top_p: bool  # implements nucleus sampling (top-p < 1)
+    returns_logps: bool  # returns log pi_old and the behaviour log-probs with the samples: no scoring pass for them
+    seeded_rows: bool  # draws row i from the `uniforms` it is given: the same draws in any batch or on any rank
+    auto_on: tuple[str, ...]  # device types where --sampler auto picks it
+    auto_why: str  # why, shown at the start of a run
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "hf": Sampler(sample_hf, "Hugging Face generate", "Hugging Face generate", top_p=True, returns_logps=False,
+                  seeded_rows=False, auto_on=("cuda",),
+                  auto_why="Hugging Face generate on the GPU (the static sampler is not measured there yet)"),
+    "static": Sampler(sample_static, "the static-cache sampler",
+                      "our static-cache decode loop, which returns log pi_old with the samples (no scoring pass for "
+                      "it)", top_p=False, returns_logps=True, seeded_rows=True, auto_on=("cpu",),
+                      auto_why="the static-cache sampler on the CPU (prompts prefilled once, stopped rows dropped, "
+                               "log pi_old returned with the samples)"),
+}
+
+SAMPLER_HELP = ("; ".join(f"{name}: {sampler.help}" for name, sampler in SAMPLERS.items())
+                + "; auto: " + ", ".join(f"{name} on the {'CPU' if device == 'cpu' else 'GPU'}"
+                                         for name, sampler in SAMPLERS.items() for device in sampler.auto_on) + ".")
+
+
+def resolve_sampler(name: str, device: torch.device, top_p: float = 1.0) -> tuple[str, str]:
+    """`auto` -> the sampler registered for this device type (one with nucleus sampling when top-p < 1), and why."""
+    if name != "auto":
+        return name, "as asked"
+    if top_p != 1.0:
+        without = " and ".join(other for other, sampler in SAMPLERS.items() if not sampler.top_p)
+        name = next(other for other, sampler in SAMPLERS.items() if sampler.top_p)
+        return name, f"auto: {SAMPLERS[name].title}, since --top-p < 1 (the {without} sampler has no nucleus sampling)"
+    name = next((other for other, sampler in SAMPLERS.items() if device.type in sampler.auto_on), "hf")
+    return name, f"auto: {SAMPLERS[name].auto_why}"
+
+
+def unsupported(name: str, top_p: float) -> str | None:
+    """Why sampler `name` cannot sample with these settings, or None (`auto` resolves to one that can)."""
+    if name != "auto" and top_p != 1.0 and not SAMPLERS[name].top_p:
+        other = next(other for other, sampler in SAMPLERS.items() if sampler.top_p)
+        return f"--sampler {name} does not implement --top-p < 1: use --sampler {other}"
+    return None
+
+
+__all__ = ["SAMPLERS", "Rollouts", "Sampler", "SamplingSettings", "resolve_sampler", "unsupported"]

@@ -1,0 +1,121 @@
+"""Step phase 3, update: log Z' before the update, then K epochs of gradient accumulation and an optimizer step.
+
+    update = update_policy(run, batch, notes)   # Update: losses, residuals, grad norm, whether it was skipped
+
+The micro-batch losses are divided by the whole step's count (its rows, or its
+tokens for a per-token objective), so they add up to the step's loss and the
+update does not depend on --micro-batch-size. A micro-batch holds whole groups
+when the objective or log Z' compares a prompt's completions. A non-finite loss
+or gradient skips the epoch and the ones after it (docs/design.md section 11).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .batch import ScoredBatch
+from .faults import halve_on_oom
+from .log_z import Before
+from .model import trainable_parameters
+from .scoring import completion_logprobs
+
+if TYPE_CHECKING:
+    from .setup import Run
+
+
+@dataclass
+class Update:
+    log_z_before: Before  # log Z' at the start of the step (the batch estimates and the head's values)
+    losses: list[float]  # one per inner epoch run
+    residuals: list[float]  # of the last epoch applied
+    clipped: list[float]  # of every epoch applied
+    grad_norm: float  # of the last epoch run (nan when its loss was not finite)
+    skipped: bool  # an epoch's loss or gradient was not finite: it and the epochs after it were not applied
+
+
+def micro_batches(n: int, size: int, group_size: int) -> list[slice]:
+    """Consecutive row slices of at most `size` rows (a multiple of `group_size`: whole groups stay together)."""
+    size = max(1, size // group_size) * group_size
+    return [slice(start, start + size) for start in range(0, n, size)]
+
+
+def update_policy(run: Run, batch: ScoredBatch, notes: list[str], lr_scale: float = 1.0) -> Update:
+    """Start or re-centre log Z' on the batch, then run the epochs; a step that applied nothing takes the log Z'
+    changes back. `lr_scale` multiplies the learning rates of its optimizer steps (--replay-lr-scale)."""
+    before = run.log_z.before_update(batch, run.cfg.samples_per_prompt)
+    update = _epochs(run, batch, notes, lr_scale, before)
+    if update.skipped and len(update.losses) == 1:  # not even a first epoch applied: nor is the re-centring
+        run.log_z.undo(before)
+    run.bad_in_row = run.bad_in_row + 1 if update.skipped else 0
+    return update
+
+
+def _epochs(run: Run, batch: ScoredBatch, notes: list[str], lr_scale: float, before: Before) -> Update:
+    """K epochs of gradient accumulation and an optimizer step each; the schedule advances K steps regardless."""
+    cfg, objective, ranks = run.cfg, run.objective, run.ranks
+    group = cfg.samples_per_prompt if objective.grouped or run.log_z.from_batch else 1  # the smallest micro-batch
+    lora_params = trainable_parameters(run.model)
+    # the whole step's counts (under a launcher, every process's rows): the gradients then add up to the step's
+    step_rows = ranks.sum(len(batch))
+    denominator = ranks.sum(float(batch.mask.sum())) if objective.per_token else float(step_rows)
+    update = Update(before, [], [], [], float("nan"), False)
+
+    def accumulate(size: int) -> tuple[float, list[float] | None, list[float]]:
+        """One epoch's gradients: (loss, residuals, clipped); residuals None once the loss is not finite."""
+        run.optimizer.zero_grad(set_to_none=True)
+        total, residuals, clipped = 0.0, [], []
+        for rows in micro_batches(len(batch), size, group):
+            part = batch.select(rows)
+            policy_logps, _ = completion_logprobs(run.model, part.rollouts)  # [n, L] with grad
+            log_z, head_loss = run.log_z.for_loss(policy_logps, part, step_rows)  # [n], scalar
+            loss, stats = objective.loss(policy_logps=policy_logps, log_z=log_z, denominator=denominator,
+                                         alpha=cfg.alpha, clip_eps=cfg.clip_eps, **part.objective_inputs())
+            if not torch.isfinite(loss + head_loss):
+                return (loss + head_loss).item(), None, clipped
+            (loss + head_loss).backward()
+            total += loss.item()
+            residuals += stats["residual"].tolist()
+            clipped += stats["clipped"].tolist()
+        return total, residuals, clipped
+
+    hint = "lower --max-new-tokens" + ("" if cfg.gradient_checkpointing else ", or turn --gradient-checkpointing on")
+    run.model.train()
+    for epoch in range(cfg.inner_epochs):
+        loss, residuals, clipped = halve_on_oom(accumulate, run.micro_batch, len(batch), group, "in the update",
+                                                hint, notes)
+        update.losses.append(loss)
+        if ranks.any(residuals is None):  # a loss was not finite (under a launcher: on any process): not applied
+            residuals = None
+        else:  # under a launcher, the processes' gradients added up: one all-reduce per optimizer step
+            ranks.sum_gradients(lora_params + (list(run.head.parameters()) if objective.uses_log_z else []))
+        if residuals is not None:
+            update.grad_norm = float(torch.nn.utils.clip_grad_norm_(lora_params, cfg.max_grad_norm or float("inf")))
+        if residuals is None or not (math.isfinite(update.grad_norm) and _finite_grads(run.head)):
+            update.skipped = True
+            run.optimizer.zero_grad(set_to_none=True)
+            with warnings.catch_warnings():  # torch warns when a schedule steps before any optimizer step
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(epoch, cfg.inner_epochs):
+                    run.scheduler.step()
+            break
+        scheduled = [param_group["lr"] for param_group in run.optimizer.param_groups]
+        for param_group in run.optimizer.param_groups:
+            param_group["lr"] *= lr_scale
+        run.optimizer.step()
+        for param_group, lr in zip(run.optimizer.param_groups, scheduled):
+            param_group["lr"] = lr
+        run.scheduler.step()
+        update.residuals, update.clipped = residuals, update.clipped + clipped
+    # Sampling and scoring run in eval mode (eval_mode() skips the switch when there is nothing to switch):
+    # back to it now rather than walking every module twice more per step.
+    run.model.eval()
+    return update
+
+
+def _finite_grads(module: torch.nn.Module) -> bool:
+    return all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
