@@ -32,6 +32,7 @@ from . import demo as demo_module
 from .config import BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name
 from .config_files import field_type, load_config, resolve_eval_config, resolve_train_config
 from .errors import PowerflowError, Stopped, first_line
+from .tasks import TASKS
 
 # Plain click help: rich's two-column panels squeeze 40 options into an unreadable 80-column layout.
 app = typer.Typer(rich_markup_mode=None, add_completion=False, no_args_is_help=True,
@@ -170,8 +171,7 @@ def _train(cfg: TrainConfig, run) -> None:
         console.print(outcome.before_after_note, markup=False)
     if outcome.before_after:
         console.print(eval_table(outcome.before_after))
-        used = ("its reference answers are read only to grade these samples, never in training"
-                if outcome.before_after["task"] == "math" else "prompts measured, not trained on")
+        used = TASKS[outcome.before_after["task"]].data_note
         console.print(f"eval data: {cfg.eval_data} ({used}); every sample in {run.out / 'evals'}", markup=False)
     console.print(f"done: {last.step} steps; adapter in {run.out / 'adapter'}, metrics in "
                   f"{run.out / 'metrics.jsonl'}\ntry it: powerflow sample --model {cfg.model} "

@@ -19,6 +19,7 @@ from pathlib import Path
 from .errors import PowerflowError
 from .objectives import OBJECTIVES
 from .samplers import SAMPLER_HELP, SAMPLERS, unsupported
+from .tasks import TASK_HELP, TASKS, too_few_samples
 
 
 def option(default, help: str, choices: tuple[str, ...] | None = None, short: str | None = None):
@@ -122,8 +123,7 @@ class TrainConfig:
     eval_every: int = option(0, "Evaluate every N steps, and before the first and after the last (0: never).")
     eval_k: int = option(4, "Samples per eval prompt.")
     eval_limit: int = option(32, "Evaluate on the first N prompts of --eval-data (0: all).")
-    eval_task: str = option("auto", "math or creative measures; auto: math when --eval-data has answers.",
-                            choices=("auto", "math", "creative"))
+    eval_task: str = option("auto", TASK_HELP, choices=("auto", *TASKS))
     # --- output
     save_every: int = option(50, "Write OUT/checkpoint-N every N steps (0: only at the end).")
     keep_checkpoints: int = option(0, "Keep only the newest N checkpoints, deleting older ones (0: keep all).")
@@ -154,8 +154,10 @@ class TrainConfig:
             raise PowerflowError(unsupported(self.sampler, self.top_p))
         if bool(self.eval_data) != bool(self.eval_every):
             raise PowerflowError("evaluation during training needs both --eval-data and --eval-every N")
-        if self.eval_k < 1 or (self.eval_task == "creative" and self.eval_k < 2):
-            raise PowerflowError(f"--eval-k must be >= 1 (>= 2 for creative diversity), got {self.eval_k}")
+        if self.eval_k < 1:
+            raise PowerflowError(f"--eval-k must be > 0, got {self.eval_k}")
+        if too_few_samples(self.eval_task, self.eval_k, "--eval-k"):
+            raise PowerflowError("--eval-task " + too_few_samples(self.eval_task, self.eval_k, "--eval-k"))
         if not 0 <= self.lora_dropout < 1:
             raise PowerflowError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if not 0 <= self.clip_eps < 1:
@@ -297,9 +299,6 @@ class BenchConfig:
         _check_choices(self)
 
 
-MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
-
-
 @dataclass(frozen=True)
 class EvalConfig:
     model: str = option("", "Base model: a local Hugging Face directory (safetensors) or a hub id.")
@@ -307,8 +306,7 @@ class EvalConfig:
     run: str = option("", "A `powerflow train` output directory: its model, adapter and prompt format (config.yaml).")
     data: str = option("", "Problems or prompts: a preset (math500, aime25, amc23, numina-cot), a .jsonl/.json/.csv/"
                            ".parquet file, or a hub dataset.")
-    task: str = option("auto", "math grades answers; creative measures diversity and quality; auto: math when the "
-                               "data has reference answers.", choices=("auto", "math", "creative"))
+    task: str = option("auto", TASK_HELP, choices=("auto", *TASKS))
     k: int = option(16, "Samples per prompt (avg@k, pass@k, maj@k; diversity across them).", short="-k")
     limit: int = option(0, "Evaluate the first N prompts only (0: all).")
     compare_base: bool = option(False, "Also evaluate the base model (adapter off, same weights), side by side.")
@@ -348,8 +346,8 @@ class EvalConfig:
             raise PowerflowError("--data is required: a preset (math500, aime25, amc23), a file or a dataset")
         if self.compare_base and not self.adapter:
             raise PowerflowError("--compare-base compares the adapter with the base: it needs --adapter (or --run)")
-        if self.task == "creative" and self.k < 2:
-            raise PowerflowError("--task creative measures diversity across a prompt's samples: needs -k >= 2")
+        if too_few_samples(self.task, self.k, "-k"):
+            raise PowerflowError("--task " + too_few_samples(self.task, self.k, "-k"))
 
 
 def _check_ranges(config, positive: tuple[str, ...], non_negative: tuple[str, ...]) -> None:

@@ -95,7 +95,7 @@ def _attach_answers(rows: list[dict], records: list, field: str, path: Path) -> 
     An empty `field` takes the first of ANSWER_FIELDS that any row has, and rows
     without it get None; a named field must be in every row.
     """
-    from .grading import last_boxed
+    from .tasks.math import last_boxed
 
     named = bool(field)
     field = field or next((name for name in ANSWER_FIELDS if any(name in record for _, record in records)), "")

@@ -9,7 +9,7 @@ eval: a progress bar over the completions, then one table (base and adapter side
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterable
+from typing import Iterable
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from .tasks import COMMON_ROWS, TASKS, Row, percent
 from .train import StepResult
 
 ROWS = [  # (label, how to render the metrics row)
@@ -39,13 +40,7 @@ ROWS = [  # (label, how to render the metrics row)
 
 def eval_text(m: dict) -> str:
     """The eval figures of a metrics row in a few words ("" when the step did not evaluate)."""
-    if "eval_avg_at_k" in m:
-        return (f"avg@k {m['eval_avg_at_k']:.1%}  pass@k {m['eval_pass_at_k']:.1%}  maj@k {m['eval_maj_at_k']:.1%}  "
-                f"boxed {m['eval_boxed_frac']:.0%}")
-    if "eval_distinct_2" in m:
-        diversity = f"diversity {m['eval_diversity']:.1f}  " if "eval_diversity" in m else ""
-        return f"{diversity}distinct-2 {m['eval_distinct_2']:.3f}  base logp/token {m['eval_base_logp_per_token']:.3f}"
-    return ""
+    return next((text for task in TASKS.values() if (text := task.line(m))), "")
 
 
 def plain_line(result: StepResult) -> str:
@@ -135,29 +130,11 @@ def show_training(steps: Iterable[StepResult], console: Console, start_step: int
     return last
 
 
-def _percent(value: float) -> str:
-    return f"{100 * value:.1f}%"
-
-
-def eval_rows(summary: dict) -> list[tuple[str, str, Callable]]:
-    """(label, summary key, format) for the figures this summary has, in reading order."""
-    k = summary["k"]
+def eval_rows(summary: dict) -> list[Row]:
+    """(label, summary key, format) for the figures this summary has, in reading order: the task's, then every
+    task's."""
     some = next(iter(summary["results"].values()))
-    rows = []
-    if summary["task"] == "math":
-        rows += [(f"avg@{k}", "avg_at_k", _percent), ("  ± std. error over prompts", "avg_at_k_stderr", _percent)]
-        rows += [(f"pass@{j}", f"pass_at.{j}", _percent) for j in some["pass_at"]]
-        rows += [(f"maj@{k}", "maj_at_k", _percent), ("with \\boxed{} answer", "boxed_frac", _percent)]
-    else:
-        if "diversity" in some:
-            rows += [("semantic diversity (0-100)", "diversity", lambda v: f"{v:.2f}"),
-                     ("  ± std. error over prompts", "diversity_stderr", lambda v: f"{v:.2f}")]
-        rows += [("distinct-1", "distinct_1", lambda v: f"{v:.3f}"), ("distinct-2", "distinct_2", lambda v: f"{v:.3f}")]
-        rows += [("judge rating (1-9)", "judge_score", lambda v: f"{v:.2f}")] if "judge_score" in some else []
-    rows += [("base log-prob / token", "base_logp_per_token", lambda v: f"{v:.3f}"),
-             ("mean length (tokens)", "length_mean", lambda v: f"{v:.1f}"),
-             ("truncated", "truncated_frac", _percent)]
-    return rows
+    return TASKS[summary["task"]].rows(some, summary["k"]) + COMMON_ROWS
 
 
 def _lookup(result: dict, key: str) -> float:
@@ -192,7 +169,7 @@ def eval_table(summary: dict) -> Table:
 
 def _change(delta: float, render, paired: dict | None) -> str:
     """The adapter's change, with the paired standard error where the summary has one."""
-    if render is _percent:
+    if render is percent:
         text = f"{100 * delta:+.1f}" if round(100 * delta, 1) else "0.0"
         error = f" ± {100 * paired['stderr']:.1f}" if paired else ""
         return f"{text}{error} pts"

@@ -3,11 +3,9 @@
     powerflow eval --run runs/reasoning-alpha4 --data math500 -k 16 --compare-base
     powerflow eval --model M --adapter A --data examples/data/creative-sample.jsonl --task creative -k 8
 
-math:     avg@k (mean accuracy over all samples), pass@k' (unbiased), maj@k, the
-          fraction with a \\boxed{} answer, mean length, fraction truncated.
-creative: semantic diversity, distinct-1/2, base log-prob per token, and a
-          judge's rating with --judge (their limits: creative.py).
-Both:     log-prob per token of the samples under the base model (adapter off).
+What is measured is the task's (tasks/: math grades answers, creative measures
+diversity); every task also reports mean length, the truncated fraction and the
+log-prob per token of the samples under the base model (adapter off).
 
 With --compare-base the base model (adapter off, same weights, same prompts,
 same seed) is evaluated in the same run. OUT/samples.jsonl holds every sample
@@ -28,17 +26,17 @@ from typing import Callable
 import torch
 
 from .checkpoint import check_writable, refuse_to_replace
-from .config import MATH_SYSTEM_PROMPT, EvalConfig
-from .creative import distinct_n, judge_scores, load_embedder, semantic_diversity
+from .config import EvalConfig
 from .data import encode_prompts, load_prompts
 from .distributed import SINGLE, Ranks
 from .errors import PowerflowError
-from .grading import grade_math, majority_correct, parse_answer, pass_at_k, pass_ks
 from .inference import generate_records
-from .metrics import EVAL_METRICS, mean, stderr
+from .metrics import mean, stderr
 from .model import context_length, load_base_model, load_policy, load_tokenizer, resolve_device
 from .samplers.rollouts import SamplingSettings
 from .seeds import EVAL_SEED_OFFSET, seed_eval
+from .tasks import EVAL_METRICS, PAIRED, TASKS, Measures, resolve_task, too_few_samples
+from .tasks.creative import load_embedder
 
 SUMMARY, SAMPLES = "summary.json", "samples.jsonl"
 Progress = Callable[[int, int, str], None]  # (completions done, completions in all, variant)
@@ -46,54 +44,56 @@ Progress = Callable[[int, int, str], None]  # (completions done, completions in 
 
 @dataclass(frozen=True)
 class EvalSet:
-    rows: list[dict]  # row["prompt"]; row["answer"] (str or None) for math
+    rows: list[dict]  # row["prompt"]; row["answer"] (str or None) when the task reads answers
     prompt_ids: list[list[int]]
-    task: str  # "math" or "creative"
-    skipped: int = 0  # math rows dropped for want of a reference answer
+    task: str  # a name of tasks.TASKS
+    skipped: int = 0  # rows dropped for want of a reference answer (a task that needs answers)
 
 
 def load_eval_set(source: str, tokenizer, max_positions: int | None, task: str = "auto", prompt_field: str = "",
                   answer_field: str = "", split: str = "", limit: int = 0, chat_template: str = "auto",
                   system_prompt: str = "auto", max_new_tokens: int = 1024) -> EvalSet:
     """Prompts (and reference answers) rendered and tokenized as training renders them."""
-    rows = all_rows = load_prompts(source, prompt_field, split, None if task == "creative" else answer_field)
-    if task == "auto":
-        task = "math" if any(row.get("answer") for row in rows) else "creative"
+    reads_answers = task == "auto" or TASKS[task].needs_answers
+    rows = all_rows = load_prompts(source, prompt_field, split, answer_field if reads_answers else None)
+    task = resolve_task(task, rows)
     skipped = 0
-    if task == "math":
+    if TASKS[task].needs_answers:
         kept = [row for row in rows if row.get("answer")]
         skipped, rows = len(rows) - len(kept), kept
         if not rows:
-            raise PowerflowError(f"--task math: no row of {source!r} has a reference answer "
+            raise PowerflowError(f"--task {task}: no row of {source!r} has a reference answer "
                                  "(name its field with --answer-field)")
     rows = rows[:limit] if limit else rows
     lines = all_rows.lines_of(rows)
-    if task == "math":  # every reference must be readable before anything is sampled
+    if TASKS[task].readable_answer:  # every reference must be readable before anything is sampled
         for line, row in zip(lines, rows):
-            if not parse_answer(row["answer"], reference=True):
+            if not TASKS[task].readable_answer(row["answer"]):
                 raise PowerflowError(f"{source}:{line}: math-verify cannot read the reference answer "
                                      f"{row['answer']!r} ({row['prompt'][:60]!r})")
     if system_prompt == "auto":
-        system_prompt = MATH_SYSTEM_PROMPT if task == "math" else ""
+        system_prompt = TASKS[task].system_prompt
     prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], chat_template, system_prompt,
                                 max_new_tokens, max_positions, source, lines)
     return EvalSet(rows, prompt_ids, task, skipped)
 
 
-def setup_training_eval(cfg, tokenizer, device: torch.device) -> tuple[EvalSet, object]:
-    """The eval set of --eval-data, prompted as training prompts (same template and system prompt), and an embedder."""
+def setup_training_eval(cfg, tokenizer, device: torch.device) -> tuple[EvalSet, Measures]:
+    """The eval set of --eval-data, prompted as training prompts (same template and system prompt), and the models
+    its task measures with."""
     eval_set = load_eval_set(cfg.eval_data, tokenizer, context_length(cfg.model, cfg.trust_remote_code),
                              cfg.eval_task, limit=cfg.eval_limit, chat_template=cfg.chat_template,
                              system_prompt=cfg.system_prompt, max_new_tokens=cfg.max_new_tokens)
-    if eval_set.task == "creative" and cfg.eval_k < 2:
-        raise PowerflowError(f"--eval-data {cfg.eval_data!r} is creative: diversity needs --eval-k >= 2")
-    return eval_set, load_embedder("", device) if eval_set.task == "creative" else None
+    too_few = too_few_samples(eval_set.task, cfg.eval_k, "--eval-k")
+    if too_few:
+        raise PowerflowError(f"--eval-data {cfg.eval_data!r} is evaluated as --eval-task {too_few}")
+    return eval_set, Measures(embed=load_embedder("", device) if TASKS[eval_set.task].uses_embedder else None)
 
 
 def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: SamplingSettings, seed: int,
-                     embed=None, rows_per_batch: int = 64, policy_is_base: bool = False,
+                     measures: Measures = Measures(), rows_per_batch: int = 64, policy_is_base: bool = False,
                      ranks: Ranks = SINGLE) -> tuple[dict, dict, list]:
-    """The policy measured as it is now: the eval_* keys of a metrics.jsonl row (metrics.EVAL_METRICS), the
+    """The policy measured as it is now: the eval_* keys of a metrics.jsonl row (tasks.EVAL_METRICS), the
     whole summary (with the per-prompt figures) and the graded samples.
 
     `policy_is_base` (a fresh adapter, whose LoRA B is zero) skips the base pass: the base log-probs are
@@ -115,7 +115,7 @@ def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: Samp
         return {}, {}, []
     for record in records:
         record["prompt"] = eval_set.rows[record["prompt_index"]]["prompt"]
-    summary = summarize(eval_set, records, k, embed)
+    summary = summarize(eval_set, records, k, measures)
     row = {key: summary[key.removeprefix("eval_")] for key in EVAL_METRICS if key.removeprefix("eval_") in summary}
     row["time_eval"] = summary["seconds"] = time.perf_counter() - started
     return row, summary, records
@@ -151,8 +151,7 @@ def before_after(out: Path, data: str, k: int, after_step: int) -> dict | str:
     if before.get("setting") != after.get("setting"):
         return (f"no before/after table: the eval at step {after_step} was measured with other settings than the "
                 f"one before training ({after.get('setting')} against {before.get('setting')})")
-    task = "math" if "avg_at_k" in before else "creative"
-    summary = {"task": task, "data": data, "k": k, "prompts": before["prompts"],
+    summary = {"task": after["setting"]["task"], "data": data, "k": k, "prompts": before["prompts"],
                "seconds": before["seconds"] + after["seconds"], "steps": after_step,
                "results": {"before": before, f"after step {after_step}": after},
                "change": paired_changes(before, after)}
@@ -160,8 +159,8 @@ def before_after(out: Path, data: str, k: int, after_step: int) -> dict | str:
     return summary
 
 
-def summarize(eval_set: EvalSet, records: list[dict], k: int, embed=None, judge=None) -> dict:
-    """The summary figures; grades each record in place (math: answer, boxed, correct)."""
+def summarize(eval_set: EvalSet, records: list[dict], k: int, measures: Measures = Measures()) -> dict:
+    """The summary figures: what every sample has, then the task's own (which may grade records in place)."""
     by_prompt = [records[i * k:(i + 1) * k] for i in range(len(eval_set.rows))]
     tokens = sum(r["tokens"] for r in records)
     per_prompt_logp = [sum(r.get("logp_base", r["logp"]) for r in group) / max(1, sum(r["tokens"] for r in group))
@@ -174,64 +173,18 @@ def summarize(eval_set: EvalSet, records: list[dict], k: int, embed=None, judge=
         "base_logp_per_token": sum(r.get("logp_base", r["logp"]) for r in records) / max(tokens, 1),
         "base_logp_per_token_per_prompt": per_prompt_logp,
     }
-    if eval_set.task == "math":
-        summary.update(_math_summary(eval_set, by_prompt, k))
-    else:
-        summary.update(_creative_summary(eval_set, by_prompt, embed, judge))
+    summary.update(TASKS[eval_set.task].summarize(eval_set.rows, by_prompt, k, measures))
     return summary
 
 
-def _math_summary(eval_set: EvalSet, by_prompt: list[list[dict]], k: int) -> dict:
-    accuracy, passes, majority, boxed = [], {j: [] for j in pass_ks(k)}, [], []
-    for row, group in zip(eval_set.rows, by_prompt):
-        grades = [grade_math(r["completion"], row["answer"], ended=r["finish_reason"] == "eos") for r in group]
-        for record, grade in zip(group, grades):
-            record.update(reference=row["answer"], answer=grade.answer, boxed=grade.boxed, correct=grade.correct)
-        correct = sum(g.correct for g in grades)
-        accuracy.append(correct / k)
-        for j in passes:
-            passes[j].append(pass_at_k(k, correct, j))
-        majority.append(majority_correct([g.parsed for g in grades], [g.correct for g in grades]))
-        boxed += [g.boxed for g in grades]
-    return {
-        "avg_at_k": mean(accuracy),
-        "avg_at_k_stderr": stderr(accuracy),  # across prompts: how much another draw of problems could move it
-        "avg_at_k_per_prompt": accuracy,
-        "pass_at": {str(j): mean(values) for j, values in passes.items()},
-        "pass_at_k": mean(passes[k]),
-        "pass_at_k_per_prompt": passes[k],
-        "maj_at_k": mean(majority),
-        "maj_at_k_per_prompt": [float(m) for m in majority],
-        "boxed_frac": mean(boxed),
-    }
-
-
-def _creative_summary(eval_set: EvalSet, by_prompt: list[list[dict]], embed, judge) -> dict:
-    summary = {
-        "distinct_1": mean([distinct_n([r["completion"] for r in group], 1) for group in by_prompt]),
-        "distinct_2": mean([distinct_n([r["completion"] for r in group], 2) for group in by_prompt]),
-    }
-    if embed is not None and len(by_prompt[0]) > 1:
-        diversity = [semantic_diversity(embed([r["completion"] for r in group])) for group in by_prompt]
-        summary.update(diversity=mean(diversity), diversity_stderr=stderr(diversity), diversity_per_prompt=diversity)
-    if judge is not None:
-        model, tokenizer = judge
-        flat = [(row["prompt"], r) for row, group in zip(eval_set.rows, by_prompt) for r in group]
-        for (prompt, record), score in zip(flat, judge_scores(model, tokenizer, [p for p, _ in flat],
-                                                              [r["completion"] for _, r in flat])):
-            record["judge"] = score
-        summary["judge_score"] = mean([r["judge"] for _, r in flat])
-    return summary
-
-
-def paired_changes(base: dict, adapter: dict) -> dict:
+def paired_changes(base: dict, adapter: dict, keys: tuple[str, ...] = PAIRED) -> dict:
     """adapter - base of the per-prompt figures, with the standard error of the mean paired difference.
 
     Both variants answer the same prompts with the same seed, so the per-prompt
     differences are what varies; their spread is the honest error bar of a change.
     """
     changes = {}
-    for key in ("avg_at_k", "pass_at_k", "maj_at_k", "diversity", "base_logp_per_token"):
+    for key in keys:
         if f"{key}_per_prompt" in base and f"{key}_per_prompt" in adapter:
             differences = [a - b for a, b in zip(adapter[f"{key}_per_prompt"], base[f"{key}_per_prompt"])]
             changes[key] = {"mean": mean(differences), "stderr": stderr(differences)}
@@ -246,12 +199,12 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None, ranks: Ranks = S
     ranks return {}."""
     device = ranks.start(resolve_device(cfg.device))
     out, eval_set, tokenizer = ranks.agreed(lambda: _prepare_eval(cfg))  # bad input on any rank stops every rank
-    embed, judge = None, None
+    measures = Measures()
     if ranks.main:  # the measuring models grade on rank 0 only
-        embed = load_embedder(cfg.embedder, device) if eval_set.task == "creative" else None
-        if cfg.judge:
-            judge = (load_base_model(cfg.judge, cfg.quant, device, cfg.trust_remote_code),
-                     load_tokenizer(cfg.judge, cfg.trust_remote_code))
+        measures = Measures(
+            embed=load_embedder(cfg.embedder, device) if TASKS[eval_set.task].uses_embedder else None,
+            judge=(load_base_model(cfg.judge, cfg.quant, device, cfg.trust_remote_code),
+                   load_tokenizer(cfg.judge, cfg.trust_remote_code)) if cfg.judge else None)
     model = load_policy(cfg, device)
     settings = SamplingSettings.from_config(cfg, tokenizer)
     variants = (["base"] if cfg.compare_base else []) + ["adapter" if cfg.adapter else "base"]
@@ -281,7 +234,7 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None, ranks: Ranks = S
             records = ranks.cat(records)
             if not ranks.main:
                 continue
-            results[variant] = summarize(eval_set, records, cfg.k, embed, judge)
+            results[variant] = summarize(eval_set, records, cfg.k, measures)
             for record in records:  # graded by now
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             handle.flush()
@@ -307,11 +260,14 @@ def _prepare_eval(cfg: EvalConfig):
     eval_set = load_eval_set(cfg.data, tokenizer, context_length(cfg.model, cfg.trust_remote_code), cfg.task,
                              cfg.prompt_field, cfg.answer_field, cfg.split, cfg.limit, cfg.chat_template,
                              cfg.system_prompt, cfg.max_new_tokens)
-    if eval_set.task == "math" and (cfg.judge or cfg.embedder):
-        raise PowerflowError(f"--{'judge' if cfg.judge else 'embedder'} measures creative samples; "
-                             f"{cfg.data!r} is evaluated as --task math")
-    if eval_set.task == "creative" and cfg.k < 2:
-        raise PowerflowError(f"{cfg.data!r} is evaluated as --task creative: diversity needs -k >= 2")
+    for flag, given in (("judge", cfg.judge), ("embedder", cfg.embedder)):
+        if given and not getattr(TASKS[eval_set.task], f"uses_{flag}"):
+            users = " or ".join(name for name, task in TASKS.items() if getattr(task, f"uses_{flag}"))
+            raise PowerflowError(f"--{flag} measures {users} samples; {cfg.data!r} is evaluated as --task "
+                                 f"{eval_set.task}")
+    too_few = too_few_samples(eval_set.task, cfg.k, "-k")
+    if too_few:
+        raise PowerflowError(f"{cfg.data!r} is evaluated as --task {too_few}")
     return out, eval_set, tokenizer
 
 

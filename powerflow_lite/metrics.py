@@ -1,7 +1,6 @@
 """One JSON object per training step in OUT/metrics.jsonl, and what each key means.
 
-The CLI's live table and README's metric table are built from `METRICS`, so
-a new key is described once, here.
+A new key is described once, here (the eval_* keys: tasks.EVAL_METRICS); README's metric table lists them all.
 """
 
 from __future__ import annotations
@@ -48,22 +47,6 @@ METRICS: dict[str, str] = {
     "peak_gpu_mem_gib": "Peak GPU memory allocated during the step (GPU runs only).",
     "peak_rss_gib": "Peak resident memory of the process during the step (CPU runs; on Linux, else since start).",
 }
-
-# Written with --eval-data / --eval-every: on eval steps, and in a row of their own at step 0 (before training).
-EVAL_METRICS: dict[str, str] = {
-    "eval_avg_at_k": "math: mean accuracy of the --eval-k samples per problem (avg@k).",
-    "eval_pass_at_k": "math: fraction of problems with at least one right sample among k (pass@k).",
-    "eval_maj_at_k": "math: fraction of problems whose most common answer is right (maj@k).",
-    "eval_boxed_frac": "math: fraction of samples with a \\boxed{} answer.",
-    "eval_diversity": "creative: 100 x (1 - mean pairwise cosine similarity of the k samples' embeddings).",
-    "eval_distinct_1": "creative: distinct words / all words across a prompt's k samples.",
-    "eval_distinct_2": "creative: distinct word bigrams / all bigrams across a prompt's k samples.",
-    "eval_length_mean": "Mean length of the eval samples in tokens.",
-    "eval_truncated_frac": "Fraction of eval samples cut at --max-new-tokens.",
-    "eval_base_logp_per_token": "Log-prob per token of the eval samples under the base model (adapter off).",
-    "time_eval": "Seconds spent evaluating at this step.",
-}
-
 
 def reset_peak_rss() -> None:
     """Start a new peak of resident memory (Linux: writing 5 to clear_refs resets VmHWM; elsewhere a no-op)."""

@@ -17,11 +17,10 @@ import math
 from pathlib import Path
 
 from .errors import PowerflowError, first_line
+from .tasks import TASKS
 
 EVAL_PANELS = [  # (title, keys): eval_* keys of metrics.jsonl, drawn where the run has them
-    ("eval: accuracy", ("eval_avg_at_k", "eval_pass_at_k", "eval_maj_at_k", "eval_boxed_frac")),
-    ("eval: semantic diversity (0-100)", ("eval_diversity",)),
-    ("eval: distinct-n", ("eval_distinct_1", "eval_distinct_2")),
+    *(panel for task in TASKS.values() for panel in task.plot_panels),
     ("eval: base log-prob / token", ("eval_base_logp_per_token",)),
 ]
 

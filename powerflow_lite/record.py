@@ -143,7 +143,7 @@ def evaluate_policy(run: Run, step: int) -> dict:
         rows = max(rows, CPU_EVAL_ROWS)
     row, summary, records = training_metrics(run.model, run.tokenizer, run.eval_set, cfg.eval_k,
                                              SamplingSettings(cfg.max_new_tokens, stop_ids=run.sampling.stop_ids),
-                                             cfg.seed, run.embed, rows, policy_is_base=step == 0, ranks=run.ranks)
+                                             cfg.seed, run.measures, rows, policy_is_base=step == 0, ranks=run.ranks)
     if run.ranks.main:  # rank 0 graded every process's samples
         setting = {"data": cfg.eval_data, "task": run.eval_set.task, "k": cfg.eval_k, "limit": cfg.eval_limit,
                    "max_new_tokens": cfg.max_new_tokens, "chat_template": cfg.chat_template,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -40,6 +39,7 @@ from .objectives import OBJECTIVES, Objective
 from .replay import ReplayBuffer
 from .rewards import FormatPenalty, load_format_penalty
 from .samplers import SamplingSettings, resolve_sampler
+from .tasks import Measures
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class Run:
     info: RunInfo | None = None
     outcome: Outcome = field(default_factory=Outcome)
     eval_set: EvalSet | None = None  # with --eval-data
-    embed: Callable | None = None  # sentence embedder of creative evals
+    measures: Measures = field(default_factory=Measures)  # the models the eval task measures with
     bad_in_row: int = 0  # steps in a row whose update was skipped (non-finite loss or gradient)
     replay: ReplayBuffer | None = None  # with --replay-steps: the completions of earlier fresh steps
     fresh_steps: int = 0  # steps that sampled (the others replayed): where the prompt schedule stands
@@ -177,7 +177,7 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
     cfg = replace(cfg, quant=quant, sampler=sampler, log_z=cfg.resolved_log_z)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
 
-    eval_set, embed = setup_training_eval(cfg, tokenizer, device) if cfg.eval_data else (None, None)
+    eval_set, measures = setup_training_eval(cfg, tokenizer, device) if cfg.eval_data else (None, Measures())
 
     prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], cfg.chat_template, cfg.system_prompt,
                                 cfg.max_new_tokens, context_length(cfg.model, cfg.trust_remote_code), cfg.prompts,
@@ -198,7 +198,7 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
               MetricsLog(out / "metrics.jsonl" if ranks.main else None),
               LogPartition(head, objective, cfg.log_z, cfg.z_init, cfg.alpha, cfg.clip_eps, ranks=ranks),
               BatchSize("--micro-batch-size", cfg.micro_batch_size),
-              BatchSize("--sample-batch-size", cfg.sample_batch_size), eval_set=eval_set, embed=embed,
+              BatchSize("--sample-batch-size", cfg.sample_batch_size), eval_set=eval_set, measures=measures,
               ranks=ranks)
     if resume_path is not None:
         state = ckpt.load_checkpoint(resume_path, model, head, optimizer, scheduler)

@@ -20,9 +20,10 @@ from helpers import DATA, one_error_line, read_jsonl, run_cli, write_jsonl
 from powerflow_lite.cli import main
 from powerflow_lite.display import eval_table
 from powerflow_lite.evaluate import paired_changes
-from powerflow_lite.metrics import EVAL_METRICS, read_metrics, stderr
+from powerflow_lite.metrics import read_metrics, stderr
 from powerflow_lite.record import CPU_EVAL_ROWS
 from powerflow_lite.seeds import EVAL_SEED_OFFSET
+from powerflow_lite.tasks import EVAL_METRICS
 from powerflow_lite.tiny import write_tiny_model
 
 PROMPTS = ["12", "345", "6789", "0", "55"]  # digits only: every character is a token of the digit model

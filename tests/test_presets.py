@@ -11,10 +11,10 @@ import json
 import pytest
 from helpers import DATA, one_error_line, read_jsonl, run_cli, write_jsonl
 
-from powerflow_lite.config import MATH_SYSTEM_PROMPT
 from powerflow_lite.data import load_prompts
 from powerflow_lite.errors import PowerflowError
 from powerflow_lite.evaluate import load_eval_set
+from powerflow_lite.tasks.math import MATH_SYSTEM_PROMPT
 from powerflow_lite.tiny import build_tokenizer
 
 # --- presets: the hub id, split and fields of each, with datasets.load_dataset faked by the sample files

@@ -4,8 +4,9 @@ import re
 from pathlib import Path
 
 from powerflow_lite.config import BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name
-from powerflow_lite.metrics import EVAL_METRICS, METRICS
+from powerflow_lite.metrics import METRICS
 from powerflow_lite.presets import PRESETS
+from powerflow_lite.tasks import EVAL_METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -11,7 +11,7 @@ import pytest
 import sympy
 
 from powerflow_lite.errors import PowerflowError
-from powerflow_lite.grading import (
+from powerflow_lite.tasks.math import (
     grade_math,
     last_boxed,
     majority_correct,

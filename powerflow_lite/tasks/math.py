@@ -1,5 +1,6 @@
-"""Math grading and the estimators `powerflow eval` reports: avg@k, pass@k, maj@k.
+"""The math task: answers graded against references, and the estimators avg@k, pass@k, maj@k.
 
+    powerflow eval --run runs/reasoning-alpha4 --data math500 -k 16 --compare-base
     grade_math("... so the answer is \\boxed{0.5}", "\\frac{1}{2}")   # Grade(correct=True, answer='\\frac{1}{2}', ...)
     pass_at_k(n=16, c=3, k=4)                                      # unbiased pass@4 from 16 samples, 3 right
 
@@ -22,13 +23,16 @@ import re
 import threading
 from dataclasses import dataclass, field
 
-from .errors import PowerflowError
-from .rewards import boxed_answers, has_boxed
+from ..errors import PowerflowError
+from ..metrics import mean, stderr
+from ..rewards import boxed_answers, has_boxed
+from .task import Measures, Row, Task, percent
 
 # A completion that is only an answer: a number somewhere, and nothing but math characters around it.
 BARE_EXPRESSION = re.compile(r"(?=.*\d)[\w\s.,+\-*/^()\[\]{}=\\!%']*")
 # A completion that ends by stating a number: "... = 7", "... equals 7.", "... is 81." (and nothing after it).
 FINAL_STATEMENT = re.compile(r"(?:=|\bequals|\bis)\s*\$?(-?\d+(?:\.\d+)?)\$?\s*[.!]?\s*$")
+MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."  # the paper's
 INSTALL_HINT = "pip install math-verify (or pip install 'powerflow-lite[eval]')"
 
 
@@ -162,3 +166,67 @@ def pass_ks(k: int) -> list[int]:
     """The k' at which pass@k' is reported: powers of two below k, and k itself."""
     values = [2**i for i in range(int(math.log2(k)) + 1) if 2**i < k]
     return values + [k]
+
+
+def summarize(rows: list[dict], by_prompt: list[list[dict]], k: int, measures: Measures) -> dict:
+    """avg@k, pass@k' and maj@k over the problems (with their per-problem values) and the boxed fraction; grades
+    each record in place (reference, answer, boxed, correct)."""
+    accuracy, passes, majority, boxed = [], {j: [] for j in pass_ks(k)}, [], []
+    for row, group in zip(rows, by_prompt):
+        grades = [grade_math(r["completion"], row["answer"], ended=r["finish_reason"] == "eos") for r in group]
+        for record, grade in zip(group, grades):
+            record.update(reference=row["answer"], answer=grade.answer, boxed=grade.boxed, correct=grade.correct)
+        correct = sum(g.correct for g in grades)
+        accuracy.append(correct / k)
+        for j in passes:
+            passes[j].append(pass_at_k(k, correct, j))
+        majority.append(majority_correct([g.parsed for g in grades], [g.correct for g in grades]))
+        boxed += [g.boxed for g in grades]
+    return {
+        "avg_at_k": mean(accuracy),
+        "avg_at_k_stderr": stderr(accuracy),  # across prompts: how much another draw of problems could move it
+        "avg_at_k_per_prompt": accuracy,
+        "pass_at": {str(j): mean(values) for j, values in passes.items()},
+        "pass_at_k": mean(passes[k]),
+        "pass_at_k_per_prompt": passes[k],
+        "maj_at_k": mean(majority),
+        "maj_at_k_per_prompt": [float(m) for m in majority],
+        "boxed_frac": mean(boxed),
+    }
+
+
+def _rows(figures: dict, k: int) -> list[Row]:
+    return [(f"avg@{k}", "avg_at_k", percent), ("  ± std. error over prompts", "avg_at_k_stderr", percent),
+            *[(f"pass@{j}", f"pass_at.{j}", percent) for j in figures["pass_at"]],
+            (f"maj@{k}", "maj_at_k", percent), ("with \\boxed{} answer", "boxed_frac", percent)]
+
+
+def _line(m: dict) -> str:
+    if "eval_avg_at_k" not in m:
+        return ""
+    return (f"avg@k {m['eval_avg_at_k']:.1%}  pass@k {m['eval_pass_at_k']:.1%}  maj@k {m['eval_maj_at_k']:.1%}  "
+            f"boxed {m['eval_boxed_frac']:.0%}")
+
+
+MATH = Task(
+    summarize=summarize,
+    applies=lambda rows: any(row.get("answer") for row in rows),
+    needs_answers=True,
+    readable_answer=lambda answer: bool(parse_answer(answer, reference=True)),
+    min_k=1,
+    min_k_why="",
+    system_prompt=MATH_SYSTEM_PROMPT,
+    metrics={
+        "eval_avg_at_k": "math: mean accuracy of the --eval-k samples per problem (avg@k).",
+        "eval_pass_at_k": "math: fraction of problems with at least one right sample among k (pass@k).",
+        "eval_maj_at_k": "math: fraction of problems whose most common answer is right (maj@k).",
+        "eval_boxed_frac": "math: fraction of samples with a \\boxed{} answer.",
+    },
+    paired=("avg_at_k", "pass_at_k", "maj_at_k"),
+    rows=_rows,
+    line=_line,
+    plot_panels=(("eval: accuracy", ("eval_avg_at_k", "eval_pass_at_k", "eval_maj_at_k", "eval_boxed_frac")),),
+    uses_embedder=False,
+    uses_judge=False,
+    data_note="its reference answers are read only to grade these samples, never in training",
+)

@@ -10,8 +10,8 @@ import shutil
 import pytest
 import torch
 
-from powerflow_lite.creative import JUDGE_TEMPLATE, distinct_n, judge_scores, load_embedder, semantic_diversity
 from powerflow_lite.errors import PowerflowError
+from powerflow_lite.tasks.creative import JUDGE_TEMPLATE, distinct_n, judge_scores, load_embedder, semantic_diversity
 
 # ----------------------------------------------------------------------------------------------------------------------
 # semantic_diversity: 100 x (1 - mean pairwise cosine)

