@@ -62,9 +62,9 @@ def run_bench(cfg: BenchConfig) -> dict:
         model_dir = cfg.model or str(Path(tmp) / "model")
         if not cfg.model:
             write_random_model(cfg.shape, Path(model_dir), device.type)
-        tokenizer = load_tokenizer(model_dir)
-        model = add_lora(load_base_model(model_dir, cfg.quant, device), cfg.lora_r, 2 * cfg.lora_r, 0.0,
-                         "all-linear", False).eval()
+        tokenizer = load_tokenizer(model_dir, cfg.trust_remote_code)
+        model = add_lora(load_base_model(model_dir, cfg.quant, device, cfg.trust_remote_code), cfg.lora_r,
+                         cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, gradient_checkpointing=False).eval()
         report = compare_samplers(cfg, model, tokenizer, device)
         del model
         if device.type == "cuda":
@@ -128,8 +128,9 @@ def time_train_step(cfg: BenchConfig, model_dir: str, tmp: Path) -> dict:
                             quant=cfg.quant, device=cfg.device, max_steps=1, chat_template="none",
                             prompts_per_step=max(1, cfg.batch // G), samples_per_prompt=G,
                             max_new_tokens=cfg.new_tokens, ignore_eos=True, lora_r=cfg.lora_r,
-                            lora_alpha=2 * cfg.lora_r, sampler="static", warmup_steps=0, save_every=0,
-                            show_every=0, seed=cfg.seed))
+                            lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
+                            gradient_checkpointing=cfg.gradient_checkpointing, trust_remote_code=cfg.trust_remote_code,
+                            sampler="static", warmup_steps=0, save_every=0, show_every=0, seed=cfg.seed))
     [result] = list(train(run))
     keys = ("time_sample", "time_score", "time_update", "peak_gpu_mem_gib")
     step = {key: result.metrics[key] for key in keys if key in result.metrics}

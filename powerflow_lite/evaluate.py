@@ -223,8 +223,8 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None, ranks: Ranks = S
             seed_eval(cfg.seed, ranks.rank)  # generate's draws (the static sampler's: per row)
             records = []
             for record in generate_records(model, tokenizer, eval_set.prompt_ids[share], cfg.k, settings,
-                                           cfg.batch_size, adapter=variant == "adapter", seed=cfg.seed,
-                                           first_row=share.start * cfg.k):
+                                           cfg.batch_size, adapter=variant == "adapter", sampler=cfg.sampler,
+                                           seed=cfg.seed, first_row=share.start * cfg.k):
                 record["prompt_index"] += share.start
                 prompt = eval_set.rows[record["prompt_index"]]["prompt"]
                 records.append({"variant": variant, **record, "prompt": prompt})

@@ -35,7 +35,7 @@ def sample_completions(cfg: SampleConfig) -> Iterator[dict]:
     settings = SamplingSettings.from_config(cfg, tokenizer)
     torch.manual_seed(cfg.seed)
     for record in generate_records(model, tokenizer, prompt_ids, cfg.n, settings, ROWS_PER_BATCH,
-                                   score_base=bool(cfg.adapter)):
+                                   score_base=bool(cfg.adapter), sampler=cfg.sampler):
         yield {**rows[record["prompt_index"]], **record}
 
 

@@ -18,8 +18,10 @@ Every objective takes the same keyword arguments and returns `(loss, stats)`:
 zero at the optimum), `stats["weight"]` the clipped importance weight and
 `stats["clipped"]` whether clipping changed it.
 
-No model, config or device in here: tests check each one against arithmetic
-done by hand (tests/test_objectives.py).
+No model, config or device in the losses: tests check each one against arithmetic
+done by hand (tests/test_objectives.py). The registry `OBJECTIVES` at the end
+says what each needs (capability flags), and `Objective.check` refuses the
+settings an objective cannot train with.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+
+from .errors import PowerflowError
 
 
 def sequence_sum(logps: Tensor, mask: Tensor) -> Tensor:
@@ -118,12 +122,26 @@ class Objective:
     per_token: bool  # the loss is a mean over tokens rather than over completions
     grouped: bool  # needs every completion of a prompt in the same call (group baseline)
     uses_log_z: bool  # trains the log Z'(q) head
+    on_policy: bool  # an estimator right only for completions the policy itself sampled at temperature 1
+
+    def check(self, name: str, cfg) -> None:
+        """Refuse, in one line, the training settings (a TrainConfig) this objective cannot train with."""
+        if self.grouped and cfg.samples_per_prompt < 2:
+            raise PowerflowError(f"--objective {name} compares completions of a prompt: needs --samples-per-prompt "
+                                 ">= 2")
+        if self.on_policy and cfg.replay_steps:
+            raise PowerflowError(f"--replay-steps needs a trajectory-balance objective: --objective {name} is an "
+                                 "on-policy estimator, right only for completions the current policy sampled")
+        if self.on_policy and cfg.explore_temperature != 1.0:
+            raise PowerflowError(f"--explore-temperature needs a trajectory-balance objective: --objective {name} is "
+                                 "an on-policy estimator, right only for completions the policy samples at "
+                                 "temperature 1")
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "latb": Objective(latb, per_token=False, grouped=False, uses_log_z=True),
-    "tb-traj": Objective(tb_traj, per_token=False, grouped=False, uses_log_z=True),
-    "tb-token": Objective(tb_token, per_token=True, grouped=False, uses_log_z=True),
-    "rl-traj": Objective(rl_traj, per_token=False, grouped=True, uses_log_z=False),
-    "rl-token": Objective(rl_token, per_token=False, grouped=True, uses_log_z=False),
+    "latb": Objective(latb, per_token=False, grouped=False, uses_log_z=True, on_policy=False),
+    "tb-traj": Objective(tb_traj, per_token=False, grouped=False, uses_log_z=True, on_policy=False),
+    "tb-token": Objective(tb_token, per_token=True, grouped=False, uses_log_z=True, on_policy=False),
+    "rl-traj": Objective(rl_traj, per_token=False, grouped=True, uses_log_z=False, on_policy=True),
+    "rl-token": Objective(rl_token, per_token=False, grouped=True, uses_log_z=False, on_policy=True),
 }

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -12,8 +13,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from powerflow_lite.cli import main
-from powerflow_lite.config import TrainConfig, flag_name
+from powerflow_lite.config import PANELS, BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name
 from powerflow_lite.config_files import read_yaml
+from powerflow_lite.errors import PowerflowError
 from powerflow_lite.metrics import METRICS, read_metrics
 
 
@@ -156,6 +158,44 @@ def test_every_config_field_is_a_documented_flag(capsys):
     help_text = capsys.readouterr().out
     for field in dataclasses.fields(TrainConfig):
         assert flag_name(field.name) in help_text
+
+
+@pytest.mark.parametrize("command, cls", [("train", TrainConfig), ("sample", SampleConfig), ("eval", EvalConfig),
+                                          ("merge-adapter", MergeConfig), ("bench", BenchConfig)])
+def test_help_shows_each_option_in_its_panel_basics_first(command, cls, capsys):
+    # --help at 80 columns: panels in config.PANELS order after the basics ("Options"), each flag whole (not cut
+    # to fit) in the panel its field names
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    titles = ["Options"] + [panel for panel in PANELS if any(f.metadata.get("panel") == panel
+                                                             for f in dataclasses.fields(cls))]
+    starts = [text.index(f"╭─ {title} ") for title in titles]
+    assert starts == sorted(starts)
+    for f in dataclasses.fields(cls):
+        at = re.search(rf"^│ {re.escape(flag_name(f.name))} ", text, flags=re.M).start()
+        panel = max(i for i, start in enumerate(starts) if start < at)
+        assert titles[panel] == (f.metadata.get("panel") or "Options"), f.name
+
+
+def test_an_off_switch_turns_off_what_a_config_file_turned_on(tmp_path, capsys, monkeypatch):
+    import powerflow_lite.setup as setup_module
+
+    seen = []
+
+    def stop_at_setup(cfg, ranks):
+        seen.append(cfg)
+        raise PowerflowError("stopped before loading anything")
+
+    monkeypatch.setattr(setup_module, "setup", stop_at_setup)
+    config = tmp_path / "c.yaml"
+    config.write_text("model: m\nalpha: 2\nprompts: p.jsonl\nignore_eos: true\ngradient_checkpointing: true\n")
+    assert main(["train", "--config", str(config), "--no-ignore-eos"]) == 2
+    assert main(["train", "--config", str(config), "--no-gradient-checkpointing", "--ignore-eos"]) == 2
+    assert [(cfg.ignore_eos, cfg.gradient_checkpointing) for cfg in seen] == [(False, True), (True, False)]
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--ignore-eos", "--no-ignore-eos"]) == 2
+    assert "--ignore-eos and --no-ignore-eos contradict each other" in capsys.readouterr().err
+    assert len(seen) == 2  # refused before setup
 
 
 def test_sample_writes_jsonl_with_base_and_adapter_scores(trained, tiny_model_dir, tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import yaml
 
 from powerflow_lite.config import BenchConfig, MergeConfig, SampleConfig, TrainConfig
 from powerflow_lite.config_files import from_yaml_file, load_config, read_yaml, resolve_train_config, to_yaml
@@ -152,6 +153,88 @@ def test_resume_restores_the_saved_config(tmp_path):
     assert (cfg.model, cfg.alpha, cfg.lr) == ("saved-model", 2.5, 1e-4)  # from the saved file
     assert cfg.max_steps == 9  # from the flag
     assert cfg.resume is True
+
+
+# config.yaml as a run wrote it before options were grouped (keys in the old field order), with a value changed
+# in every group: a run started then resumes with exactly the settings it had
+OLD_SAVED_CONFIG = """\
+model: saved-model
+alpha: 4.0
+prompts: p.jsonl
+prompt_field: question
+split: ''
+objective: tb-token
+format_penalty: boxed
+truncation_penalty: 0.5
+output: {output}
+chat_template: none
+system_prompt: Think.
+prompts_per_step: 2
+samples_per_prompt: 6
+max_new_tokens: 48
+min_new_tokens: 1
+ignore_eos: false
+temperature: 0.9
+top_p: 1.0
+sampler: static
+sample_batch_size: 3
+quant: none
+device: cpu
+lora_r: 8
+lora_alpha: 16
+lora_dropout: 0.05
+lora_targets: q_proj,v_proj
+gradient_checkpointing: false
+trust_remote_code: false
+max_steps: 12
+lr: 1.0e-03
+z_lr: 0.02
+z_hidden: 64
+z_init: zero
+log_z: head
+weight_decay: 0.01
+lr_schedule: linear
+warmup_steps: 1
+max_grad_norm: 0.5
+micro_batch_size: 4
+inner_epochs: 2
+clip_eps: 0.1
+replay_steps: 2
+replay_size: 8
+replay_best: 0.25
+replay_lr_scale: 0.5
+replay_window: 4
+replay_order: random
+explore_temperature: 0.5
+explore_fraction: 0.5
+seed: 7
+max_bad_steps: 2
+eval_data: eval.jsonl
+eval_every: 4
+eval_k: 3
+eval_limit: 10
+eval_task: math
+save_every: 4
+keep_checkpoints: 2
+show_every: 2
+resume: false
+resume_from: ''
+overwrite: false
+"""
+
+
+def test_a_config_saved_before_options_were_grouped_resumes_with_its_settings(tmp_path):
+    output = tmp_path / "run"
+    output.mkdir()
+    text = OLD_SAVED_CONFIG.format(output=output)
+    (output / "config.yaml").write_text(text)
+    cfg = resolve_train_config(None, {"output": str(output), "resume": True})
+    saved = yaml.safe_load(text)
+    assert {name: getattr(cfg, name) for name in saved} == {**saved, "lr": 1e-3, "resume": True}
+    assert set(saved) == {f.name for f in dataclasses.fields(TrainConfig)}  # every key a run writes is one of them
+    again = tmp_path / "again.yaml"  # today's config.yaml of it reads back the same
+    again.write_text(to_yaml(cfg))
+    assert resolve_train_config(str(again), {}) == cfg
 
 
 def test_resume_config_file_beats_saved_config(tmp_path):

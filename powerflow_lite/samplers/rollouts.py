@@ -29,12 +29,11 @@ class SamplingSettings:
 
     @staticmethod
     def from_config(cfg, tokenizer) -> "SamplingSettings":
-        """A command's sampling options (those its config lacks take the defaults above), also stopping at the
-        chat template's end-of-turn token."""
+        """A command's sampling options (config.SamplingOptions), also stopping at the chat template's end-of-turn
+        token."""
         from ..data import chat_stop_ids
 
-        return SamplingSettings(cfg.max_new_tokens, getattr(cfg, "min_new_tokens", 0), getattr(cfg, "temperature", 1.0),
-                                getattr(cfg, "top_p", 1.0), getattr(cfg, "ignore_eos", False),
+        return SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos,
                                 tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
 
 
