@@ -5,15 +5,9 @@
         part = batch.select(rows)
         loss, stats = objective.loss(policy_logps=..., log_z=..., **part.objective_inputs(), alpha=a, clip_eps=e)
 
-Everything in it is fixed once the completions are sampled and scored: the
-tokens, the policy's log-probs before the update (`old_logps`, at temperature 1:
-what the importance weight of --inner-epochs divides by), the base model's
-log-probs, psi, the prompts' features, and the log-probs of the distribution
-that drew each token (`behaviour_logps`: the policy at the row's sampling
-temperature when it was sampled, which differs from `old_logps` for explored
-rows and for replayed ones; the buffer keeps them, and the `behaviour_log_ratio`
-metric reports how far the rows are from on-policy). Only the policy's log-probs
-change as the adapter trains, and those are recomputed from `rollouts` under grad.
+Everything in it is fixed once the completions are scored; only the policy's
+log-probs change as the adapter trains, and the update recomputes them from
+`rollouts` under grad.
 """
 
 from __future__ import annotations

@@ -3,18 +3,12 @@
     powerflow bench --shape qwen2.5-1.5b --batch 64 --prompt-len 128 --new-tokens 256     # on a GPU
     powerflow bench --shape tiny --device cpu --batch 4 --new-tokens 16 --json            # anywhere
 
-A random-weight model of the named Qwen2.5 shape is built in code (no download)
-and saved once as safetensors in a temporary directory, or --model is used; it
-is loaded as training loads it (NF4 or full precision) with a LoRA of rank
---lora-r on every linear layer, whose B is set non-zero so the adapter is live.
-Both samplers then draw --batch completions of exactly --new-tokens tokens
-(EOS ignored) from the same random prompts, after one untimed warm-up call
-each. Reported per sampler: tokens/s, ms per decode step, peak GPU memory, and
-ours / HF. Then (unless --no-train-step) one LA-TB training step through the
-trainer with the static sampler: --batch completions (8 per prompt) of
---new-tokens after --prompt-len characters of prompt, its sample / score /
-update split and peak GPU memory. Not timed yet: a CUDA-graph decode step (not
-built yet).
+A random-weight model of a Qwen2.5 shape is built in code (no download), or
+--model is used, and loaded as training loads it, with a live LoRA (its B
+non-zero). Both samplers draw --batch completions of exactly --new-tokens
+(EOS ignored) from the same prompts after an untimed warm-up: tokens/s, ms per
+decode step, peak GPU memory, and ours / HF. Then, unless --no-train-step, one
+LA-TB training step through the trainer: its sample / score / update seconds.
 """
 
 from __future__ import annotations

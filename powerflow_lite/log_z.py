@@ -5,29 +5,14 @@
     log_z_rows, head_loss = log_z.for_loss(policy_logps, part, len(batch))   # per micro-batch, with grad
     log_z.undo(before)                            # the update was skipped: the head as it was
 
-Everything the loop does with log Z' is here: the start value, each prompt's
-estimate from its G completions, the head's regression on those estimates, and
-its re-centring. The rest of this docstring is about the head itself.
+The head is a small MLP on the masked mean of the prompt's last hidden states
+from the base pass, so it never back-propagates into the LM. Three choices keep
+it in step with a fast-moving policy:
 
-A small MLP on the masked mean of the prompt's last hidden states. The features
-come from the base pass (adapter off, no grad), so they are a fixed function of
-the prompt and the head never back-propagates into the LM. With `--log-z head` or
-`hybrid` it is trained by the same loss as the adapter; with `batch` (the default)
-by regression on the prompts' batch estimates, re-centred on them every step. It
-has its own larger learning rate (`--z-lr`) and is saved beside the adapter as
-`z_head.safetensors`.
-
-Its output scale differs a lot between objectives (per token for `latb`, per
-sequence for `tb-traj`) and models, so the output bias starts at the value that
-zeroes the first batch's mean residual (`init_bias_from_residuals`) instead of
-at 0: otherwise the first hundreds of steps are spent moving one scalar.
-
-Learning rates inside the head (`param_groups`): Adam moves every weight by
-about the learning rate per step, so when a layer's gradient signs agree its
-output moves by lr x fan-in. At one shared lr of 1e-2 a 576 -> 256 -> 1 head
-jumped by 3-5 nats per step on SmolLM2. The output bias (the global log Z)
-gets `z_lr`; each weight matrix gets `z_lr / sqrt(fan_in)`. (`z_lr / fan_in`
-was stable too, but left log Z' the same for every prompt for hundreds of steps.)
+1. its output bias starts at the value that zeroes the first batch's mean residual, not at 0;
+2. with --log-z batch (the default) the loss uses each prompt's batch estimate and the head regresses on it;
+3. each layer's learning rate is --z-lr / sqrt(fan-in): Adam moves every weight by about lr per step,
+   so a layer whose gradient signs agree would move its output by lr x fan-in.
 """
 
 from __future__ import annotations

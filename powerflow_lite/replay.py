@@ -2,45 +2,18 @@
 
     buffer = ReplayBuffer(capacity=16, best_fraction=0.0, window=0, order="newest")
     buffer.add(batch, prompts, step, alpha)       # after a fresh step is scored
-    chosen_prompts = buffer.ready(2, done_steps)  # train.py picks B of them at random
+    chosen_prompts = buffer.ready(2, done_steps)  # rollout.py picks B of them at random
     entries = [e for p in chosen_prompts for e in buffer.draw(p, G, generator)]
     rollouts, stored = replay_batch(entries, prompt_ids, G, pad_id, device)  # stored: log p_base, features, ...
 
-Why this is allowed. Every trajectory-balance objective here (latb, tb-traj,
-tb-token) is a regression: it drives the residual
-r(y) = log Z'(q) + S_pi(y)/|y| - alpha (S_base(y)/|y| + psi(y)) to zero on the
-completions it is shown. Its minimiser, pi = the target, does not depend on the
-distribution those completions come from, only that together they cover the
-target's support, which the fresh on-policy steps keep doing. So a replayed
-completion takes importance weight 1: weighting it by pi(y)/b(y) would turn the
-regression back into an on-policy estimator, with the variance of a
-sequence-level ratio. Under `--log-z batch` each prompt's estimate of log Z' is
-the mean over the completions it is shown, replayed or not, and the loss is their
-variance: zero exactly when the residual is the same for all of them, again
-whatever produced them.
-
-The `rl-*` objectives are REINFORCE estimators of the reverse-KL gradient: their
-gradient is right only for y ~ pi. A replayed y would need the weight
-pi(y)/b(y) over the whole sequence, whose variance grows with its length, so
-replay refuses them (config.py).
-
-What a stored completion keeps: its tokens, log p_base of each token, psi and
-the prompt's features, none of which change as the adapter trains; so replaying
-it costs one policy forward without grad (the reference the importance ratio of
---inner-epochs and the batch estimate of log Z' use) and the update's forward
-and backward: no sampling and no base pass. The log-probs of the distribution
-that drew it (`behaviour_logps`: the policy at its sampling temperature, which
---explore-temperature may set) and that temperature are kept too, for the
-`behaviour_log_ratio` metric and for any importance weight that would need them.
-
-What is kept per prompt (`capacity` completions at most, duplicates merged):
-the most recent, except that the best `best_fraction` of the capacity by target
-log-prob per token, alpha (S_base/|y| + psi), the quantity LA-TB matches, stay
-whatever their age. A replay step draws, for each prompt, the `best_fraction`
-best and then the most recent of the rest (`order` "newest") or a random choice
-of them ("random"); with a `window`, only prompts sampled in the last `window`
-steps are ready. Defaults and measurements: docs/design.md section 12 and
-examples/replay_exact.py.
+Why it is allowed: a trajectory-balance objective is a regression whose fixed
+point does not depend on which completions it is shown, so a replayed
+completion takes importance weight 1; the on-policy `rl-*` objectives refuse
+replay (Objective.check). A stored completion keeps what does not change as the
+adapter trains (its tokens, log p_base, psi, the prompt's features, the
+log-probs of the distribution that drew it), so replaying it costs one policy
+pass and the update: no sampling, no base pass. What is kept and drawn per
+prompt, and the measurements behind the defaults: docs/design.md section 12.
 """
 
 from __future__ import annotations

@@ -85,12 +85,12 @@ def load_format_penalty(spec: str) -> FormatPenalty:
     return function
 
 
-def format_penalties(psi: FormatPenalty, spec: str, completions: list[str], prompts: list[str]) -> list[float]:
+def format_penalties(penalty: FormatPenalty, spec: str, completions: list[str], prompts: list[str]) -> list[float]:
     """psi(y) for every completion, checked: a user function that fails or returns junk is named, not traced."""
     values = []
     for completion, prompt in zip(completions, prompts):
         try:
-            value = float(psi(completion, prompt))
+            value = float(penalty(completion, prompt))
         except Exception as err:  # the user's function may raise anything
             raise PowerflowError(f"--format-penalty {spec!r} failed on a completion: "
                                  f"{type(err).__name__}: {err}") from None

@@ -163,7 +163,7 @@ def score_step(run: Run, taken: StepRollout, notes: list[str]) -> ScoredBatch:
         behaviour_logps, base_logps, features = (taken.stored.behaviour_logps, taken.stored.base_logps,
                                                  taken.stored.features)
     # psi under this invocation's --format-penalty and --truncation-penalty, replayed completions included
-    formats = torch.tensor(format_penalties(run.psi, cfg.format_penalty, taken.texts, taken.prompt_texts),
+    formats = torch.tensor(format_penalties(run.format_penalty, cfg.format_penalty, taken.texts, taken.prompt_texts),
                            device=run.device)  # [N]
     psi = formats - cfg.truncation_penalty * rollouts.truncated.float()  # [N]
     return ScoredBatch(rollouts, old_logps, base_logps, psi, features, behaviour_logps, formats)

@@ -81,7 +81,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     objective: Objective
     sampling: SamplingSettings  # --max-new-tokens, --temperature, ... and the chat template's end-of-turn id
-    psi: FormatPenalty
+    format_penalty: FormatPenalty  # --format-penalty: completion, prompt -> its part of psi(y)
     prompts: list[dict]  # rows from the prompt file; row["prompt"] is the text
     prompt_ids: list[list[int]]  # the rendered, tokenized prompts
     metrics: MetricsLog
@@ -170,7 +170,7 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
     out = ckpt.check_output_dir(cfg.output, resume=resuming, overwrite=cfg.overwrite)
     resume_path = ckpt.resume_checkpoint(out, cfg.resume_from) if resuming else None  # None: start at step 0
     rows = load_prompts(cfg.prompts, cfg.prompt_field, cfg.split)
-    psi = load_format_penalty(cfg.format_penalty)
+    penalty = load_format_penalty(cfg.format_penalty)
     # `auto` becomes what runs here, and the saved config says so: a resumed run keeps the path it started on
     quant, quant_why = resolve_quant(cfg.quant, device)
     sampler, sampler_why = resolve_sampler(cfg.sampler, device, cfg.top_p)
@@ -194,7 +194,7 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
 
     objective = OBJECTIVES[cfg.objective]
     run = Run(cfg, out, device, model, tokenizer, head, optimizer, scheduler, objective,
-              SamplingSettings.from_config(cfg, tokenizer), psi, rows, prompt_ids,
+              SamplingSettings.from_config(cfg, tokenizer), penalty, rows, prompt_ids,
               MetricsLog(out / "metrics.jsonl" if ranks.main else None),
               LogPartition(head, objective, cfg.log_z, cfg.z_init, cfg.alpha, cfg.clip_eps, ranks=ranks),
               BatchSize("--micro-batch-size", cfg.micro_batch_size),

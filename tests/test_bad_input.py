@@ -26,8 +26,9 @@ from helpers import one_error_line, read_jsonl, run_cli, write_jsonl
 from safetensors.torch import load_file
 
 from powerflow_lite.cli import main
-from powerflow_lite.config import EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name
+from powerflow_lite.config import EvalConfig, MergeConfig, SampleConfig, TrainConfig
 from powerflow_lite.config_files import field_type
+from powerflow_lite.options import flag_name
 from powerflow_lite.tiny import write_tiny_model
 
 COMMANDS = {"train": TrainConfig, "sample": SampleConfig, "merge-adapter": MergeConfig, "eval": EvalConfig}

@@ -13,10 +13,11 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from powerflow_lite.cli import main
-from powerflow_lite.config import PANELS, BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name
+from powerflow_lite.config import BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig
 from powerflow_lite.config_files import read_yaml
 from powerflow_lite.errors import PowerflowError
 from powerflow_lite.metrics import METRICS, read_metrics
+from powerflow_lite.options import PANELS, flag_name
 
 
 def train_args(model_dir, prompts_file, output, *extra):

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from powerflow_lite.errors import PowerflowError
-from powerflow_lite.log_z import LogZHead, load_head, save_head
+from powerflow_lite.log_z import LogZHead, batch_log_z_estimate, load_head, save_head
+from powerflow_lite.objectives import OBJECTIVES
 
 HIDDEN = 16
 
@@ -82,3 +83,42 @@ def test_recenter_moves_the_mean_and_keeps_the_differences_between_prompts():
     after = head(x)
     torch.testing.assert_close(after.mean(), torch.tensor(-3.0), atol=1e-6, rtol=0)
     torch.testing.assert_close(after - after.mean(), before - before.mean(), atol=1e-6, rtol=0)  # a shift only
+
+
+# --- each prompt's batch estimate (log_z.batch_log_z_estimate)
+
+
+def _log_z_inputs(policy, mask, group_ids):
+    policy = torch.tensor(policy)
+    return policy, dict(old_logps=policy, base_logps=torch.zeros_like(policy), mask=torch.tensor(mask),
+                        psi=torch.zeros(len(policy)), group_ids=torch.tensor(group_ids), alpha=1.0, clip_eps=0.2)
+
+
+def test_batch_log_z_is_minus_each_groups_mean_residual():
+    # latb, |y| = 1, alpha = 1, base 0: the residual without log Z is log pi itself.
+    # group 0: -1, -3 -> log Z = 2;  group 1: -2, -4 -> log Z = 3
+    policy, inputs = _log_z_inputs([[-1.0], [-3.0], [-2.0], [-4.0]], [[1], [1], [1], [1]], [0, 0, 1, 1])
+    estimate = batch_log_z_estimate(OBJECTIVES["latb"], policy, inputs)
+    torch.testing.assert_close(estimate, torch.tensor([2.0, 2.0, 3.0, 3.0]), rtol=0, atol=1e-6)
+
+
+def test_batch_log_z_for_tb_token_averages_over_tokens_not_completions():
+    # per-token residuals without log Z: -1, -3 (first completion), -5 (second): log Z = -(-9)/3 = 3
+    # (an average of the completions' mean residuals would give -(-2 - 5)/2 = 3.5)
+    policy, inputs = _log_z_inputs([[-1.0, -3.0], [-5.0, 0.0]], [[1, 1], [1, 0]], [0, 0])
+    estimate = batch_log_z_estimate(OBJECTIVES["tb-token"], policy, inputs)
+    torch.testing.assert_close(estimate, torch.tensor([3.0, 3.0]), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["latb", "tb-traj", "tb-token"])
+def test_batch_log_z_minimises_the_loss(objective):
+    torch.manual_seed(0)
+    policy = torch.randn(6, 4)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+    inputs = dict(old_logps=policy + 0.1 * torch.randn(6, 4), base_logps=torch.randn(6, 4), mask=mask,
+                  psi=torch.zeros(6), group_ids=torch.tensor([0, 0, 0, 1, 1, 1]), alpha=2.0, clip_eps=0.2)
+    loss_fn = OBJECTIVES[objective].loss
+    best = batch_log_z_estimate(OBJECTIVES[objective], policy, inputs)
+    at_best = loss_fn(policy_logps=policy, log_z=best, **inputs)[0]
+    for shift in ([0.05, 0.05, 0.05, 0, 0, 0], [0, 0, 0, -0.05, -0.05, -0.05]):
+        assert loss_fn(policy_logps=policy, log_z=best + torch.tensor(shift), **inputs)[0] > at_best

@@ -3,8 +3,9 @@
 import re
 from pathlib import Path
 
-from powerflow_lite.config import BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig, flag_name
+from powerflow_lite.config import BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig
 from powerflow_lite.metrics import METRICS
+from powerflow_lite.options import flag_name
 from powerflow_lite.presets import PRESETS
 from powerflow_lite.tasks import EVAL_METRICS
 

@@ -9,12 +9,9 @@ from safetensors.torch import load_file
 
 from powerflow_lite.config import TrainConfig
 from powerflow_lite.errors import PowerflowError
-from powerflow_lite.log_z import batch_log_z_estimate
 from powerflow_lite.metrics import read_metrics
-from powerflow_lite.objectives import OBJECTIVES
 from powerflow_lite.setup import lr_lambda, setup
 from powerflow_lite.train import train
-from powerflow_lite.update import micro_batches
 
 
 def config(tiny_model_dir, prompts_file, output, **overrides):
@@ -82,12 +79,6 @@ def test_resume_ends_exactly_like_the_uninterrupted_run(tiny_model_dir, prompts_
     assert json.loads((tmp_path / "stopped" / "checkpoint-4" / "trainer_state.json").read_text())["step"] == 4
 
 
-def test_micro_batches_keep_groups_whole():
-    assert micro_batches(12, 4, 1) == [slice(0, 4), slice(4, 8), slice(8, 12)]
-    assert micro_batches(12, 5, 3) == [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12)]
-    assert micro_batches(12, 2, 3) == [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12)]  # never split a group
-
-
 @pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
 def test_micro_batch_size_does_not_change_the_gradient(tiny_model_dir, prompts_file, tmp_path):
     """Accumulating over micro-batches equals one big batch: compare the LoRA gradients of one step."""
@@ -109,42 +100,6 @@ def test_learning_rate_schedule():
     linear = lr_lambda(TrainConfig(model="m", prompts="p", alpha=1.0, max_steps=10, warmup_steps=0,
                                    lr_schedule="linear"))
     assert linear(5) == pytest.approx(0.5)
-
-
-def _log_z_inputs(policy, mask, group_ids):
-    policy = torch.tensor(policy)
-    return policy, dict(old_logps=policy, base_logps=torch.zeros_like(policy), mask=torch.tensor(mask),
-                        psi=torch.zeros(len(policy)), group_ids=torch.tensor(group_ids), alpha=1.0, clip_eps=0.2)
-
-
-def test_batch_log_z_is_minus_each_groups_mean_residual():
-    # latb, |y| = 1, alpha = 1, base 0: the residual without log Z is log pi itself.
-    # group 0: -1, -3 -> log Z = 2;  group 1: -2, -4 -> log Z = 3
-    policy, inputs = _log_z_inputs([[-1.0], [-3.0], [-2.0], [-4.0]], [[1], [1], [1], [1]], [0, 0, 1, 1])
-    estimate = batch_log_z_estimate(OBJECTIVES["latb"], policy, inputs)
-    torch.testing.assert_close(estimate, torch.tensor([2.0, 2.0, 3.0, 3.0]), rtol=0, atol=1e-6)
-
-
-def test_batch_log_z_for_tb_token_averages_over_tokens_not_completions():
-    # per-token residuals without log Z: -1, -3 (first completion), -5 (second): log Z = -(-9)/3 = 3
-    # (an average of the completions' mean residuals would give -(-2 - 5)/2 = 3.5)
-    policy, inputs = _log_z_inputs([[-1.0, -3.0], [-5.0, 0.0]], [[1, 1], [1, 0]], [0, 0])
-    estimate = batch_log_z_estimate(OBJECTIVES["tb-token"], policy, inputs)
-    torch.testing.assert_close(estimate, torch.tensor([3.0, 3.0]), rtol=0, atol=1e-6)
-
-
-@pytest.mark.parametrize("objective", ["latb", "tb-traj", "tb-token"])
-def test_batch_log_z_minimises_the_loss(objective):
-    torch.manual_seed(0)
-    policy = torch.randn(6, 4)
-    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
-    inputs = dict(old_logps=policy + 0.1 * torch.randn(6, 4), base_logps=torch.randn(6, 4), mask=mask,
-                  psi=torch.zeros(6), group_ids=torch.tensor([0, 0, 0, 1, 1, 1]), alpha=2.0, clip_eps=0.2)
-    loss_fn = OBJECTIVES[objective].loss
-    best = batch_log_z_estimate(OBJECTIVES[objective], policy, inputs)
-    at_best = loss_fn(policy_logps=policy, log_z=best, **inputs)[0]
-    for shift in ([0.05, 0.05, 0.05, 0, 0, 0], [0, 0, 0, -0.05, -0.05, -0.05]):
-        assert loss_fn(policy_logps=policy, log_z=best + torch.tensor(shift), **inputs)[0] > at_best
 
 
 def test_log_z_batch_trains_the_head_towards_the_estimate(tiny_model_dir, prompts_file, tmp_path):

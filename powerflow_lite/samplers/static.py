@@ -15,7 +15,8 @@ answered G times, completions of very different lengths):
    uniform number per row: exact ancestral samples, and a row's draws can be
    fixed in advance (`uniforms`), whatever batch or rank samples it.
 
-No nucleus sampling (top-p < 1 is refused). Measurements: docs/experiments/speed.md.
+No nucleus sampling (top-p < 1 is refused). Measured against `generate`: `powerflow bench`, and
+examples/cpu_paths.py on the CPU (docs/experiments/README.md).
 """
 
 from __future__ import annotations
