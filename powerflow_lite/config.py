@@ -31,6 +31,7 @@ from .options import (
     LoraOptions,
     ModelOptions,
     OptimOptions,
+    PromptOptions,
     ReplayOptions,
     RolloutOptions,
     SamplingOptions,
@@ -48,12 +49,11 @@ from .tasks import TASK_HELP, TASKS, too_few_samples
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig(ModelOptions, SourceOptions, FormatOptions, RolloutOptions, SamplingOptions, LoadOptions,
-                  LoraOptions, OptimOptions, TrainEvalOptions, CheckpointOptions, LogZOptions, ReplayOptions,
-                  SeedOptions):
+class TrainConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, RolloutOptions, SamplingOptions,
+                  LoadOptions, LoraOptions, OptimOptions, TrainEvalOptions, CheckpointOptions, LogZOptions,
+                  ReplayOptions, SeedOptions):
     alpha: float = option(0.0, "Target p_base^alpha: >1 sharpens (4 base models, 2 instruct), <1 flattens (0.5).",
                           check=">0")
-    prompts: str = option("", "Prompt file (.jsonl/.json/.csv/.parquet/.txt), a preset (numina-cot) or a hub dataset.")
     objective: str = option("latb", "Objective: latb is the paper's; the others are its ablations.",
                             choices=tuple(OBJECTIVES), panel=OBJECTIVE)
     format_penalty: str = option("none", "Format penalty psi: boxed, none, or module:function / file.py:function.",
@@ -126,10 +126,9 @@ class TrainConfig(ModelOptions, SourceOptions, FormatOptions, RolloutOptions, Sa
 
 
 @dataclass(frozen=True, kw_only=True)
-class SampleConfig(ModelOptions, AdapterOptions, SourceOptions, FormatOptions, SamplingOptions, LoadOptions,
-                   SeedOptions):
-    prompt: str = option("", "One prompt text.")
-    prompts: str = option("", "Prompt file, preset or dataset (as in train).")
+class SampleConfig(ModelOptions, AdapterOptions, PromptOptions, SourceOptions, FormatOptions, SamplingOptions,
+                   LoadOptions, SeedOptions):
+    prompt: str = option("", "One prompt text (or --prompts).")
     n: int = option(1, "Completions per prompt.", short="-n", check=">0")
     out: str = option("", "Write the completions to this JSONL file (must not exist).")
 

@@ -70,6 +70,11 @@ class AdapterOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PromptOptions:
+    prompts: str = option("", "Prompt file (.jsonl/.json/.csv/.parquet/.txt), a preset (numina-cot) or a hub dataset.")
+
+
+@dataclass(frozen=True, kw_only=True)
 class SourceOptions:
     prompt_field: str = option("", "Field or column that holds the prompt text (default: prompt, problem or question).",
                                panel=PROMPTS)
