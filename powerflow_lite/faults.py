@@ -74,7 +74,10 @@ class StopSignals:
     """Turn the first SIGINT or SIGTERM into a request to stop between steps; a second Ctrl-C stops at once.
 
     Installed only in the main thread (Python delivers signals there); elsewhere it
-    does nothing and the defaults stay.
+    does nothing and the defaults stay. A signal that was ignored when the run
+    started stays ignored, as Unix programs leave it: a shell starts background
+    jobs with SIGINT ignored (so Ctrl-C at the terminal does not reach them), and
+    such a run is stopped with SIGTERM. On leaving, every handler is the one before.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -100,7 +103,8 @@ class StopSignals:
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS
+                              if signal.getsignal(s) is not signal.SIG_IGN}
         return self
 
     def __exit__(self, *exc) -> None:

@@ -256,9 +256,18 @@ def test_other_errors_are_not_retried(tiny_model_dir, prompts_file, tmp_path, mo
 # --- signals
 
 
+@pytest.fixture
+def sigint(request):
+    """SIGINT's handler as a process started from a terminal (default_int_handler) or in the background by a shell
+    (SIG_IGN) has it, whichever way this test process was started; the handler it had is put back after."""
+    before = signal.signal(signal.SIGINT, getattr(request, "param", signal.default_int_handler))
+    yield signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_finishes_the_step_checkpoints_and_resumes_exactly(tiny_model_dir, prompts_file, tmp_path, capsys,
-                                                                    signum, code):
+                                                                    signum, code, sigint):
     reference = config(tiny_model_dir, prompts_file, tmp_path / "straight", save_every=0)
     assert run_cli(capsys, cli_args(reference))[0] == 0
     # the signal arrives in the middle of step 2 (while psi is computed)
@@ -280,13 +289,30 @@ def test_a_signal_finishes_the_step_checkpoints_and_resumes_exactly(tiny_model_d
                                                                                 "metrics.jsonl"))
 
 
-def test_a_second_ctrl_c_stops_at_once(tiny_model_dir, prompts_file, tmp_path, capsys):
+def test_a_second_ctrl_c_stops_at_once(tiny_model_dir, prompts_file, tmp_path, capsys, sigint):
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     cfg = config(tiny_model_dir, prompts_file, tmp_path / "run", save_every=0,
                  format_penalty=psi_file(tmp_path, signal_at=[(int(signal.SIGINT), 2), (int(signal.SIGINT), 2)]))
     code, _, err = run_cli(capsys, cli_args(cfg))
     assert code == 130 and err.strip().endswith("interrupted") and "Traceback" not in err
     assert not list((tmp_path / "run").glob("checkpoint-*"))  # step 2 was abandoned, not half-saved
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert {signum: signal.getsignal(signum) for signum in handlers} == handlers  # the handlers of before the run
+
+
+@pytest.mark.parametrize("sigint", [signal.SIG_IGN], indirect=True)
+def test_a_signal_ignored_when_the_run_started_stays_ignored(tiny_model_dir, prompts_file, tmp_path, capsys, sigint):
+    # a shell starts a background job with SIGINT ignored: Ctrl-C at the terminal is not for it, nor is a stray SIGINT
+    cfg = config(tiny_model_dir, prompts_file, tmp_path / "run", save_every=0,
+                 format_penalty=psi_file(tmp_path, signal_at=[(int(signal.SIGINT), 2)]))
+    code, _, err = run_cli(capsys, cli_args(cfg))
+    assert code == 0 and "stopping" not in err
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert (tmp_path / "run" / "adapter").is_dir() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    # SIGTERM still stops it after the step
+    cfg = config(tiny_model_dir, prompts_file, tmp_path / "term", save_every=0,
+                 format_penalty=psi_file(tmp_path, signal_at=[(int(signal.SIGTERM), 2)], name="term.py"))
+    code, _, err = run_cli(capsys, cli_args(cfg))
+    assert code == 143 and "stopped by SIGTERM after step 2" in err
 
 
 # --- checkpoints on disk
