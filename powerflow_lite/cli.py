@@ -36,7 +36,7 @@ from .errors import PowerflowError, Stopped, first_line
 from .options import flag_name, ordered_fields
 from .tasks import TASKS
 
-# --help shows the options in panels (config.PANELS), basics first; help texts are escaped, not rich markup.
+# --help shows the options in panels (options.PANELS), basics first; help texts are escaped, not rich markup.
 app = typer.Typer(rich_markup_mode="rich", add_completion=False, no_args_is_help=True,
                   help="Train a LoRA adapter so that a language model samples from p_base(y|q)^alpha (PowerFlow).")
 # Under torchrun or accelerate launch only rank 0 speaks: the others' output would repeat it. Their errors are

@@ -77,8 +77,8 @@ class TrainConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, Rol
         check_sampling(self)
         if bool(self.eval_data) != bool(self.eval_every):
             raise PowerflowError("evaluation during training needs both --eval-data and --eval-every N")
-        if too_few_samples(self.eval_task, self.eval_k, "--eval-k"):
-            raise PowerflowError("--eval-task " + too_few_samples(self.eval_task, self.eval_k, "--eval-k"))
+        if why := too_few_samples(self.eval_task, self.eval_k, "--eval-k"):
+            raise PowerflowError(f"--eval-task {self.eval_task} {why}")
         OBJECTIVES[self.objective].check(self.objective, self)
         if self.replay_steps and self.replay_size < self.samples_per_prompt:
             raise PowerflowError(f"--replay-size ({self.replay_size}) must hold at least --samples-per-prompt "
@@ -214,8 +214,8 @@ class EvalConfig(ModelOptions, AdapterOptions, SourceOptions, FormatOptions, Sam
             raise PowerflowError("--data is required: a preset (math500, aime25, amc23), a file or a dataset")
         if self.compare_base and not self.adapter:
             raise PowerflowError("--compare-base compares the adapter with the base: it needs --adapter (or --run)")
-        if too_few_samples(self.task, self.k, "-k"):
-            raise PowerflowError("--task " + too_few_samples(self.task, self.k, "-k"))
+        if why := too_few_samples(self.task, self.k, "-k"):
+            raise PowerflowError(f"--task {self.task} {why}")
 
 
 def _check_new_file(path: str) -> None:

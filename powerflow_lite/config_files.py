@@ -19,7 +19,7 @@ import yaml
 
 from .config import EvalConfig, TrainConfig
 from .errors import PowerflowError, first_line
-from .options import ordered_fields
+from .options import as_dict
 
 RUN_KEYS = ("model", "quant", "chat_template", "system_prompt", "max_new_tokens", "trust_remote_code")
 
@@ -83,8 +83,7 @@ def load_config(cls, yaml_path: str | None = None, overrides: dict | None = None
 
 def to_yaml(config) -> str:
     """The config as flat YAML, in the reading order of --help (what --config and a resumed run read back)."""
-    values = {f.name: getattr(config, f.name) for f in ordered_fields(type(config))}
-    return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(as_dict(config), sort_keys=False, allow_unicode=True)
 
 
 def from_yaml_file(cls, path: str | Path):

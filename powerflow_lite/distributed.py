@@ -10,7 +10,7 @@ launcher makes the ranks' work add up to it:
 
 1. accumulate with the step's global denominators, then `sum_gradients` (one all-reduce per optimizer step);
 2. `pad_to_step` pads a share as one process pads the whole step (same shapes, same rounding);
-3. `concat` gathers per-row figures in rank order, which is the one-process row order;
+3. `concat_columns` gathers per-row figures in rank order, which is the one-process row order;
 4. decisions are shared (`agree` for bad input, `any` for a non-finite step or a stop signal), and
    `main_writes` lets rank 0 alone write while the others wait.
 
@@ -118,7 +118,7 @@ class Ranks:
     def any(self, flag: bool) -> bool:
         return flag if not self.active else any(self.gather(bool(flag)))
 
-    def concat(self, columns: dict[str, list]) -> dict[str, list]:
+    def concat_columns(self, columns: dict[str, list]) -> dict[str, list]:
         """Every rank's values of each column, in rank order: the rows one process would have."""
         if not self.active:
             return columns

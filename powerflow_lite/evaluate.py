@@ -16,7 +16,6 @@ The same measures run inside training with --eval-data / --eval-every
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from .errors import PowerflowError
 from .inference import generate_records
 from .metrics import mean, stderr
 from .model import context_length, load_base_model, load_policy, load_tokenizer, resolve_device
+from .options import as_dict
 from .samplers.rollouts import SamplingSettings
 from .seeds import EVAL_SEED_OFFSET, seed_eval
 from .tasks import EVAL_METRICS, PAIRED, TASKS, Measures, resolve_task, too_few_samples
@@ -66,11 +66,10 @@ def load_eval_set(source: str, tokenizer, max_positions: int | None, task: str =
                                  "(name its field with --answer-field)")
     rows = rows[:limit] if limit else rows
     lines = all_rows.lines_of(rows)
-    if TASKS[task].readable_answer:  # every reference must be readable before anything is sampled
+    if TASKS[task].unreadable:  # every reference must be readable before anything is sampled
         for line, row in zip(lines, rows):
-            if not TASKS[task].readable_answer(row["answer"]):
-                raise PowerflowError(f"{source}:{line}: math-verify cannot read the reference answer "
-                                     f"{row['answer']!r} ({row['prompt'][:60]!r})")
+            if why := TASKS[task].unreadable(row["answer"]):
+                raise PowerflowError(f"{source}:{line}: {why} {row['answer']!r} ({row['prompt'][:60]!r})")
     if system_prompt == "auto":
         system_prompt = TASKS[task].system_prompt
     prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], chat_template, system_prompt,
@@ -84,9 +83,8 @@ def setup_training_eval(cfg, tokenizer, device: torch.device) -> tuple[EvalSet, 
     eval_set = load_eval_set(cfg.eval_data, tokenizer, context_length(cfg.model, cfg.trust_remote_code),
                              cfg.eval_task, limit=cfg.eval_limit, chat_template=cfg.chat_template,
                              system_prompt=cfg.system_prompt, max_new_tokens=cfg.max_new_tokens)
-    too_few = too_few_samples(eval_set.task, cfg.eval_k, "--eval-k")
-    if too_few:
-        raise PowerflowError(f"--eval-data {cfg.eval_data!r} is evaluated as --eval-task {too_few}")
+    if why := too_few_samples(eval_set.task, cfg.eval_k, "--eval-k"):
+        raise PowerflowError(f"--eval-data {cfg.eval_data!r} is evaluated as --eval-task {eval_set.task}, which {why}")
     return eval_set, Measures(embed=load_embedder("", device) if TASKS[eval_set.task].uses_embedder else None)
 
 
@@ -151,7 +149,10 @@ def before_after(out: Path, data: str, k: int, after_step: int) -> dict | str:
     if before.get("setting") != after.get("setting"):
         return (f"no before/after table: the eval at step {after_step} was measured with other settings than the "
                 f"one before training ({after.get('setting')} against {before.get('setting')})")
-    summary = {"task": after["setting"]["task"], "data": data, "k": k, "prompts": before["prompts"],
+    # the task both were measured as (in an eval from before settings were recorded: the task whose figures it has)
+    task = (after.get("setting") or {}).get("task") or next(
+        name for name, each in TASKS.items() if any(key.removeprefix("eval_") in after for key in each.metrics))
+    summary = {"task": task, "data": data, "k": k, "prompts": before["prompts"],
                "seconds": before["seconds"] + after["seconds"], "steps": after_step,
                "results": {"before": before, f"after step {after_step}": after},
                "change": paired_changes(before, after)}
@@ -245,7 +246,7 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None, ranks: Ranks = S
         return {}
     summary = {"task": eval_set.task, "data": cfg.data, "k": cfg.k, "prompts": len(eval_set.rows),
                "skipped_without_answer": eval_set.skipped, "seconds": time.perf_counter() - started,
-               "results": results, "config": dataclasses.asdict(cfg)}
+               "results": results, "config": as_dict(cfg)}
     if list(results) == ["base", "adapter"]:
         summary["change"] = paired_changes(results["base"], results["adapter"])
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -260,14 +261,14 @@ def _prepare_eval(cfg: EvalConfig):
     eval_set = load_eval_set(cfg.data, tokenizer, context_length(cfg.model, cfg.trust_remote_code), cfg.task,
                              cfg.prompt_field, cfg.answer_field, cfg.split, cfg.limit, cfg.chat_template,
                              cfg.system_prompt, cfg.max_new_tokens)
-    for flag, given in (("judge", cfg.judge), ("embedder", cfg.embedder)):
-        if given and not getattr(TASKS[eval_set.task], f"uses_{flag}"):
-            users = " or ".join(name for name, task in TASKS.items() if getattr(task, f"uses_{flag}"))
-            raise PowerflowError(f"--{flag} measures {users} samples; {cfg.data!r} is evaluated as --task "
+    for flag, given, uses in (("--judge", cfg.judge, lambda task: task.uses_judge),
+                              ("--embedder", cfg.embedder, lambda task: task.uses_embedder)):
+        if given and not uses(TASKS[eval_set.task]):
+            users = " or ".join(name for name, task in TASKS.items() if uses(task))
+            raise PowerflowError(f"{flag} measures {users} samples; {cfg.data!r} is evaluated as --task "
                                  f"{eval_set.task}")
-    too_few = too_few_samples(eval_set.task, cfg.k, "-k")
-    if too_few:
-        raise PowerflowError(f"{cfg.data!r} is evaluated as --task {too_few}")
+    if why := too_few_samples(eval_set.task, cfg.k, "-k"):
+        raise PowerflowError(f"{cfg.data!r} is evaluated as --task {eval_set.task}, which {why}")
     return out, eval_set, tokenizer
 
 

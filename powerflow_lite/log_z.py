@@ -130,10 +130,12 @@ class LogPartition:
 
     def before_update(self, batch: ScoredBatch, group_size: int) -> Before:
         """Start the head on the first finite batch; with --log-z batch or hybrid, re-centre it on the estimates."""
+        starting = self.objective.uses_log_z and not self.initialized and self.z_init == "batch"
+        estimating = self.objective.uses_log_z and group_size >= 2
         start_loss, stats = (without_log_z(self.objective, batch.old_logps, self._inputs(batch))
-                             if self.objective.uses_log_z else (None, None))
+                             if starting or estimating else (None, None))  # one objective call serves both
         estimates = (batch_log_z_estimate(self.objective, batch.old_logps, self._inputs(batch), stats)[::group_size]
-                     if self.objective.uses_log_z and group_size >= 2 else None)  # [B]
+                     if estimating else None)  # [B]
         bias, initialized = self.head.output.bias.detach().clone(), self.initialized
         if self.objective.uses_log_z and not self.initialized:
             if self.z_init == "batch":

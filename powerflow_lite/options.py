@@ -224,28 +224,42 @@ def ordered_fields(cls) -> list[dataclasses.Field]:
                                          fields.index(f)))
 
 
+def as_dict(config) -> dict:
+    """The config's values in reading order (OUT/config.yaml, the config eval records in summary.json)."""
+    return {f.name: getattr(config, f.name) for f in ordered_fields(type(config))}
+
+
 # --- checks
 
 
 def check_fields(config) -> None:
-    """Every field's own contract, from its metadata: a finite number, in its range, one of its choices."""
-    for f in dataclasses.fields(config):
+    """Every field's own contract, from its metadata, in the reading order of --help: first that every number is
+    finite, then the signs (> 0, >= 0), the lengths, the choices, and last the intervals such as (0, 1]."""
+    fields = ordered_fields(type(config))
+    for f in fields:
         value = getattr(config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise PowerflowError(f"{flag_name(f.name)} must be a finite number, got {value}")
-        if f.metadata.get("check"):
-            test, says = RANGES[f.metadata["check"]]
-            if not test(value):
-                raise PowerflowError(f"{flag_name(f.name)} {says}, got {value}")
-        if f.metadata.get("choices") and value not in f.metadata["choices"]:
-            raise PowerflowError(f"{flag_name(f.name)} {value!r} is not one of {', '.join(f.metadata['choices'])}")
+    _check_ranges(config, [f for f in fields if f.metadata.get("check") in (">0", ">=0")])
     if getattr(config, "seed", 0) >= 2**64:  # torch.manual_seed's limit
         raise PowerflowError(f"--seed must be < 2**64, got {config.seed}")
+    if getattr(config, "min_new_tokens", 0) > getattr(config, "max_new_tokens", math.inf):
+        raise PowerflowError("--min-new-tokens cannot exceed --max-new-tokens")
+    for f in fields:
+        if f.metadata.get("choices") and getattr(config, f.name) not in f.metadata["choices"]:
+            raise PowerflowError(f"{flag_name(f.name)} {getattr(config, f.name)!r} is not one of "
+                                 f"{', '.join(f.metadata['choices'])}")
+    _check_ranges(config, [f for f in fields if f.metadata.get("check") not in (None, ">0", ">=0")])
+
+
+def _check_ranges(config, fields: list[dataclasses.Field]) -> None:
+    for f in fields:
+        test, says = RANGES[f.metadata["check"]]
+        if not test(getattr(config, f.name)):
+            raise PowerflowError(f"{flag_name(f.name)} {says}, got {getattr(config, f.name)}")
 
 
 def check_sampling(config: SamplingOptions) -> None:
-    """What the sampling options must satisfy together."""
-    if config.min_new_tokens > config.max_new_tokens:
-        raise PowerflowError("--min-new-tokens cannot exceed --max-new-tokens")
-    if unsupported(config.sampler, config.top_p):
-        raise PowerflowError(unsupported(config.sampler, config.top_p))
+    """What the sampling options must satisfy together beyond their own ranges: a sampler that can sample so."""
+    if why := unsupported(config.sampler, config.top_p):
+        raise PowerflowError(why)

@@ -65,7 +65,7 @@ def metrics_row(run: Run, step: int, batch: ScoredBatch, update: Update, replaye
     cfg, ranks, G = run.cfg, run.ranks, run.cfg.samples_per_prompt
     mask, before = batch.mask, update.log_z_before
     tokens = mask.sum(-1)  # [N]
-    per_row = ranks.concat({  # the step's rows (under a launcher, every process's in rank order)
+    per_row = ranks.concat_columns({  # the step's rows (under a launcher, every process's in rank order)
         "lengths": tokens.tolist(),
         "truncated": batch.rollouts.truncated.float().tolist(),
         "format_ok": (batch.formats >= 0).float().tolist(),
@@ -180,7 +180,8 @@ def save(run: Run, done: int) -> Path:
         ckpt.prune_checkpoints(run.out, run.cfg.keep_checkpoints)
         return path
 
-    return run.ranks.main_writes(write) or run.out / f"checkpoint-{done}"
+    run.ranks.main_writes(write)
+    return run.out / f"checkpoint-{done}"
 
 
 def example(run: Run, step: int, taken: StepRollout) -> dict | None:

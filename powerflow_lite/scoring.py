@@ -175,18 +175,18 @@ def _score(run: Run, rollouts: Rollouts, notes: list[str], base: bool = True) ->
     again in smaller batches."""
 
     def attempt(size: int):
-        old = rollouts.sampled_logps  # the static sampler returns it; HF generate does not
+        old = rollouts.sampled_logps  # a sampler that returns log-probs (Sampler.returns_logps) hands it over
         if old is None:
             old, _ = score(run.model, rollouts, size, adapter=True)
         if not base:
             return (old,)
-        return (old, behaviour_logps(run.model, rollouts, old, size), *score(run.model, rollouts, size, adapter=False))
+        return (old, score_behaviour(run.model, rollouts, old, size), *score(run.model, rollouts, size, adapter=False))
 
     return halve_on_oom(attempt, run.micro_batch, len(rollouts), 1, "while scoring",
                         "lower --max-new-tokens (scoring holds one micro-batch's logits)", notes)
 
 
-def behaviour_logps(model, rollouts: Rollouts, old: Tensor, size: int) -> Tensor:
+def score_behaviour(model, rollouts: Rollouts, old: Tensor, size: int) -> Tensor:
     """[N, L] log-probs of the distribution each row was drawn from: from the sampler when it returns them, else
     `old` (temperature 1) with the rows sampled at another temperature scored at theirs."""
     if rollouts.behaviour_logps is not None:

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 from . import record, rollout
 from .scoring import score_step
-from .setup import Run
+from .setup import Run, setup  # noqa: F401 - setup is re-exported: from powerflow_lite.train import setup, train
 from .update import update_policy
 
 

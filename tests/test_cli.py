@@ -164,7 +164,7 @@ def test_every_config_field_is_a_documented_flag(capsys):
 @pytest.mark.parametrize("command, cls", [("train", TrainConfig), ("sample", SampleConfig), ("eval", EvalConfig),
                                           ("merge-adapter", MergeConfig), ("bench", BenchConfig)])
 def test_help_shows_each_option_in_its_panel_basics_first(command, cls, capsys):
-    # --help at 80 columns: panels in config.PANELS order after the basics ("Options"), each flag whole (not cut
+    # --help at 80 columns: panels in options.PANELS order after the basics ("Options"), each flag whole (not cut
     # to fit) in the panel its field names
     assert main([command, "--help"]) == 0
     text = capsys.readouterr().out

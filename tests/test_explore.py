@@ -12,7 +12,7 @@ from powerflow_lite.model import load_base_model, load_tokenizer
 from powerflow_lite.samplers.hf import sample
 from powerflow_lite.samplers.rollouts import Rollouts, SamplingSettings
 from powerflow_lite.samplers.static import sample_static
-from powerflow_lite.scoring import behaviour_logps, score
+from powerflow_lite.scoring import score, score_behaviour
 from powerflow_lite.setup import setup
 from powerflow_lite.tiny import write_tiny_model
 from powerflow_lite.train import train
@@ -56,7 +56,7 @@ def test_hf_rows_are_scored_at_the_temperature_they_were_drawn_at(peaky):
     assert all(p.behaviour_logps is None and p.sampled_logps is None for p in parts)  # generate returns neither
     rollouts = Rollouts.concat(parts, tokenizer.pad_token_id, torch.arange(8))
     old, _ = score(model, rollouts, 8)
-    behaviour = behaviour_logps(model, rollouts, old, 3)
+    behaviour = score_behaviour(model, rollouts, old, 3)
     assert torch.equal(behaviour[:4], old[:4])  # temperature 1: the policy's own log-probs
     torch.testing.assert_close(behaviour[4:], score(model, rollouts.select(slice(4, 8)), 8, temperature=0.5)[0])
     assert not torch.allclose(behaviour[4:], old[4:])

@@ -57,7 +57,7 @@ def resolve_sampler(name: str, device: torch.device, top_p: float = 1.0) -> tupl
         without = " and ".join(other for other, sampler in SAMPLERS.items() if not sampler.top_p)
         name = next(other for other, sampler in SAMPLERS.items() if sampler.top_p)
         return name, f"auto: {SAMPLERS[name].title}, since --top-p < 1 (the {without} sampler has no nucleus sampling)"
-    name = next((other for other, sampler in SAMPLERS.items() if device.type in sampler.auto_on), "hf")
+    name = next((other for other, sampler in SAMPLERS.items() if device.type in sampler.auto_on), next(iter(SAMPLERS)))
     return name, f"auto: {SAMPLERS[name].auto_why}"
 
 

@@ -39,12 +39,12 @@ def resolve_task(name: str, rows: list[dict]) -> str:
 
 
 def too_few_samples(name: str, k: int, flag: str) -> str | None:
-    """Why `k` samples per prompt are too few for task `name` ("creative measures diversity across a prompt's
-    samples: needs -k >= 2"), or None; `auto` is checked once it is resolved."""
+    """Why `k` samples per prompt are too few for task `name`, to follow its name ("measures diversity across a
+    prompt's samples: needs -k >= 2"), or None; `auto` is checked once it is resolved."""
     task = TASKS.get(name)
     if task is None or k >= task.min_k:
         return None
-    return f"{name} measures {task.min_k_why}: needs {flag} >= {task.min_k}"
+    return f"measures {task.min_k_why}: needs {flag} >= {task.min_k}"
 
 
 __all__ = ["COMMON_METRICS", "COMMON_ROWS", "EVAL_METRICS", "Measures", "PAIRED", "TASKS", "TASK_HELP", "Task",

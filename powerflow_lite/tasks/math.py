@@ -32,6 +32,7 @@ from .task import Measures, Row, Task, percent
 BARE_EXPRESSION = re.compile(r"(?=.*\d)[\w\s.,+\-*/^()\[\]{}=\\!%']*")
 # A completion that ends by stating a number: "... = 7", "... equals 7.", "... is 81." (and nothing after it).
 FINAL_STATEMENT = re.compile(r"(?:=|\bequals|\bis)\s*\$?(-?\d+(?:\.\d+)?)\$?\s*[.!]?\s*$")
+UNREADABLE = "math-verify cannot read the reference answer"
 MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."  # the paper's
 INSTALL_HINT = "pip install math-verify (or pip install 'powerflow-lite[eval]')"
 
@@ -118,7 +119,7 @@ def grade_math(completion: str, reference: str, ended: bool = True) -> Grade:
     """`ended`: the completion stopped on its own (EOS), so a number at its very end is a final statement."""
     gold = parse_answer(reference, reference=True)
     if not gold:
-        raise PowerflowError(f"math-verify cannot read the reference answer {reference!r}")
+        raise PowerflowError(f"{UNREADABLE} {reference!r}")
     prediction = parse_answer(completion, ended=ended)
     answer = str(prediction[-1]) if prediction else None  # math-verify returns [sympy value, source text]
     return Grade(same_answer(gold, prediction), answer, has_boxed(completion), tuple(prediction))
@@ -212,7 +213,7 @@ MATH = Task(
     summarize=summarize,
     applies=lambda rows: any(row.get("answer") for row in rows),
     needs_answers=True,
-    readable_answer=lambda answer: bool(parse_answer(answer, reference=True)),
+    unreadable=lambda answer: None if parse_answer(answer, reference=True) else UNREADABLE,
     min_k=1,
     min_k_why="",
     system_prompt=MATH_SYSTEM_PROMPT,

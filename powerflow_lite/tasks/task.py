@@ -31,7 +31,8 @@ class Task:
     # measures) -> the task's figures, with a `<key>_per_prompt` list for each key in `paired`; may grade records
     applies: Callable[[list[dict]], bool]  # --task auto takes the first task whose check passes on the data's rows
     needs_answers: bool  # rows need a reference answer (those without are skipped and counted)
-    readable_answer: Callable[[str], bool] | None  # a reference it can grade against, checked before sampling
+    unreadable: Callable[[str], str | None] | None  # why it cannot grade against a reference answer, said before
+    # the answer ("math-verify cannot read the reference answer"); None: it can. Checked before anything is sampled
     min_k: int  # samples per prompt it needs
     min_k_why: str  # what they are needed for, said when -k is too small
     system_prompt: str  # what --system-prompt auto means for `powerflow eval`
