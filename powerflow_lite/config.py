@@ -31,6 +31,7 @@ from .options import (
     LoraOptions,
     ModelOptions,
     OptimOptions,
+    PowerOptions,
     PromptOptions,
     ReplayOptions,
     RolloutOptions,
@@ -43,6 +44,7 @@ from .options import (
     flag_name,
     option,
 )
+from .samplers import SAMPLERS
 from .tasks import TASK_HELP, TASKS, too_few_samples
 
 # --- one config per command
@@ -75,6 +77,10 @@ class TrainConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, Rol
             raise PowerflowError(f"--seed must be < 2**32, got {self.seed}")
         check_fields(self)
         check_sampling(self)
+        if self.sampler != "auto" and not SAMPLERS[self.sampler].trains:
+            raise PowerflowError(f"--sampler {self.sampler} samples p_base^alpha at inference time (powerflow sample "
+                                 f"and eval); training samples the policy itself: --sampler "
+                                 f"{' or '.join(name for name, sampler in SAMPLERS.items() if sampler.trains)}")
         if bool(self.eval_data) != bool(self.eval_every):
             raise PowerflowError("evaluation during training needs both --eval-data and --eval-every N")
         if why := too_few_samples(self.eval_task, self.eval_k, "--eval-k"):
@@ -127,7 +133,7 @@ class TrainConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, Rol
 
 @dataclass(frozen=True, kw_only=True)
 class SampleConfig(ModelOptions, AdapterOptions, PromptOptions, SourceOptions, FormatOptions, SamplingOptions,
-                   LoadOptions, SeedOptions):
+                   PowerOptions, LoadOptions, SeedOptions):
     prompt: str = option("", "One prompt text (or --prompts).")
     n: int = option(1, "Completions per prompt.", short="-n", check=">0")
     out: str = option("", "Write the completions to this JSONL file (must not exist).")
@@ -180,8 +186,8 @@ class BenchConfig(ModelOptions, LoadOptions, LoraOptions, SeedOptions):
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalConfig(ModelOptions, AdapterOptions, SourceOptions, FormatOptions, SamplingOptions, LoadOptions,
-                 SeedOptions):
+class EvalConfig(ModelOptions, AdapterOptions, SourceOptions, FormatOptions, SamplingOptions, PowerOptions,
+                 LoadOptions, SeedOptions):
     run: str = option("", "A `powerflow train` output directory: its model, adapter and prompt format (config.yaml).")
     data: str = option("", "Problems or prompts: a preset (math500, aime25, amc23, numina-cot), a .jsonl/.json/.csv/"
                            ".parquet file, or a hub dataset.")

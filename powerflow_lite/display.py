@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from .tasks import COMMON_ROWS, TASKS, Row, percent
+from .tasks import COMMON_ROWS, POWER_ROWS, TASKS, Row, percent
 from .train import StepResult
 
 ROWS = [  # (label, how to render the metrics row)
@@ -134,7 +134,8 @@ def eval_rows(summary: dict) -> list[Row]:
     """(label, summary key, format) for the figures this summary has, in reading order: the task's, then every
     task's."""
     some = next(iter(summary["results"].values()))
-    return TASKS[summary["task"]].rows(some, summary["k"]) + COMMON_ROWS
+    cost = [(label, key, render) for label, key, render in POWER_ROWS if key in some]
+    return TASKS[summary["task"]].rows(some, summary["k"]) + COMMON_ROWS + cost
 
 
 def _lookup(result: dict, key: str) -> float:

@@ -174,6 +174,10 @@ def summarize(eval_set: EvalSet, records: list[dict], k: int, measures: Measures
         "base_logp_per_token": sum(r.get("logp_base", r["logp"]) for r in records) / max(tokens, 1),
         "base_logp_per_token_per_prompt": per_prompt_logp,
     }
+    if any("sampled_tokens" in r for r in records):  # a power sampler: its inference cost
+        summary["sampled_tokens_per_answer"] = mean([r.get("sampled_tokens", r["tokens"]) for r in records])
+    if any("ess" in r for r in records):
+        summary["ess_mean"] = mean([r["ess"] for r in records if "ess" in r])
     summary.update(TASKS[eval_set.task].summarize(eval_set.rows, by_prompt, k, measures))
     return summary
 

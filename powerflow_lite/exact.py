@@ -144,6 +144,25 @@ def kl(log_p: Tensor, log_q: Tensor) -> Tensor:
     return terms.sum(-1)
 
 
+def empirical(problem: Problem, completion_ids: Tensor, completion_mask: Tensor) -> Tensor:
+    """The share of sampled completions [n, L'] (padded with the problem's pad id) that are each of the
+    problem's enumerated completions: a distribution [M], to compare a sampler with the targets."""
+    def keys(ids: Tensor, mask: Tensor) -> list[tuple]:
+        padded = torch.nn.functional.pad(ids * mask, (0, problem.completion_ids.shape[1] - ids.shape[1]))
+        return list(zip(map(tuple, padded.cpu().tolist()), mask.sum(-1).tolist()))  # tokens and length
+
+    index = {key: i for i, key in enumerate(keys(problem.completion_ids, problem.completion_mask))}
+    counts = torch.zeros(len(index), dtype=torch.float64)
+    for key in keys(completion_ids, completion_mask):
+        counts[index[key]] += 1
+    return counts / counts.sum()
+
+
+def total_variation(p: Tensor, q: Tensor) -> float:
+    """Half the L1 distance of two distributions over the same completions [M]."""
+    return 0.5 * float((p - q).abs().sum())
+
+
 def expected_length(log_p: Tensor, lengths: Tensor) -> Tensor:
     return (log_p.exp() * lengths).sum(-1)
 

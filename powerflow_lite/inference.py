@@ -73,4 +73,8 @@ def generate_records(model, tokenizer, prompt_ids: list[list[int]], n: int, sett
                           "finish_reason": "length" if rollouts.truncated[row] else "eos", "logp": logps[row]}
                 if base_logps is not None:
                     record["logp_base"] = base_logps[row]
+                if rollouts.sampled_tokens is not None:  # a power sampler: what the answer cost, and its weights' ESS
+                    record["sampled_tokens"] = int(rollouts.sampled_tokens[row])
+                if rollouts.ess is not None:
+                    record["ess"] = float(rollouts.ess[row])
                 yield record

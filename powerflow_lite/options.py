@@ -23,8 +23,8 @@ from .tasks import TASK_HELP, TASKS
 # --help panels, in the order they are shown; an option without one is among the basics, shown first
 PROMPTS, SAMPLING, OBJECTIVE, MODEL = "Prompts", "Sampling", "Objective and format penalty", "Model and LoRA"
 OPTIMISATION, EVALUATION, OUTPUT = "Optimisation", "Evaluation during training", "Output and checkpoints"
-LOG_Z, REPLAY = "log Z' (advanced)", "Replay and exploration (advanced)"
-PANELS = (PROMPTS, SAMPLING, OBJECTIVE, MODEL, OPTIMISATION, EVALUATION, OUTPUT, LOG_Z, REPLAY)
+LOG_Z, REPLAY, POWER = "log Z' (advanced)", "Replay and exploration (advanced)", "Power sampling at inference time"
+PANELS = (PROMPTS, SAMPLING, POWER, OBJECTIVE, MODEL, OPTIMISATION, EVALUATION, OUTPUT, LOG_Z, REPLAY)
 FIRST = ("model", "adapter", "run", "alpha", "prompt", "prompts", "data")  # the basics a user gives first
 
 RANGES = {  # `check`: the test, and what the error says
@@ -100,6 +100,19 @@ class SamplingOptions:
     top_p: float = option(1.0, "Nucleus sampling; the maths assumes 1 (less removes completions from the support).",
                           check="(0, 1]", panel=SAMPLING)
     sampler: str = option("auto", SAMPLER_HELP, choices=("auto", *SAMPLERS), panel=SAMPLING)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PowerOptions:
+    power_alpha: float = option(4.0, "The target of --sampler power-resample and power-mcmc: p_base^alpha, the base "
+                                     "scored with the adapter off.", check=">0", panel=POWER)
+    candidates: int = option(16, "power-resample: proposals drawn per answer (its cost: that many completions).",
+                             check=">0", panel=POWER)
+    proposal_temperature: float = option(0.0, "Temperature of the proposal, the loaded model (0: 1/--power-alpha).",
+                                         check=">=0", panel=POWER)
+    mcmc_steps: int = option(10, "power-mcmc: Metropolis-Hastings steps after each block.", check=">=0", panel=POWER)
+    block_tokens: int = option(0, "power-mcmc: tokens per block (0: --max-new-tokens / 16).", check=">=0",
+                               panel=POWER)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -261,5 +274,5 @@ def _check_ranges(config, fields: list[dataclasses.Field]) -> None:
 
 def check_sampling(config: SamplingOptions) -> None:
     """What the sampling options must satisfy together beyond their own ranges: a sampler that can sample so."""
-    if why := unsupported(config.sampler, config.top_p):
+    if why := unsupported(config.sampler, config.top_p, config.min_new_tokens):
         raise PowerflowError(why)

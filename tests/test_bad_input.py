@@ -54,6 +54,11 @@ OUT_OF_RANGE = {
     "clip_eps": ("-0.1", "1"),  # [0, 1)
     "replay_best": ("-0.1", "1.5"),  # [0, 1]
     "explore_fraction": ("0", "1.5"),  # (0, 1]
+    "power_alpha": ("0", "-1"),
+    "candidates": ("0", "-1"),
+    "proposal_temperature": ("-1",),  # 0: 1 / --power-alpha
+    "mcmc_steps": ("-1",),
+    "block_tokens": ("-1",),  # 0: --max-new-tokens / 16
 }
 BAD_TEXT = {  # a text field's bad value, and what its error must name
     "device": ("tpu", "--device"),

@@ -67,9 +67,9 @@ def test_every_sampler_keeps_the_promises_of_its_flags(name, tiny):
     uniforms = torch.rand(6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(0)
     rollouts = sampler.sample(model, tokenizer, prompts, 3, settings, uniforms=uniforms)
-    if sampler.returns_logps:  # log pi_old and the behaviour log-probs come with the samples, equal to teacher forcing
+    if sampler.returns_logps:  # log pi_old (and for training the behaviour log-probs) come with the samples
         torch.testing.assert_close(rollouts.sampled_logps, score(model, rollouts, 6)[0], rtol=0, atol=1e-4)
-        assert rollouts.behaviour_logps is not None
+        assert rollouts.behaviour_logps is not None or not sampler.trains
     else:
         assert rollouts.sampled_logps is None
     if sampler.seeded_rows:  # row 4 drawn alone from its own numbers: the same completion as in the batch
@@ -90,11 +90,15 @@ def test_every_sampler_keeps_the_promises_of_its_flags(name, tiny):
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
-def test_every_sampler_trains_a_step(name, tiny_model_dir, prompts_file, tmp_path):
-    cfg = TrainConfig(model=str(tiny_model_dir), alpha=2.0, prompts=str(prompts_file), output=str(tmp_path / "out"),
-                      quant="none", max_steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6,
-                      lr=1e-2, warmup_steps=0, show_every=0, sampler=name)
-    run = setup(cfg)
+def test_every_sampler_trains_a_step_or_is_refused(name, tiny_model_dir, prompts_file, tmp_path):
+    settings = dict(model=str(tiny_model_dir), alpha=2.0, prompts=str(prompts_file), output=str(tmp_path / "out"),
+                    quant="none", max_steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-2,
+                    warmup_steps=0, show_every=0, sampler=name)
+    if not SAMPLERS[name].trains:  # a sampler of p_base^alpha at inference time: training samples the policy
+        with pytest.raises(PowerflowError, match=f"--sampler {name}"):
+            TrainConfig(**settings)
+        return
+    run = setup(TrainConfig(**settings))
     assert run.info.sampler == name
     [result] = list(train(run))
     assert result.metrics["grad_norm"] > 0 and torch.isfinite(torch.tensor(result.metrics["loss"]))

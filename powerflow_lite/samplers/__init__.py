@@ -17,7 +17,9 @@ from typing import Callable
 import torch
 
 from .hf import sample as sample_hf
-from .rollouts import Rollouts, SamplingSettings
+from .mcmc import sample_mcmc
+from .resample import sample_resampled
+from .rollouts import PowerSettings, Rollouts, SamplingSettings
 from .static import sample_static
 
 
@@ -31,6 +33,8 @@ class Sampler:
     seeded_rows: bool  # draws row i from the `uniforms` it is given: the same draws in any batch or on any rank
     auto_on: tuple[str, ...]  # device types where --sampler auto picks it
     auto_why: str  # why, shown at the start of a run
+    trains: bool = True  # draws from the policy itself: training may use it
+    power: bool = False  # aims at p_base^alpha at inference time (reads SamplingSettings.power)
 
 
 SAMPLERS: dict[str, Sampler] = {
@@ -42,6 +46,14 @@ SAMPLERS: dict[str, Sampler] = {
                       "it)", top_p=False, returns_logps=True, seeded_rows=True, auto_on=("cpu",),
                       auto_why="the static-cache sampler on the CPU (prompts prefilled once, stopped rows dropped, "
                                "log pi_old returned with the samples)"),
+    "power-resample": Sampler(sample_resampled, "importance resampling towards p_base^alpha",
+                              "p_base^alpha at inference time: --candidates proposals per answer, one kept by weight "
+                              "p_base^alpha / q", top_p=False, returns_logps=True, seeded_rows=False, auto_on=(),
+                              auto_why="", trains=False, power=True),
+    "power-mcmc": Sampler(sample_mcmc, "block-wise Metropolis-Hastings towards p_base^alpha",
+                          "p_base^alpha at inference time by block-wise Metropolis-Hastings (--mcmc-steps per block)",
+                          top_p=False, returns_logps=True, seeded_rows=False, auto_on=(), auto_why="", trains=False,
+                          power=True),
 }
 
 SAMPLER_HELP = ("; ".join(f"{name}: {sampler.help}" for name, sampler in SAMPLERS.items())
@@ -61,12 +73,15 @@ def resolve_sampler(name: str, device: torch.device, top_p: float = 1.0) -> tupl
     return name, f"auto: {SAMPLERS[name].auto_why}"
 
 
-def unsupported(name: str, top_p: float) -> str | None:
+def unsupported(name: str, top_p: float, min_new_tokens: int = 0) -> str | None:
     """Why sampler `name` cannot sample with these settings, or None (`auto` resolves to one that can)."""
     if name != "auto" and top_p != 1.0 and not SAMPLERS[name].top_p:
         other = next(other for other, sampler in SAMPLERS.items() if sampler.top_p)
         return f"--sampler {name} does not implement --top-p < 1: use --sampler {other}"
+    if name != "auto" and min_new_tokens and SAMPLERS[name].power:
+        return (f"--sampler {name} weighs its proposals by their exact log-probs, which --min-new-tokens would change: "
+                "drop --min-new-tokens")
     return None
 
 
-__all__ = ["SAMPLERS", "Rollouts", "Sampler", "SamplingSettings", "resolve_sampler", "unsupported"]
+__all__ = ["SAMPLERS", "PowerSettings", "Rollouts", "Sampler", "SamplingSettings", "resolve_sampler", "unsupported"]

@@ -19,6 +19,20 @@ from ..model import hf_model
 
 
 @dataclass(frozen=True)
+class PowerSettings:
+    """What the power samplers (samplers/resample.py, samplers/mcmc.py) aim at and spend: p_base^alpha."""
+
+    alpha: float = 4.0  # the target p_base(y|q)^alpha
+    candidates: int = 16  # importance resampling: proposals drawn per returned answer
+    proposal_temperature: float = 0.0  # the proposal is the loaded model at this temperature (0: 1/alpha)
+    mcmc_steps: int = 10  # Metropolis-Hastings steps after each block
+    block_tokens: int = 0  # Metropolis-Hastings block length (0: max_new_tokens / 16)
+
+    def temperature(self) -> float:
+        return self.proposal_temperature or 1.0 / self.alpha
+
+
+@dataclass(frozen=True)
 class SamplingSettings:
     max_new_tokens: int
     min_new_tokens: int = 0
@@ -26,15 +40,18 @@ class SamplingSettings:
     top_p: float = 1.0
     ignore_eos: bool = False  # never stop at EOS: every completion is max_new_tokens long, EOS scored as any token
     stop_ids: tuple[int, ...] = ()  # more ids that end a completion, e.g. the chat template's end of turn
+    power: PowerSettings = PowerSettings()  # read by the power samplers only
 
     @staticmethod
     def from_config(cfg, tokenizer) -> "SamplingSettings":
-        """A command's sampling options (config.SamplingOptions), also stopping at the chat template's end-of-turn
-        token."""
+        """A command's sampling options (config.SamplingOptions, and PowerOptions where the command has them), also
+        stopping at the chat template's end-of-turn token."""
         from ..data import chat_stop_ids
 
+        power = PowerSettings(cfg.power_alpha, cfg.candidates, cfg.proposal_temperature, cfg.mcmc_steps,
+                              cfg.block_tokens) if hasattr(cfg, "power_alpha") else PowerSettings()
         return SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos,
-                                tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
+                                tuple(chat_stop_ids(tokenizer, cfg.chat_template)), power)
 
 
 def per_sample(prompts: list[list[int]], samples_per_prompt: int) -> list[list[int]]:
@@ -64,6 +81,8 @@ class Rollouts:
     temperature: Tensor | None = None  # [N] the temperature each row was sampled at (None: 1)
     behaviour_logps: Tensor | None = None  # [N, L] log-prob of each token under the distribution that drew it,
     # the logits divided by the row's temperature (static only; None: compute it, or sampled_logps at 1)
+    sampled_tokens: Tensor | None = None  # [N] tokens sampled to produce each row (power samplers: every proposal)
+    ess: Tensor | None = None  # [N] effective sample size of the importance weights that chose each row
 
     def temperatures(self) -> Tensor:  # [N]
         return self.temperature if self.temperature is not None else torch.ones(len(self), device=self.device)
@@ -99,12 +118,16 @@ class Rollouts:
             return torch.cat([torch.nn.functional.pad(t, (target - t.shape[1], 0) if left else (0, target - t.shape[1]),
                                                       value=value) for t in tensors])
 
+        def rows(name: str):  # a per-row figure, when every part has it
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else torch.cat(values)
+
         logps = None if parts[0].sampled_logps is None else cat("sampled_logps", 0.0)
         behaviour = None if any(p.behaviour_logps is None for p in parts) else cat("behaviour_logps", 0.0)
         return Rollouts(cat("prompt_ids", pad_id, left=True), cat("prompt_mask", 0, left=True),
                         cat("completion_ids", pad_id), cat("completion_mask", 0), group_ids,
                         torch.cat([p.truncated for p in parts]), logps, torch.cat([p.temperatures() for p in parts]),
-                        behaviour)
+                        behaviour, rows("sampled_tokens"), rows("ess"))
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:

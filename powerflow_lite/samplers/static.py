@@ -51,13 +51,15 @@ def draw(probs: Tensor, u: Tensor | None = None) -> Tensor:
 
 @torch.no_grad()
 def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt: int, settings: SamplingSettings,
-                  greedy: bool = False, compact: bool | None = None, uniforms: Tensor | None = None) -> Rollouts:
+                  greedy: bool = False, compact: bool | None = None, uniforms: Tensor | None = None,
+                  limits: Tensor | None = None) -> Rollouts:
     """G completions per prompt (rows grouped by prompt), with the log-prob of every sampled token at temperature 1.
 
     `compact` (default: on the CPU only) drops stopped rows from the decode batch, see the module docstring.
     `uniforms` [N, max_new_tokens] float64: the uniform number that draws each row's t-th token (default: drawn
     from torch's stream now), so that a row's completion does not depend on the rows sampled beside it
-    (seeds.py: R ranks sample what one process does).
+    (seeds.py: R ranks sample what one process does). `limits` [N]: a length limit of each row's own, at most
+    max_new_tokens (a row that reaches it is cut there, as at max_new_tokens).
     """
     from transformers import StaticCache
 
@@ -75,6 +77,7 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
     L = settings.max_new_tokens
     if uniforms is None:
         uniforms = torch.rand(N, L, dtype=torch.float64, device=device)
+    limits = None if limits is None else limits.to(device)
     stop_ids = stop_token_ids(model, tokenizer, settings)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
     config = hf_model(model).config
@@ -117,6 +120,10 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
                 lengths[batch[hit]] = t + 1
                 stopped[batch[hit]] = True
                 done |= hit
+            if limits is not None:  # rows at a limit of their own: cut there, as at the length limit
+                cut = ~done & (limits[batch] <= t + 1)
+                lengths[batch[cut]] = t + 1
+                done |= cut
             if bool(done.all()) or t + 1 == L:
                 break
             if compact and int(done.sum()) >= max(1, COMPACT_FRACTION * len(batch)):

@@ -29,6 +29,8 @@ EVAL_METRICS: dict[str, str] = {**{key: text for task in TASKS.values() for key,
                                 **COMMON_METRICS}
 COMMON_ROWS: list[Row] = [("base log-prob / token", "base_logp_per_token", fixed(3)),
                           ("mean length (tokens)", "length_mean", fixed(1)), ("truncated", "truncated_frac", percent)]
+POWER_ROWS: list[Row] = [("tokens sampled per answer", "sampled_tokens_per_answer", fixed(1)),  # a power sampler's
+                         ("effective sample size", "ess_mean", fixed(2))]
 PAIRED = (*dict.fromkeys(key for task in TASKS.values() for key in task.paired), "base_logp_per_token")
 TASK_HELP = " or ".join(TASKS) + " measures; auto: the first that fits the data (math when it has reference answers)."
 
@@ -47,5 +49,5 @@ def too_few_samples(name: str, k: int, flag: str) -> str | None:
     return f"measures {task.min_k_why}: needs {flag} >= {task.min_k}"
 
 
-__all__ = ["COMMON_METRICS", "COMMON_ROWS", "EVAL_METRICS", "Measures", "PAIRED", "TASKS", "TASK_HELP", "Task",
-           "resolve_task", "too_few_samples"]
+__all__ = ["COMMON_METRICS", "COMMON_ROWS", "EVAL_METRICS", "Measures", "PAIRED", "POWER_ROWS", "TASKS", "TASK_HELP",
+           "Task", "resolve_task", "too_few_samples"]
