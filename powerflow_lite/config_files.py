@@ -131,6 +131,8 @@ def resolve_eval_config(config_path: str | None, flags: dict) -> EvalConfig:
                                  "(no config.yaml)")
         saved = read_yaml(str(run / "config.yaml"), TrainConfig, flag="--run: the run's config")
         layered = {key: saved[key] for key in RUN_KEYS if key in saved}
+        if "alpha" in saved:  # the run's target: what its faithfulness and the power samplers aim at
+            layered["power_alpha"] = saved["alpha"]
         layered["adapter"] = str(run / "adapter")
         if not (run / "adapter").is_dir() and "adapter" not in explicit:
             checkpoints = sorted(run.glob("checkpoint-*"), key=lambda p: p.stat().st_mtime)

@@ -134,13 +134,14 @@ def eval_rows(summary: dict) -> list[Row]:
     """(label, summary key, format) for the figures this summary has, in reading order: the task's, then every
     task's."""
     some = next(iter(summary["results"].values()))
-    cost = [(label, key, render) for label, key, render in POWER_ROWS if key in some]
+    cost = [(label, key, render) for label, key, render in POWER_ROWS
+            if any(key in result for result in summary["results"].values())]
     return TASKS[summary["task"]].rows(some, summary["k"]) + COMMON_ROWS + cost
 
 
-def _lookup(result: dict, key: str) -> float:
+def _lookup(result: dict, key: str) -> float | None:
     for part in key.split("."):
-        result = result[part]
+        result = result.get(part) if isinstance(result, dict) else None
     return result
 
 
@@ -157,8 +158,10 @@ def eval_table(summary: dict) -> Table:
         table.add_column("change", justify="right")
     for label, key, render in eval_rows(summary):
         values = [_lookup(result, key) for result in results.values()]
-        cells = [render(v) for v in values]
-        if compare:  # a standard error's own change means nothing: leave it blank
+        cells = [render(v) if v is not None else "-" for v in values]
+        if compare and None in values:  # a figure one variant lacks has no change
+            cells.append("")
+        elif compare:  # a standard error's own change means nothing: leave it blank
             paired = summary.get("change", {}).get("pass_at_k" if key == f"pass_at.{summary['k']}" else key)
             # with a paired entry, its mean: the change its ± belongs to (for base log-prob / token, the mean of the
             # per-prompt changes, which differs a little from the change of the token-weighted figures beside it)

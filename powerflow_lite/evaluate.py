@@ -33,6 +33,7 @@ from .inference import generate_records
 from .metrics import mean, stderr
 from .model import context_length, load_base_model, load_policy, load_tokenizer, resolve_device
 from .options import as_dict
+from .samplers import SAMPLERS
 from .samplers.rollouts import SamplingSettings
 from .seeds import EVAL_SEED_OFFSET, seed_eval
 from .tasks import EVAL_METRICS, PAIRED, TASKS, Measures, resolve_task, too_few_samples
@@ -182,6 +183,20 @@ def summarize(eval_set: EvalSet, records: list[dict], k: int, measures: Measures
     return summary
 
 
+def p_alpha_ess(records: list[dict], k: int, alpha: float) -> dict:
+    """How close the sampling model is to p_base^alpha, from its own samples at temperature 1: per prompt the
+    normalised effective sample size of the weights w = p_base(y)^alpha / pi(y) over its k samples,
+    (sum w)^2 / (k sum w^2), 1 when pi is p_alpha up to normalisation, 1/k when one sample takes all the weight.
+    With few samples it is a noisy estimate that overrates a policy whose mismatch its samples miss."""
+    per_prompt = []
+    for first in range(0, len(records), k):
+        group = records[first:first + k]
+        log_w = torch.tensor([alpha * r.get("logp_base", r["logp"]) - r["logp"] for r in group], dtype=torch.float64)
+        w = torch.softmax(log_w, 0)
+        per_prompt.append(float(1.0 / (len(group) * w.square().sum())))
+    return {"p_alpha_ess": mean(per_prompt), "p_alpha_ess_per_prompt": per_prompt, "p_alpha": alpha}
+
+
 def paired_changes(base: dict, adapter: dict, keys: tuple[str, ...] = PAIRED) -> dict:
     """adapter - base of the per-prompt figures, with the standard error of the mean paired difference.
 
@@ -213,6 +228,9 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None, ranks: Ranks = S
     model = load_policy(cfg, device)
     settings = SamplingSettings.from_config(cfg, tokenizer)
     variants = (["base"] if cfg.compare_base else []) + ["adapter" if cfg.adapter else "base"]
+    # samples of the model itself (not p_base^alpha's, nor tempered): they say how close it is to p_base^alpha
+    own_samples = cfg.temperature == 1.0 and cfg.top_p == 1.0 and not (cfg.sampler in SAMPLERS
+                                                                       and SAMPLERS[cfg.sampler].power)
 
     if ranks.main:
         _make_output(out, cfg.overwrite)
@@ -240,6 +258,8 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None, ranks: Ranks = S
             if not ranks.main:
                 continue
             results[variant] = summarize(eval_set, records, cfg.k, measures)
+            if own_samples:
+                results[variant].update(p_alpha_ess(records, cfg.k, cfg.power_alpha))
             for record in records:  # graded by now
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             handle.flush()

@@ -104,8 +104,9 @@ class SamplingOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class PowerOptions:
-    power_alpha: float = option(4.0, "The target of --sampler power-resample and power-mcmc: p_base^alpha, the base "
-                                     "scored with the adapter off.", check=">0", panel=POWER)
+    power_alpha: float = option(4.0, "The target p_base^alpha (the base scored with the adapter off) of --sampler "
+                                     "power-resample and power-mcmc, and of eval's p_alpha ESS (default: the run's "
+                                     "--alpha with --run).", check=">0", panel=POWER)
     candidates: int = option(16, "power-resample: proposals drawn per answer (its cost: that many completions).",
                              check=">0", panel=POWER)
     proposal_temperature: float = option(0.0, "Temperature of the proposal, the loaded model (0: 1/--power-alpha).",

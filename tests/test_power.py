@@ -134,3 +134,32 @@ def test_training_refuses_a_power_sampler(capsys):
     code, _, err = run_cli(capsys, ["train", "--model", "m", "--prompts", "p", "--alpha", "4", "--sampler",
                                     "power-mcmc"])
     assert code == 2 and "training samples the policy itself" in one_error_line(err)
+
+
+def test_p_alpha_ess_by_hand():
+    from powerflow_lite.evaluate import p_alpha_ess
+
+    # one prompt, k = 2, alpha 2: log w = 2 (-1) - (-1) = -1 and 2 (-1) - (-2) = 0, so w = (e^-1, 1) / (1 + e^-1)
+    # = (0.2689, 0.7311) and ESS / k = 1 / (2 (0.2689^2 + 0.7311^2)) = 0.8240
+    records = [{"logp": -1.0, "logp_base": -1.0}, {"logp": -2.0, "logp_base": -1.0}]
+    small = 1 / (1 + math.e)
+    expected = 1 / (2 * (small**2 + (1 - small) ** 2))
+    assert p_alpha_ess(records, 2, 2.0)["p_alpha_ess"] == pytest.approx(expected, abs=1e-12)
+    # the base's own samples (no logp_base: logp is the base's) at alpha 1 are p_alpha itself: ESS / k = 1
+    assert p_alpha_ess([{"logp": -1.0}, {"logp": -3.0}], 2, 1.0)["p_alpha_ess"] == pytest.approx(1.0)
+
+
+def test_eval_of_a_run_reports_p_alpha_ess_at_the_runs_alpha(tiny_model_dir, prompts_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_cli(capsys, ["train", "--model", tiny_model_dir, "--alpha", "3", "--prompts", prompts_file, "--output",
+                            run, "--max-steps", "1", "--max-new-tokens", "4", "--prompts-per-step", "1",
+                            "--samples-per-prompt", "2", "--quant", "none", "--show-every", "0"])[0] == 0
+    out = tmp_path / "eval"
+    code, stdout, err = run_cli(capsys, ["eval", "--run", run, "--data", prompts_file, "--task", "creative", "-k", 2,
+                                         "--compare-base", "--output", out])
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    for variant in ("base", "adapter"):
+        figures = summary["results"][variant]
+        assert figures["p_alpha"] == 3.0 and 0.5 <= figures["p_alpha_ess"] <= 1.0  # k = 2: between 1/k and 1
+    assert "p_alpha_ess" in summary["change"] and "p_alpha ESS" in stdout
