@@ -1,13 +1,16 @@
 """Write the arithmetic prompts and problems shipped in powerflow_lite/data/ (written for this project).
 
-    python examples/make_arithmetic_data.py      # rewrites the four files; the same files on every run
+    python examples/make_arithmetic_data.py      # rewrites the six files; the same files on every run
 
-Questions a small instruct model half knows, in two sets:
+Questions a small instruct model half knows, in three sets:
 
 * `arithmetic_*`: single-digit addition ("What is 3 + 5?") and subtraction with
   a one-digit result ("What is 12 - 7?"); the `powerflow train --demo` task;
 * `word_*`: short word problems that add or take away ("Mia had 9 pencils and
-  gave 3 of them to a friend. ..."), a harder kind for the results script.
+  gave 3 of them to a friend. ..."), a harder kind for the results script;
+* `two_digit_*`: two-digit addition asking for the number alone ("What is 23 + 45?
+  Answer with the number only."), 24 held out (drawn with a generator of its own,
+  so the other sets are the same as before it existed).
 
 Each kind's questions are shuffled with a fixed seed and split: the first 20 of
 each are held out as problems with answers (`*_eval.jsonl`, interleaved by kind
@@ -58,8 +61,19 @@ def split(seed: int = 13) -> dict[str, tuple[list[dict], list[dict]]]:
     return sets
 
 
+def two_digit(seed: int = 17, held_out: int = 24) -> tuple[list[dict], list[dict]]:
+    """Two-digit additions with a two-digit sum: (training prompts, held-out problems)."""
+    items = [(f"What is {a} + {b}? Answer with the number only.", a + b) for a in range(10, 90) for b in range(10, 90)
+             if a + b < 100]
+    rng = random.Random(seed)
+    rng.shuffle(items)
+    problems = [{"problem": q, "answer": str(a), "kind": "two-digit addition"} for q, a in items[:held_out]]
+    prompts = [{"prompt": q, "kind": "two-digit addition"} for q, _ in items[held_out:held_out + 200]]
+    return prompts, problems
+
+
 def main() -> None:
-    for name, (train, held_out) in split().items():
+    for name, (train, held_out) in {**split(), "two_digit": two_digit()}.items():
         for suffix, rows in (("train", train), ("eval", held_out)):
             path = DATA / f"{name}_{suffix}.jsonl"
             path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")

@@ -43,7 +43,7 @@ DEMOS = {
     # policy from drifting to answers that never end within 48 tokens (docs/experiments/README.md)
     "reasoning": dict(COMMON, alpha=4.0, output="runs/demo", prompts="arithmetic_train.jsonl", prompts_per_step=3,
                       eval_data="arithmetic_eval.jsonl", eval_limit=24, max_steps=8, eval_every=8, save_every=8,
-                      lr=1e-3, truncation_penalty=0.5),
+                      lr=1e-3, truncation_penalty=0.5, eval_tempered=True),
     "creative": dict(COMMON, alpha=0.5, output="runs/demo-creative", prompts="creative_train.jsonl",
                      eval_data="creative_eval.jsonl", eval_limit=20, max_steps=8, eval_every=8, save_every=8,
                      lr=1e-3),

@@ -146,6 +146,8 @@ def _lookup(result: dict, key: str) -> float | None:
 
 
 def eval_table(summary: dict) -> Table:
+    """One column per variant (base and adapter, or before and after training, with the base at T = 1/alpha
+    between them under --eval-tempered); then the last one's change from the first (and from the tempered base)."""
     results = summary["results"]
     title = (f"{summary['task']}: {summary['data']}, {summary['prompts']} prompts x {summary['k']} samples"
              f" ({summary['seconds']:.0f} s)")
@@ -153,20 +155,26 @@ def eval_table(summary: dict) -> Table:
     table.add_column("")
     for variant in results:
         table.add_column(variant, justify="right")
-    compare = len(results) == 2 and "change" in summary  # base and adapter, or before and after training
-    if compare:
+    names = list(results)
+    changes = []  # (the figures compared with the last variant's, their paired changes)
+    if len(results) >= 2 and "change" in summary:  # base and adapter, or before and after training
+        changes.append((names[0], summary["change"]))
         table.add_column("change", justify="right")
+    if "change_vs" in summary:
+        changes.append((summary["change_vs"]["name"], summary["change_vs"]["change"]))
+        table.add_column(f"vs {summary['change_vs']['name'].removeprefix('base, ')}", justify="right")
     for label, key, render in eval_rows(summary):
-        values = [_lookup(result, key) for result in results.values()]
-        cells = [render(v) if v is not None else "-" for v in values]
-        if compare and None in values:  # a figure one variant lacks has no change
-            cells.append("")
-        elif compare:  # a standard error's own change means nothing: leave it blank
-            paired = summary.get("change", {}).get("pass_at_k" if key == f"pass_at.{summary['k']}" else key)
+        values = {name: _lookup(result, key) for name, result in results.items()}
+        cells = [render(v) if v is not None else "-" for v in values.values()]
+        for name, paired_changes in changes:
+            if values[name] is None or values[names[-1]] is None or key.endswith("_stderr"):
+                cells.append("")  # a figure one variant lacks, or a standard error's own change: no change
+                continue
+            paired = paired_changes.get("pass_at_k" if key == f"pass_at.{summary['k']}" else key)
             # with a paired entry, its mean: the change its ± belongs to (for base log-prob / token, the mean of the
             # per-prompt changes, which differs a little from the change of the token-weighted figures beside it)
-            delta = paired["mean"] if paired else values[1] - values[0]
-            cells.append("" if key.endswith("_stderr") else _change(delta, render, paired))
+            delta = paired["mean"] if paired else values[names[-1]] - values[name]
+            cells.append(_change(delta, render, paired))
         table.add_row(label, *cells)
     return table
 

@@ -123,7 +123,7 @@ def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: Samp
 EVALS = "evals"  # OUT/evals/step-N.json (+ .samples.jsonl) for every eval during training; before_after.json
 
 
-def write_training_eval(out: Path, step: int, summary: dict, records: list[dict], setting: dict) -> None:
+def write_training_eval(out: Path, step: int | str, summary: dict, records: list[dict], setting: dict) -> None:
     """OUT/evals/step-N.json (the figures, per prompt too, and the `setting` they were measured with: data, k,
     limit, ...) and step-N.samples.jsonl (every graded sample)."""
     from .checkpoint import write_atomically
@@ -157,6 +157,14 @@ def before_after(out: Path, data: str, k: int, after_step: int) -> dict | str:
                "seconds": before["seconds"] + after["seconds"], "steps": after_step,
                "results": {"before": before, f"after step {after_step}": after},
                "change": paired_changes(before, after)}
+    tempered = folder / "step-0-tempered.json"  # --eval-tempered: the free alternative, the base at T = 1/alpha
+    if tempered.is_file():
+        base = json.loads(tempered.read_text())
+        if {**base["setting"], "temperature": 1.0} == {**after["setting"], "temperature": 1.0}:
+            name = f"base, T = {base['setting']['temperature']:.3g}"
+            summary["results"] = {"before": before, name: base, f"after step {after_step}": after}
+            summary["change_vs"] = {"name": name, "change": paired_changes(base, after)}
+            summary["seconds"] += base["seconds"]
     write_atomically(folder / "before_after.json", json.dumps(summary, indent=1) + "\n")
     return summary
 

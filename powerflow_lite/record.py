@@ -128,27 +128,32 @@ def evaluates_after(run: Run, done: int) -> bool:
 
 
 def eval_before_training(run: Run) -> dict:
-    """The eval at step 0, where the curves start: the base model itself (a fresh adapter changes nothing)."""
+    """The eval at step 0, where the curves start: the base model itself (a fresh adapter changes nothing); with
+    --eval-tempered also the base at temperature 1/alpha, for the before/after table (not a metrics row)."""
     row = {"step": 0, **evaluate_policy(run, 0)}
     run.metrics.write(row)
+    if run.cfg.eval_tempered:
+        evaluate_policy(run, 0, temperature=1.0 / run.cfg.alpha)
     return row
 
 
-def evaluate_policy(run: Run, step: int) -> dict:
+def evaluate_policy(run: Run, step: int, temperature: float = 1.0) -> dict:
     """eval_* metrics of the policy now (temperature 1, stopping at EOS, whatever the training sampler does);
-    the figures and samples also go to OUT/evals/step-N.*. At step 0 the adapter is fresh: the policy is the base."""
+    the figures and samples also go to OUT/evals/step-N.* (at another `temperature`, step-N-tempered.*). At step 0
+    the adapter is fresh: the policy is the base."""
     cfg = run.cfg
     rows = cfg.prompts_per_step * cfg.samples_per_prompt  # what sampling a step takes: fits on a GPU
     if run.device.type == "cpu":
         rows = max(rows, CPU_EVAL_ROWS)
-    row, summary, records = training_metrics(run.model, run.tokenizer, run.eval_set, cfg.eval_k,
-                                             SamplingSettings(cfg.max_new_tokens, stop_ids=run.sampling.stop_ids),
-                                             cfg.seed, run.measures, rows, policy_is_base=step == 0, ranks=run.ranks)
+    settings = SamplingSettings(cfg.max_new_tokens, temperature=temperature, stop_ids=run.sampling.stop_ids)
+    row, summary, records = training_metrics(run.model, run.tokenizer, run.eval_set, cfg.eval_k, settings, cfg.seed,
+                                             run.measures, rows, policy_is_base=step == 0, ranks=run.ranks)
     if run.ranks.main:  # rank 0 graded every process's samples
         setting = {"data": cfg.eval_data, "task": run.eval_set.task, "k": cfg.eval_k, "limit": cfg.eval_limit,
                    "max_new_tokens": cfg.max_new_tokens, "chat_template": cfg.chat_template,
                    "system_prompt": cfg.system_prompt}
-        write_training_eval(run.out, step, summary, records, setting)
+        write_training_eval(run.out, f"{step}" if temperature == 1.0 else f"{step}-tempered", summary, records,
+                            {**setting, **({"temperature": temperature} if temperature != 1.0 else {})})
     return row
 
 

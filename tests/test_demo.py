@@ -73,7 +73,10 @@ def digit_model(tmp_path_factory):
                             chat_template=False, alphabet="0123456789", logit_scale=8.0)
 
 
-def test_demo_evaluates_before_and_after_and_prints_what_it_writes(digit_model, tmp_path, capsys):
+def test_demo_evaluates_before_and_after_and_prints_what_it_writes(digit_model, tmp_path, capsys, monkeypatch):
+    from powerflow_lite import cli
+
+    monkeypatch.setattr(cli.console, "width", 200)  # the table's five columns of figures on one line each
     prompts = write_jsonl(tmp_path / "train.jsonl", [{"prompt": p} for p in ("12", "34", "56", "78")])
     problems = write_jsonl(tmp_path / "held_out.jsonl",
                            [{"problem": p, "answer": a} for p, a in (("1", "3"), ("2", "7"), ("5", "5"), ("9", "0"))])
@@ -85,8 +88,9 @@ def test_demo_evaluates_before_and_after_and_prints_what_it_writes(digit_model, 
     assert code == 0, err
     evals = out / "evals"
     before, after = (json.loads((evals / f"step-{s}.json").read_text()) for s in (0, 3))
+    tempered = json.loads((evals / "step-0-tempered.json").read_text())  # the base at temperature 1/alpha = 1/4
     summary = json.loads((evals / "before_after.json").read_text())
-    assert summary["results"] == {"before": before, "after step 3": after}
+    assert summary["results"] == {"before": before, "base, T = 0.25": tempered, "after step 3": after}
     # the rows of metrics.jsonl carry the same figures: step 0 is the base, step 3 the trained adapter
     rows = {row["step"]: row for row in read_metrics(out / "metrics.jsonl")}
     for step, figures in ((0, before), (3, after)):
@@ -103,9 +107,10 @@ def test_demo_evaluates_before_and_after_and_prints_what_it_writes(digit_model, 
     # what is printed is what was written
     row = next(line for line in printed.splitlines() if line.startswith("│ avg@4 "))
     cells = [cell.strip() for cell in row.strip("│").split("│")]
-    assert cells[1:3] == [f"{100 * before['avg_at_k']:.1f}%", f"{100 * after['avg_at_k']:.1f}%"]
-    change = summary["change"]["avg_at_k"]
-    assert cells[3] == f"{100 * change['mean']:+.1f} ± {100 * change['stderr']:.1f} pts"
+    assert cells[1:4] == [f"{100 * figures['avg_at_k']:.1f}%" for figures in (before, tempered, after)]
+    change, against_tempered = summary["change"]["avg_at_k"], summary["change_vs"]["change"]["avg_at_k"]
+    assert cells[4] == f"{100 * change['mean']:+.1f} ± {100 * change['stderr']:.1f} pts"
+    assert cells[5] == f"{100 * against_tempered['mean']:+.1f} ± {100 * against_tempered['stderr']:.1f} pts"
     assert "never in training" in printed
     # the base's figures are shown as soon as they are measured, before step 1
     assert printed.index(f"eval before training: avg@k {before['avg_at_k']:.1%}") < printed.index("step 1/3")

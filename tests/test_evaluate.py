@@ -427,3 +427,25 @@ def test_a_resume_with_other_eval_settings_says_why_there_is_no_before_after(dig
     assert "measured with other settings" in printed and "'k': 3" in printed and "'k': 2" in printed
     summary = json.loads((other / "evals" / "before_after.json").read_text())  # the one from the first invocation
     assert summary["steps"] == 1
+
+
+def test_eval_tempered_puts_the_base_at_temperature_one_over_alpha_in_the_before_after_table(digit_model, tmp_path,
+                                                                                            capsys):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
+    problems = write_jsonl(tmp_path / "problems.jsonl", [{"problem": p, "answer": p[-1]} for p in PROMPTS])
+    out = tmp_path / "run"
+    code, printed, err = run_cli(capsys, train_args(digit_model, prompts, out, "--max-steps", "1", "--eval-data",
+                                                    problems, "--eval-every", "1", "--eval-tempered"))
+    assert code == 0, err
+    folder = out / "evals"
+    tempered = json.loads((folder / "step-0-tempered.json").read_text())
+    assert tempered["setting"]["temperature"] == 0.5  # 1 / alpha 2
+    summary = json.loads((folder / "before_after.json").read_text())
+    assert list(summary["results"]) == ["before", "base, T = 0.5", "after step 1"]
+    # the change from the tempered base: the paired per-problem differences of the two evals' own figures
+    after = summary["results"]["after step 1"]
+    expected = [a - b for a, b in zip(after["avg_at_k_per_prompt"], tempered["avg_at_k_per_prompt"])]
+    assert summary["change_vs"]["change"]["avg_at_k"]["mean"] == pytest.approx(sum(expected) / len(expected))
+    assert "vs T = 0.5" in printed  # a column of the change from the tempered base
+    # and it is no row of metrics.jsonl: the curves have one eval at step 0, the base at temperature 1
+    assert [row["step"] for row in read_metrics(out / "metrics.jsonl") if "eval_avg_at_k" in row] == [0, 1]
