@@ -236,9 +236,10 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None, ranks: Ranks = S
     model = load_policy(cfg, device)
     settings = SamplingSettings.from_config(cfg, tokenizer)
     variants = (["base"] if cfg.compare_base else []) + ["adapter" if cfg.adapter else "base"]
-    # samples of the model itself (not p_base^alpha's, nor tempered): they say how close it is to p_base^alpha
-    own_samples = cfg.temperature == 1.0 and cfg.top_p == 1.0 and not (cfg.sampler in SAMPLERS
-                                                                       and SAMPLERS[cfg.sampler].power)
+    # samples of the model itself (not p_base^alpha's, nor tempered, cut by top-p or kept from EOS): they say how
+    # close it is to p_base^alpha
+    own_samples = (cfg.temperature == 1.0 and cfg.top_p == 1.0 and not cfg.min_new_tokens
+                   and not (cfg.sampler in SAMPLERS and SAMPLERS[cfg.sampler].power))
 
     if ranks.main:
         _make_output(out, cfg.overwrite)

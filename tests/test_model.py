@@ -55,6 +55,23 @@ def test_eval_mode_restores_train_mode_and_adapter_after_an_error(tiny_model_dir
         torch.testing.assert_close(policy(ids).logits, before)
 
 
+def test_adapter_stays_off_until_the_outermost_switch_ends(tiny_model_dir):
+    # a power sampler scores p_base (adapter off) while `powerflow sample --compare-base` samples the base (off):
+    # eval_mode relies on PEFT's disable_adapter restoring the status it found
+    policy = add_lora(load_base_model(str(tiny_model_dir), "none", CPU), r=4)
+    randomise_lora(policy)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        expected = plain(ids).logits
+        with eval_mode(policy, adapter=False):
+            with eval_mode(policy, adapter=False):
+                torch.testing.assert_close(policy(ids).logits, expected)
+            torch.testing.assert_close(policy(ids).logits, expected)  # still the base after the inner switch
+        with eval_mode(policy):
+            assert (policy(ids).logits - expected).abs().max() > 1e-3  # and the adapter on after the outer one
+
+
 def test_nf4_loads_4bit_layers_frozen_and_without_cpu_repacking(tiny_model_dir):
     model = load_base_model(str(tiny_model_dir), "nf4", CPU)
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]

@@ -35,10 +35,15 @@ def test_importance_weights_by_hand():
 
 def test_acceptance_ratio_by_hand():
     # alpha 4; the current suffix has log p_base -3 (-1, -2) and log q -2; the proposed one -1.5 and -1:
-    # log r = 4 (-1.5 - (-3)) + (-2) - (-1) = 6 - 1 = 5
-    assert log_acceptance(4.0, [-1.5], [-1.0, -2.0], [-1.0], [-0.5, -1.5]) == pytest.approx(5.0)
+    # log r = 4 (-1.5 - (-3)) + (-2) - (-1) = 6 - 1 = 5, answers of the same length
+    assert log_acceptance(4.0, [-1.5], [-1.0, -2.0], [-1.0], [-0.5, -1.5], 3, 3) == pytest.approx(5.0)
     # a proposal the target likes less: 4 (-3 - (-1)) + (-1) - (-2) = -7
-    assert log_acceptance(4.0, [-1.0, -2.0], [-1.0], [-0.5, -1.5], [-1.0]) == pytest.approx(-7.0)
+    assert log_acceptance(4.0, [-1.0, -2.0], [-1.0], [-0.5, -1.5], [-1.0], 3, 3) == pytest.approx(-7.0)
+    # the first, restarted at position 1 of a 3-token answer, the proposal ending (EOS) after 1 token: the answer
+    # goes from 3 tokens to 2, and a restart at 1 is chosen with chance 1/2 from it against 1/3 from the
+    # current one, so log r = 5 + log 3 - log 2
+    assert log_acceptance(4.0, [-1.5], [-1.0, -2.0], [-1.0], [-0.5, -1.5], 2, 3) == pytest.approx(
+        5.0 + math.log(3 / 2))
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +80,24 @@ def test_both_samplers_return_p_base_to_the_alpha(toy):
     assert tempered > 0.15 and distance(toy, "static", settings) > 0.4
     assert resampled < 0.07 and chains < 0.07  # at the noise of 3000 draws
     assert resampled < few < tempered  # more proposals per answer, closer
+
+
+def test_metropolis_hastings_with_eos_returns_p_base_to_the_alpha(toy):
+    # With EOS, answers of 1 and 2 tokens: a restart position is drawn from the answer it restarts, so the ratio
+    # carries |y| / |y'|. At alpha 1 the proposal is p_base itself and only that term decides; without it the
+    # chains hold 1-token answers about half as often as p_base does (9% against 17%, TV 0.09).
+    model, tokenizer, prompt, _, _ = toy
+    problem = exact.build_problem(model, [prompt], LENGTH, len(tokenizer), 1.0, stop_ids=(tokenizer.eos_token_id,),
+                                  pad_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    settings = SamplingSettings(LENGTH, power=PowerSettings(1.0, mcmc_steps=10, block_tokens=LENGTH))
+    rollouts = SAMPLERS["power-mcmc"].sample(model, tokenizer, [prompt], 3000, settings)
+    shares = exact.empirical(problem, rollouts.completion_ids, rollouts.completion_mask)
+    target = problem.target_alpha[0].exp()
+    short = problem.lengths == 1
+    assert 0.1 < target[short].sum() < 0.9  # lengths vary
+    assert exact.total_variation(shares, target) < 0.07
+    assert abs(float(shares[short].sum() - target[short].sum())) < 0.03
 
 
 def test_one_candidate_is_plain_sampling_at_the_proposal_temperature(toy):
@@ -163,3 +186,9 @@ def test_eval_of_a_run_reports_p_alpha_ess_at_the_runs_alpha(tiny_model_dir, pro
         figures = summary["results"][variant]
         assert figures["p_alpha"] == 3.0 and 0.5 <= figures["p_alpha_ess"] <= 1.0  # k = 2: between 1/k and 1
     assert "p_alpha_ess" in summary["change"] and "p_alpha ESS" in stdout
+    # samples kept from EOS early are not the model's own: no ESS is reported for them
+    code, stdout, err = run_cli(capsys, ["eval", "--run", run, "--data", prompts_file, "--task", "creative", "-k", 2,
+                                         "--min-new-tokens", 2, "--output", tmp_path / "eval-min"])
+    assert code == 0, err
+    figures = json.loads((tmp_path / "eval-min" / "summary.json").read_text())["results"]["adapter"]
+    assert "p_alpha_ess" not in figures and "p_alpha ESS" not in stdout

@@ -8,8 +8,9 @@ block is first drawn from the proposal q (the loaded model at the proposal
 temperature, default 1/alpha); then, --mcmc-steps times, a position t of the
 answer so far is chosen uniformly, everything after it is drawn again from q
 (up to the end of the block, or EOS), and the new answer y' replaces y with
-probability min(1, p_base(y')^alpha q(y_t: | y_<t) / (p_base(y)^alpha q(y'_t: | y_<t))),
-log-probs summed over the two suffixes, p_base scored with the adapter off. An
+probability min(1, p_base(y')^alpha q(y_t: | y_<t) |y| / (p_base(y)^alpha q(y'_t: | y_<t) |y'|)),
+log-probs summed over the two suffixes, p_base scored with the adapter off; |y| / |y'| is the chance of
+choosing t from y' over from y (they differ when EOS ends one of them early). An
 answer that has ended (EOS) after a block is returned. Its cost, the tokens
 drawn for it, is reported per answer.
 """
@@ -100,16 +101,19 @@ def _propose(model, tokenizer, settings: SamplingSettings, chains: list[_Chain],
                   [end - start for start in starts])
     for chain, start, (tokens, log_q, log_base, log_pi) in zip(chains, starts, drawn):
         chain.cost += len(tokens)
-        log_ratio = log_acceptance(alpha, log_base, chain.log_base[start:], log_q, chain.log_q[start:])
+        log_ratio = log_acceptance(alpha, log_base, chain.log_base[start:], log_q, chain.log_q[start:],
+                                   new_length=start + len(tokens), old_length=len(chain.tokens))
         if math.log(float(torch.rand(()))) < log_ratio:  # log(u) < log r: accepted with probability min(1, r)
             chain.replace_from(start, tokens, log_q, log_base, log_pi)
 
 
 def log_acceptance(alpha: float, new_base: list[float], old_base: list[float], new_q: list[float],
-                   old_q: list[float]) -> float:
-    """log r = alpha (log p_base(new suffix) - log p_base(old suffix)) + log q(old suffix) - log q(new suffix), each
-    the sum of its per-token log-probs given the shared prefix (the acceptance probability is min(1, r))."""
-    return alpha * (sum(new_base) - sum(old_base)) + sum(old_q) - sum(new_q)
+                   old_q: list[float], new_length: int, old_length: int) -> float:
+    """log r = alpha (log p_base(new suffix) - log p_base(old suffix)) + log q(old suffix) - log q(new suffix)
+    + log |old answer| - log |new answer|: each suffix's log-probs summed given the shared prefix, and the
+    restart position drawn uniformly from the answer it restarts (the acceptance probability is min(1, r))."""
+    return (alpha * (sum(new_base) - sum(old_base)) + sum(old_q) - sum(new_q)
+            + math.log(old_length) - math.log(new_length))
 
 
 def _rollouts(chains: list[_Chain], ended: list[bool], pad_id: int, device, prompts: int, G: int) -> Rollouts:
