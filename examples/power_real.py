@@ -1,7 +1,7 @@
 """Is training worth it? PowerFlow on SmolLM2-135M-Instruct against every free way to sample p_base^alpha.
 
-    python examples/power_real.py             # the whole study: about 2 hours on 2 CPU cores, resumable by part
-    python examples/power_real.py --quick     # one seed, 8 single-digit problems, the demo's budget: minutes
+    python examples/power_real.py             # the whole study: about 3 hours on 2 CPU cores, resumable by part
+    python examples/power_real.py --quick     # one seed, 8 single-digit problems, the demo's recipe: minutes
     python examples/power_real.py --report    # re-render the tables and plot from the JSON
 
 Three held-out tasks whose training prompts carry no answers: single-digit arithmetic (the demo's), two-digit
@@ -11,8 +11,9 @@ answers each problem k times at the same eval seed; accuracy is graded with math
 * the base at temperature 1, at 1/alpha, and at each temperature of a small grid (the best is reported);
 * importance resampling towards p_base^4 (`--sampler power-resample`) with N = 4 and 16 proposals per answer;
 * block-wise Metropolis-Hastings towards p_base^4 (`--sampler power-mcmc`) at its defaults;
-* PowerFlow (`powerflow train`, LA-TB) at alpha 4, at the demo's budget and at four times it, one
-  adapter per seed trained on the three tasks' training prompts together.
+* PowerFlow (`powerflow train`, LA-TB) at alpha 4, one adapter per seed: the demo's recipe (8 steps of 3 x 6
+  completions) and four times its steps on the three tasks' training prompts together, and 12 steps of 4 x 8
+  completions at lr 5e-4 on one task's training prompts, for the two arithmetic tasks.
 
 For each: avg@k, pass@k and maj@k with the standard error of the paired per-problem differences from the
 base at temperature 1 (over problems; trained policies averaged over seeds first, their spread over seeds
@@ -51,7 +52,13 @@ TASKS = {  # name: (held-out problems, how many of them, training prompts)
     "two-digit": ("two_digit_eval.jsonl", 24, "two_digit_train.jsonl"),
     "word problems": ("word_eval.jsonl", 20, "word_train.jsonl"),
 }
-SEEDS, ALPHAS, BUDGETS = (0, 1, 2), (4.0,), {"demo": 8, "4x": 32}  # training steps
+SEEDS, ALPHA = (0, 1, 2), 4.0
+RECIPES = {  # row name: (name of its parts, the tasks it trains on together or one by one, settings over the demo's)
+    "PowerFlow alpha 4, demo recipe, three tasks' prompts": ("demo", "together", {}),
+    "PowerFlow alpha 4, 12 steps of 4 x 8, this task's prompts": (
+        "task", ("single-digit", "two-digit"), dict(max_steps=12, prompts_per_step=4, samples_per_prompt=8, lr=5e-4)),
+    "PowerFlow alpha 4, demo recipe x 4 (32 steps), three tasks' prompts": ("4x", "together", dict(max_steps=32)),
+}
 TEMPERATURES = (1.0, 0.7, 0.5, 0.25, 0.1)
 POWER_ALPHA = 4.0
 K, MAX_NEW_TOKENS, EVAL_SEED = 4, 48, 0
@@ -65,7 +72,8 @@ class Study:
         self.work = self.parts / "work"
         self.work.mkdir(parents=True, exist_ok=True)
         self.tasks = {"single-digit": (TASKS["single-digit"][0], 8, TASKS["single-digit"][2])} if quick else TASKS
-        self.seeds, self.budgets = (SEEDS[:1], {"demo": BUDGETS["demo"]}) if quick else (SEEDS, BUDGETS)
+        self.seeds = SEEDS[:1] if quick else SEEDS
+        self.recipes = dict(list(RECIPES.items())[:1]) if quick else RECIPES
 
     def part(self, name: str, compute) -> dict:
         """A finished piece of the study, computed once and kept (the study resumes from its parts)."""
@@ -78,16 +86,16 @@ class Study:
             log(f"{name}: {value['seconds']:.0f} s")
         return json.loads(path.read_text())
 
-    def training_prompts(self) -> Path:
-        path = self.work / "prompts.jsonl"
-        rows = [json.loads(line) for task in self.tasks.values()
-                for line in package_data_path(task[2]).read_text().splitlines() if line.strip()]
+    def training_prompts(self, tasks: tuple[str, ...]) -> Path:
+        path = self.work / f"prompts-{'-'.join(tasks)}.jsonl".replace(" ", "_")
+        rows = [json.loads(line) for task in tasks
+                for line in package_data_path(self.tasks[task][2]).read_text().splitlines() if line.strip()]
         random.Random(0).shuffle(rows)
         path.write_text("".join(json.dumps(row) + "\n" for row in rows))
         return path
 
-    def train(self, alpha: float, budget: str, seed: int) -> dict:
-        name = f"train-alpha{alpha:g}-{budget}-seed{seed}"
+    def train(self, recipe: str, tasks: tuple[str, ...], settings: dict, seed: int) -> dict:
+        name = f"train-alpha{ALPHA:g}-{recipe}-{'-'.join(tasks)}-seed{seed}".replace(" ", "_")
         output = self.work / name
 
         def compute():
@@ -95,9 +103,9 @@ class Study:
             from powerflow_lite.train import train
 
             values = demo.demo_defaults("reasoning", need_model=False)
-            values.update(model=self.model, prompts=str(self.training_prompts()), alpha=alpha, seed=seed,
-                          output=str(output), overwrite=True, max_steps=self.budgets[budget], save_every=0,
-                          eval_data="", eval_every=0, show_every=0)
+            values.update(settings)
+            values.update(model=self.model, prompts=str(self.training_prompts(tasks)), alpha=ALPHA, seed=seed,
+                          output=str(output), overwrite=True, save_every=0, eval_data="", eval_every=0, show_every=0)
             run = setup(TrainConfig(**values))
             rows = [step.metrics for step in train(run)]
             return {"adapter": str(output / "adapter"), "steps": len(rows),
@@ -120,7 +128,7 @@ class Study:
 
     def run(self) -> dict:
         policies: dict[str, dict[str, list[dict]]] = {}  # policy -> task -> one summary per seed
-        training: dict[str, list[dict]] = {}
+        training: dict[str, dict[str, list[dict]]] = {}  # policy -> task -> one training run per seed
         for task in self.tasks:
             for t in TEMPERATURES:
                 policies.setdefault(f"base, temperature {t:g}", {})[task] = [
@@ -130,18 +138,19 @@ class Study:
                     self.evaluate(f"resample-N{n}", task, sampler="power-resample", candidates=n)]
             policies.setdefault("Metropolis-Hastings, defaults", {})[task] = [  # every chain of the task at once
                 self.evaluate("mcmc", task, sampler="power-mcmc", batch_size=256)]
-        for alpha in ALPHAS:
-            for budget in self.budgets:
-                name = f"PowerFlow alpha {alpha:g}, {budget} budget ({self.budgets[budget]} steps)"
-                runs = [self.train(alpha, budget, seed) for seed in self.seeds]
-                training[name] = runs
-                for task in self.tasks:
+        for name, (recipe, trained_on, settings) in self.recipes.items():
+            groups = [tuple(self.tasks)] if trained_on == "together" else [(t,) for t in trained_on if t in self.tasks]
+            for group in groups:
+                runs = [self.train(recipe, group, settings, seed) for seed in self.seeds]
+                for task in group:
+                    training.setdefault(name, {})[task] = runs
                     policies.setdefault(name, {})[task] = [
-                        self.evaluate(f"powerflow-alpha{alpha:g}-{budget}-seed{seed}", task, adapter=r["adapter"])
+                        self.evaluate(f"powerflow-alpha{ALPHA:g}-{recipe}-seed{seed}", task, adapter=r["adapter"])
                         for seed, r in zip(self.seeds, runs)]
         return {"tables": {task: table(policies, training, task) for task in self.tasks},
                 "settings": {"k": K, "max_new_tokens": MAX_NEW_TOKENS, "seeds": list(self.seeds),
-                             "budgets": self.budgets, "temperatures": TEMPERATURES, "power_alpha": POWER_ALPHA,
+                             "recipes": {name: list(r) for name, r in self.recipes.items()},
+                             "temperatures": TEMPERATURES, "power_alpha": POWER_ALPHA,
                              "tasks": {task: self.tasks[task][:2] for task in self.tasks}}}
 
 
@@ -149,6 +158,8 @@ def table(policies: dict, training: dict, task: str) -> dict:
     """Per policy: the seed-averaged figures, paired changes from the base at temperature 1, cost."""
     rows = {}
     for name, by_task in policies.items():
+        if task not in by_task:
+            continue
         summaries = by_task[task]
         row = {"seeds": len(summaries)}
         for key in KEYS:
@@ -160,8 +171,8 @@ def table(policies: dict, training: dict, task: str) -> dict:
         row["p_alpha_ess"] = mean([s["p_alpha_ess"] for s in summaries]) if "p_alpha_ess" in summaries[0] else None
         row["eval_seconds"] = mean([s["seconds"] for s in summaries])
         if name in training:
-            row["training_seconds"] = mean([r["training_seconds"] for r in training[name]])
-            row["training_tokens"] = mean([r["sampled_tokens"] for r in training[name]])
+            row["training_seconds"] = mean([r["training_seconds"] for r in training[name][task]])
+            row["training_tokens"] = mean([r["sampled_tokens"] for r in training[name][task]])
         rows[name] = row
     reference = rows["base, temperature 1"]
     for row in rows.values():
@@ -170,7 +181,7 @@ def table(policies: dict, training: dict, task: str) -> dict:
     best = max(grid, key=lambda name: rows[name]["avg_at_k"])
     for name, row in rows.items():
         if name.startswith("PowerFlow"):
-            alpha = float(name.split()[2].rstrip(","))
+            alpha = float(name.split()[2].rstrip(","))  # "PowerFlow alpha A, ..."
             row["vs base T=1/alpha"] = {key: paired(row[f"{key}_per_problem"],
                                                     rows[f"base, temperature {1 / alpha:g}"][f"{key}_per_problem"])
                                         for key in KEYS}
@@ -188,8 +199,10 @@ def report(result: dict) -> str:
     settings = result["settings"]
     lines = ["# Is training worth it? PowerFlow against sampling p_base^alpha for free", "",
              f"SmolLM2-135M-Instruct on a 2-core CPU, k = {settings['k']} samples per held-out problem, at most "
-             f"{settings['max_new_tokens']} tokens, no system prompt; PowerFlow trained with the demo's recipe on "
-             "the three tasks' training prompts together (no answers), over seeds "
+             f"{settings['max_new_tokens']} tokens, no system prompt; PowerFlow trained on training prompts without "
+             "answers (the demo's recipe of 8 steps of 3 x 6 completions at lr 1e-3, and 32 such steps, on the three "
+             "tasks' prompts together; 12 steps of 4 x 8 completions at lr 5e-4 on one arithmetic task's "
+             "prompts), over seeds "
              f"{', '.join(map(str, settings['seeds']))}. Changes are from the base at temperature 1: the mean of "
              "the paired per-problem differences ± its standard error over problems (trained policies averaged "
              "over seeds first; 'seed sd' is the spread of avg@k over seeds). Tokens per answer count everything "
