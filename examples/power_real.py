@@ -237,11 +237,13 @@ def plot(result: dict, path: Path) -> None:
     if plt is None:
         return
     tables = result["tables"]
+    names = list(dict.fromkeys(name for tab in tables.values() for name in tab["rows"]))
+    colours = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(names)}  # one colour in every panel
     fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4.5), squeeze=False)
     for ax, (task, tab) in zip(axes[0], tables.items()):
         for name, row in tab["rows"].items():
             marker = "o" if name.startswith("base") else "s" if name.startswith(("importance", "Metropolis")) else "*"
-            ax.errorbar(row["tokens_per_answer"], 100 * row["avg_at_k"],
+            ax.errorbar(row["tokens_per_answer"], 100 * row["avg_at_k"], color=colours[name],
                         yerr=100 * row["vs base T=1"]["avg_at_k"]["stderr"], fmt=marker, capsize=2, label=name)
         ax.set_xscale("log")
         ax.set_xlabel("tokens sampled per answer at inference")
