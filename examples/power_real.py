@@ -1,6 +1,6 @@
 """Is training worth it? PowerFlow on SmolLM2-135M-Instruct against every free way to sample p_base^alpha.
 
-    python examples/power_real.py             # the whole study: about 3 hours on 2 CPU cores, resumable by part
+    python examples/power_real.py             # the whole study: about 2.5 hours on 2 CPU cores, resumable by part
     python examples/power_real.py --quick     # one seed, 8 single-digit problems, the demo's recipe: minutes
     python examples/power_real.py --report    # re-render the tables and plot from the JSON
 
