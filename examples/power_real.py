@@ -52,7 +52,7 @@ TASKS = {  # name: (held-out problems, how many of them, training prompts)
     "two-digit": ("two_digit_eval.jsonl", 24, "two_digit_train.jsonl"),
     "word problems": ("word_eval.jsonl", 20, "word_train.jsonl"),
 }
-SEEDS, ALPHA = (0, 1, 2), 4.0
+SEEDS = (0, 1, 2)
 RECIPES = {  # row name: (name of its parts, the tasks it trains on together or one by one, settings over the demo's)
     "PowerFlow alpha 4, demo recipe, three tasks' prompts": ("demo", "together", {}),
     "PowerFlow alpha 4, 12 steps of 4 x 8, this task's prompts": (
@@ -60,7 +60,7 @@ RECIPES = {  # row name: (name of its parts, the tasks it trains on together or 
     "PowerFlow alpha 4, demo recipe x 4 (32 steps), three tasks' prompts": ("4x", "together", dict(max_steps=32)),
 }
 TEMPERATURES = (1.0, 0.7, 0.5, 0.25, 0.1)
-POWER_ALPHA = 4.0
+POWER_ALPHA = 4.0  # the power samplers' target, and the alpha PowerFlow trains at
 K, MAX_NEW_TOKENS, EVAL_SEED = 4, 48, 0
 KEYS = ("avg_at_k", "pass_at_k", "maj_at_k")
 
@@ -95,7 +95,7 @@ class Study:
         return path
 
     def train(self, recipe: str, tasks: tuple[str, ...], settings: dict, seed: int) -> dict:
-        name = f"train-alpha{ALPHA:g}-{recipe}-{'-'.join(tasks)}-seed{seed}".replace(" ", "_")
+        name = f"train-alpha{POWER_ALPHA:g}-{recipe}-{'-'.join(tasks)}-seed{seed}".replace(" ", "_")
         output = self.work / name
 
         def compute():
@@ -104,7 +104,7 @@ class Study:
 
             values = demo.demo_defaults("reasoning", need_model=False)
             values.update(settings)
-            values.update(model=self.model, prompts=str(self.training_prompts(tasks)), alpha=ALPHA, seed=seed,
+            values.update(model=self.model, prompts=str(self.training_prompts(tasks)), alpha=POWER_ALPHA, seed=seed,
                           output=str(output), overwrite=True, save_every=0, eval_data="", eval_every=0, show_every=0)
             run = setup(TrainConfig(**values))
             rows = [step.metrics for step in train(run)]
@@ -145,7 +145,7 @@ class Study:
                 for task in group:
                     training.setdefault(name, {})[task] = runs
                     policies.setdefault(name, {})[task] = [
-                        self.evaluate(f"powerflow-alpha{ALPHA:g}-{recipe}-seed{seed}", task, adapter=r["adapter"])
+                        self.evaluate(f"powerflow-alpha{POWER_ALPHA:g}-{recipe}-seed{seed}", task, adapter=r["adapter"])
                         for seed, r in zip(self.seeds, runs)]
         return {"tables": {task: table(policies, training, task) for task in self.tasks},
                 "settings": {"k": K, "max_new_tokens": MAX_NEW_TOKENS, "seeds": list(self.seeds),
