@@ -1,4 +1,4 @@
-"""The static-cache sampler on a CUDA GPU with NF4 + LoRA (skipped without one; run by examples/gpu_issue5.sh)."""
+"""The static-cache sampler on a CUDA GPU with NF4 + LoRA (skipped without one; run by examples/gpu_checks.sh)."""
 
 from __future__ import annotations
 

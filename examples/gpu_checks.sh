@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 5's GPU checks in one call of the device tool (bitsandbytes travels as a wheel, see README "GPU notes"):
-#   the gpu-marked tests, then `powerflow bench` at the issue's reference sizes, then a training step split.
+# The GPU checks in one run (bitsandbytes travels as a wheel, see README "GPU notes"):
+#   the gpu-marked tests, then `powerflow bench` at the 1.5B and 7B shapes, then a training step split.
 # Run from the repository root with PYTHONPATH=. ; results go to $OUT (or ./gpu-out).
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out"
