@@ -94,8 +94,8 @@ class Study:
         path.write_text("".join(json.dumps(row) + "\n" for row in rows))
         return path
 
-    def train(self, recipe: str, tasks: tuple[str, ...], settings: dict, seed: int) -> dict:
-        name = f"train-alpha{POWER_ALPHA:g}-{recipe}-{'-'.join(tasks)}-seed{seed}".replace(" ", "_")
+    def train(self, recipe: str, tasks: tuple[str, ...], settings: dict, seed: int, alpha: float = POWER_ALPHA) -> dict:
+        name = f"train-alpha{alpha:g}-{recipe}-{'-'.join(tasks)}-seed{seed}".replace(" ", "_")
         output = self.work / name
 
         def compute():
@@ -104,7 +104,7 @@ class Study:
 
             values = demo.demo_defaults("reasoning", need_model=False)
             values.update(settings)
-            values.update(model=self.model, prompts=str(self.training_prompts(tasks)), alpha=POWER_ALPHA, seed=seed,
+            values.update(model=self.model, prompts=str(self.training_prompts(tasks)), alpha=alpha, seed=seed,
                           output=str(output), overwrite=True, save_every=0, eval_data="", eval_every=0, show_every=0)
             run = setup(TrainConfig(**values))
             rows = [step.metrics for step in train(run)]
@@ -114,14 +114,15 @@ class Study:
 
         return self.part(name, compute)
 
-    def evaluate(self, policy: str, task: str, adapter: str = "", **sampling) -> dict:
+    def evaluate(self, policy: str, task: str, adapter: str = "", alpha: float = POWER_ALPHA, **sampling) -> dict:
+        """`alpha`: the target of the power samplers and of the p_alpha ESS."""
         data, limit, _ = self.tasks[task]
 
         def compute():
             output = self.work / "evals" / f"{policy}-{task}".replace(" ", "_")
             cfg = EvalConfig(model=self.model, adapter=adapter, data=str(package_data_path(data)), task="math", k=K,
                              limit=limit, max_new_tokens=MAX_NEW_TOKENS, system_prompt="", seed=EVAL_SEED,
-                             output=str(output), overwrite=True, power_alpha=POWER_ALPHA, **sampling)
+                             output=str(output), overwrite=True, power_alpha=alpha, **sampling)
             return evaluate(cfg)["results"]["adapter" if adapter else "base"]
 
         return self.part(f"eval-{policy}-{task}".replace(" ", "_"), compute)
