@@ -30,10 +30,10 @@ from rich.panel import Panel
 from rich.table import Table
 
 from . import demo as demo_module
-from .config import BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig
+from .config import BenchConfig, EvalConfig, MergeConfig, PreviewConfig, SampleConfig, TrainConfig
 from .config_files import field_type, load_config, resolve_eval_config, resolve_train_config
 from .errors import PowerflowError, Stopped, first_line
-from .options import flag_name, ordered_fields
+from .options import flag_name, number_or_word, ordered_fields
 from .tasks import TASKS
 
 # --help shows the options in panels (options.PANELS), basics first; help texts are escaped, not rich markup.
@@ -74,11 +74,12 @@ def with_config_flags(cls, extra: list[inspect.Parameter] = ()) -> Callable:
     --help panel."""
 
     switches = [f.name for f in dataclasses.fields(cls) if field_type(cls, f.name) is bool]
+    worded = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("words")}  # a number, or e.g. auto
 
     def decorate(function: Callable) -> Callable:
         params = list(extra)
         for f in ordered_fields(cls):
-            kind = field_type(cls, f.name)
+            kind = str if f.name in worded else field_type(cls, f.name)
             decls = [flag_name(f.name)] + ([f.metadata["short"]] if f.metadata.get("short") else [])
             help_text = f.metadata["help"]
             if f.metadata.get("choices"):
@@ -103,6 +104,8 @@ def with_config_flags(cls, extra: list[inspect.Parameter] = ()) -> Callable:
                     if kwargs[name]:
                         raise PowerflowError(f"{flag_name(name)} and {_off(name)} contradict each other: give one")
                     kwargs[name] = False
+            for name, f in worded.items():
+                kwargs[name] = number_or_word(f, kwargs[name])
             return function(**kwargs)
 
         command.__signature__ = inspect.Signature(params)
@@ -163,7 +166,7 @@ def _train(cfg: TrainConfig, run) -> None:
     from .faults import StopSignals
     from .train import train as train_steps
 
-    info, outcome = run.info, run.outcome
+    info, outcome, cfg = run.info, run.outcome, run.cfg  # run.cfg: what `auto` became
     resumed = f", resuming from {run.resumed_from} (step {run.start_step})" if run.resumed_from else ""
     if info.started_over:
         resumed = ", starting over: no checkpoint had been written"
@@ -173,6 +176,14 @@ def _train(cfg: TrainConfig, run) -> None:
                   + (f", {info.processes} processes (data parallel)" if info.processes > 1 else ""), markup=False)
     console.print(f"  quant {info.quant}: {info.quant_why}", markup=False)
     console.print(f"  sampler {info.sampler}: {info.sampler_why}", markup=False)
+    if info.alpha_choice:
+        from .display import preview_table
+        from .preview import ALPHA_PREVIEW, MIN_ESS
+
+        choice = info.alpha_choice
+        console.print(preview_table(choice["table"], MIN_ESS))
+        console.print(f"  alpha auto: {choice['alpha']:g}, the {choice['rule']} ({choice['why']}); table in "
+                      f"{run.out / ALPHA_PREVIEW}", markup=False)
     with StopSignals() as stop:
         last = show_training(train_steps(run, stop.requested), console, run.start_step, cfg.max_steps)
     if (stop.requested() or outcome.stopped) and (last is None or last.step < cfg.max_steps):
@@ -272,6 +283,52 @@ def eval_command(config: str | None = None, **flags) -> None:
         console.print(f"skipped {summary['skipped_without_answer']} rows without a reference answer", markup=False)
     out = cfg.output.rstrip("/")
     console.print(f"every sample with its grade: {out}/{SAMPLES}; figures: {out}/{SUMMARY}", markup=False)
+
+
+@app.command(help="Before training: what p_base^alpha would be like for each alpha (length, agreement on a final "
+                  "answer, accuracy with reference answers, diversity), estimated from the base model's own samples.")
+@with_config_flags(PreviewConfig, extra=[CONFIG_FILE])
+def preview(config: str | None = None, **flags) -> None:
+    from .display import preview_table
+    from .preview import MIN_ESS, choose_alpha, write_preview
+    from .preview import preview as run_preview
+
+    cfg = load_config(PreviewConfig, config, flags)
+    table = run_preview(cfg)
+    console.print(preview_table(table, MIN_ESS))
+    for line in preview_notes(table):
+        console.print(line, markup=False)
+    for written in write_preview(table, cfg.json, cfg.plot):
+        console.print(f"wrote {written}", markup=False)
+    if table["task"] == "math" and any(float(a) > 1 for a in table["alphas"]):
+        try:
+            choice = choose_alpha(table)
+            console.print(f"--alpha auto would choose {choice['alpha']:g}: the {choice['rule']} ({choice['why']})",
+                          markup=False)
+        except PowerflowError as why:
+            console.print(f"--alpha auto would not choose: {why}", markup=False)
+
+
+def preview_notes(table: dict) -> list[str]:
+    """How to read the preview table, and two samples of p_alpha per alpha (for the first prompt)."""
+    from .preview import MIN_ESS
+
+    first = next(iter(table["alphas"].values()))
+    lines = [f"ESS: how many of the {table['candidates']} samples per prompt an alpha's estimates rest on (mean, and "
+             "the lowest prompt's)" + (f"; * below {MIN_ESS:g}: about one sample's, not to be trusted (raise "
+                                        "--candidates)" if any(row["ess"] < MIN_ESS for row in table["alphas"].values())
+                                        else "")
+             + "; length in tokens; cut: share stopped by --max-new-tokens; logp/token: base log-prob per token"]
+    if "modal_share" in first:
+        lines.append("modal answer: the weight p_alpha puts on the most common final answer (label-free: how much "
+                     "it agrees with itself)" + ("; avg@1 and maj@k: graded against the reference answers"
+                                                if table["with_answers"] else ""))
+    lines.append("samples of p_alpha (first prompt):")
+    for alpha, row in table["alphas"].items():
+        for text in row["examples"]:
+            flat = " ".join(text.split())
+            lines.append(f"  alpha {alpha}: {flat[:100] + ('...' if len(flat) > 100 else '')!r}")
+    return lines
 
 
 @app.command(help="Draw a run's training curves (and eval metrics) from OUT/metrics.jsonl into a PNG.")

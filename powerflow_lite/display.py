@@ -206,3 +206,31 @@ def eval_progress(console: Console):
 
     with progress:
         yield update
+
+
+PREVIEW_COLUMNS = [  # (header, key, render): the preview table's columns, when the preview has the figure
+    ("ESS", "ess", lambda v: f"{v:.1f}"), ("min ESS", "ess_min", lambda v: f"{v:.1f}"),
+    ("length", "length_mean", lambda v: f"{v:.1f}"), ("cut", "truncated_frac", lambda v: f"{v:.0%}"),
+    ("logp/token", "base_logp_per_token", lambda v: f"{v:.3f}"), ("answered", "answered_share", lambda v: f"{v:.0%}"),
+    ("modal", "modal_share", lambda v: f"{v:.1%}"), ("avg@1", "avg_at_1", lambda v: f"{v:.1%}"),
+    ("maj@k", "maj_at_k", lambda v: f"{v:.1%}"), ("diversity", "diversity", lambda v: f"{v:.1f}"),
+]
+
+
+def preview_table(table: dict, min_ess: float) -> Table:
+    """One row per alpha: what p_alpha would be like, estimated from the base's samples (* : an alpha whose
+    estimates rest on fewer than `min_ess` samples per prompt)."""
+    rows = table["alphas"]
+    first = next(iter(rows.values()))
+    title = (f"p_base^alpha, previewed: {table['prompts']} prompts x {table['candidates']} base samples at "
+             f"temperatures {', '.join(f'{t:g}' for t in table['temperatures'])} ({table['seconds']:.0f} s)")
+    out = Table(title=title, title_justify="left")
+    out.add_column("alpha", justify="right")
+    columns = [(header.replace("@k", f"@{table['k']}"), key, render) for header, key, render in PREVIEW_COLUMNS
+               if key in first]
+    for header, _, _ in columns:
+        out.add_column(header, justify="right")
+    for alpha, row in rows.items():
+        cells = [render(row[key]) if row[key] == row[key] else "-" for _, key, render in columns]  # NaN: "-"
+        out.add_row(alpha + (" *" if row["ess"] < min_ess else ""), *cells)
+    return out

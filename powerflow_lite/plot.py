@@ -159,3 +159,33 @@ def _title(directory: Path) -> str:
     if not isinstance(saved, dict):
         return str(directory)
     return f"{directory}: {saved.get('model', '?')}, alpha={saved.get('alpha', '?')}, {saved.get('objective', '?')}"
+
+
+def plot_preview(table: dict, path: str) -> None:
+    """`powerflow preview --plot`: its estimates against alpha, one panel per kind of figure."""
+    plt = pyplot()
+    if plt is None:
+        raise PowerflowError("--plot needs matplotlib: pip install 'powerflow-lite[plot]'")
+    alphas = [float(a) for a in table["alphas"]]
+    rows = list(table["alphas"].values())
+    panels = [("agreement and accuracy", ("modal_share", "answered_share", "avg_at_1", "maj_at_k"), 100.0, "%"),
+              ("length", ("length_mean",), 1.0, "tokens"), ("truncated", ("truncated_frac",), 100.0, "%"),
+              ("base log-prob / token", ("base_logp_per_token",), 1.0, "nats"),
+              ("semantic diversity", ("diversity",), 1.0, "0-100"), ("effective sample size", ("ess", "ess_min"), 1.0,
+                                                                   f"of {table['candidates']}")]
+    panels = [panel for panel in panels if any(key in rows[0] for key in panel[1])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+    for ax, (title, keys, scale, unit) in zip(axes[0], panels):
+        for key in keys:
+            if key in rows[0]:
+                ax.plot(alphas, [scale * row[key] for row in rows], marker="o", label=key)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("alpha")
+        ax.set_ylabel(unit)
+        ax.set_title(title, fontsize=9)
+        if len(keys) > 1:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    with open(path, "xb") as handle:  # a file that appeared since the check is never overwritten
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
