@@ -34,6 +34,8 @@ def field_type(cls, name: str) -> type:
 
 def _coerce(cls, name: str, value, source: str, key: str | None = None):
     kind = field_type(cls, name)
+    if value in cls.__dataclass_fields__[name].metadata.get("words", ()):  # alpha: auto
+        return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is float and isinstance(value, str):  # YAML 1.1 reads 5e-5 (no dot) as a string
@@ -116,6 +118,13 @@ def resolve_train_config(config_path: str | None, flags: dict, demo: str | None 
             for name in ("resume", "resume_from", "overwrite"):
                 restored.pop(name, None)
             layered.update(restored)
+            if explicit.get("alpha") == "auto":  # the choice the run made when it started, not a new preview
+                from .preview import ALPHA_PREVIEW
+
+                if not (saved.parent / ALPHA_PREVIEW).is_file():
+                    raise PowerflowError(f"--alpha auto: {saved.parent} was started at alpha {restored.get('alpha')}, "
+                                         "not chosen by --alpha auto; resume without --alpha")
+                explicit["alpha"] = restored["alpha"]
     return TrainConfig(**{**layered, **explicit})
 
 

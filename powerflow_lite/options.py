@@ -37,10 +37,22 @@ RANGES = {  # `check`: the test, and what the error says
 
 
 def option(default, help: str, choices: tuple[str, ...] | None = None, short: str | None = None,
-           check: str | None = None, panel: str | None = None):
-    """A config field with its CLI help text, allowed values, short flag, range and --help panel."""
+           check: str | None = None, panel: str | None = None, words: tuple[str, ...] = ()):
+    """A config field with its CLI help text, allowed values, short flag, range and --help panel; `words`: what a
+    number field also accepts in place of a number (--alpha auto)."""
     return field(default=default, metadata={"help": help, "choices": choices, "short": short, "check": check,
-                                            "panel": panel})
+                                            "panel": panel, "words": words})
+
+
+def number_or_word(f: dataclasses.Field, value):
+    """A flag's text -> the float it names, or one of the field's `words` as it is."""
+    if value is None or value in f.metadata.get("words", ()):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise PowerflowError(f"{flag_name(f.name)} takes a number or {' or '.join(f.metadata['words'])}, "
+                             f"got {value!r}") from None
 
 
 def flag_name(name: str) -> str:
@@ -271,6 +283,8 @@ def check_fields(config) -> None:
 
 def _check_ranges(config, fields: list[dataclasses.Field]) -> None:
     for f in fields:
+        if getattr(config, f.name) in f.metadata.get("words", ()):
+            continue
         test, says = RANGES[f.metadata["check"]]
         if not test(getattr(config, f.name)):
             raise PowerflowError(f"{flag_name(f.name)} {says}, got {getattr(config, f.name)}")

@@ -9,6 +9,7 @@ until every input has passed: only then may --overwrite remove a previous run.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +37,7 @@ from .model import (
     trainable_parameters,
 )
 from .objectives import OBJECTIVES, Objective
+from .preview import ALPHA_PREVIEW
 from .replay import ReplayBuffer
 from .rewards import FormatPenalty, load_format_penalty
 from .samplers import SamplingSettings, resolve_sampler
@@ -56,6 +58,7 @@ class RunInfo:
     prompts: int
     started_over: bool  # --resume found no checkpoint: the run starts at step 0
     processes: int  # under a launcher, how many train together
+    alpha_choice: dict | None = None  # --alpha auto: the preview table, the alpha chosen and why (preview.py)
 
 
 @dataclass
@@ -158,6 +161,8 @@ def setup(cfg: TrainConfig, ranks: Ranks = SINGLE) -> Run:
         # The saved config describes the run, not how this invocation started it: never `overwrite: true`.
         ckpt.write_atomically(out / "config.yaml",
                               to_yaml(replace(cfg, resume=False, resume_from="", overwrite=False)))
+        if run.info.alpha_choice:  # --alpha auto: the choice config.yaml holds, and the preview it came from
+            ckpt.write_atomically(out / ALPHA_PREVIEW, json.dumps(run.info.alpha_choice, indent=1) + "\n")
     ranks.barrier()
     return run
 
@@ -167,6 +172,9 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
     resuming = cfg.resume or bool(cfg.resume_from)
     if ranks.active:
         _check_ranks(cfg, ranks)
+    if cfg.alpha == "auto" and ranks.active:
+        raise PowerflowError("--alpha auto runs in one process: run `powerflow preview` on the training prompts "
+                             "first and launch with the alpha it says auto would choose")
     out = ckpt.check_output_dir(cfg.output, resume=resuming, overwrite=cfg.overwrite)
     resume_path = ckpt.resume_checkpoint(out, cfg.resume_from) if resuming else None  # None: start at step 0
     rows = load_prompts(cfg.prompts, cfg.prompt_field, cfg.split)
@@ -183,8 +191,12 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
                                 cfg.max_new_tokens, context_length(cfg.model, cfg.trust_remote_code), cfg.prompts,
                                 rows.lines)
 
-    torch.manual_seed(cfg.seed)  # LoRA and head initialisation
     base = load_base_model(cfg.model, cfg.quant, device, cfg.trust_remote_code)
+    alpha_choice = None
+    if cfg.alpha == "auto":  # the preview of p_alpha on the training prompts, with the base alone
+        alpha_choice = choose_alpha_for_training(base, tokenizer, prompt_ids, cfg)
+        cfg = replace(cfg, alpha=alpha_choice["alpha"])
+    torch.manual_seed(cfg.seed)  # LoRA and head initialisation
     model = add_lora(base, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
                      cfg.gradient_checkpointing)
     head = LogZHead(base.config.get_text_config().hidden_size, cfg.z_hidden).to(device)
@@ -225,8 +237,25 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
         ckpt.check_free_space(out, _disk_needed(cfg, run.start_step, sum(p.numel() for p in lora_params), len(rows),
                                                 head.hidden_size) - freed)
     run.info = RunInfo(str(device), cfg.quant, quant_why, cfg.sampler, sampler_why, sum(p.numel() for p in lora_params),
-                       parameter_count(model), len(rows), resuming and resume_path is None, ranks.world)
+                       parameter_count(model), len(rows), resuming and resume_path is None, ranks.world,
+                       alpha_choice)
     return run
+
+
+def choose_alpha_for_training(base, tokenizer, prompt_ids: list[list[int]], cfg: TrainConfig) -> dict:
+    """--alpha auto: `powerflow preview` on (a seeded sample of) the training prompts and its label-free rule.
+    -> {"alpha", "rule", "why", "table"}"""
+    import random
+
+    from .preview import AUTO_ALPHAS, AUTO_CANDIDATES, AUTO_PROMPTS, AUTO_TEMPERATURES, choose_alpha, preview_model
+
+    chosen = sorted(random.Random(cfg.seed).sample(range(len(prompt_ids)), min(AUTO_PROMPTS, len(prompt_ids))))
+    settings = SamplingSettings(cfg.max_new_tokens, ignore_eos=cfg.ignore_eos,
+                                stop_ids=SamplingSettings.from_config(cfg, tokenizer).stop_ids)
+    table = preview_model(base, tokenizer, [prompt_ids[i] for i in chosen], AUTO_ALPHAS, AUTO_CANDIDATES,
+                          AUTO_TEMPERATURES, settings, seed=cfg.seed, task="math",
+                          meta={"model": cfg.model, "prompts": cfg.prompts, "prompt_rows": chosen})
+    return {**choose_alpha(table), "table": table}
 
 
 def _check_ranks(cfg: TrainConfig, ranks: Ranks) -> None:
