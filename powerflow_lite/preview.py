@@ -37,9 +37,10 @@ from .samplers.static import sample_static
 
 ALPHA_PREVIEW = "alpha_preview.json"  # in a training run's OUT: --alpha auto's preview table, choice and rule
 ROWS_PER_CALL = 256  # completions sampled together
+SCORE_ROWS = 64  # completions scored together
 MAJORITY_DRAWS = 1000  # k-sample draws per prompt that estimate maj@k
 AUTO_ALPHAS = (1.0, 1.5, 2.0, 4.0, 8.0)  # the grid --alpha auto previews (1: the base, for reference)
-AUTO_PROMPTS, AUTO_CANDIDATES, AUTO_TEMPERATURES = 24, 32, (1.0, 0.5, 0.25)  # and on what: a few minutes on a CPU
+AUTO_PROMPTS, AUTO_CANDIDATES = 24, 32  # and on what: a few minutes on a CPU for a 135M model
 AUTO_TOLERANCE = 0.02  # the modal share within this of the best counts as having stopped rising
 MIN_ESS = 2.0  # an alpha whose mean effective sample size is below this rests on one sample per prompt
 
@@ -63,6 +64,12 @@ def mixture_log_q(log_q_each: Tensor, counts: list[int]) -> Tensor:
     return torch.logsumexp(log_q_each.double() + log_shares, dim=0)
 
 
+def matched_temperatures(alphas: tuple[float, ...]) -> tuple[float, ...]:
+    """The proposal temperatures `auto`: 1 (the base itself) and 1/alpha for each alpha, which matches p_alpha
+    token by token, so that every alpha of the grid has proposals near it."""
+    return tuple(sorted({1.0, *(round(1.0 / alpha, 4) for alpha in alphas)}, reverse=True))
+
+
 def split_counts(candidates: int, temperatures: tuple[float, ...]) -> list[int]:
     """N completions shared out over the temperatures as evenly as possible, the first ones taking the rest."""
     base, rest = divmod(candidates, len(temperatures))
@@ -74,7 +81,7 @@ def draw_samples(model, tokenizer, prompt_ids: list[list[int]], candidates: int,
                  settings: SamplingSettings) -> Samples:
     """N completions per prompt, n_m at each temperature T_m, each scored at every temperature (the base model:
     a plain model, or a PEFT one with its adapter off)."""
-    from .scoring import score
+    from .scoring import score_temperatures
 
     counts = split_counts(candidates, temperatures)
     scored_at = list(dict.fromkeys((*temperatures, 1.0)))  # the mixture's temperatures, and 1: p_base itself
@@ -86,8 +93,8 @@ def draw_samples(model, tokenizer, prompt_ids: list[list[int]], candidates: int,
                                      SamplingSettings(settings.max_new_tokens, temperature=temperature,
                                                       ignore_eos=settings.ignore_eos, stop_ids=settings.stop_ids))
             mask = rollouts.completion_mask
-            log_q_each = torch.stack([(score(model, rollouts, 64, adapter=False, temperature=t)[0] * mask).sum(-1)
-                                      for t in scored_at], dim=-1).double().cpu()  # [R, M (+1)]
+            log_q_each = (score_temperatures(model, rollouts, SCORE_ROWS, tuple(scored_at)).sum(-1)
+                          .T.double().cpu())  # [R, M (+1)]
             texts = tokenizer.batch_decode(rollouts.completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id),
                                            skip_special_tokens=True)
             for row in range(len(rollouts)):
@@ -270,7 +277,8 @@ def preview(cfg, progress=None) -> dict:
     settings = SamplingSettings(cfg.max_new_tokens, stop_ids=tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
     return preview_model(model, tokenizer, prompt_ids, cfg.alpha_grid, cfg.candidates, cfg.temperature_grid,
                          settings, seed=cfg.seed, references=references, task=cfg.task, k=cfg.k,
-                         embedder=lambda: _embedder(cfg.embedder, device, required=cfg.task == "creative"), meta={"model": cfg.model, "prompts": cfg.prompts, "quant": quant})
+                         embedder=lambda: _embedder(cfg.embedder, device, required=cfg.task == "creative"),
+                         meta={"model": cfg.model, "prompts_file": cfg.prompts, "quant": quant})
 
 
 def preview_model(model, tokenizer, prompt_ids: list[list[int]], alphas: tuple[float, ...], candidates: int,

@@ -49,12 +49,7 @@ def completion_logprobs(model, rollouts: Rollouts, chunk_positions: int | None =
     the logits divided by it (what a sampler at that temperature drew from).
     """
     decoder, lm_head, config = _hf_parts(model)
-    key = torch.cat([rollouts.prompt_ids, rollouts.prompt_mask], dim=1)  # [N, 2P]: a prompt and its padding
-    distinct, inverse = torch.unique(key, dim=0, return_inverse=True)  # [U, 2P], [N]
-    if len(distinct) < len(rollouts) and _keeps_a_cache(decoder):
-        predicting, prompt_states, prompt_mask = _decode_shared(decoder, rollouts, distinct, inverse)
-    else:
-        predicting, prompt_states, prompt_mask = _decode(decoder, rollouts)
+    predicting, prompt_states, prompt_mask, inverse = _states(decoder, rollouts)
     # features: the masked mean of the final hidden states over each prompt, always detached
     prompt_states = prompt_states.detach().float().masked_fill(~prompt_mask, 0.0)  # [M, P, H]
     features = prompt_states.sum(1) / prompt_mask.sum(1).clamp(min=1)  # [M, H]
@@ -66,6 +61,16 @@ def completion_logprobs(model, rollouts: Rollouts, chunk_positions: int | None =
                                     chunk_positions, temperature)  # [T]
     logps = torch.zeros(mask.shape, dtype=torch.float32, device=predicting.device)
     return logps.masked_scatter(mask, token_logps), features
+
+
+def _states(decoder, rollouts: Rollouts) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The decoder's states before each completion token [N, L, H], the prompt states and mask ([N or U, P, H],
+    [N or U, P, 1]) and which of them each row has [N]: each distinct prompt decoded once when it can be."""
+    key = torch.cat([rollouts.prompt_ids, rollouts.prompt_mask], dim=1)  # [N, 2P]: a prompt and its padding
+    distinct, inverse = torch.unique(key, dim=0, return_inverse=True)  # [U, 2P], [N]
+    if len(distinct) < len(rollouts) and _keeps_a_cache(decoder):
+        return (*_decode_shared(decoder, rollouts, distinct, inverse), inverse)
+    return (*_decode(decoder, rollouts), torch.arange(len(rollouts), device=rollouts.device))
 
 
 def _decode(decoder, rollouts: Rollouts) -> tuple[Tensor, Tensor, Tensor]:
@@ -121,6 +126,14 @@ def _chunked_logprobs(hidden: Tensor, targets: Tensor, lm_head, config, chunk_po
 
 
 def _logprob_chunk(hidden: Tensor, targets: Tensor, lm_head, config, temperature: float = 1.0) -> Tensor:
+    logits = _logits(hidden, lm_head, config)  # [C, V]
+    if temperature != 1.0:
+        logits = logits / temperature
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def _logits(hidden: Tensor, lm_head, config) -> Tensor:
+    """The model's float32 logits [C, V] of states [C, H], with its own final scalings."""
     logits = lm_head(hidden).float()  # [C, V]
     softcap = getattr(config, "final_logit_softcapping", None)
     if softcap:  # Gemma 2/3
@@ -131,9 +144,34 @@ def _logprob_chunk(hidden: Tensor, targets: Tensor, lm_head, config, temperature
     multiplier = getattr(config, "logit_scale", None)
     if multiplier:  # Cohere
         logits = logits * multiplier
-    if temperature != 1.0:
-        logits = logits / temperature
-    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+    return logits
+
+
+@torch.no_grad()
+def score_temperatures(model, rollouts: Rollouts, batch_size: int, temperatures: tuple[float, ...],
+                       adapter: bool = False) -> Tensor:
+    """[M, N, L] log-probs of every completion token at each of M temperatures (0 on padding), from one decoder
+    pass per batch: the logits of a chunk of positions are divided by each temperature in turn."""
+    decoder, lm_head, config = _hf_parts(model)
+    budget = LOGITS_BUDGET.get(rollouts.device.type, LOGITS_BUDGET["cuda"])
+    parts = []
+    with eval_mode(model, adapter=adapter):
+        for start in range(0, len(rollouts), batch_size):
+            batch = rollouts.select(slice(start, start + batch_size))
+            mask = batch.completion_mask.bool()  # [n, L]
+            predicting = _states(decoder, batch)[0]
+            hidden, targets = predicting[mask], batch.completion_ids[mask]  # [T, H], [T]
+            chunk = max(1, budget // lm_head.weight.shape[0])
+            columns = []
+            for first in range(0, len(hidden), chunk):
+                logits = _logits(hidden[first:first + chunk], lm_head, config)  # [C, V]
+                chosen = logits.gather(-1, targets[first:first + chunk, None]).squeeze(-1)  # [C]
+                columns.append(torch.stack([chosen / t - (logits / t).logsumexp(-1) for t in temperatures]))
+            token_logps = torch.cat(columns, dim=1) if columns else hidden.new_zeros(len(temperatures), 0)
+            out = torch.zeros((len(temperatures), *mask.shape), dtype=torch.float32, device=mask.device)
+            out[:, mask] = token_logps.float()
+            parts.append(out)
+    return torch.cat(parts, dim=1)
 
 
 @torch.no_grad()

@@ -247,14 +247,14 @@ def choose_alpha_for_training(base, tokenizer, prompt_ids: list[list[int]], cfg:
     -> {"alpha", "rule", "why", "table"}"""
     import random
 
-    from .preview import AUTO_ALPHAS, AUTO_CANDIDATES, AUTO_PROMPTS, AUTO_TEMPERATURES, choose_alpha, preview_model
+    from .preview import AUTO_ALPHAS, AUTO_CANDIDATES, AUTO_PROMPTS, choose_alpha, matched_temperatures, preview_model
 
     chosen = sorted(random.Random(cfg.seed).sample(range(len(prompt_ids)), min(AUTO_PROMPTS, len(prompt_ids))))
     settings = SamplingSettings(cfg.max_new_tokens, ignore_eos=cfg.ignore_eos,
                                 stop_ids=SamplingSettings.from_config(cfg, tokenizer).stop_ids)
     table = preview_model(base, tokenizer, [prompt_ids[i] for i in chosen], AUTO_ALPHAS, AUTO_CANDIDATES,
-                          AUTO_TEMPERATURES, settings, seed=cfg.seed, task="math",
-                          meta={"model": cfg.model, "prompts": cfg.prompts, "prompt_rows": chosen})
+                          matched_temperatures(AUTO_ALPHAS), settings, seed=cfg.seed, task="math",
+                          meta={"model": cfg.model, "prompts_file": cfg.prompts, "prompt_rows": chosen})
     return {**choose_alpha(table), "table": table}
 
 

@@ -220,3 +220,15 @@ def test_alpha_auto_on_a_fixed_alpha_run_or_with_junk_is_refused(tiny_model_dir,
     code, _, err = run_cli(capsys, [*base, "--alpha", "four", "--output", tmp_path / "new"])
     assert code == 2 and "--alpha takes a number or auto" in one_error_line(err)
     assert not (tmp_path / "new").exists()
+
+
+def test_preview_demo_previews_the_demo_problems_with_their_answers(tiny_model_dir, tmp_path, capsys):
+    """--demo fills in the reasoning demo's held-out problems (with answers), its length and k; flags still win
+    (a tiny model here: the demo's own SmolLM2 takes minutes)."""
+    out = tmp_path / "demo.json"
+    code, stdout, err = run_cli(capsys, ["preview", "--demo", "--model", tiny_model_dir, "--limit", "2", "-n", "4",
+                                         "--alphas", "1,4", "--max-new-tokens", "4", "--json", out])
+    assert code == 0, err
+    table = json.loads(out.read_text())
+    assert table["prompts"] == 2 and table["with_answers"] and table["k"] == 4  # the demo's k, flags' limit
+    assert table["prompts_file"].endswith("arithmetic_eval.jsonl") and "demo: SmolLM2-135M-Instruct" in stdout

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from powerflow_lite.config import BenchConfig, EvalConfig, MergeConfig, SampleConfig, TrainConfig
+from powerflow_lite.config import BenchConfig, EvalConfig, MergeConfig, PreviewConfig, SampleConfig, TrainConfig
 from powerflow_lite.metrics import METRICS
 from powerflow_lite.options import flag_name
 from powerflow_lite.presets import PRESETS
@@ -27,8 +27,8 @@ def test_quick_start_is_two_commands_and_ci_runs_the_second():
 
 
 def test_every_documented_flag_exists():
-    flags = {flag_name(f.name) for cls in (TrainConfig, SampleConfig, MergeConfig, EvalConfig, BenchConfig)
-             for f in cls.__dataclass_fields__.values()}
+    commands = (TrainConfig, SampleConfig, MergeConfig, EvalConfig, BenchConfig, PreviewConfig)
+    flags = {flag_name(f.name) for cls in commands for f in cls.__dataclass_fields__.values()}
     flags |= {"--no" + flag[1:] for flag in flags}  # every on/off option has a --no- form
     flags |= {"--config", "--demo", "--demo-creative", "--json", "--help", "--no-deps", "--out"}  # --out: plot's too
     flags |= {"--nproc-per-node", "--num-processes", "--multi-gpu"}  # torchrun's and accelerate launch's

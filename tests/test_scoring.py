@@ -5,7 +5,7 @@ import torch
 
 from powerflow_lite.model import add_lora, eval_mode, load_base_model
 from powerflow_lite.samplers.rollouts import Rollouts
-from powerflow_lite.scoring import completion_logprobs, score
+from powerflow_lite.scoring import completion_logprobs, score, score_temperatures
 
 
 @pytest.fixture
@@ -171,3 +171,14 @@ def test_checkpointed_layers_under_grad_do_not_share_the_prompt(tiny_model_dir):
         assert _keeps_a_cache(decoder)  # no backward to replay: the cache is used
     model.eval()
     assert _keeps_a_cache(decoder)
+
+
+def test_one_pass_at_several_temperatures_equals_one_pass_each(policy):
+    """score_temperatures (the preview's: one decoder pass, the logits divided by each temperature) against
+    score at each temperature, adapter off, shared prompts included."""
+    for rollouts in (ragged_rollouts(), grouped_rollouts()):
+        together = score_temperatures(policy, rollouts, 2, (1.0, 0.5, 2.0))  # [3, N, L]
+        for found, temperature in zip(together, (1.0, 0.5, 2.0)):
+            torch.testing.assert_close(found, score(policy, rollouts, 2, adapter=False, temperature=temperature)[0],
+                                       atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(together[0], together[1])  # the temperatures do differ
