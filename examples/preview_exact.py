@@ -7,7 +7,8 @@ A tiny random Qwen2 over 8 tokens (the digits 0-4, EOS and two other special tok
 most 3 tokens, so every completion can be listed and p_alpha computed exactly: once stopping at EOS (lengths
 differ; at alpha >= 2 p_alpha puts most of its weight on the empty answer) and once at fixed length (EOS ignored;
 every completion is a number, so the modal-answer share is the figure to watch). The preview's own sampling and
-weighting (`powerflow_lite.preview`: N completions per prompt from the mixture of temperatures 1, 1/2, 1/4)
+weighting (`powerflow_lite.preview`: N completions per prompt from its default mixture, temperatures 1 and
+1/alpha for each alpha)
 estimates, for each alpha, the mean length, the share cut at the limit, the base log-prob per token and the
 weight on the most common answer (completions read as numbers by math-verify, "012" and "12" one answer). The
 table gives the absolute error of each against the exact value, the mean over SEEDS independent previews
@@ -29,14 +30,14 @@ import torch
 from powerflow_lite import exact
 from powerflow_lite.metrics import mean, std
 from powerflow_lite.model import load_base_model, load_tokenizer
-from powerflow_lite.preview import cluster_answers, draw_samples, estimates
+from powerflow_lite.preview import cluster_answers, draw_samples, estimates, matched_temperatures
 from powerflow_lite.samplers.rollouts import SamplingSettings, eos_token_ids
 from powerflow_lite.tasks.math import parse_answer
 from powerflow_lite.tiny import write_tiny_model
 
 ALPHAS = (0.5, 1.0, 2.0, 4.0, 8.0)
 CANDIDATES = (4, 8, 16, 32, 64, 128, 256)
-TEMPERATURES = (1.0, 0.5, 0.25)
+TEMPERATURES = matched_temperatures(ALPHAS)  # the preview's default: 2, 1, 1/2, 1/4, 1/8
 SEEDS = range(10)
 PROMPTS = ("012", "340", "1", "4321")
 MAX_NEW_TOKENS, ALPHABET, LOGIT_SCALE = 3, "01234", 4.0
@@ -113,7 +114,8 @@ def report(result: dict) -> str:
              f"{MAX_NEW_TOKENS} tokens, every completion enumerated. Each error cell is the absolute error of the "
              "preview's estimate against the exact value under p_alpha: the mean over "
              f"{result['seeds']} independent previews ± the standard deviation over them; ESS is the mean effective "
-             "sample size per prompt. N completions per prompt from the mixture of temperatures 1, 1/2 and 1/4. "
+             "sample size per prompt. N completions per prompt from the mixture of temperatures "
+             f"{', '.join(f'{t:g}' for t in result['temperatures'])} (the preview's default: 1 and 1/alpha). "
              "Command: `python examples/preview_exact.py`.", ""]
     for regime, found in result["regimes"].items():
         title = "stopping at EOS" if regime == "eos" else "fixed length (EOS ignored)"
