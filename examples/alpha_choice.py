@@ -2,6 +2,7 @@
 
     python examples/alpha_choice.py              # the whole study: about 2 hours on 2 CPU cores, resumable by part
     python examples/alpha_choice.py --sweep      # only the training sweep (no preview)
+    python examples/alpha_choice.py --previews   # only the previews and auto's choices (beside a --sweep)
     python examples/alpha_choice.py --report     # re-render the tables from the JSON
 
 On the two arithmetic tasks of examples/power_real.py (SmolLM2-135M-Instruct, CPU), PowerFlow is trained at
@@ -93,9 +94,8 @@ def auto_choice(study: Study, task: str, seed: int) -> dict:
     choice = run.info.alpha_choice
     first = next(iter(train(run))).metrics
     fixed = study.work / f"train-alpha{choice['alpha']:g}-{recipe}-{task}-seed{seed}".replace(" ", "_")
-    fixed_first = json.loads((fixed / "metrics.jsonl").read_text().splitlines()[0])
     return {"alpha": choice["alpha"], "rule": choice["rule"], "why": choice["why"], "table": choice["table"],
-            "first_loss": first["loss"], "fixed_first_loss": fixed_first["loss"]}
+            "first_loss": first["loss"], "fixed_run": str(fixed)}
 
 
 def tables(swept: dict, previewed: dict) -> dict:
@@ -129,7 +129,7 @@ def auto_row(choices: list[dict], by_alpha: dict, best: dict) -> dict:
     seed), averaged over seeds per problem, and paired with the best fixed alpha."""
     evals = [by_alpha[f"{c['alpha']:g}"]["evals"][i] for i, c in enumerate(choices)]
     row = {"alphas": [c["alpha"] for c in choices], "why": [c["why"] for c in choices],
-           "rule": choices[0]["rule"], "same_first_loss": all(c["first_loss"] == c["fixed_first_loss"]
+           "rule": choices[0]["rule"], "same_first_loss": all(c["first_loss"] == first_loss(c["fixed_run"])
                                                               for c in choices),
            "training_modal_share": [{a: r["modal_share"] for a, r in c["table"]["alphas"].items()} for c in choices],
            "training_ess": [{a: r["ess"] for a, r in c["table"]["alphas"].items()} for c in choices],
@@ -186,6 +186,10 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def first_loss(run: str) -> float:
+    return json.loads((Path(run) / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+
+
 def pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
@@ -199,6 +203,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--model", default="", help="model directory (default: the demo's SmolLM2, converted once)")
     parser.add_argument("--sweep", action="store_true", help="only the training sweep")
+    parser.add_argument("--previews", action="store_true", help="only the previews and --alpha auto's choices")
     parser.add_argument("--report", action="store_true", help="re-render from the JSON")
     args = parser.parse_args()
     out = Path(args.out)
@@ -206,6 +211,9 @@ def main() -> None:
         result = json.loads((out / "alpha_choice.json").read_text())
     else:
         study = Study(out, args.model or str(demo.demo_model_dir()), quick=False)
+        if args.previews:  # alone, e.g. beside a running --sweep
+            previews(study)
+            return
         swept = sweep(study)
         previewed = {} if args.sweep else previews(study)
         result = {"tables": tables(swept, previewed), "alphas": ALPHAS, "preview": PREVIEW}

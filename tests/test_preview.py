@@ -232,3 +232,20 @@ def test_preview_demo_previews_the_demo_problems_with_their_answers(tiny_model_d
     table = json.loads(out.read_text())
     assert table["prompts"] == 2 and table["with_answers"] and table["k"] == 4  # the demo's k, flags' limit
     assert table["prompts_file"].endswith("arithmetic_eval.jsonl") and "demo: SmolLM2-135M-Instruct" in stdout
+
+
+def test_preview_of_creative_prompts_reports_diversity_and_no_answers(tiny_model_dir, prompts_file, tmp_path, capsys):
+    from test_task_creative import write_tiny_embedder
+
+    embedder = write_tiny_embedder(tmp_path / "embedder")
+    out = tmp_path / "creative.json"
+    code, stdout, err = run_cli(capsys, ["preview", "--model", tiny_model_dir, "--prompts", prompts_file, "--task",
+                                         "creative", "--embedder", embedder, "--alphas", "0.5,1,2", "-n", "6",
+                                         "--max-new-tokens", "6", "--json", out])
+    assert code == 0, err
+    table = json.loads(out.read_text())
+    assert table["task"] == "creative" and not table["with_answers"]
+    for row in table["alphas"].values():
+        assert "modal_share" not in row and "avg_at_1" not in row
+        assert 0.0 <= row["diversity"] <= 200.0  # 100 (1 - cosine): 0 for copies, 100 for orthogonal texts
+    assert "diversity" in stdout and "--alpha auto would" not in stdout  # auto chooses for answers only
