@@ -41,7 +41,7 @@ SCORE_ROWS = 64  # completions scored together
 MAJORITY_DRAWS = 1000  # k-sample draws per prompt that estimate maj@k
 AUTO_ALPHAS = (1.0, 1.5, 2.0, 4.0, 8.0)  # the grid --alpha auto previews (1: the base, for reference)
 AUTO_PROMPTS, AUTO_CANDIDATES = 24, 32  # and on what: a few minutes on a CPU for a 135M model
-AUTO_TOLERANCE = 0.02  # the modal share within this of the best counts as having stopped rising
+AUTO_GAIN = 0.05  # --alpha auto stops where a doubling of alpha adds less modal-answer share than this
 MIN_ESS = 2.0  # an alpha whose mean effective sample size is below this rests on one sample per prompt
 
 
@@ -222,11 +222,12 @@ def estimates(samples: Samples, alpha: float, clusters: Tensor | None = None, co
     return figures
 
 
-def choose_alpha(table: dict, tolerance: float = AUTO_TOLERANCE, min_ess: float = MIN_ESS) -> dict:
+def choose_alpha(table: dict, per_doubling: float = AUTO_GAIN, min_ess: float = MIN_ESS) -> dict:
     """--alpha auto's label-free rule: among the sharpening alphas (> 1) whose estimates rest on at least
-    `min_ess` samples per prompt, the smallest whose modal-answer share is within `tolerance` of the highest
-    of them: the point beyond which sharpening no longer makes p_alpha agree with itself more.
-    -> {"alpha", "why"}; raises PowerflowError when the rule cannot apply."""
+    `min_ess` samples per prompt, the smallest beyond which the modal-answer share stops rising: where going on
+    to the next of them gains less than `per_doubling` of modal share per doubling of alpha (the largest, if it
+    rises all the way). Sharpening helps while it makes p_alpha agree with itself; past that point it mostly
+    narrows and shortens. -> {"alpha", "rule", "why"}; raises PowerflowError when the rule cannot apply."""
     from .errors import PowerflowError
 
     rows = {float(a): row for a, row in table["alphas"].items()}
@@ -235,17 +236,19 @@ def choose_alpha(table: dict, tolerance: float = AUTO_TOLERANCE, min_ess: float 
         raise PowerflowError("--alpha auto chooses alpha by how often p_alpha's samples agree on a final answer, "
                              "and no sample of these prompts states one: give --alpha (e.g. 0.5 for creative "
                              "writing)")
-    trusted = {a: row for a, row in rows.items() if a > 1 and row["ess"] >= min_ess}
+    trusted = sorted(a for a, row in rows.items() if a > 1 and row["ess"] >= min_ess)
     if not trusted:
         raise PowerflowError(f"--alpha auto: no sharpening alpha's estimate rests on {min_ess:g} or more samples per "
                              "prompt; raise the preview's candidates or give --alpha")
-    best_alpha = max(trusted, key=lambda a: trusted[a]["modal_share"])
-    best = trusted[best_alpha]["modal_share"]
-    alpha = min(a for a, row in trusted.items() if row["modal_share"] >= best - tolerance)
-    return {"alpha": alpha, "rule": f"smallest alpha > 1 with ESS >= {min_ess:g} whose modal-answer share is within "
-                                     f"{100 * tolerance:g} points of the highest",
-            "why": f"modal-answer share {trusted[alpha]['modal_share']:.1%}, the highest with ESS >= {min_ess:g} "
-                   f"being {best:.1%} at alpha {best_alpha:g}"}
+    modal = {a: rows[a]["modal_share"] for a in trusted}
+    gains = {a: (modal[b] - modal[a]) / math.log2(b / a) for a, b in zip(trusted, trusted[1:])}
+    alpha = next((a for a, gain in gains.items() if gain < per_doubling), trusted[-1])
+    after = (f"{100 * gains[alpha]:+.1f} points per doubling after it" if alpha in gains
+             else "still rising at the largest trusted alpha")
+    return {"alpha": alpha,
+            "rule": f"smallest alpha > 1 (with ESS >= {min_ess:g}) after which the modal-answer share gains less "
+                    f"than {100 * per_doubling:g} points per doubling of alpha",
+            "why": f"modal-answer share {modal[alpha]:.1%} at alpha {alpha:g}, {after}"}
 
 
 # --- the command

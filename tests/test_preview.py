@@ -101,10 +101,15 @@ def table_of(rows: dict) -> dict:
 def test_auto_rule_picks_where_the_modal_share_stops_rising():
     table = table_of({1.0: (20.0, 0.30), 1.5: (10.0, 0.50), 2.0: (8.0, 0.62), 4.0: (4.0, 0.63), 8.0: (1.2, 0.95)})
     choice = choose_alpha(table)
-    assert choice["alpha"] == 2.0  # 0.62 is within 2 points of 0.63; alpha 8 (ESS 1.2) is not trusted
-    assert "0.63" in choice["why"] or "63.0%" in choice["why"]
+    # trusted (ESS >= 2, alpha > 1): 1.5, 2, 4 (alpha 8's ESS is 1.2). Gains per doubling: 1.5 -> 2:
+    # 0.12 / log2(4/3) = 0.29; 2 -> 4: 0.01 / 1 = 0.01 < 0.05, so the share stops rising after 2
+    assert choice["alpha"] == 2.0
+    assert "62.0% at alpha 2" in choice["why"] and "+1.0 points per doubling" in choice["why"]
+    knee = table_of({1.5: (4.9, 0.660), 2.0: (4.7, 0.749), 4.0: (4.4, 0.855), 8.0: (4.2, 0.903)})
+    # 1.5 -> 2: 0.089 / 0.415 = 0.21; 2 -> 4: 0.106; 4 -> 8: 0.048 < 0.05 -> 4
+    assert choose_alpha(knee)["alpha"] == 4.0
     rising = table_of({1.5: (10.0, 0.50), 2.0: (8.0, 0.60), 4.0: (4.0, 0.70)})
-    assert choose_alpha(rising)["alpha"] == 4.0
+    assert choose_alpha(rising)["alpha"] == 4.0  # 0.24, then 0.10 per doubling: rising to the end
     silent = {"alphas": {"2": {"ess": 8.0, "modal_share": 0.0, "answered_share": 0.0}}}
     with pytest.raises(PowerflowError, match="states one"):
         choose_alpha(silent)
