@@ -78,7 +78,7 @@ def split_counts(candidates: int, temperatures: tuple[float, ...]) -> list[int]:
 
 @torch.no_grad()
 def draw_samples(model, tokenizer, prompt_ids: list[list[int]], candidates: int, temperatures: tuple[float, ...],
-                 settings: SamplingSettings) -> Samples:
+                 settings: SamplingSettings, score_rows: int = SCORE_ROWS) -> Samples:
     """N completions per prompt, n_m at each temperature T_m, each scored at every temperature (the base model:
     a plain model, or a PEFT one with its adapter off)."""
     from .scoring import score_temperatures
@@ -93,7 +93,7 @@ def draw_samples(model, tokenizer, prompt_ids: list[list[int]], candidates: int,
                                      SamplingSettings(settings.max_new_tokens, temperature=temperature,
                                                       ignore_eos=settings.ignore_eos, stop_ids=settings.stop_ids))
             mask = rollouts.completion_mask
-            log_q_each = (score_temperatures(model, rollouts, SCORE_ROWS, tuple(scored_at)).sum(-1)
+            log_q_each = (score_temperatures(model, rollouts, score_rows, tuple(scored_at)).sum(-1)
                           .T.double().cpu())  # [R, M (+1)]
             texts = tokenizer.batch_decode(rollouts.completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id),
                                            skip_special_tokens=True)
@@ -281,13 +281,14 @@ def preview(cfg, progress=None) -> dict:
     return preview_model(model, tokenizer, prompt_ids, cfg.alpha_grid, cfg.candidates, cfg.temperature_grid,
                          settings, seed=cfg.seed, references=references, task=cfg.task, k=cfg.k,
                          embedder=lambda: _embedder(cfg.embedder, device, required=cfg.task == "creative"),
-                         meta={"model": cfg.model, "prompts_file": cfg.prompts, "quant": quant})
+                         meta={"model": cfg.model, "prompts_file": cfg.prompts, "quant": quant},
+                         score_rows=cfg.batch_size)
 
 
 def preview_model(model, tokenizer, prompt_ids: list[list[int]], alphas: tuple[float, ...], candidates: int,
                   temperatures: tuple[float, ...], settings: SamplingSettings, seed: int = 0,
                   references: list[str] | None = None, task: str = "auto", k: int = 8, embedder=None,
-                  meta: dict | None = None) -> dict:
+                  meta: dict | None = None, score_rows: int = SCORE_ROWS) -> dict:
     """The preview of a loaded base model on tokenized prompts (training's --alpha auto calls this too). Its
     random draws are its own: the caller's random state is left as it was."""
     import time
@@ -295,7 +296,7 @@ def preview_model(model, tokenizer, prompt_ids: list[list[int]], alphas: tuple[f
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        samples = draw_samples(model, tokenizer, prompt_ids, candidates, temperatures, settings)
+        samples = draw_samples(model, tokenizer, prompt_ids, candidates, temperatures, settings, score_rows)
     drawn = time.perf_counter() - started
     clusters = correct = None
     if task != "creative":
