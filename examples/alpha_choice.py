@@ -4,6 +4,8 @@
     python examples/alpha_choice.py --sweep      # only the training sweep (no preview)
     python examples/alpha_choice.py --previews   # only the previews and auto's choices (beside a --sweep)
     python examples/alpha_choice.py --report     # re-render the tables from the JSON
+    python examples/alpha_choice.py --reuse-sweep  # the fixed-alpha rows from the JSON; runs the previews, auto's
+                                                   # choices and only the runs auto chose
 
 On the two arithmetic tasks of examples/power_real.py (SmolLM2-135M-Instruct, CPU), PowerFlow is trained at
 each alpha of ALPHAS with that study's one-task recipe (12 steps of 4 x 8 completions at lr 5e-4 on the task's
@@ -77,11 +79,10 @@ def previews(study: Study) -> dict:
 
 
 def auto_choice(study: Study, task: str, seed: int) -> dict:
-    """What `powerflow train --alpha auto` chooses before step 1 with the sweep's recipe and this seed, and the
-    loss of its first step beside the fixed-alpha run's at the alpha it chose (the same run, so the same loss)."""
+    """What `powerflow train --alpha auto` chooses before step 1 with the sweep's recipe and this seed (its
+    training from there is the fixed-alpha run at the alpha it chose)."""
     from powerflow_lite.config import TrainConfig
     from powerflow_lite.setup import setup
-    from powerflow_lite.train import train
 
     recipe, _, settings = RECIPES[RECIPE]
     values = demo.demo_defaults("reasoning", need_model=False)
@@ -92,54 +93,91 @@ def auto_choice(study: Study, task: str, seed: int) -> dict:
                   max_steps=settings["max_steps"])
     run = setup(TrainConfig(**values))
     choice = run.info.alpha_choice
-    first = next(iter(train(run))).metrics
-    fixed = study.work / f"train-alpha{choice['alpha']:g}-{recipe}-{task}-seed{seed}".replace(" ", "_")
-    return {"alpha": choice["alpha"], "rule": choice["rule"], "why": choice["why"], "table": choice["table"],
-            "first_loss": first["loss"], "fixed_run": str(fixed)}
+    return {"alpha": choice["alpha"], "rule": choice["rule"], "why": choice["why"], "table": choice["table"]}
 
 
-def tables(swept: dict, previewed: dict) -> dict:
+def tables(swept: dict, previewed: dict, study: Study | None = None) -> dict:
     out = {}
     for task, by_alpha in swept.items():
         rows = {}
         for alpha, found in by_alpha.items():
             evals = found["evals"]
             row = {key: mean([mean(s[f"{key}_per_prompt"]) for s in evals]) for key in KEYS}
-            row["per_problem"] = {key: [mean(list(v)) for v in zip(*(s[f"{key}_per_prompt"] for s in evals))]
-                                  for key in KEYS}
+            row["per_problem"] = seed_mean(evals)
+            row["avg_at_k_per_seed"] = [s["avg_at_k"] for s in evals]
             row["avg_at_k_seed_std"] = std([s["avg_at_k"] for s in evals])
             row["length_mean"] = mean([s["length_mean"] for s in evals])
             row["tempered"] = {key: found["tempered"][key] for key in (*KEYS, "length_mean")}
             row["vs tempered"] = paired(row["per_problem"]["avg_at_k"], found["tempered"]["avg_at_k_per_prompt"])
             row["training_seconds"] = mean([r["training_seconds"] for r in found["runs"]])
-            if task in previewed:
-                row["predicted"] = previewed[task]["held_out"]["alphas"][alpha]
             rows[alpha] = row
-        best = max(rows, key=lambda a: rows[a]["avg_at_k"])
-        for alpha, row in rows.items():
-            row["vs best"] = paired(row["per_problem"]["avg_at_k"], rows[best]["per_problem"]["avg_at_k"])
-        out[task] = {"rows": rows, "best": best}
-        if task in previewed:
-            out[task]["auto"] = auto_row(previewed[task]["auto"], by_alpha, rows[best])
+        out[task] = with_previews(task, rows, previewed,
+                                  lambda alpha, seed, by_alpha=by_alpha: by_alpha[alpha]["evals"][SEEDS.index(seed)])
     return out
 
 
-def auto_row(choices: list[dict], by_alpha: dict, best: dict) -> dict:
+def reused_tables(saved: dict, previewed: dict, study: Study) -> dict:
+    """The fixed-alpha rows of a finished sweep (OUT/alpha_choice.json) with the previews beside them. Auto's row
+    needs each seed's evaluation of the alpha it chose: where every seed chose the same alpha it is that alpha's
+    row; otherwise the chosen runs are trained and evaluated again (the sweep's runs, the same seeds)."""
+    out = {}
+    for task, tab in saved.items():
+        rows = {alpha: {k: v for k, v in row.items() if k not in ("predicted", "vs best")}
+                for alpha, row in tab["rows"].items()}
+        out[task] = with_previews(task, rows, previewed, lambda alpha, seed, task=task: run_again(study, task,
+                                                                                                 alpha, seed))
+    return out
+
+
+def run_again(study: Study, task: str, alpha: str, seed: int) -> dict:
+    recipe, _, settings = RECIPES[RECIPE]
+    run = study.train(recipe, (task,), settings, seed, alpha=float(alpha))
+    return study.evaluate(f"powerflow-alpha{alpha}-{recipe}-seed{seed}", task, adapter=run["adapter"],
+                          alpha=float(alpha))
+
+
+def with_previews(task: str, rows: dict, previewed: dict, evaluation) -> dict:
+    """rows with their 'vs best' and, when previewed, the held-out predictions and auto's row; evaluation(alpha,
+    seed) gives that run's held-out summary."""
+    best = max(rows, key=lambda a: rows[a]["avg_at_k"])
+    for alpha, row in rows.items():
+        row["vs best"] = paired(row["per_problem"]["avg_at_k"], rows[best]["per_problem"]["avg_at_k"])
+        if task in previewed:
+            row["predicted"] = previewed[task]["held_out"]["alphas"][alpha]
+    table = {"rows": rows, "best": best}
+    if task in previewed:
+        choices = previewed[task]["auto"]
+        chosen = [f"{c['alpha']:g}" for c in choices]
+        if len(set(chosen)) == 1:  # every seed chose one alpha: auto's runs are that row's runs
+            same = rows[chosen[0]]
+            per_problem, per_seed = same["per_problem"], same.get("avg_at_k_per_seed")
+            seed_sd = same["avg_at_k_seed_std"]
+        else:
+            evals = [evaluation(alpha, seed) for alpha, seed in zip(chosen, SEEDS)]
+            per_problem, per_seed = seed_mean(evals), [s["avg_at_k"] for s in evals]
+            seed_sd = std(per_seed)
+        table["auto"] = auto_row(choices, per_problem, per_seed, seed_sd, rows[best])
+    return table
+
+
+def seed_mean(evals: list[dict]) -> dict:
+    """key -> per problem, the mean over seeds."""
+    return {key: [mean(list(v)) for v in zip(*(s[f"{key}_per_prompt"] for s in evals))] for key in KEYS}
+
+
+def auto_row(choices: list[dict], per_problem: dict, per_seed: list[float] | None, seed_sd: float,
+             best: dict) -> dict:
     """--alpha auto's row: seed s trained at the alpha it chose for seed s (the fixed-alpha run of that alpha and
     seed), averaged over seeds per problem, and paired with the best fixed alpha."""
-    evals = [by_alpha[f"{c['alpha']:g}"]["evals"][i] for i, c in enumerate(choices)]
     row = {"alphas": [c["alpha"] for c in choices], "why": [c["why"] for c in choices],
-           "rule": choices[0]["rule"], "same_first_loss": all(c["first_loss"] == first_loss(c["fixed_run"])
-                                                              for c in choices),
+           "rule": choices[0]["rule"],
            "training_modal_share": [{a: r["modal_share"] for a, r in c["table"]["alphas"].items()} for c in choices],
            "training_ess": [{a: r["ess"] for a, r in c["table"]["alphas"].items()} for c in choices],
-           "preview_seconds": mean([c["table"]["seconds"] for c in choices])}
+           "preview_seconds": mean([c["table"]["seconds"] for c in choices]),
+           "avg_at_k_per_seed": per_seed, "avg_at_k_seed_std": seed_sd}
     for key in KEYS:
-        per_problem = [mean(list(v)) for v in zip(*(s[f"{key}_per_prompt"] for s in evals))]
-        row[key] = mean(per_problem)
-        if key == "avg_at_k":
-            row["vs best"] = paired(per_problem, best["per_problem"]["avg_at_k"])
-    row["avg_at_k_seed_std"] = std([s["avg_at_k"] for s in evals])
+        row[key] = mean(per_problem[key])
+    row["vs best"] = paired(per_problem["avg_at_k"], best["per_problem"]["avg_at_k"])
     return row
 
 
@@ -150,7 +188,8 @@ def report(result: dict) -> str:
              "k = 4 samples per held-out problem, at most 48 tokens. 'predicted' is `powerflow preview` on the same "
              "held-out problems (32 base samples per problem, importance-weighted to p_base^alpha). ± is the "
              "standard error of the paired per-problem differences (trained policies averaged over seeds first); "
-             "'seed sd' is the spread of avg@k over seeds. Command: `python examples/alpha_choice.py`.", ""]
+             "'seed sd' is the spread of avg@k over seeds. Auto's row is the sweep's rows at the alphas it chose, each "
+             "weighted by the seeds that chose it. Command: `python examples/alpha_choice.py`.", ""]
     for task, tab in result["tables"].items():
         lines += [f"## {task}", "",
                   "| alpha | avg@k | predicted avg@1 | pass@k | maj@k | predicted maj@k | seed sd | vs best alpha | "
@@ -170,24 +209,42 @@ def report(result: dict) -> str:
         if "auto" in tab:
             auto = tab["auto"]
             chose = ", ".join(f"{a:g}" for a in auto["alphas"])
-            lines.append(f"| auto ({chose}) | {pct(auto['avg_at_k'])} |  | {pct(auto['pass_at_k'])} | "
-                         f"{pct(auto['maj_at_k'])} |  | {100 * auto['avg_at_k_seed_std']:.1f} | "
-                         f"{change(auto['vs best'])} |  |  |  |")
-            vs = auto["vs best"]
-            within = vs["mean"] + 2 * vs["stderr"] >= 0
-            lines += ["", f"`--alpha auto` ({auto['rule']}, on 24 of the task's training prompts, "
-                          f"{auto['preview_seconds']:.0f} s) chose alpha {chose} for seeds "
-                          f"{', '.join(map(str, SEEDS))}. Its avg@k is {change(vs)} points from the best fixed alpha "
-                          f"({tab['best']}): " + ("within two paired standard errors." if within else
-                                                  "worse by more than two paired standard errors.")
-                      + (" Training at the chosen alpha is the fixed-alpha run: the first step's loss is the same."
-                         if auto["same_first_loss"] else " (The first step's loss differs from the fixed run's.)")]
+            weighted = {key: mean(chosen_rows(tab, key)) for key in KEYS}
+            vs = paired(chosen_rows(tab, "avg_at_k"), tab["rows"][tab["best"]]["per_problem"]["avg_at_k"])
+            lines.append(f"| auto ({chose}) | {pct(weighted['avg_at_k'])} |  | {pct(weighted['pass_at_k'])} | "
+                         f"{pct(weighted['maj_at_k'])} |  |  | {change(vs)} |  |  |  |")
+            lines += ["", auto_verdict(tab, chose)]
         lines.append("")
     return "\n".join(lines)
 
 
-def first_loss(run: str) -> float:
-    return json.loads((Path(run) / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+def chosen_rows(tab: dict, key: str) -> list[float]:
+    """Per problem, the sweep's figure at the alphas auto chose, each weighted by the seeds that chose it."""
+    chosen = [f"{a:g}" for a in tab["auto"]["alphas"]]
+    return [mean(values) for values in zip(*(tab["rows"][a]["per_problem"][key] for a in chosen))]
+
+
+def auto_verdict(tab: dict, chose: str) -> str:
+    """What auto chose and how it compares with the best fixed alpha. The comparison reads the sweep's own rows,
+    each alpha weighted by the seeds that chose it, so that auto and the fixed alphas are the same training runs;
+    where seeds chose different alphas the chosen runs were also trained again, and that row is reported beside."""
+    auto, rows, best = tab["auto"], tab["rows"], tab["best"]
+    chosen = [f"{a:g}" for a in auto["alphas"]]
+    weighted = chosen_rows(tab, "avg_at_k")
+    vs = paired(weighted, rows[best]["per_problem"]["avg_at_k"])
+    within = vs["mean"] + 2 * vs["stderr"] >= 0
+    text = (f"`--alpha auto` ({auto['rule']}, on 24 of the task's training prompts, {auto['preview_seconds']:.0f} s) "
+            f"chose alpha {chose} for seeds {', '.join(map(str, SEEDS))}. Read from the sweep's rows (each alpha "
+            f"weighted by the seeds that chose it), auto's avg@k is {pct(mean(weighted))}, {change(vs)} points from "
+            f"the best fixed alpha ({best}): "
+            + ("within two paired standard errors." if within else "worse by more than two paired standard errors."))
+    if len(set(chosen)) > 1:
+        runs = ", ".join(f"{pct(v)} (alpha {a}, seed {s})" for v, a, s in zip(auto["avg_at_k_per_seed"], chosen, SEEDS))
+        text += (f" The chosen runs, trained again: {runs}, mean {pct(auto['avg_at_k'])}. Trained with later "
+                 f"code, these are not bit-for-bit the sweep's runs (12 sampled steps amplify any rounding "
+                 f"difference), so the gap between them and the sweep's rows at the same alpha is run-to-run "
+                 f"noise, as large as the seed sd.")
+    return text
 
 
 def pct(value: float) -> str:
@@ -205,6 +262,8 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="only the training sweep")
     parser.add_argument("--previews", action="store_true", help="only the previews and --alpha auto's choices")
     parser.add_argument("--report", action="store_true", help="re-render from the JSON")
+    parser.add_argument("--reuse-sweep", action="store_true",
+                        help="the fixed-alpha rows from OUT/alpha_choice.json; run the previews and auto's choices")
     args = parser.parse_args()
     out = Path(args.out)
     if args.report:
@@ -214,9 +273,13 @@ def main() -> None:
         if args.previews:  # alone, e.g. beside a running --sweep
             previews(study)
             return
-        swept = sweep(study)
-        previewed = {} if args.sweep else previews(study)
-        result = {"tables": tables(swept, previewed), "alphas": ALPHAS, "preview": PREVIEW}
+        if args.reuse_sweep:
+            saved = json.loads((out / "alpha_choice.json").read_text())
+            result = {"tables": reused_tables(saved["tables"], previews(study), study)}
+        else:
+            swept = sweep(study)
+            result = {"tables": tables(swept, {} if args.sweep else previews(study))}
+        result.update(alphas=ALPHAS, preview=PREVIEW)
         (out / "alpha_choice.json").write_text(json.dumps(result, indent=1) + "\n")
         log("done")
     text = report(result)
