@@ -166,7 +166,7 @@ def train(config: str | None = None, demo: bool = False, demo_creative: bool = F
 def _train(cfg: TrainConfig, run) -> None:
     """Train with the live display; the closing lines."""
     from .checkpoint import latest_checkpoint
-    from .display import eval_table, show_training
+    from .display import eval_table, samples_text, show_training
     from .faults import StopSignals
     from .train import train as train_steps
 
@@ -204,6 +204,8 @@ def _train(cfg: TrainConfig, run) -> None:
         console.print(outcome.before_after_note, markup=False)
     if outcome.before_after:
         console.print(eval_table(outcome.before_after))
+        if outcome.before_after["task"] == "creative":  # text to read, not only figures
+            console.print(samples_text(outcome.before_after), markup=False)
         used = TASKS[outcome.before_after["task"]].data_note
         console.print(f"eval data: {cfg.eval_data} ({used}); every sample in {run.out / 'evals'}", markup=False)
     console.print(f"done: {last.step} steps; adapter in {run.out / 'adapter'}, metrics in "

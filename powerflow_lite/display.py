@@ -179,6 +179,20 @@ def eval_table(summary: dict) -> Table:
     return table
 
 
+def samples_text(summary: dict, width: int = 160) -> str:
+    """Two completions of the first eval prompt per variant of a before/after summary, one line each."""
+    samples = summary.get("samples") or {}
+    prompt = next((s["prompt"] for s in samples.values() if s["prompt"]), "")
+    if not prompt:
+        return ""
+    lines = [f"samples for the first eval prompt, {prompt!r}:"]
+    for name, found in samples.items():
+        for completion in found["completions"]:
+            text = " ".join(completion.split())
+            lines.append(f"  {name}: {text[:width] + ('...' if len(text) > width else '')}")
+    return "\n".join(lines)
+
+
 def _change(delta: float, render, paired: dict | None) -> str:
     """The adapter's change, with the paired standard error where the summary has one."""
     if render is percent:

@@ -165,8 +165,20 @@ def before_after(out: Path, data: str, k: int, after_step: int) -> dict | str:
             summary["results"] = {"before": before, name: base, f"after step {after_step}": after}
             summary["change_vs"] = {"name": name, "change": paired_changes(base, after)}
             summary["seconds"] += base["seconds"]
+    files = {"before": "step-0", f"after step {after_step}": f"step-{after_step}"}
+    files.update({name: "step-0-tempered" for name in summary["results"] if name.startswith("base, T")})
+    summary["samples"] = {name: first_samples(folder / f"{files[name]}.samples.jsonl") for name in summary["results"]}
     write_atomically(folder / "before_after.json", json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def first_samples(path: Path, n: int = 2) -> dict:
+    """The first eval prompt and `n` of its completions, from a step's samples file (none where it is missing)."""
+    if not path.is_file():
+        return {"prompt": "", "completions": []}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    first = [r for r in records if r["prompt_index"] == 0][:n]
+    return {"prompt": first[0]["prompt"] if first else "", "completions": [r["completion"] for r in first]}
 
 
 def summarize(eval_set: EvalSet, records: list[dict], k: int, measures: Measures = Measures()) -> dict:

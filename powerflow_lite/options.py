@@ -226,6 +226,9 @@ class TrainEvalOptions:
     eval_tempered: bool = option(False, "Before training, also evaluate the base at temperature 1/alpha, the free "
                                         "alternative to training, and put it in the before/after table.",
                                  panel=EVALUATION)
+    eval_temperature: float = option(0.0, "The base's temperature under --eval-tempered (0: 1/alpha). When "
+                                          "flattening, the temperature that gives the base the diversity training "
+                                          "reaches is the fairer comparison.", check=">=0", panel=EVALUATION)
 
 
 @dataclass(frozen=True, kw_only=True)

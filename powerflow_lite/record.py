@@ -129,11 +129,12 @@ def evaluates_after(run: Run, done: int) -> bool:
 
 def eval_before_training(run: Run) -> dict:
     """The eval at step 0, where the curves start: the base model itself (a fresh adapter changes nothing); with
-    --eval-tempered also the base at temperature 1/alpha, for the before/after table (not a metrics row)."""
+    --eval-tempered also the base at --eval-temperature (default 1/alpha), for the before/after table (not a
+    metrics row)."""
     row = {"step": 0, **evaluate_policy(run, 0)}
     run.metrics.write(row)
     if run.cfg.eval_tempered:
-        evaluate_policy(run, 0, temperature=1.0 / run.cfg.alpha)
+        evaluate_policy(run, 0, temperature=run.cfg.eval_temperature or 1.0 / run.cfg.alpha)
     return row
 
 

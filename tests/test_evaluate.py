@@ -449,3 +449,26 @@ def test_eval_tempered_puts_the_base_at_temperature_one_over_alpha_in_the_before
     assert "vs T = 0.5" in printed  # a column of the change from the tempered base
     # and it is no row of metrics.jsonl: the curves have one eval at step 0, the base at temperature 1
     assert [row["step"] for row in read_metrics(out / "metrics.jsonl") if "eval_avg_at_k" in row] == [0, 1]
+
+
+def test_creative_before_after_has_the_base_at_eval_temperature_and_two_samples_of_each(digit_model, tmp_path,
+                                                                                          capsys):
+    """The creative demo's plumbing on a tiny model (the default embedder, an installed package, reads its text)."""
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
+    out = tmp_path / "run"
+    code, printed, err = run_cli(capsys, train_args(digit_model, prompts, out, "--max-steps", "1", "--eval-data",
+                                                    prompts, "--eval-every", "1", "--eval-task", "creative",
+                                                    "--eval-k", "3", "--eval-tempered",
+                                                    "--eval-temperature", "1.5"))
+    assert code == 0, err
+    folder = out / "evals"
+    assert json.loads((folder / "step-0-tempered.json").read_text())["setting"]["temperature"] == 1.5  # not 1/alpha
+    summary = json.loads((folder / "before_after.json").read_text())
+    assert list(summary["results"]) == ["before", "base, T = 1.5", "after step 1"]
+    for name, step in (("before", "0"), ("base, T = 1.5", "0-tempered"), ("after step 1", "1")):
+        first = [r for r in read_jsonl(folder / f"step-{step}.samples.jsonl") if r["prompt_index"] == 0]
+        assert summary["samples"][name] == {"prompt": PROMPTS[0], "completions": [r["completion"] for r in first[:2]]}
+    shown = printed[printed.index("samples for the first eval prompt, '12':"):].splitlines()
+    assert [line.split(":")[0].strip() for line in shown[1:7]] == ["before"] * 2 + ["base, T = 1.5"] * 2 + [
+        "after step 1"] * 2
+    assert "English words" in printed  # the fluency row of the creative table

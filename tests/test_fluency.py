@@ -51,3 +51,15 @@ def test_summary_averages_samples_then_prompts():
     assert summary["english_words_stderr"] == pytest.approx(stderr([0.5, 1.0])) == pytest.approx(0.25)
     assert summary["broken_words"] == pytest.approx((0.25 + 0.0) / 2)
     assert summary["repeated_3grams"] == 0.0
+
+
+def test_matched_reading_on_a_synthetic_curve():
+    from powerflow_lite.tasks.fluency import at_matched
+
+    # diversity against fluency at temperatures 1, 1.2, 1.5, 2: diversity peaks at 1.5, then falls (noise)
+    curve = [(60.0, 0.98), (70.0, 0.90), (80.0, 0.70), (75.0, 0.40)]
+    assert at_matched(curve, 65.0) == pytest.approx(0.94)  # halfway between the first two points
+    assert at_matched(curve, 77.5) == pytest.approx(0.75)  # on the rising part, not after the peak (0.40 side)
+    assert at_matched(curve, 70.0) == pytest.approx(0.90)
+    assert at_matched(curve, 85.0) is None and at_matched(curve, 55.0) is None  # beyond what temperature reaches
+    assert at_matched([(60.0, 0.9)], 60.0) == 0.9 and at_matched([(60.0, 0.9)], 61.0) is None

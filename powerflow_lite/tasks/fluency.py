@@ -74,3 +74,18 @@ def fluency(text: str, known: frozenset[str] | set[str]) -> dict[str, float | No
     lowered = words(text)
     return {"english_words": english_share(lowered, known), "broken_words": broken_share(words(text, lower=False)),
             "repeated_3grams": repeated_share(lowered)}
+
+
+def at_matched(curve: list[tuple[float, float]], x: float) -> float | None:
+    """y at `x` on a curve of (x, y) points, by linear interpolation between the first two neighbouring points
+    that bracket x, taken in their order up to the point of largest x: the part where x rises. Used with the
+    base's (diversity, fluency) points in order of temperature, whose diversity rises and then falls once the
+    text turns to noise; None where x lies outside what that part covers."""
+    top = max(range(len(curve)), key=lambda i: curve[i][0])
+    rising = curve[:top + 1]
+    if len(rising) == 1:
+        return rising[0][1] if x == rising[0][0] else None
+    for (x0, y0), (x1, y1) in zip(rising, rising[1:]):
+        if min(x0, x1) <= x <= max(x0, x1):
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
