@@ -121,11 +121,28 @@ def _round_trips(tokenizer) -> bool:
     return tokenizer.decode(ids, skip_special_tokens=True).strip() == ROUND_TRIP_TEXT.strip()
 
 
+def import_bitsandbytes():
+    """bitsandbytes, imported without its CPU kernel-hub notice. On a CPU with AVX512-BF16 its import tries to fetch a
+    matmul kernel from the Hugging Face hub and logs "Failed to load CPU gemm_4bit_forward ..." when it may not
+    (offline, or the repository untrusted). That path is the one _disable_cpu_weight_repacking turns off, so the
+    notice says nothing a user can act on; other bitsandbytes errors still show."""
+    import logging
+
+    hub_notice = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = hub_notice.level
+    hub_notice.setLevel(logging.ERROR)
+    try:
+        import bitsandbytes
+    finally:
+        hub_notice.setLevel(level)
+    return bitsandbytes
+
+
 @functools.cache
 def nf4_support(device: str) -> tuple[bool, str]:
     """Can bitsandbytes run an NF4 matmul on `device` ("cpu", "cuda", "cuda:1")? From a real 4-bit forward."""
     try:
-        import bitsandbytes as bnb
+        bnb = import_bitsandbytes()
     except Exception as err:  # an import failure of a compiled package can be any error
         return False, f"bitsandbytes is not importable ({first_line(err)})"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -199,7 +216,7 @@ def disable_dropout(model) -> None:
 
 def _disable_cpu_weight_repacking(model) -> None:
     try:
-        import bitsandbytes as bnb
+        bnb = import_bitsandbytes()
     except Exception:
         return
     for module in model.modules():

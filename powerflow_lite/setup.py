@@ -135,9 +135,9 @@ def build_optimizer(cfg: TrainConfig, lora_params, head: LogZHead, device: torch
     groups = [{"params": lora_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}, *head.param_groups(cfg.z_lr)]
     if device.type == "cuda":
         try:
-            import bitsandbytes as bnb
+            from .model import import_bitsandbytes
 
-            return bnb.optim.PagedAdamW8bit(groups)
+            return import_bitsandbytes().optim.PagedAdamW8bit(groups)
         except Exception:  # no usable CUDA build of bitsandbytes: plain AdamW is correct, only larger
             pass
     return torch.optim.AdamW(groups)

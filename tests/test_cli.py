@@ -245,3 +245,17 @@ def test_console_script_exit_code_and_single_error_line(tmp_path):
                              "--alpha", "0", "--prompts", "p.jsonl"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --alpha must be > 0, got 0.0"
+
+
+def test_nothing_is_printed_before_the_run_header(tiny_model_dir, prompts_file, tmp_path):
+    """A new process, as a user starts it: on the 4-bit path no library notice (bitsandbytes tries to fetch a CPU
+    kernel from the hub when it is imported on a CPU with AVX512-BF16) comes before the header, or anywhere on
+    stderr."""
+    done = subprocess.run([sys.executable, "-m", "powerflow_lite", "train", "--model", str(tiny_model_dir),
+                           "--alpha", "2", "--prompts", str(prompts_file), "--output", str(tmp_path / "run"),
+                           "--max-steps", "1", "--prompts-per-step", "2", "--samples-per-prompt", "2",
+                           "--max-new-tokens", "4", "--quant", "nf4", "--show-every", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.startswith(f"powerflow: {tiny_model_dir} (nf4, cpu)")
