@@ -46,6 +46,7 @@ from .options import (
     flag_name,
     option,
 )
+from .reporting import parse_report_to
 from .samplers import SAMPLERS
 from .tasks import TASK_HELP, TASKS, too_few_samples
 
@@ -84,6 +85,7 @@ class TrainConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, Rol
             raise PowerflowError(f"--sampler {self.sampler} samples p_base^alpha at inference time (powerflow sample "
                                  f"and eval); training samples the policy itself: --sampler "
                                  f"{' or '.join(name for name, sampler in SAMPLERS.items() if sampler.trains)}")
+        parse_report_to(self.report_to)
         if bool(self.eval_data) != bool(self.eval_every):
             raise PowerflowError("evaluation during training needs both --eval-data and --eval-every N")
         if why := too_few_samples(self.eval_task, self.eval_k, "--eval-k"):

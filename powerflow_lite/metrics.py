@@ -89,10 +89,12 @@ def stderr(values: list[float]) -> float:
 
 class MetricsLog:
     """Appends one row per step and flushes it, so a crash loses at most the step in flight; with no path (a
-    rank other than 0) it writes nothing."""
+    rank other than 0) it writes nothing. `reporters` (reporting.py: TensorBoard, W&B) get every row too, and the
+    samples shown so far."""
 
-    def __init__(self, path: Path | None):
-        self.path = path
+    def __init__(self, path: Path | None, reporters: list | None = None):
+        self.path, self.reporters = path, reporters or []
+        self.examples: list[dict] = []
 
     def write(self, row: dict) -> None:
         if self.path is None:
@@ -100,6 +102,21 @@ class MetricsLog:
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row, allow_nan=True) + "\n")
             handle.flush()
+        for reporter in self.reporters:
+            reporter.log(row)
+
+    def example(self, step: int, example: dict | None) -> None:
+        """A shown prompt and completion: the reporters get the table of those shown in this invocation."""
+        if example is None or not self.reporters:
+            return
+        self.examples.append({"step": step, **example})
+        for reporter in self.reporters:
+            reporter.samples(step, self.examples)
+
+    def close(self) -> None:
+        for reporter in self.reporters:
+            reporter.close()
+        self.reporters = []
 
 
 def read_metrics(path: str | Path) -> list[dict]:

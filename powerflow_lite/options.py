@@ -239,6 +239,8 @@ class CheckpointOptions:
                                    check=">=0", panel=OUTPUT)
     show_every: int = option(10, "Show one prompt and completion every N steps (0: never).", check=">=0",
                              panel=OUTPUT)
+    report_to: str = option("", "Also log every metrics row and the shown samples to tensorboard (OUT/tensorboard), "
+                                "wandb (offline unless you are logged in), or both: tensorboard,wandb.", panel=OUTPUT)
     resume: bool = option(False, "Continue from the newest complete checkpoint in --output.", panel=OUTPUT)
     resume_from: str = option("", "Continue from this checkpoint directory (implies --resume).", panel=OUTPUT)
 

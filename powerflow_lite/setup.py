@@ -37,8 +37,10 @@ from .model import (
     trainable_parameters,
 )
 from .objectives import OBJECTIVES, Objective
+from .options import as_dict
 from .preview import ALPHA_PREVIEW
 from .replay import ReplayBuffer
+from .reporting import open_reporters
 from .rewards import FormatPenalty, load_format_penalty
 from .samplers import SamplingSettings, resolve_sampler
 from .tasks import Measures
@@ -207,7 +209,8 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
     objective = OBJECTIVES[cfg.objective]
     run = Run(cfg, out, device, model, tokenizer, head, optimizer, scheduler, objective,
               SamplingSettings.from_config(cfg, tokenizer), penalty, rows, prompt_ids,
-              MetricsLog(out / "metrics.jsonl" if ranks.main else None),
+              MetricsLog(out / "metrics.jsonl", open_reporters(cfg.report_to, out, as_dict(cfg))) if ranks.main
+              else MetricsLog(None),
               LogPartition(head, objective, cfg.log_z, cfg.z_init, cfg.alpha, cfg.clip_eps, ranks=ranks),
               BatchSize("--micro-batch-size", cfg.micro_batch_size),
               BatchSize("--sample-batch-size", cfg.sample_batch_size), eval_set=eval_set, measures=measures,

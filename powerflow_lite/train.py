@@ -64,15 +64,18 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         row = record.metrics_row(run, step, batch, update, taken.replayed, clock)
         if record.evaluates_after(run, step + 1):
             row.update(record.evaluate_policy(run, step + 1))
+        example = record.example(run, step, taken)
         run.metrics.write(row)
+        run.metrics.example(step + 1, example)
         record.stop_after_bad_steps(run, step + 1)
         stopping = stop()
         saved = record.save(run, step + 1) if stopping or record.saves_after(run, step + 1) else None
-        yield StepResult(step + 1, cfg.max_steps, row, record.example(run, step, taken), saved, tuple(notes))
+        yield StepResult(step + 1, cfg.max_steps, row, example, saved, tuple(notes))
         if (stopping or stop()) and step + 1 < cfg.max_steps:  # a signal: leave with this step saved
             if saved is None:
                 record.save(run, step + 1)
             run.outcome.stopped = True
+            run.metrics.close()
             return
 
     record.finish(run)
