@@ -1,6 +1,7 @@
 """Prompts: read from files or datasets, ordered per step, turned into token ids.
 
     load_prompts("examples/prompts/creative.jsonl")      # JSONL with a "prompt" field
+    load_prompts("my_prompts.jsonl")                     # the first of PROMPT_FIELDS (presets.py) the file has
     load_prompts("problems.csv", field="question")       # CSV / Parquet column
     load_prompts("AI-MO/NuminaMath-CoT", field="problem") # a hub dataset, where reachable
     load_prompts("math500", answer_field="")              # a preset (presets.py); rows get row["answer"]
@@ -49,9 +50,11 @@ def load_prompts(source: str, field: str = "", split: str = "", answer_field: st
     """Rows with a non-empty prompt text in row["prompt"] (the file's other fields kept); errors name file and line.
 
     `source` is a file, a preset name (presets.py) or a hub dataset. `field` names
-    the prompt field; empty tries prompt, problem, question. With `answer_field`
-    given (empty: answer, else the last \\boxed{} of solution) each row also gets
-    row["answer"]: the reference answer as a string, or None where there is none.
+    the prompt field, which every row must have; empty: the preset's, else the first
+    of PROMPT_FIELDS (prompt, problem, question, instruction, input, text) in the
+    first row. With `answer_field` given (empty: answer, else the last \\boxed{} of
+    solution) each row also gets row["answer"]: the reference answer as a string, or
+    None where there is none.
     """
     preset = PRESETS.get(source)
     if preset:

@@ -35,6 +35,8 @@ PRESETS: dict[str, Preset] = {
                     "40 problems of AMC 2023; numeric answers"),
 }
 
-# Fields tried, in order, when the prompt or answer field is not named (local files and hub datasets alike).
-PROMPT_FIELDS = ("prompt", "problem", "question")
+# Fields tried, in order, when the prompt or answer field is not named (local files and hub datasets alike): the
+# first of them in the first row holds every row's prompt. The names of prompt sets, math sets (problem, question),
+# instruction sets (Alpaca's instruction before its optional input) and plain text dumps (text).
+PROMPT_FIELDS = ("prompt", "problem", "question", "instruction", "input", "text")
 ANSWER_FIELDS = ("answer", "solution")  # a "solution" is a worked solution: its last \boxed{...} is the answer

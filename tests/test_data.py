@@ -9,6 +9,7 @@ import pytest
 from powerflow_lite.data import encode_prompt, load_prompts, prompt_indices, render_prompt, uses_chat_template
 from powerflow_lite.errors import PowerflowError
 from powerflow_lite.model import load_tokenizer
+from powerflow_lite.presets import PROMPT_FIELDS
 
 
 @pytest.fixture
@@ -111,9 +112,11 @@ def test_jsonl_error_names_path_and_line(tmp_path, bad_line, message):
 
 
 def test_missing_field_lists_the_fields_there_are(tmp_path):
-    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"text": "Q", "answer": "A"})])
-    with pytest.raises(PowerflowError, match="looked for prompt, problem, question; fields: text, answer"):
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"body": "Q", "answer": "A"})])
+    with pytest.raises(PowerflowError) as err:
         load_prompts(str(path))
+    assert str(err.value) == (f"{path}:1: no prompt field (looked for prompt, problem, question, instruction, input, "
+                              "text; fields: body, answer; pick one with --prompt-field)")
 
 
 def test_prompt_field_is_found_when_not_named(tmp_path):
@@ -121,6 +124,39 @@ def test_prompt_field_is_found_when_not_named(tmp_path):
     path = write_lines(tmp_path / "p.jsonl", [json.dumps({"question": "Q", "problem": "P"})])
     assert load_prompts(str(path))[0]["prompt"] == "P"
     assert load_prompts(str(path), field="question")[0]["prompt"] == "Q"
+
+
+@pytest.mark.parametrize("name", PROMPT_FIELDS)
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_each_usual_prompt_field_is_found(tmp_path, name, suffix):
+    path = tmp_path / f"p{suffix}"
+    if suffix == ".jsonl":
+        write_lines(path, [json.dumps({"id": 1, name: "First?"}), json.dumps({"id": 2, name: "Second?"})])
+    else:
+        write_lines(path, [f"id,{name}", "1,First?", "2,Second?"])
+    assert [row["prompt"] for row in load_prompts(str(path))] == ["First?", "Second?"]
+
+
+def test_usual_fields_are_tried_in_their_documented_order(tmp_path):
+    # each row holds every later name too: the earliest name present wins (Alpaca: instruction, not its input)
+    for first, name in enumerate(PROMPT_FIELDS):
+        row = {other: other.upper() for other in reversed(PROMPT_FIELDS[first:])}
+        path = write_lines(tmp_path / f"{name}.jsonl", [json.dumps(row)])
+        assert load_prompts(str(path))[0]["prompt"] == name.upper()
+
+
+def test_a_named_field_stays_strict(tmp_path):
+    # --prompt-field problem on a file with a "prompt" column: an error naming the fields, not a silent fallback
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"prompt": "Q", "answer": "A"})])
+    with pytest.raises(PowerflowError) as err:
+        load_prompts(str(path), field="problem")
+    assert str(err.value) == f"{path}:1: no 'problem' field (fields: prompt, answer; pick one with --prompt-field)"
+
+
+def test_detection_reads_the_first_row_and_later_rows_must_agree(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"question": "Q1"}), json.dumps({"problem": "P2"})])
+    with pytest.raises(PowerflowError, match=r":2: no 'question' field \(fields: problem;"):
+        load_prompts(str(path))
 
 
 def test_missing_file(tmp_path):
