@@ -88,8 +88,8 @@ class PromptOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class SourceOptions:
-    prompt_field: str = option("", "Field or column that holds the prompt text (default: prompt, problem or question).",
-                               panel=PROMPTS)
+    prompt_field: str = option("", "Field or column that holds the prompt text (default: the first of prompt, "
+                                   "problem, question, instruction, input, text that the file has).", panel=PROMPTS)
     split: str = option("", "Dataset split of a hub dataset (default: the preset's, else train).", panel=PROMPTS)
 
 
