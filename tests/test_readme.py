@@ -1,4 +1,5 @@
-"""README promises that tests can hold it to: the quick start, and the flags it documents."""
+"""README and docs/ promises that tests can hold them to: the quick start, the flags, metrics and presets they
+document, the README's length, and their relative links."""
 
 import re
 from pathlib import Path
@@ -11,6 +12,8 @@ from powerflow_lite.tasks import EVAL_METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]  # docs/experiments too
+DOCS = "\n".join(page.read_text() for page in PAGES)
 
 
 def quick_start_commands() -> list[str]:
@@ -32,21 +35,60 @@ def test_every_documented_flag_exists():
     flags |= {"--no" + flag[1:] for flag in flags}  # every on/off option has a --no- form
     flags |= {"--config", "--demo", "--demo-creative", "--json", "--help", "--no-deps", "--out"}  # --out: plot's too
     flags |= {"--nproc-per-node", "--num-processes", "--multi-gpu"}  # torchrun's and accelerate launch's
+    flags |= {"--logdir", "--no-x"}  # tensorboard's; design.md's name for the off switch of any on/off option --x
     for script in ("exact_alpha.py", "real_model.py"):
         flags |= set(re.findall(r'add_argument\("(--[a-z-]+)"', (ROOT / "examples" / script).read_text()))
-    documented = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", README))
+    text = re.sub(r"\]\([^)]*\)", "]", DOCS)  # not link targets: an anchor such as #--alpha-auto names no flag
+    documented = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", text))
     assert documented - flags == set()
 
 
 def test_every_metric_is_documented():
-    assert all(f"`{key}`" in README for key in {**METRICS, **EVAL_METRICS})
+    assert [key for key in {**METRICS, **EVAL_METRICS} if f"`{key}`" not in DOCS] == []
 
 
 def test_presets_table_matches_the_code():
     # each preset's row names its hub id, split and fields exactly as presets.py loads them
-    rows = {line.split("|")[1].strip(" `"): line for line in README.splitlines() if line.startswith("| `")}
+    rows = {line.split("|")[1].strip(" `"): line for line in DOCS.splitlines() if line.startswith("| `")}
     for name, preset in PRESETS.items():
         cells = [cell.strip() for cell in rows[name].split("|")[1:-1]]
         hub_id, split, prompt_field, answer_field = cells[1:5]
         assert (hub_id, split, prompt_field) == (f"`{preset.hub_id}`", f"`{preset.split}`", f"`{preset.prompt_field}`")
         assert answer_field.startswith(f"`{preset.answer_field}`")
+
+
+def test_readme_is_short():
+    assert len(README.splitlines()) <= 320
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation other than - and _ dropped, spaces to -, repeats numbered."""
+    seen: dict[str, int] = {}
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        seen[slug] = seen.get(slug, -1) + 1
+        if seen[slug]:
+            seen[f"{slug}-{seen[slug]}"] = 0
+    return set(seen)
+
+
+def test_every_relative_link_resolves():
+    broken = []
+    for page in PAGES:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+            elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert broken == []
+
+
+def test_readme_links_every_docs_page():
+    linked = {(ROOT / target).resolve() for target in re.findall(r"\]\((docs/[^)#\s]+)", README)}
+    assert [p.name for p in sorted((ROOT / "docs").glob("*.md")) if p.resolve() not in linked] == []
