@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one run (bitsandbytes travels as a wheel, see README "GPU notes"):
+# The GPU checks in one run (bitsandbytes travels as a wheel, see docs/gpu.md):
 #   the gpu-marked tests, then `powerflow bench` at the 1.5B and 7B shapes, then a training step split.
 # Run from the repository root with PYTHONPATH=. ; results go to $OUT (or ./gpu-out).
 set -uo pipefail

@@ -1,6 +1,7 @@
 """One JSON object per training step in OUT/metrics.jsonl, and what each key means.
 
-A new key is described once, here (the eval_* keys: tasks.EVAL_METRICS); README's metric table lists them all.
+A new key is described once, here (the eval_* keys: tasks.EVAL_METRICS); docs/training-guide.md's metric table
+lists them all.
 """
 
 from __future__ import annotations

@@ -58,7 +58,8 @@ def resolve_quant(quant: str, device: torch.device) -> tuple[str, str]:
     """`auto` -> nf4 on a GPU where bitsandbytes runs it, else none (full precision); and why, in words.
 
     On the CPU bitsandbytes computes NF4 by dequantizing each weight for every matmul: full precision is
-    faster there (README: Speed on the CPU) and a 135M-1.5B model fits in RAM anyway. `--quant nf4` still runs it.
+    faster there (docs/results.md, Speed on the CPU) and a 135M-1.5B model fits in RAM anyway. `--quant nf4` still
+    runs it.
     """
     if quant != "auto":
         return quant, "as asked"
