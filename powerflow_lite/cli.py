@@ -253,6 +253,8 @@ def _train(cfg: TrainConfig, run) -> None:
                   + (f", {info.processes} processes (data parallel)" if info.processes > 1 else ""), markup=False)
     console.print(f"  quant {info.quant}: {info.quant_why}", markup=False)
     console.print(f"  sampler {info.sampler}: {info.sampler_why}", markup=False)
+    for reporter in run.metrics.reporters:  # --report-to
+        console.print(f"  report to {reporter.where}", markup=False)
     if info.alpha_choice:
         from .display import preview_table
         from .preview import ALPHA_PREVIEW, MIN_ESS

@@ -49,6 +49,7 @@ class TensorBoard:
             raise PowerflowError(f"--report-to tensorboard needs TensorBoard: {INSTALL['tensorboard']}") from None
         self.path = out / "tensorboard"
         self.writer = SummaryWriter(log_dir=str(self.path))
+        self.where = f"tensorboard: {self.path} (tensorboard --logdir {self.path})"
 
     def log(self, row: dict) -> None:
         for key, value in scalars(row).items():
@@ -80,7 +81,9 @@ class WandB:
                               resume="allow", dir=str(out), config=config, mode=mode,
                               settings=wandb.Settings(silent=True, console="off"))
         id_file.write_text(run_id + "\n")
-        self.mode = mode
+        folder = Path(self.run.dir).parent  # OUT/wandb/<mode>-run-<time>-<id>; run.dir is its files/
+        self.where = (f"wandb, offline: {folder} (upload it later: wandb sync {folder})" if mode == "offline"
+                      else f"wandb, {mode}: {self.run.url or folder}")
 
     def log(self, row: dict) -> None:
         self.run.log(scalars(row), step=row["step"])

@@ -95,9 +95,12 @@ def test_tensorboard_and_wandb_get_every_row_and_the_samples(tiny_model_dir, tmp
     prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
     problems = write_jsonl(tmp_path / "problems.jsonl", PROBLEMS)
     out = tmp_path / "run"
-    code, _, err = run_cli(capsys, train_args(tiny_model_dir, prompts, problems, out, "--report-to",
-                                              "tensorboard,wandb"))
+    code, printed, err = run_cli(capsys, train_args(tiny_model_dir, prompts, problems, out, "--report-to",
+                                                    "tensorboard,wandb"))
     assert code == 0, err
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert f"report to tensorboard: {out / 'tensorboard'}" in printed
+    assert f"report to wandb, offline: {runs[0]} (upload it later: wandb sync {runs[0]})" in printed
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2]  # the eval before training, two steps (the last with its eval)
 
