@@ -133,6 +133,12 @@ class TrainConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, Rol
                          "length, so the penalty is the same constant for all of them")
         if self.min_new_tokens:
             notes.append("--min-new-tokens forbids EOS early on: those EOS probabilities are not sampled on-policy")
+        grouped = objective.grouped or (objective.uses_log_z and self.resolved_log_z == "batch")
+        if grouped and self.micro_batch_size < self.samples_per_prompt:
+            notes.append(f"--micro-batch-size {self.micro_batch_size} is below one prompt's "
+                         f"{self.samples_per_prompt} completions: a micro-batch holds whole prompts' groups (each "
+                         f"prompt's log Z' is estimated from its group), so it is {self.samples_per_prompt}; "
+                         "fewer --samples-per-prompt makes it smaller")
         return notes
 
 

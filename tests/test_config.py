@@ -69,6 +69,10 @@ def test_warnings():
     assert any("--truncation-penalty has no effect with --ignore-eos" in n
                for n in train_config(truncation_penalty=0.5, ignore_eos=True).warnings())
     assert train_config(truncation_penalty=0.5).warnings() == []
+    # a micro-batch holds whole groups under the batch log Z': a smaller --micro-batch-size is said to be ignored
+    (note,) = train_config(micro_batch_size=2, samples_per_prompt=8).warnings()
+    assert "--micro-batch-size 2 is below one prompt's 8 completions" in note
+    assert train_config(micro_batch_size=2, samples_per_prompt=8, log_z="head").warnings() == []
 
 
 # --- reading YAML
