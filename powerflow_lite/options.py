@@ -223,8 +223,8 @@ class TrainEvalOptions:
     eval_limit: int = option(32, "Evaluate on the first N prompts of --eval-data (0: all).", check=">=0",
                              panel=EVALUATION)
     eval_task: str = option("auto", TASK_HELP, choices=("auto", *TASKS), panel=EVALUATION)
-    eval_tempered: bool = option(False, "Before training, also evaluate the base at temperature 1/alpha, the free "
-                                        "alternative to training, and put it in the before/after table.",
+    eval_tempered: bool = option(False, "Before training, also evaluate the base at --eval-temperature (1/alpha), "
+                                        "the free alternative to training, and put it in the before/after table.",
                                  panel=EVALUATION)
     eval_temperature: float = option(0.0, "The base's temperature under --eval-tempered (0: 1/alpha). When "
                                           "flattening, the temperature that gives the base the diversity training "
