@@ -59,6 +59,7 @@ OUT_OF_RANGE = {
     "proposal_temperature": ("-1",),  # 0: 1 / --power-alpha
     "mcmc_steps": ("-1",),
     "block_tokens": ("-1",),  # 0: --max-new-tokens / 16
+    "eval_temperature": ("-1",),  # 0: 1/alpha
 }
 BAD_TEXT = {  # a text field's bad value, and what its error must name
     "device": ("tpu", "--device"),
@@ -68,6 +69,7 @@ BAD_TEXT = {  # a text field's bad value, and what its error must name
     "run": ("/nonexistent/run", "--run"),
     "embedder": ("/nonexistent/embedder", "--embedder"),  # the eval data here is math
     "judge": ("/nonexistent/judge", "--judge"),
+    "report_to": ("tensorbored", "--report-to"),
 }
 ANY_TEXT = {  # fields that take any string: why there is no bad value to try
     "model": "any directory or hub id; broken model directories are their own cases",
