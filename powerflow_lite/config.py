@@ -112,6 +112,14 @@ class TrainConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, Rol
             return self.log_z
         return "batch" if self.samples_per_prompt >= 2 else "head"
 
+    @property
+    def micro_batch_group(self) -> int:
+        """The smallest micro-batch: a prompt's G completions when the objective compares them or the loss takes
+        each prompt's log Z' from its batch (update.micro_batches keeps whole groups together), else 1."""
+        objective = OBJECTIVES[self.objective]
+        together = objective.grouped or (objective.uses_log_z and self.resolved_log_z == "batch")
+        return self.samples_per_prompt if together else 1
+
     def warnings(self) -> list[str]:
         """Settings that are allowed but bend the maths."""
         notes = []
@@ -133,8 +141,7 @@ class TrainConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, Rol
                          "length, so the penalty is the same constant for all of them")
         if self.min_new_tokens:
             notes.append("--min-new-tokens forbids EOS early on: those EOS probabilities are not sampled on-policy")
-        grouped = objective.grouped or (objective.uses_log_z and self.resolved_log_z == "batch")
-        if grouped and self.micro_batch_size < self.samples_per_prompt:
+        if self.micro_batch_size < self.micro_batch_group:
             notes.append(f"--micro-batch-size {self.micro_batch_size} is below one prompt's "
                          f"{self.samples_per_prompt} completions: a micro-batch holds whole prompts' groups (each "
                          f"prompt's log Z' is estimated from its group), so it is {self.samples_per_prompt}; "

@@ -164,9 +164,7 @@ def sampling_rows(cfg: TrainConfig) -> int:
 def micro_batch_rows(cfg: TrainConfig) -> int:
     """Completions per forward/backward: --micro-batch-size rounded down to whole groups when the objective or the
     batch log Z' compares a prompt's completions (update.micro_batches), at least one group."""
-    objective = OBJECTIVES[cfg.objective]
-    grouped = objective.grouped or (objective.uses_log_z and cfg.resolved_log_z == "batch")
-    group = cfg.samples_per_prompt if grouped else 1
+    group = cfg.micro_batch_group
     return min(cfg.prompts_per_step * cfg.samples_per_prompt, max(1, cfg.micro_batch_size // group) * group)
 
 

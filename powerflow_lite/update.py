@@ -58,7 +58,7 @@ def update_policy(run: Run, batch: ScoredBatch, notes: list[str], lr_scale: floa
 def _epochs(run: Run, batch: ScoredBatch, notes: list[str], lr_scale: float, before: Before) -> Update:
     """K epochs of gradient accumulation and an optimizer step each; the schedule advances K steps regardless."""
     cfg, objective, ranks = run.cfg, run.objective, run.ranks
-    group = cfg.samples_per_prompt if objective.grouped or run.log_z.from_batch else 1  # the smallest micro-batch
+    group = cfg.micro_batch_group  # the smallest micro-batch
     lora_params = trainable_parameters(run.model)
     # the whole step's counts (under a launcher, every process's rows): the gradients then add up to the step's
     step_rows = ranks.sum(len(batch))
