@@ -28,15 +28,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import transformers
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from power_real import part  # noqa: E402
+
 from powerflow_lite import demo
 from powerflow_lite.config import EvalConfig, TrainConfig
-from powerflow_lite.evaluate import SAMPLES, evaluate
+from powerflow_lite.evaluate import SAMPLES, evaluate, first_samples
 from powerflow_lite.metrics import mean, std, stderr
 from powerflow_lite.plot import pyplot
 from powerflow_lite.tasks.fluency import at_matched
@@ -64,15 +67,7 @@ class Study:
         self.work.mkdir(parents=True, exist_ok=True)
 
     def part(self, name: str, compute) -> dict:
-        """A finished piece of the study, computed once and kept (the study resumes from its parts)."""
-        path = self.parts / f"{name}.json"
-        if not path.is_file():
-            log(f"{name} ...")
-            started = time.perf_counter()
-            value = {**compute(), "seconds": time.perf_counter() - started}
-            path.write_text(json.dumps(value, indent=1))
-            log(f"{name}: {value['seconds']:.0f} s")
-        return json.loads(path.read_text())
+        return part(self.parts, name, compute)
 
     def recipe(self, alpha: float, seed: int, output: Path, lr: float | None = None) -> TrainConfig:
         values = demo.demo_defaults("creative", need_model=False)
@@ -109,11 +104,10 @@ class Study:
                              chat_template=recipe.chat_template, system_prompt=recipe.system_prompt,
                              quant=recipe.quant, seed=seed, output=str(output), overwrite=True)
             summary = evaluate(cfg)["results"]["adapter" if adapter else "base"]
-            records = [json.loads(line) for line in (output / SAMPLES).read_text().splitlines() if line.strip()]
-            first = [r for r in records if r["prompt_index"] == 0][:2]
+            first = first_samples(output / SAMPLES)
             return {**{key: summary[key] for key in (*KEYS, "distinct_2", "length_mean", "truncated_frac")},
                     **{f"{key}_per_prompt": summary[f"{key}_per_prompt"] for key in KEYS},
-                    "samples": [{"prompt": r["prompt"], "completion": r["completion"]} for r in first]}
+                    "samples": [{"prompt": first["prompt"], "completion": c} for c in first["completions"]]}
 
         return self.part(name, compute)
 
@@ -287,10 +281,6 @@ def plot(result: dict, path: Path) -> None:
 
 def pct(value: float) -> str:
     return f"{100 * value:.1f}%"
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def main() -> None:

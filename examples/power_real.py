@@ -76,15 +76,7 @@ class Study:
         self.recipes = dict(list(RECIPES.items())[:1]) if quick else RECIPES
 
     def part(self, name: str, compute) -> dict:
-        """A finished piece of the study, computed once and kept (the study resumes from its parts)."""
-        path = self.parts / f"{name}.json"
-        if not path.is_file():
-            log(f"{name} ...")
-            started = time.perf_counter()
-            value = {**compute(), "seconds": time.perf_counter() - started}
-            path.write_text(json.dumps(value, indent=1))
-            log(f"{name}: {value['seconds']:.0f} s")
-        return json.loads(path.read_text())
+        return part(self.parts, name, compute)
 
     def training_prompts(self, tasks: tuple[str, ...]) -> Path:
         path = self.work / f"prompts-{'-'.join(tasks)}.jsonl".replace(" ", "_")
@@ -253,6 +245,19 @@ def plot(result: dict, path: Path) -> None:
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def part(parts: Path, name: str, compute) -> dict:
+    """A finished piece of a study, computed once and kept as parts/NAME.json with its seconds (a study resumes
+    from its parts)."""
+    path = parts / f"{name}.json"
+    if not path.is_file():
+        log(f"{name} ...")
+        started = time.perf_counter()
+        value = {**compute(), "seconds": time.perf_counter() - started}
+        path.write_text(json.dumps(value, indent=1))
+        log(f"{name}: {value['seconds']:.0f} s")
+    return json.loads(path.read_text())
 
 
 def log(message: str) -> None:
