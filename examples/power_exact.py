@@ -34,10 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import exact_alpha  # noqa: E402 - the exact study's problems and training
 
 from powerflow_lite import exact  # noqa: E402
+from powerflow_lite.logprobs import completion_logprobs  # noqa: E402
 from powerflow_lite.model import load_base_model, load_tokenizer  # noqa: E402
 from powerflow_lite.plot import pyplot  # noqa: E402
-from powerflow_lite.samplers import SAMPLERS, PowerSettings, SamplingSettings  # noqa: E402
-from powerflow_lite.scoring import completion_logprobs  # noqa: E402
+from powerflow_lite.samplers import SAMPLERS  # noqa: E402
+from powerflow_lite.samplers.rollouts import PowerSettings, SamplingSettings  # noqa: E402
 
 PROBLEMS = [  # (alpha, regime, base): the peakier base "x8" and the one with EOS, where lengths differ
     (4.0, "fixed", "x8"),

@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 
 from powerflow_lite import exact
+from powerflow_lite.config import matched_temperatures
 from powerflow_lite.metrics import mean, std
 from powerflow_lite.model import load_base_model, load_tokenizer
-from powerflow_lite.preview import cluster_answers, draw_samples, estimates, matched_temperatures
+from powerflow_lite.preview import cluster_answers, draw_samples, estimates
 from powerflow_lite.samplers.rollouts import SamplingSettings, eos_token_ids
 from powerflow_lite.tasks.math import parse_answer
 from powerflow_lite.tiny import write_tiny_model

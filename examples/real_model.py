@@ -278,7 +278,7 @@ def _judge_scores(s: Settings, table: dict, log) -> dict:
     """The judge's mean rating of each policy's samples (the first seed's: rating is slow on a CPU) and its standard
     error across samples."""
     from powerflow_lite.model import load_base_model, load_tokenizer, resolve_device
-    from powerflow_lite.tasks.creative import judge_scores
+    from powerflow_lite.tasks.models import judge_scores
 
     log(f"flattening: rating every sample with the judge {s.judge}")
     device = resolve_device("auto")

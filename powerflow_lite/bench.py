@@ -22,7 +22,8 @@ import torch
 
 from .config import BenchConfig
 from .model import add_lora, load_base_model, load_tokenizer, resolve_device, resolve_quant
-from .samplers import SAMPLERS, SamplingSettings
+from .samplers import SAMPLERS
+from .samplers.rollouts import SamplingSettings
 from .tiny import build_tokenizer
 
 SHAPES = {  # hidden, intermediate, layers, attention heads, key/value heads, vocabulary

@@ -11,7 +11,7 @@ place, and `trainer_state.json` is its last file, so a directory named
 checkpoint-N is always complete; old ones are renamed away before they are
 deleted (--keep-checkpoints). There is no data loader or RNG state to save: the
 random draws of step s are functions of (seed, s) (seeds.py) and its
-prompts of (seed, fresh steps so far) (`data.prompt_indices`), so the step, the
+prompts of (seed, fresh steps so far) (`seeds.prompt_indices`), so the step, the
 count of fresh steps (trainer_state.json) and, with --replay-steps, the buffer
 put a resumed run back on track. Nothing is pickled: tensors go to safetensors, the
 rest of the optimizer and scheduler state to JSON.

@@ -21,6 +21,7 @@ import inspect
 import json
 import os
 import signal
+import sys
 import warnings
 from typing import Callable, Optional
 
@@ -52,11 +53,12 @@ _rank_console = Console(stderr=True, highlight=False, soft_wrap=True)
 def _say_error(message: str, err: BaseException | None = None) -> None:
     """An error line: from rank 0 always; from another rank only when it failed alone (after joining the process
     group, and not an error every rank agreed on), prefixed with its rank."""
-    from . import distributed
-
     if not _QUIET:
         err_console.print(message, markup=False)
-    elif distributed.JOINED and not (isinstance(err, PowerflowError) and err.shared):
+        return
+    from . import distributed
+
+    if distributed.JOINED and not (isinstance(err, PowerflowError) and err.shared):
         _rank_console.print(f"[rank {os.environ.get('RANK')}] {message}", markup=False)
 
 
@@ -152,9 +154,6 @@ PREVIEW_DEMO = _extra("demo", bool, "--demo", default=False,
 @with_config_flags(TrainConfig, extra=[CONFIG_FILE, DEMO, DEMO_CREATIVE, DRY_RUN, PROMPT_TOKENS])
 def train(config: str | None = None, demo: bool = False, demo_creative: bool = False, dry_run: bool = False,
           prompt_tokens: int | None = None, **flags) -> None:
-    from .distributed import Ranks
-    from .setup import setup
-
     if demo and demo_creative:
         raise PowerflowError("--demo and --demo-creative are two demos: pick one")
     if prompt_tokens is not None and not dry_run:
@@ -177,6 +176,9 @@ def train(config: str | None = None, demo: bool = False, demo_creative: bool = F
     if dry_run:
         _dry_run(cfg, prompt_tokens)
         return
+    from .distributed import Ranks
+    from .setup import setup
+
     ranks = Ranks.from_environment()  # torchrun / accelerate launch: data parallel (distributed.py)
     try:
         _train(cfg, setup(cfg, ranks))
@@ -256,8 +258,9 @@ def _train(cfg: TrainConfig, run) -> None:
     for reporter in run.metrics.reporters:  # --report-to
         console.print(f"  report to {reporter.where}", markup=False)
     if info.alpha_choice:
+        from .config_files import ALPHA_PREVIEW
         from .display import preview_table
-        from .preview import ALPHA_PREVIEW, MIN_ESS
+        from .preview import MIN_ESS
 
         choice = info.alpha_choice
         console.print(preview_table(choice["table"], MIN_ESS))
@@ -279,7 +282,7 @@ def _train(cfg: TrainConfig, run) -> None:
         console.print(outcome.before_after_note, markup=False)
     if outcome.before_after:
         console.print(eval_table(outcome.before_after))
-        if outcome.before_after["task"] == "creative":  # text to read, not only figures
+        if TASKS[outcome.before_after["task"]].shows_samples:  # text to read, not only figures
             console.print(samples_text(outcome.before_after), markup=False)
         used = TASKS[outcome.before_after["task"]].data_note
         console.print(f"eval data: {cfg.eval_data} ({used}); every sample in {run.out / 'evals'}", markup=False)
@@ -388,7 +391,7 @@ def preview(config: str | None = None, demo: bool = False, **flags) -> None:
         console.print(line, markup=False)
     for written in write_preview(table, cfg.json, cfg.plot):
         console.print(f"wrote {written}", markup=False)
-    if table["task"] == "math" and any(float(a) > 1 for a in table["alphas"]):
+    if TASKS[table["task"]].states_answers and any(float(a) > 1 for a in table["alphas"]):
         try:
             choice = choose_alpha(table)
             console.print(f"--alpha auto would choose {choice['alpha']:g}: the {choice['rule']} ({choice['why']})",
@@ -484,17 +487,16 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> No
 
 
 def _quiet_libraries() -> None:
-    """Library chatter (deprecation notices, weight-loading bars) is not for our users' terminals."""
+    """Library chatter (deprecation notices, weight-loading bars) is not for our users' terminals. transformers reads
+    the two variables when a command first imports it; where it is imported already (a test), it is told."""
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*gradient checkpointing.*")
-    try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-    except ImportError:
-        pass
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # transformers' bars too (logging.disable_progress_bar)
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].logging.set_verbosity_error()
+        sys.modules["transformers"].logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -310,10 +310,14 @@ class PreviewConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, L
     @property
     def temperature_grid(self) -> tuple[float, ...]:
         if self.temperatures == "auto":
-            from .preview import matched_temperatures
-
             return matched_temperatures(self.alpha_grid)
         return number_list(self.temperatures, "--temperatures")
+
+
+def matched_temperatures(alphas: tuple[float, ...]) -> tuple[float, ...]:
+    """The proposal temperatures `auto`: 1 (the base itself) and 1/alpha for each alpha, which matches p_alpha
+    token by token, so that every alpha of the grid has proposals near it."""
+    return tuple(sorted({1.0, *(round(1.0 / alpha, 4) for alpha in alphas)}, reverse=True))
 
 
 def _check_new_file(path: str, flag: str = "--out") -> None:

@@ -22,6 +22,7 @@ from .errors import PowerflowError, first_line
 from .options import as_dict
 
 RUN_KEYS = ("model", "quant", "chat_template", "system_prompt", "max_new_tokens", "trust_remote_code")
+ALPHA_PREVIEW = "alpha_preview.json"  # in a training run's OUT: --alpha auto's preview table, choice and rule
 
 
 def field_type(cls, name: str) -> type:
@@ -119,8 +120,6 @@ def resolve_train_config(config_path: str | None, flags: dict, demo: str | None 
                 restored.pop(name, None)
             layered.update(restored)
             if explicit.get("alpha") == "auto":  # the choice the run made when it started, not a new preview
-                from .preview import ALPHA_PREVIEW
-
                 if not (saved.parent / ALPHA_PREVIEW).is_file():
                     raise PowerflowError(f"--alpha auto: {saved.parent} was started at alpha {restored.get('alpha')}, "
                                          "not chosen by --alpha auto; resume without --alpha")

@@ -7,8 +7,8 @@
     load_prompts("math500", answer_field="")              # a preset (presets.py); rows get row["answer"]
 
 Each row is a dict whose "prompt" key holds the text; the file's other fields
-are kept. The order of prompts is a pure function of (seed, step), so a resumed
-run sees the same prompts as an uninterrupted one without saving a data loader.
+are kept. Which prompts a training step takes is a pure function of (seed, step)
+(seeds.prompt_indices).
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import torch
-
 from .errors import PowerflowError, first_line
 from .presets import ANSWER_FIELDS, PRESETS, PROMPT_FIELDS
-from .seeds import epoch_order
+from .rewards import last_boxed
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
@@ -98,8 +96,6 @@ def _attach_answers(rows: list[dict], records: list, field: str, path: Path) -> 
     An empty `field` takes the first of ANSWER_FIELDS that any row has, and rows
     without it get None; a named field must be in every row.
     """
-    from .tasks.math import last_boxed
-
     named = bool(field)
     field = field or next((name for name in ANSWER_FIELDS if any(name in record for _, record in records)), "")
     for row, (n, record) in zip(rows, records):
@@ -206,18 +202,6 @@ def _read_dataset(name: str, split: str) -> list[tuple[int, dict]]:
     except Exception as err:  # offline, unknown name, bad split: datasets raises many types
         raise PowerflowError(f"{name!r} is neither a prompt file nor a reachable dataset ({first_line(err)})") from None
     return list(enumerate(dataset, 1))
-
-
-def prompt_indices(num_prompts: int, step: int, per_step: int, seed: int) -> list[int]:
-    """The prompts of training step `step` (0-based): consecutive slices of one shuffle per epoch."""
-    orders: dict[int, torch.Tensor] = {}
-    indices = []
-    for position in range(step * per_step, (step + 1) * per_step):
-        epoch, offset = divmod(position, num_prompts)
-        if epoch not in orders:
-            orders[epoch] = epoch_order(seed, epoch, num_prompts)
-        indices.append(int(orders[epoch][offset]))
-    return indices
 
 
 def render_prompt(tokenizer, text: str, chat_template: str = "auto", system_prompt: str | None = None) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +38,7 @@ from .samplers import SAMPLERS
 from .samplers.rollouts import SamplingSettings
 from .seeds import EVAL_SEED_OFFSET, seed_eval
 from .tasks import EVAL_METRICS, PAIRED, TASKS, Measures, resolve_task, too_few_samples
-from .tasks.creative import load_embedder
+from .tasks.models import judge_scores, load_embedder
 
 SUMMARY, SAMPLES = "summary.json", "samples.jsonl"
 Progress = Callable[[int, int, str], None]  # (completions done, completions in all, variant)
@@ -243,8 +244,8 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None, ranks: Ranks = S
     if ranks.main:  # the measuring models grade on rank 0 only
         measures = Measures(
             embed=load_embedder(cfg.embedder, device) if TASKS[eval_set.task].uses_embedder else None,
-            judge=(load_base_model(cfg.judge, cfg.quant, device, cfg.trust_remote_code),
-                   load_tokenizer(cfg.judge, cfg.trust_remote_code)) if cfg.judge else None)
+            judge=partial(judge_scores, load_base_model(cfg.judge, cfg.quant, device, cfg.trust_remote_code),
+                          load_tokenizer(cfg.judge, cfg.trust_remote_code)) if cfg.judge else None)
     model = load_policy(cfg, device)
     settings = SamplingSettings.from_config(cfg, tokenizer)
     variants = (["base"] if cfg.compare_base else []) + ["adapter" if cfg.adapter else "base"]

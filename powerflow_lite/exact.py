@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .logprobs import completion_logprobs
 from .model import eval_mode, trainable_parameters
 from .samplers.rollouts import Rollouts
-from .scoring import completion_logprobs
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ import torch
 
 from .config import SampleConfig
 from .data import encode_prompts, load_prompts
+from .logprobs import score
 from .model import context_length, eval_mode, load_policy, load_tokenizer, resolve_device
-from .samplers import SAMPLERS, SamplingSettings, resolve_sampler
-from .scoring import score
+from .samplers import SAMPLERS, resolve_sampler
+from .samplers.rollouts import SamplingSettings
 from .seeds import row_uniforms
 
 ROWS_PER_BATCH = 32  # completions generated together

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from .config import TrainConfig
-from .scoring import LOGITS_BUDGET
+from .logprobs import LOGITS_BUDGET
 
 LORA_BYTES = 4  # peft keeps adapter weights in float32 (autocast_adapter_dtype), on a bf16 or NF4 base alike
 NF4_BLOCK, NESTED_BLOCK = 64, 256  # bitsandbytes 4-bit blocksize; its double quant's blocksize for the absmax
@@ -162,23 +162,23 @@ def recompute_bytes(shape: Shape, cfg: TrainConfig, rows: int, prompt: int, dtyp
 
 def logits_bytes(shape: Shape, rows: int, length: int, device: str) -> tuple[int, int]:
     """The largest logits tensor of scoring and the update: one chunk of the micro-batch's completion positions
-    (scoring.LOGITS_BUDGET), float32.  -> (bytes, positions in the chunk)"""
+    (logprobs.LOGITS_BUDGET), float32.  -> (bytes, positions in the chunk)"""
     chunk = min(rows * length, max(1, LOGITS_BUDGET[device] // shape.vocab))
     return chunk * shape.vocab * 4, chunk
 
 
-def decode_bytes(shape: Shape, rows: int, prefill_rows: int, length: int, prompt: int, sampler: str,
+def decode_bytes(shape: Shape, rows: int, prefill_rows: int, length: int, prompt: int, next_token_bytes: int,
                  dtype_bytes: int) -> tuple[int, str]:
     """The sampler's workspace beside its cache, the largest of three that come one after another: the prefill's
     MLP (gate, up and their product, 3 x intermediate per token, one layer at a time); a decode step's attention,
     which repeats one layer's keys and values to every head (GQA under a padding mask); and the next-token tensors
-    over the vocabulary (static: the logits, a float32 copy, log-softmax, softmax and two float64 cumulative sums;
-    generate: the logits, a float32 copy and the softmax)."""
+    over the vocabulary: the logits, a float32 copy and the sampler's own `next_token_bytes` per entry
+    (Sampler.next_token_bytes: static's log-softmax, softmax and two float64 cumulative sums; generate's softmax)."""
     b = dtype_bytes
     prefill = prefill_rows * prompt * b * 3 * shape.config.intermediate_size
     attention = 2 * rows * shape.heads * length * shape.head_dim * b
     copy = 4 if b != 4 else 0  # .float() of float32 logits is the same tensor
-    per_entry = b + copy + 4 + 4 + 8 + 8 if sampler == "static" else b + copy + 4
+    per_entry = b + copy + next_token_bytes
     vocab = rows * shape.vocab * per_entry
     largest = max((prefill, f"prefill MLP: {prefill_rows} x {prompt} tokens"),
                   (attention, f"one layer's K, V x {shape.heads} heads"),

@@ -37,7 +37,7 @@ from .memory_parts import (
     weight_bytes,
 )
 from .objectives import OBJECTIVES
-from .samplers import resolve_sampler
+from .samplers import SAMPLERS, resolve_sampler
 
 GiB = 2**30
 CARDS_GIB = (8, 12, 16, 24)  # the GPUs a user without one asks about
@@ -187,9 +187,9 @@ def plan_memory(cfg: TrainConfig, prompt_tokens: int = PROMPT_TOKENS, device: st
     activations, how = activation_bytes(shape, cfg, mb, P, b)
     logits, chunk = logits_bytes(shape, mb, L, device)
     optimizer = adamw8bit_bytes(trained) if eight_bit else adamw_bytes(trained, 4 if device == "cpu" else 0)
-    G = cfg.samples_per_prompt  # static prefills each distinct prompt of a call once, generate every row
-    prefill_rows = rows if sampler == "hf" else min(rows, math.ceil(rows / G) + (1 if rows % G else 0))
-    workspace, workspace_how = decode_bytes(shape, rows, prefill_rows, P + L, P, sampler, b)
+    G, drawing = cfg.samples_per_prompt, SAMPLERS[sampler]  # a prompt of a call prefilled once, or every row
+    prefill_rows = min(rows, math.ceil(rows / G) + (1 if rows % G else 0)) if drawing.prefills_once else rows
+    workspace, workspace_how = decode_bytes(shape, rows, prefill_rows, P + L, P, drawing.next_token_bytes, b)
     quantized, others = sum(shape.quantizable), shape.other_params
     parts = [
         Part(f"base weights ({quant})", "held", weight_bytes(shape, quant, b), True,
@@ -200,7 +200,7 @@ def plan_memory(cfg: TrainConfig, prompt_tokens: int = PROMPT_TOKENS, device: st
         Part("gradients", "held", sum(trained) * 4, True, f"{_m(sum(trained))} x 4 B"),
         Part("optimizer state", "held", optimizer, True,
              f"{_m(sum(trained))} x 2 x 1 B + absmax" if eight_bit else f"{_m(sum(trained))} x 2 x 4 B"),
-        Part("KV cache", "sampling", kv_cache_bytes(shape, rows, P + L, b), sampler == "static",
+        Part("KV cache", "sampling", kv_cache_bytes(shape, rows, P + L, b), drawing.static_cache,
              f"2 x {shape.layers} x {shape.kv_heads} x {shape.head_dim} x {P + L} x {rows} rows x {b} B"),
         Part("sampling workspace", "sampling", workspace, False, workspace_how),
         Part("activations kept", "update", activations, False, how),

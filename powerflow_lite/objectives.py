@@ -21,18 +21,19 @@ zero at the optimum), `stats["weight"]` the clipped importance weight and
 No model, config or device in the losses: tests check each one against arithmetic
 done by hand (tests/test_objectives.py). The registry `OBJECTIVES` at the end
 says what each needs (capability flags), and `Objective.check` refuses the
-settings an objective cannot train with.
+settings an objective cannot train with. The losses use tensor methods only, so
+importing this module (the CLI's choices and checks) does not import torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Callable
 
 from .errors import PowerflowError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def sequence_sum(logps: Tensor, mask: Tensor) -> Tensor:
@@ -42,7 +43,7 @@ def sequence_sum(logps: Tensor, mask: Tensor) -> Tensor:
 
 def lengths_of(mask: Tensor) -> Tensor:
     """|y| as a float, at least 1 so that length-normalised terms stay finite.  [N, L] -> [N]"""
-    return mask.sum(-1).clamp(min=1).to(torch.float32)
+    return mask.sum(-1).clamp(min=1).float()
 
 
 def importance_weights(policy_logps: Tensor, old_logps: Tensor, mask: Tensor, clip_eps: float):
@@ -55,9 +56,9 @@ def importance_weights(policy_logps: Tensor, old_logps: Tensor, mask: Tensor, cl
 
 def group_mean(values: Tensor, group_ids: Tensor) -> Tensor:
     """Mean of `values` over the rows sharing a group id, broadcast back to every row.  [N] -> [N]"""
-    _, index = torch.unique(group_ids, return_inverse=True)
-    sums = torch.zeros(int(index.max()) + 1, dtype=values.dtype, device=values.device).index_add_(0, index, values)
-    counts = torch.bincount(index).to(values.dtype)
+    _, index = group_ids.unique(return_inverse=True)
+    sums = values.new_zeros(int(index.max()) + 1).index_add_(0, index, values)
+    counts = index.bincount().to(values.dtype)
     return (sums / counts)[index]
 
 

@@ -25,17 +25,26 @@ with the probability of their prefix, as in the power samplers.
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .data import chat_stop_ids, encode_prompts, load_prompts
+from .errors import PowerflowError
+from .logprobs import score_temperatures
+from .model import context_length, load_base_model, load_tokenizer, resolve_device, resolve_quant
+from .plot import plot_preview
 from .samplers.resample import importance_weights
 from .samplers.rollouts import SamplingSettings
 from .samplers.static import sample_static
+from .tasks import TASKS
+from .tasks.math import parse_answer, same_answer
+from .tasks.models import default_embedder_path, load_embedder
 
-ALPHA_PREVIEW = "alpha_preview.json"  # in a training run's OUT: --alpha auto's preview table, choice and rule
 ROWS_PER_CALL = 256  # completions sampled together
 SCORE_ROWS = 64  # completions scored together
 MAJORITY_DRAWS = 1000  # k-sample draws per prompt that estimate maj@k
@@ -64,12 +73,6 @@ def mixture_log_q(log_q_each: Tensor, counts: list[int]) -> Tensor:
     return torch.logsumexp(log_q_each.double() + log_shares, dim=0)
 
 
-def matched_temperatures(alphas: tuple[float, ...]) -> tuple[float, ...]:
-    """The proposal temperatures `auto`: 1 (the base itself) and 1/alpha for each alpha, which matches p_alpha
-    token by token, so that every alpha of the grid has proposals near it."""
-    return tuple(sorted({1.0, *(round(1.0 / alpha, 4) for alpha in alphas)}, reverse=True))
-
-
 def split_counts(candidates: int, temperatures: tuple[float, ...]) -> list[int]:
     """N completions shared out over the temperatures as evenly as possible, the first ones taking the rest."""
     base, rest = divmod(candidates, len(temperatures))
@@ -81,8 +84,6 @@ def draw_samples(model, tokenizer, prompt_ids: list[list[int]], candidates: int,
                  settings: SamplingSettings, score_rows: int = SCORE_ROWS) -> Samples:
     """N completions per prompt, n_m at each temperature T_m, each scored at every temperature (the base model:
     a plain model, or a PEFT one with its adapter off)."""
-    from .scoring import score_temperatures
-
     counts = split_counts(candidates, temperatures)
     scored_at = list(dict.fromkeys((*temperatures, 1.0)))  # the mixture's temperatures, and 1: p_base itself
     rows: list[list[tuple]] = [[] for _ in prompt_ids]  # per prompt: (log q_m [M], length, truncated, text)
@@ -114,8 +115,6 @@ def draw_samples(model, tokenizer, prompt_ids: list[list[int]], candidates: int,
 def cluster_answers(parsed: list[list]) -> list[int]:
     """Which distinct final answer each completion states (-1: none), equivalent forms as one (math-verify):
     first by the text of the answer, then the distinct texts compared symbolically."""
-    from .tasks.math import same_answer
-
     representatives: list[list] = []  # one parse per cluster
     by_text: dict[str, int] = {}
     ids = []
@@ -136,8 +135,6 @@ def cluster_answers(parsed: list[list]) -> list[int]:
 def read_answers(samples: Samples, references: list[str] | None = None) -> tuple[Tensor, Tensor | None]:
     """[P, N] the answer cluster of each completion (-1: states none) and, with reference answers, [P, N] whether
     cluster c (index c) is right (False beyond the prompt's clusters)."""
-    from .tasks.math import parse_answer, same_answer
-
     clusters, correct = [], []
     for p, texts in enumerate(samples.texts):
         parsed = [parse_answer(text, ended=not bool(cut)) for text, cut in zip(texts, samples.truncated[p])]
@@ -228,8 +225,6 @@ def choose_alpha(table: dict, per_doubling: float = AUTO_GAIN, min_ess: float = 
     to the next of them gains less than `per_doubling` of modal share per doubling of alpha (the largest, if it
     rises all the way). Sharpening helps while it makes p_alpha agree with itself; past that point it mostly
     narrows and shortens. -> {"alpha", "rule", "why"}; raises PowerflowError when the rule cannot apply."""
-    from .errors import PowerflowError
-
     rows = {float(a): row for a, row in table["alphas"].items()}
     if not any("modal_share" in row for row in rows.values()) or max(
             row.get("answered_share", 0.0) for row in rows.values()) == 0.0:
@@ -256,31 +251,28 @@ def choose_alpha(table: dict, per_doubling: float = AUTO_GAIN, min_ess: float = 
 
 def preview(cfg, progress=None) -> dict:
     """The whole `powerflow preview`: load, draw, read, estimate.  -> the table (JSON-ready)."""
-    from .data import chat_stop_ids, encode_prompts, load_prompts
-    from .model import context_length, load_base_model, load_tokenizer, resolve_device, resolve_quant
-
     device = resolve_device(cfg.device)
     rows = load_prompts(cfg.prompts, cfg.prompt_field, cfg.split, cfg.answer_field)
     rows_used = rows[:cfg.limit] if cfg.limit else rows
     lines = rows.lines_of(rows_used)
     references = [row.get("answer") for row in rows_used]
     references = references if all(references) else None  # answers for every row, or none are used
-    if cfg.task == "creative":
+    chosen = TASKS.get(cfg.task)  # None: auto
+    if chosen is not None and not chosen.states_answers:
         references = None
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows_used], cfg.chat_template,
                                 cfg.system_prompt, cfg.max_new_tokens, context_length(cfg.model, cfg.trust_remote_code),
                                 cfg.prompts, lines)
-    if cfg.task == "creative":  # a missing embedder fails before the model loads
-        from .tasks.creative import default_embedder_path
-
+    needs_embedder = chosen is not None and chosen.uses_embedder
+    if needs_embedder:  # a missing embedder fails before the model loads
         cfg.embedder or default_embedder_path()
     quant, _ = resolve_quant(cfg.quant, device)
     model = load_base_model(cfg.model, quant, device, cfg.trust_remote_code)
     settings = SamplingSettings(cfg.max_new_tokens, stop_ids=tuple(chat_stop_ids(tokenizer, cfg.chat_template)))
     return preview_model(model, tokenizer, prompt_ids, cfg.alpha_grid, cfg.candidates, cfg.temperature_grid,
                          settings, seed=cfg.seed, references=references, task=cfg.task, k=cfg.k,
-                         embedder=lambda: _embedder(cfg.embedder, device, required=cfg.task == "creative"),
+                         embedder=lambda: _embedder(cfg.embedder, device, required=needs_embedder),
                          meta={"model": cfg.model, "prompts_file": cfg.prompts, "quant": quant},
                          score_rows=cfg.batch_size)
 
@@ -291,23 +283,22 @@ def preview_model(model, tokenizer, prompt_ids: list[list[int]], alphas: tuple[f
                   meta: dict | None = None, score_rows: int = SCORE_ROWS) -> dict:
     """The preview of a loaded base model on tokenized prompts (training's --alpha auto calls this too). Its
     random draws are its own: the caller's random state is left as it was."""
-    import time
-
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         samples = draw_samples(model, tokenizer, prompt_ids, candidates, temperatures, settings, score_rows)
     drawn = time.perf_counter() - started
     clusters = correct = None
-    if task != "creative":
+    if task == "auto" or TASKS[task].states_answers:
         clusters, correct = read_answers(samples, references)
-        answered = float((clusters >= 0).double().mean())
-        if task == "auto":
-            task = "math" if references is not None or answered >= 0.5 else "creative"
-    embed = embedder() if embedder is not None and task == "creative" else None  # None: not installed
+        if task == "auto":  # the first task that states answers when these samples do (most, or with references)
+            stated = references is not None or float((clusters >= 0).double().mean()) >= 0.5
+            task = next(name for name, each in TASKS.items() if each.states_answers == stated)
+    measured = TASKS[task]
+    embed = embedder() if embedder is not None and measured.uses_embedder else None  # None: not installed
     embeddings = [embed(texts) for texts in samples.texts] if embed is not None else None
     generator = torch.Generator().manual_seed(seed)
-    table = {alpha: estimates(samples, alpha, clusters if task == "math" else None, correct, embeddings, k,
+    table = {alpha: estimates(samples, alpha, clusters if measured.states_answers else None, correct, embeddings, k,
                               generator=generator) for alpha in alphas}
     return {**(meta or {}), "task": task, "prompts": len(prompt_ids), "candidates": candidates,
             "temperatures": list(temperatures), "k": k, "max_new_tokens": settings.max_new_tokens,
@@ -316,10 +307,7 @@ def preview_model(model, tokenizer, prompt_ids: list[list[int]], alphas: tuple[f
 
 
 def _embedder(path: str, device, required: bool):
-    """The eval's sentence embedder; when the task was only guessed to be creative, None if it is not installed."""
-    from .errors import PowerflowError
-    from .tasks.creative import load_embedder
-
+    """The eval's sentence embedder; when the task was only guessed, None if it is not installed."""
     try:
         return load_embedder(path, device)
     except PowerflowError:
@@ -330,16 +318,12 @@ def _embedder(path: str, device, required: bool):
 
 def write_preview(table: dict, json_path: str = "", plot_path: str = "") -> list[str]:
     """The table as JSON and its plot, where asked (both files new: checked by PreviewConfig)."""
-    import json
-
     written = []
     if json_path:
         with open(json_path, "x", encoding="utf-8") as handle:
             handle.write(json.dumps(table, indent=1) + "\n")
         written.append(json_path)
     if plot_path:
-        from .plot import plot_preview
-
         plot_preview(table, plot_path)
         written.append(plot_path)
     return written

@@ -41,6 +41,12 @@ def boxed_answers(text: str) -> list[str]:
     return found
 
 
+def last_boxed(text: str) -> str | None:
+    """The contents of the last complete \\boxed{...} in `text` (braces balanced), or None."""
+    answers = boxed_answers(text)
+    return answers[-1] if answers else None
+
+
 def has_boxed(text: str) -> bool:
     """True when `text` contains \\boxed{...} with balanced braces and something inside."""
     return any(boxed_answers(text))

@@ -3,7 +3,7 @@
     taken = take(run, step, notes)          # StepRollout: the rollouts, their prompts and texts
     remember(run, batch, taken, step)       # after scoring: a fresh step's completions into the replay buffer
 
-A fresh step samples its prompts (data.prompt_indices) at temperature 1, the
+A fresh step samples its prompts (seeds.prompt_indices) at temperature 1, the
 last --explore-fraction of each prompt's completions at --explore-temperature.
 With --replay-steps K, K replay steps follow each fresh one: each draws up to
 --prompts-per-step prompts from the buffer and G stored completions of each,
@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .data import prompt_indices
 from .errors import PowerflowError
 from .faults import halve_on_oom
 from .replay import Stored, replay_batch
 from .samplers import SAMPLERS
 from .samplers.rollouts import Rollouts, group_ids_of, sample_in_batches
-from .seeds import seed_step, step_generator, step_uniforms
+from .seeds import prompt_indices, seed_step, step_generator, step_uniforms
 
 if TYPE_CHECKING:
     from .batch import ScoredBatch

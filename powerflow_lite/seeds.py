@@ -2,6 +2,7 @@
 
     seed_step(seed, step, rank)               # torch's stream for step `step` (dropout masks, generate's draws)
     step_uniforms(seed, step, 0, N, L, dev)   # the static sampler's numbers for the N rows of a training step
+    prompt_indices(P, fresh_steps, B, seed)   # the prompts of the next sampled step
     row_uniforms(seed, first_row, n, L, dev)  # an evaluation's numbers, one generator per row
 
 Why functions of (seed, step, row) rather than one stream: a checkpoint then
@@ -52,8 +53,21 @@ def row_uniforms(seed: int, first_row: int, rows: int, length: int, device: torc
 
 
 def epoch_order(seed: int, epoch: int, count: int) -> Tensor:
-    """The shuffle of `count` prompts for one pass over them (data.prompt_indices)."""
+    """The shuffle of `count` prompts for one pass over them (prompt_indices)."""
     return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def prompt_indices(num_prompts: int, step: int, per_step: int, seed: int) -> list[int]:
+    """The prompts of training step `step` (0-based): consecutive slices of one shuffle per epoch, so a resumed run
+    takes the prompts an uninterrupted one would without saving a data loader."""
+    orders: dict[int, Tensor] = {}
+    indices = []
+    for position in range(step * per_step, (step + 1) * per_step):
+        epoch, offset = divmod(position, num_prompts)
+        if epoch not in orders:
+            orders[epoch] = epoch_order(seed, epoch, num_prompts)
+        indices.append(int(orders[epoch][offset]))
+    return indices
 
 
 def seed_eval(seed: int, rank: int = 0) -> None:

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from . import checkpoint as ckpt
-from .config import TrainConfig
-from .config_files import to_yaml
+from .config import TrainConfig, matched_temperatures
+from .config_files import ALPHA_PREVIEW, to_yaml
 from .data import encode_prompts, load_prompts
 from .distributed import SINGLE, Ranks
 from .errors import PowerflowError
@@ -38,12 +39,13 @@ from .model import (
 )
 from .objectives import OBJECTIVES, Objective
 from .options import as_dict
-from .preview import ALPHA_PREVIEW
+from .preview import AUTO_ALPHAS, AUTO_CANDIDATES, AUTO_PROMPTS, choose_alpha, preview_model
 from .replay import ReplayBuffer
 from .reporting import open_reporters
 from .rewards import FormatPenalty, load_format_penalty
-from .samplers import SamplingSettings, resolve_sampler
-from .tasks import Measures
+from .samplers import resolve_sampler
+from .samplers.rollouts import SamplingSettings
+from .tasks import TASKS, Measures
 
 
 @dataclass(frozen=True)
@@ -248,15 +250,12 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
 def choose_alpha_for_training(base, tokenizer, prompt_ids: list[list[int]], cfg: TrainConfig) -> dict:
     """--alpha auto: `powerflow preview` on (a seeded sample of) the training prompts and its label-free rule.
     -> {"alpha", "rule", "why", "table"}"""
-    import random
-
-    from .preview import AUTO_ALPHAS, AUTO_CANDIDATES, AUTO_PROMPTS, choose_alpha, matched_temperatures, preview_model
-
     chosen = sorted(random.Random(cfg.seed).sample(range(len(prompt_ids)), min(AUTO_PROMPTS, len(prompt_ids))))
     settings = SamplingSettings(cfg.max_new_tokens, ignore_eos=cfg.ignore_eos,
                                 stop_ids=SamplingSettings.from_config(cfg, tokenizer).stop_ids)
+    answers = next(name for name, task in TASKS.items() if task.states_answers)  # the rule weighs final answers
     table = preview_model(base, tokenizer, [prompt_ids[i] for i in chosen], AUTO_ALPHAS, AUTO_CANDIDATES,
-                          matched_temperatures(AUTO_ALPHAS), settings, seed=cfg.seed, task="math",
+                          matched_temperatures(AUTO_ALPHAS), settings, seed=cfg.seed, task=answers,
                           meta={"model": cfg.model, "prompts_file": cfg.prompts, "prompt_rows": chosen})
     return {**choose_alpha(table), "table": table}
 

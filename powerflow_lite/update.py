@@ -21,8 +21,8 @@ import torch
 from .batch import ScoredBatch
 from .faults import halve_on_oom
 from .log_z import Before
+from .logprobs import completion_logprobs
 from .model import trainable_parameters
-from .scoring import completion_logprobs
 
 if TYPE_CHECKING:
     from .setup import Run

@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from powerflow_lite.data import encode_prompt, load_prompts, prompt_indices, render_prompt, uses_chat_template
+from powerflow_lite.data import encode_prompt, load_prompts, render_prompt, uses_chat_template
 from powerflow_lite.errors import PowerflowError
 from powerflow_lite.model import load_tokenizer
 from powerflow_lite.presets import PROMPT_FIELDS
+from powerflow_lite.seeds import prompt_indices
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import torch
 
 from powerflow_lite.config import TrainConfig
 from powerflow_lite.errors import PowerflowError
+from powerflow_lite.logprobs import score, score_behaviour
 from powerflow_lite.model import load_base_model, load_tokenizer
 from powerflow_lite.samplers.hf import sample
 from powerflow_lite.samplers.rollouts import Rollouts, SamplingSettings
 from powerflow_lite.samplers.static import sample_static
-from powerflow_lite.scoring import score, score_behaviour
 from powerflow_lite.setup import setup
 from powerflow_lite.tiny import write_tiny_model
 from powerflow_lite.train import train

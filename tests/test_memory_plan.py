@@ -12,11 +12,11 @@ from helpers import one_error_line, run_cli
 
 from powerflow_lite.config import TrainConfig
 from powerflow_lite.log_z import LogZHead
+from powerflow_lite.logprobs import completion_logprobs
 from powerflow_lite.memory_parts import nf4_bytes
 from powerflow_lite.memory_plan import GiB, fixes, model_config, model_shape, plan_memory
 from powerflow_lite.model import add_lora, cache_keyword, import_bitsandbytes, load_base_model, trainable_parameters
 from powerflow_lite.samplers.rollouts import Rollouts
-from powerflow_lite.scoring import completion_logprobs
 from powerflow_lite.setup import build_optimizer
 
 CPU = torch.device("cpu")

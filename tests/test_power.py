@@ -12,9 +12,10 @@ from helpers import one_error_line, run_cli
 
 from powerflow_lite import exact
 from powerflow_lite.model import load_base_model, load_tokenizer
-from powerflow_lite.samplers import SAMPLERS, PowerSettings, SamplingSettings
+from powerflow_lite.samplers import SAMPLERS
 from powerflow_lite.samplers.mcmc import log_acceptance
 from powerflow_lite.samplers.resample import importance_weights
+from powerflow_lite.samplers.rollouts import PowerSettings, SamplingSettings
 from powerflow_lite.samplers.static import sample_static
 from powerflow_lite.tiny import write_tiny_model
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import one_error_line, run_cli, write_jsonl
 
+import powerflow_lite.setup as training_setup
 from powerflow_lite import preview as preview_module
 from powerflow_lite.errors import PowerflowError
 from powerflow_lite.preview import (
@@ -201,7 +202,7 @@ def test_train_alpha_auto_records_its_choice_and_resumes_with_it(tiny_model_dir,
             row["answered_share"], row["modal_share"] = 0.5, min(0.5, 0.1 * float(row["ess"]))
         return table
 
-    monkeypatch.setattr(preview_module, "preview_model", counted)
+    monkeypatch.setattr(training_setup, "preview_model", counted)  # what setup calls
     code, stdout, err = run_cli(capsys, [*args, "--max-steps", "1"])
     assert code == 0, err
     saved = json.loads((out / "alpha_preview.json").read_text())

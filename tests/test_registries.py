@@ -15,14 +15,14 @@ from powerflow_lite.config import TrainConfig
 from powerflow_lite.display import eval_rows, eval_table, eval_text
 from powerflow_lite.errors import PowerflowError
 from powerflow_lite.evaluate import load_eval_set, training_metrics
+from powerflow_lite.logprobs import score
 from powerflow_lite.model import load_base_model, load_tokenizer
 from powerflow_lite.objectives import OBJECTIVES
-from powerflow_lite.samplers import SAMPLERS, SamplingSettings, resolve_sampler, unsupported
-from powerflow_lite.samplers.rollouts import stop_token_ids
-from powerflow_lite.scoring import score
+from powerflow_lite.samplers import SAMPLERS, resolve_sampler, unsupported
+from powerflow_lite.samplers.rollouts import SamplingSettings, stop_token_ids
 from powerflow_lite.setup import setup
 from powerflow_lite.tasks import COMMON_METRICS, EVAL_METRICS, TASKS, Measures, too_few_samples
-from powerflow_lite.tasks.creative import load_embedder
+from powerflow_lite.tasks.models import load_embedder
 from powerflow_lite.train import train
 
 CPU = torch.device("cpu")

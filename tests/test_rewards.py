@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from powerflow_lite.errors import PowerflowError
-from powerflow_lite.rewards import BOXED_PENALTY, boxed, has_boxed, load_format_penalty, none
+from powerflow_lite.rewards import BOXED_PENALTY, boxed, has_boxed, last_boxed, load_format_penalty, none
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -82,3 +82,28 @@ def test_bad_specs_name_the_spec(tmp_path, monkeypatch, spec, message):
         load_format_penalty(spec)
     assert repr(spec) in str(err.value)
     assert message in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# last_boxed
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_last_boxed_nested_braces():
+    assert last_boxed("so \\boxed{\\frac{1}{2}}.") == "\\frac{1}{2}"
+    assert last_boxed("\\boxed{ {a}{b{c}} }") == "{a}{b{c}}"  # inner braces kept, outer whitespace stripped
+
+
+def test_last_boxed_takes_the_last_of_two():
+    assert last_boxed("\\boxed{3} then \\boxed{5}") == "5"
+
+
+def test_last_boxed_skips_an_unclosed_box_after_a_closed_one():
+    assert last_boxed("\\boxed{3} and then \\boxed{5") == "3"
+    assert last_boxed("\\boxed{\\frac{1}{2}} and then \\boxed{\\frac{5}{") == "\\frac{1}{2}"
+
+
+def test_last_boxed_none():
+    assert last_boxed("no box here") is None
+    assert last_boxed("\\boxed{5") is None
+    assert last_boxed("boxed{5}") is None

@@ -8,10 +8,10 @@ from transformers import GenerationConfig
 
 from powerflow_lite.config import TrainConfig
 from powerflow_lite.errors import PowerflowError
+from powerflow_lite.logprobs import score
 from powerflow_lite.model import add_lora, load_base_model, load_tokenizer
 from powerflow_lite.samplers.rollouts import SamplingSettings, eos_token_ids, left_pad, sample_in_batches
 from powerflow_lite.samplers.static import sample_static
-from powerflow_lite.scoring import score
 from powerflow_lite.setup import setup
 from powerflow_lite.tiny import write_tiny_model
 from powerflow_lite.train import train

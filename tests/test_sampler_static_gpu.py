@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from powerflow_lite.logprobs import score
 from powerflow_lite.model import add_lora, load_base_model, load_tokenizer
 from powerflow_lite.samplers.hf import sample
 from powerflow_lite.samplers.rollouts import SamplingSettings
 from powerflow_lite.samplers.static import sample_static
-from powerflow_lite.scoring import score
 from powerflow_lite.tiny import write_tiny_model
 
 pytestmark = pytest.mark.gpu

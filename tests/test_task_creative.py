@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from powerflow_lite.errors import PowerflowError
-from powerflow_lite.tasks.creative import JUDGE_TEMPLATE, distinct_n, judge_scores, load_embedder, semantic_diversity
+from powerflow_lite.tasks.creative import distinct_n, semantic_diversity
+from powerflow_lite.tasks.models import JUDGE_TEMPLATE, judge_scores, load_embedder
 
 # ----------------------------------------------------------------------------------------------------------------------
 # semantic_diversity: 100 x (1 - mean pairwise cosine)

@@ -11,9 +11,9 @@ import pytest
 import sympy
 
 from powerflow_lite.errors import PowerflowError
+from powerflow_lite.rewards import last_boxed
 from powerflow_lite.tasks.math import (
     grade_math,
-    last_boxed,
     majority_correct,
     parse_answer,
     pass_at_k,
@@ -180,31 +180,6 @@ def test_adjacent_boxes_are_read_as_one_multi_answer():
     assert last_boxed(completion) == "5"
     grade = grade_math(completion, "5")
     assert (grade.correct, grade.answer) == (False, "3,5")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# last_boxed
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def test_last_boxed_nested_braces():
-    assert last_boxed("so \\boxed{\\frac{1}{2}}.") == "\\frac{1}{2}"
-    assert last_boxed("\\boxed{ {a}{b{c}} }") == "{a}{b{c}}"  # inner braces kept, outer whitespace stripped
-
-
-def test_last_boxed_takes_the_last_of_two():
-    assert last_boxed("\\boxed{3} then \\boxed{5}") == "5"
-
-
-def test_last_boxed_skips_an_unclosed_box_after_a_closed_one():
-    assert last_boxed("\\boxed{3} and then \\boxed{5") == "3"
-    assert last_boxed("\\boxed{\\frac{1}{2}} and then \\boxed{\\frac{5}{") == "\\frac{1}{2}"
-
-
-def test_last_boxed_none():
-    assert last_boxed("no box here") is None
-    assert last_boxed("\\boxed{5") is None
-    assert last_boxed("boxed{5}") is None
 
 
 # ----------------------------------------------------------------------------------------------------------------------

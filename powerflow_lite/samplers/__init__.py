@@ -3,24 +3,35 @@
     name, why = resolve_sampler("auto", torch.device("cpu"))   # "static", and why, in words
     rollouts = SAMPLERS[name].sample(model, tokenizer, prompts, samples_per_prompt, settings, uniforms=None)
 
-Every sampler has the signature above and returns `Rollouts` (rows grouped by
-prompt). The flags say what the rest of the package may rely on; the CLI
-choices, the help line, `auto` and the checks of config.py all come from here.
-A new sampler is one module in this folder and one entry below.
+Every sampler has the signature above and returns `Rollouts` (rollouts.py: rows
+grouped by prompt). The flags say what the rest of the package may rely on; the
+CLI choices, the help line, `auto`, the checks of config.py and the memory plan
+all come from here. An entry names its function, which is imported at its first
+call: choosing a sampler (the CLI's flags and checks) loads no model code. A new
+sampler is one module in this folder and one entry below.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from importlib import import_module
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from .hf import sample as sample_hf
-from .mcmc import sample_mcmc
-from .resample import sample_resampled
-from .rollouts import PowerSettings, Rollouts, SamplingSettings
-from .static import sample_static
+    from .rollouts import Rollouts
+
+
+def _lazy(where: str) -> Callable[..., Rollouts]:
+    """The function `module.function` of this folder, imported at its first call."""
+    module, function = where.rsplit(".", 1)
+
+    def call(*args, **kwargs) -> Rollouts:
+        return getattr(import_module(f"{__name__}.{module}"), function)(*args, **kwargs)
+
+    call.__qualname__ = where
+    return call
 
 
 @dataclass(frozen=True)
@@ -33,27 +44,35 @@ class Sampler:
     seeded_rows: bool  # draws row i from the `uniforms` it is given: the same draws in any batch or on any rank
     auto_on: tuple[str, ...]  # device types where --sampler auto picks it
     auto_why: str  # why, shown at the start of a run
+    prefills_once: bool  # a prompt answered G times is prefilled once, its cache copied to its rows (memory plan)
+    static_cache: bool  # allocates its KV cache whole, at full length, before the first token (the plan's is exact)
+    next_token_bytes: int  # bytes per row and vocabulary entry it holds at a decode step beside the logits and
+    # their float32 copy (memory plan)
     trains: bool = True  # draws from the policy itself: training may use it
     power: bool = False  # aims at p_base^alpha at inference time (reads SamplingSettings.power)
 
 
 SAMPLERS: dict[str, Sampler] = {
-    "hf": Sampler(sample_hf, "Hugging Face generate", "Hugging Face generate", top_p=True, returns_logps=False,
-                  seeded_rows=False, auto_on=("cuda",),
-                  auto_why="Hugging Face generate on the GPU (the static sampler is not measured there yet)"),
-    "static": Sampler(sample_static, "the static-cache sampler",
+    "hf": Sampler(_lazy("hf.sample"), "Hugging Face generate", "Hugging Face generate", top_p=True,
+                  returns_logps=False, seeded_rows=False, auto_on=("cuda",),
+                  auto_why="Hugging Face generate on the GPU",
+                  prefills_once=False, static_cache=False, next_token_bytes=4),  # the softmax
+    "static": Sampler(_lazy("static.sample_static"), "the static-cache sampler",
                       "our static-cache decode loop, which returns log pi_old with the samples (no scoring pass for "
                       "it)", top_p=False, returns_logps=True, seeded_rows=True, auto_on=("cpu",),
                       auto_why="the static-cache sampler on the CPU (prompts prefilled once, stopped rows dropped, "
-                               "log pi_old returned with the samples)"),
-    "power-resample": Sampler(sample_resampled, "importance resampling towards p_base^alpha",
+                               "log pi_old returned with the samples)",
+                      prefills_once=True, static_cache=True,
+                      next_token_bytes=24),  # log-softmax, softmax and two float64 cumulative sums
+    "power-resample": Sampler(_lazy("resample.sample_resampled"), "importance resampling towards p_base^alpha",
                               "p_base^alpha at inference time: --candidates proposals per answer, one kept by weight "
                               "p_base^alpha / q", top_p=False, returns_logps=True, seeded_rows=False, auto_on=(),
-                              auto_why="", trains=False, power=True),
-    "power-mcmc": Sampler(sample_mcmc, "block-wise Metropolis-Hastings towards p_base^alpha",
+                              auto_why="", prefills_once=True, static_cache=True, next_token_bytes=24, trains=False,
+                              power=True),  # both draw their proposals with the static sampler
+    "power-mcmc": Sampler(_lazy("mcmc.sample_mcmc"), "block-wise Metropolis-Hastings towards p_base^alpha",
                           "p_base^alpha at inference time by block-wise Metropolis-Hastings (--mcmc-steps per block)",
-                          top_p=False, returns_logps=True, seeded_rows=False, auto_on=(), auto_why="", trains=False,
-                          power=True),
+                          top_p=False, returns_logps=True, seeded_rows=False, auto_on=(), auto_why="",
+                          prefills_once=True, static_cache=True, next_token_bytes=24, trains=False, power=True),
 }
 
 SAMPLER_HELP = ("; ".join(f"{name}: {sampler.help}" for name, sampler in SAMPLERS.items())
@@ -84,4 +103,3 @@ def unsupported(name: str, top_p: float, min_new_tokens: int = 0) -> str | None:
     return None
 
 
-__all__ = ["SAMPLERS", "PowerSettings", "Rollouts", "Sampler", "SamplingSettings", "resolve_sampler", "unsupported"]

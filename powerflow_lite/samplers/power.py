@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from torch import Tensor
 
+from ..logprobs import score
 from .rollouts import Rollouts, SamplingSettings
 
 SCORE_ROWS = 64  # completions scored together with the adapter off
@@ -27,6 +28,4 @@ def base_logps(model, rollouts: Rollouts) -> Tensor:
     itself (no adapter to switch off), else one no-grad pass with the adapter off."""
     if not hasattr(model, "disable_adapter") and rollouts.sampled_logps is not None:
         return rollouts.sampled_logps
-    from ..scoring import score  # imported here: scoring imports the samplers
-
     return score(model, rollouts, SCORE_ROWS, adapter=False)[0]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from ..errors import PowerflowError
 from ..metrics import mean, stderr
-from ..rewards import boxed_answers, has_boxed
+from ..rewards import has_boxed
 from .task import Measures, Row, Task, percent
 
 # A completion that is only an answer: a number somewhere, and nothing but math characters around it.
@@ -123,12 +123,6 @@ def grade_math(completion: str, reference: str, ended: bool = True) -> Grade:
     prediction = parse_answer(completion, ended=ended)
     answer = str(prediction[-1]) if prediction else None  # math-verify returns [sympy value, source text]
     return Grade(same_answer(gold, prediction), answer, has_boxed(completion), tuple(prediction))
-
-
-def last_boxed(text: str) -> str | None:
-    """The contents of the last complete \\boxed{...} in `text` (braces balanced), or None."""
-    answers = boxed_answers(text)
-    return answers[-1] if answers else None
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -229,5 +223,7 @@ MATH = Task(
     plot_panels=(("eval: accuracy", ("eval_avg_at_k", "eval_pass_at_k", "eval_maj_at_k", "eval_boxed_frac")),),
     uses_embedder=False,
     uses_judge=False,
+    states_answers=True,
+    shows_samples=False,
     data_note="its reference answers are read only to grade these samples, never in training",
 )

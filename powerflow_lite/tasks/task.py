@@ -22,7 +22,7 @@ class Measures:
     """The models a task may measure with, loaded once per evaluation."""
 
     embed: Callable | None = None  # texts -> unit-norm embeddings [n, D]
-    judge: tuple | None = None  # (model, tokenizer) rating samples 1-9
+    judge: Callable[[list[str], list[str]], list[float]] | None = None  # prompts, completions -> ratings 1-9
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class Task:
     rows: Callable[[dict, int], list[Row]]  # (a variant's figures, k) -> its lines of the eval table
     line: Callable[[dict], str]  # its figures in a metrics row, in a few words
     plot_panels: tuple[tuple[str, tuple[str, ...]], ...]  # (title, eval_* keys) drawn by `powerflow plot`
-    uses_embedder: bool  # measures with a sentence embedder (--embedder)
+    uses_embedder: bool  # measures with a sentence embedder (--embedder); the preview estimates diversity with it
     uses_judge: bool  # accepts --judge
+    states_answers: bool  # its samples end in a final answer that can be read and compared: the preview weighs
+    # each answer, and --alpha auto chooses by how much p_alpha agrees on one (preview.choose_alpha)
+    shows_samples: bool  # the before/after table of a training run is followed by samples to read
     data_note: str  # how its eval data was used, said at the end of training

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from powerflow_lite.logprobs import completion_logprobs, score, score_temperatures
 from powerflow_lite.model import add_lora, eval_mode, load_base_model
 from powerflow_lite.samplers.rollouts import Rollouts
-from powerflow_lite.scoring import completion_logprobs, score, score_temperatures
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def grouped_rollouts() -> Rollouts:
 
 @pytest.mark.parametrize("grad", [False, True])
 def test_a_shared_prompt_pass_gives_what_one_pass_per_row_gives(tiny_model_dir, grad, monkeypatch):
-    import powerflow_lite.scoring as scoring
+    import powerflow_lite.logprobs as logprobs
 
     torch.manual_seed(0)
     policy = add_lora(load_base_model(str(tiny_model_dir), "none", torch.device("cpu")), r=4,
@@ -132,7 +132,7 @@ def test_a_shared_prompt_pass_gives_what_one_pass_per_row_gives(tiny_model_dir, 
     policy.train()
 
     def run(shared: bool):
-        monkeypatch.setattr(scoring, "_keeps_a_cache", lambda decoder: shared)
+        monkeypatch.setattr(logprobs, "_keeps_a_cache", lambda decoder: shared)
         calls = []
         hook = policy.get_base_model().get_decoder().register_forward_hook(lambda m, args, kw, out: calls.append(
             kw["input_ids"].shape), with_kwargs=True)
@@ -159,7 +159,7 @@ def test_a_shared_prompt_pass_gives_what_one_pass_per_row_gives(tiny_model_dir, 
 
 def test_checkpointed_layers_under_grad_do_not_share_the_prompt(tiny_model_dir):
     # Hugging Face drops a cache passed to a checkpointed layer in training mode: each row must run its prompt
-    from powerflow_lite.scoring import _keeps_a_cache
+    from powerflow_lite.logprobs import _keeps_a_cache
 
     torch.manual_seed(0)
     model = add_lora(load_base_model(str(tiny_model_dir), "none", torch.device("cpu")), r=4,
