@@ -11,10 +11,11 @@ place, and `trainer_state.json` is its last file, so a directory named
 checkpoint-N is always complete; old ones are renamed away before they are
 deleted (--keep-checkpoints). There is no data loader or RNG state to save: the
 random draws of step s are functions of (seed, s) (seeds.py) and its
-prompts of (seed, fresh steps so far) (`seeds.prompt_indices`), so the step, the
-count of fresh steps (trainer_state.json) and, with --replay-steps, the buffer
-put a resumed run back on track. Nothing is pickled: tensors go to safetensors, the
-rest of the optimizer and scheduler state to JSON.
+prompts of (seed, fresh steps so far) (`seeds.prompt_indices`), so the run's
+live state (state.TrainState: the step, the count of fresh steps, ... and, with
+--replay-steps, the buffer) puts a resumed run back on track. Nothing is
+pickled: tensors go to safetensors, the rest of the optimizer and scheduler
+state to JSON.
 """
 
 from __future__ import annotations
@@ -25,37 +26,19 @@ import math
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from .errors import PowerflowError, first_line
 from .log_z import LogZHead, save_head
+from .replay import FILENAME as REPLAY_FILE
+from .replay import ReplayBuffer
+from .state import TrainState
 
 STATE_FILE = "trainer_state.json"
-
-
-@dataclass(frozen=True)
-class TrainerState:
-    """The loop's own state at a checkpoint, beside the weights and the optimizer: trainer_state.json."""
-
-    step: int  # steps completed
-    seed: int
-    z_initialized: bool  # the log Z' head's start value is set (log_z.LogPartition.initialized)
-    bad_steps_in_row: int = 0  # skipped updates in a row, towards --max-bad-steps
-    micro_batch_size: int = 0  # as an out-of-memory error may have halved it (0: --micro-batch-size's)
-    sample_batch_size: int = 0  # likewise (0: all of a step's completions in one call)
-    fresh_steps: int | None = None  # steps that sampled (the rest replayed); None in checkpoints before replay: all
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @staticmethod
-    def from_json(text: str) -> "TrainerState":
-        """Keys this version does not know are ignored; the ones an older checkpoint lacks take their defaults."""
-        saved = json.loads(text)
-        return TrainerState(**{f.name: saved[f.name] for f in fields(TrainerState) if f.name in saved})
 RUN_MARKERS = ("config.yaml", "metrics.jsonl")
 
 
@@ -160,9 +143,9 @@ def save_adapter(directory: Path, model, head: LogZHead) -> None:
     save_head(head, directory)
 
 
-def save_checkpoint(out: Path, model, head: LogZHead, optimizer, scheduler, state: TrainerState,
-                    replay=None) -> Path:
-    """checkpoint-N, atomically; with `replay` (a ReplayBuffer) its completions too."""
+def save_checkpoint(out: Path, model, head: LogZHead, optimizer, scheduler, state: TrainState) -> Path:
+    """checkpoint-N (N: state.step), atomically: the weights, the optimizer and scheduler, and the live state whole
+    (its replay buffer, when it has one, in a file of its own)."""
     step = state.step
     final = out / f"checkpoint-{step}"
     tmp = out / f".checkpoint-{step}.tmp"
@@ -172,12 +155,8 @@ def save_checkpoint(out: Path, model, head: LogZHead, optimizer, scheduler, stat
         save_adapter(tmp, model, head)
         save_state(optimizer.state_dict(), tmp / "optimizer")
         (tmp / "scheduler.json").write_text(json.dumps(encode(scheduler.state_dict())))
-        if replay is not None:
-            from safetensors.torch import save_file
-
-            from .replay import FILENAME as REPLAY_FILE
-
-            tensors, meta = replay.state()
+        if state.replay is not None:
+            tensors, meta = state.replay.state()
             save_file(tensors, str(tmp / REPLAY_FILE), metadata=meta)
         (tmp / STATE_FILE).write_text(state.to_json())
         sync_tree(tmp)
@@ -257,8 +236,6 @@ def sync_dir(directory: Path) -> None:
 
 def save_state(state: dict, stem: Path) -> None:
     """A state dict as stem.safetensors (its tensors) + stem.json (the rest, tensors replaced by their names)."""
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     stem.with_suffix(".json").write_text(json.dumps(encode(state, tensors)))
     # Copies on the CPU: an optimizer may share one tensor between states, which safetensors refuses.
@@ -267,8 +244,6 @@ def save_state(state: dict, stem: Path) -> None:
 
 
 def load_state(stem: Path, device: torch.device | str = "cpu") -> dict:
-    from safetensors.torch import load_file
-
     return decode(json.loads(stem.with_suffix(".json").read_text()), load_file(str(stem.with_suffix(".safetensors")),
                                                                                 device=str(device)))
 
@@ -333,10 +308,10 @@ def replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, model, head: LogZHead, optimizer, scheduler) -> TrainerState:
-    """Restore adapter, head, optimizer and scheduler in place; returns trainer_state.json."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+def load_checkpoint(path: Path, model, head: LogZHead, optimizer, scheduler) -> TrainState:
+    """Restore adapter, head, optimizer and scheduler in place; returns the live state as saved, its replay buffer
+    with it when the checkpoint has one (TrainState.under applies an invocation's settings)."""
+    from peft import set_peft_model_state_dict  # peft is slow to import: not for every command that saves files
 
     if checkpoint_step(path) is None:
         raise PowerflowError(f"{str(path)!r} is not a complete checkpoint directory")
@@ -352,21 +327,17 @@ def load_checkpoint(path: Path, model, head: LogZHead, optimizer, scheduler) -> 
         device = next(head.parameters()).device
         optimizer.load_state_dict(load_state(path / "optimizer", device))
         scheduler.load_state_dict(decode(json.loads((path / "scheduler.json").read_text())))
-        return TrainerState.from_json((path / STATE_FILE).read_text())
+        state = TrainState.from_json((path / STATE_FILE).read_text())
     except (RuntimeError, ValueError, KeyError, OSError, TypeError) as err:
         raise PowerflowError(f"checkpoint {str(path)!r} does not match this run's model, LoRA or head settings "
                              f"(was --model, --lora-r, --lora-targets or --z-hidden changed?): {first_line(err)}"
                              ) from None
+    state.replay = load_replay(path)
+    return state
 
 
-def load_replay(path: Path):
+def load_replay(path: Path) -> ReplayBuffer | None:
     """The replay buffer saved in checkpoint `path`, or None when it has none."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from .replay import FILENAME as REPLAY_FILE
-    from .replay import ReplayBuffer
-
     file = path / REPLAY_FILE
     if not file.is_file():
         return None

@@ -246,7 +246,7 @@ def _train(cfg: TrainConfig, run) -> None:
     from .train import train as train_steps
 
     info, outcome, cfg = run.info, run.outcome, run.cfg  # run.cfg: what `auto` became
-    resumed = f", resuming from {run.resumed_from} (step {run.start_step})" if run.resumed_from else ""
+    resumed = f", resuming from {info.resumed_from} (step {info.start_step})" if info.resumed_from else ""
     if info.started_over:
         resumed = ", starting over: no checkpoint had been written"
     console.print(f"powerflow: {cfg.model} ({info.quant}, {info.device}), alpha={cfg.alpha}, "
@@ -267,7 +267,7 @@ def _train(cfg: TrainConfig, run) -> None:
         console.print(f"  alpha auto: {choice['alpha']:g}, the {choice['rule']} ({choice['why']}); table in "
                       f"{run.out / ALPHA_PREVIEW}", markup=False)
     with StopSignals() as stop:
-        last = show_training(train_steps(run, stop.requested), console, run.start_step, cfg.max_steps)
+        last = show_training(train_steps(run, stop.requested), console, info.start_step, cfg.max_steps)
     if (stop.requested() or outcome.stopped) and (last is None or last.step < cfg.max_steps):
         latest = latest_checkpoint(run.out)
         where = f"checkpoint {latest} written" if latest else "no checkpoint written"
@@ -275,7 +275,7 @@ def _train(cfg: TrainConfig, run) -> None:
         raise Stopped(f"stopped by {by} after step {last.step if last else 0}: "
                       f"{where}; continue with: powerflow train --output {run.out} --resume", stop.exit_code)
     if last is None:
-        console.print(f"nothing to do: {run.out} is already at step {run.start_step} of {cfg.max_steps}",
+        console.print(f"nothing to do: {run.out} is already at step {info.start_step} of {cfg.max_steps}",
                       markup=False)
         return
     if outcome.before_after_note:

@@ -1,6 +1,6 @@
 """What a long run on one flaky card survives: out-of-memory errors and stop signals.
 
-    result = halve_on_oom(lambda rows: update(rows), run.micro_batch, total=len(batch), minimum=G,
+    result = halve_on_oom(lambda rows: update(rows), run.state.micro_batch, total=len(batch), minimum=G,
                           what="in the update", hint="lower --max-new-tokens", notes=notes)
     with StopSignals() as stop:   # SIGINT / SIGTERM set stop.signal; the loop checks it between steps
         for result in train(run, should_stop=stop.requested): ...

@@ -1,9 +1,9 @@
 """log Z'(q): the learned head, each prompt's batch estimate, and which the loss uses (docs/design.md section 4).
 
     log_z = LogPartition(head, objective, mode="batch", z_init="batch", alpha=4.0, clip_eps=0.2)
-    before = log_z.before_update(batch, G)        # start the head, re-centre it on the batch's estimates
+    before = log_z.before_update(batch, G, initialized)   # start the head, re-centre it on the batch's estimates
     log_z_rows, head_loss = log_z.for_loss(policy_logps, part, len(batch))   # per micro-batch, with grad
-    log_z.undo(before)                            # the update was skipped: the head as it was
+    log_z.undo(before)                                    # the update was skipped: the head as it was
 
 The head is a small MLP on the masked mean of the prompt's last hidden states
 from the base pass, so it never back-propagates into the LM. Three choices keep
@@ -104,6 +104,7 @@ class Before:
     head: Tensor  # [B] the head's values, before any re-centring
     bias: Tensor  # the head's output bias before this step touched it
     initialized: bool  # whether the head had been started before this step
+    started: bool  # whether it has been started now (TrainState.z_initialized once the step applies)
 
 
 @dataclass
@@ -116,7 +117,6 @@ class LogPartition:
     z_init: str  # batch: the head starts at the first finite batch's value; zero: at 0
     alpha: float
     clip_eps: float
-    initialized: bool = False  # the head's start value is set (saved in checkpoints as z_initialized)
     ranks: Ranks = SINGLE  # under a launcher, the start and the re-centring use every rank's rows
 
     @property
@@ -128,22 +128,23 @@ class LogPartition:
         """Each row's prompt's batch estimate.  [N, L] -> [N], no grad"""
         return batch_log_z_estimate(self.objective, policy_logps, self._inputs(batch))
 
-    def before_update(self, batch: ScoredBatch, group_size: int) -> Before:
-        """Start the head on the first finite batch; with --log-z batch or hybrid, re-centre it on the estimates."""
-        starting = self.objective.uses_log_z and not self.initialized and self.z_init == "batch"
+    def before_update(self, batch: ScoredBatch, group_size: int, initialized: bool) -> Before:
+        """Start the head on the first finite batch (unless it is `initialized`: TrainState.z_initialized); with
+        --log-z batch or hybrid, re-centre it on the estimates."""
+        starting = self.objective.uses_log_z and not initialized and self.z_init == "batch"
         estimating = self.objective.uses_log_z and group_size >= 2
         start_loss, stats = (without_log_z(self.objective, batch.old_logps, self._inputs(batch))
                              if starting or estimating else (None, None))  # one objective call serves both
         estimates = (batch_log_z_estimate(self.objective, batch.old_logps, self._inputs(batch), stats)[::group_size]
                      if estimating else None)  # [B]
-        bias, initialized = self.head.output.bias.detach().clone(), self.initialized
-        if self.objective.uses_log_z and not self.initialized:
+        bias, started = self.head.output.bias.detach().clone(), initialized
+        if self.objective.uses_log_z and not initialized:
             if self.z_init == "batch":
                 if not self.ranks.any(not bool(torch.isfinite(start_loss))):  # else this step is skipped, and a
                     self.head.init_bias_from_residuals(self.ranks.cat_tensor(stats["residual"]))  # later batch sets it
-                    self.initialized = True
+                    started = True
             else:
-                self.initialized = True
+                started = True
         with torch.no_grad():
             head = self.head(batch.features[::group_size])  # [B]
         # with batch the head is a regression on the estimates; re-centred, it keeps up with the policy too
@@ -151,12 +152,12 @@ class LogPartition:
             every = self.ranks.cat_tensor(estimates)  # [B] of the whole step
             if bool(torch.isfinite(every).all()):
                 self.head.recenter(self.ranks.cat_tensor(head), every)
-        return Before(estimates, head, bias, initialized)
+        return Before(estimates, head, bias, initialized, started)
 
     def undo(self, before: Before) -> None:
-        """No update was applied this step: take back the start and the re-centring."""
+        """No update was applied this step: take back the start and the re-centring (the head stays as started as it
+        was: before.initialized)."""
         self.head.output.bias.data.copy_(before.bias)
-        self.initialized = before.initialized
 
     def for_loss(self, policy_logps: Tensor, part: ScoredBatch, total_rows: int) -> tuple[Tensor, Tensor | float]:
         """log Z' of each row of a micro-batch [n] for the loss, and the head's own loss on it (to add).

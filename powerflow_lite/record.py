@@ -3,7 +3,7 @@
     clock = StepClock(run.device)                          # at the start of a step: peak memory reset
     row = metrics_row(run, step, batch, update, replayed, clock)
     if evaluates_after(run, step + 1): row.update(evaluate_policy(run, step + 1))
-    saved = save(run, step + 1)                            # OUT/checkpoint-N, written by one process
+    saved = save(run)                                      # OUT/checkpoint-N, N = run.state.step
     finish(run)                                            # OUT/adapter, and the before/after table
 
 Under a launcher a metrics row covers every process's rows, in rank order, with
@@ -111,9 +111,9 @@ def metrics_row(run: Run, step: int, batch: ScoredBatch, update: Update, replaye
         "time_score": time_score,
         "time_update": time_update,
     }
-    if run.replay is not None:
+    if run.state.replay is not None:
         row["replayed"] = int(replayed)
-    if run.replay is not None or cfg.explored_per_prompt:
+    if run.state.replay is not None or cfg.explored_per_prompt:
         row["explored_frac"] = mean(per_row["explored"]) if cfg.explored_per_prompt else 0.0
         # mean over tokens of log pi(y_t) - log b(y_t): 0 on-policy; its negation estimates KL(b || pi) per token
         row["behaviour_log_ratio"] = (sum(per_row["old"]) - sum(per_row["behaviour"])) / count
@@ -160,12 +160,13 @@ def evaluate_policy(run: Run, step: int, temperature: float = 1.0) -> dict:
 
 def stop_after_bad_steps(run: Run, done: int) -> None:
     """Stop (one error line) after --max-bad-steps skipped updates in a row."""
-    if run.bad_in_row < run.cfg.max_bad_steps:
+    bad = run.state.bad_steps_in_row
+    if bad < run.cfg.max_bad_steps:
         return
     latest = ckpt.latest_checkpoint(run.out)
     back = (f"The last checkpoint is {latest}: continue from it with a lower --lr (--resume-from {latest})"
             if latest else "No checkpoint was written yet")
-    raise PowerflowError(f"stopped at step {done}: the loss or gradient was not finite in {run.bad_in_row} steps in a "
+    raise PowerflowError(f"stopped at step {done}: the loss or gradient was not finite in {bad} steps in a "
                          f"row (--max-bad-steps {run.cfg.max_bad_steps}), and their updates were skipped. Likely "
                          "causes: --lr or --z-lr too high, an extreme --alpha or format penalty, or fp16 overflow on a "
                          f"GPU without bf16. {back}", shared=True)  # counted alike by every process
@@ -176,23 +177,21 @@ def saves_after(run: Run, done: int) -> bool:
     return bool(run.cfg.save_every and done % run.cfg.save_every == 0) or done == run.cfg.max_steps
 
 
-def save(run: Run, done: int) -> Path:
-    """OUT/checkpoint-N (every process holds the same weights: rank 0 writes, the others wait)."""
+def save(run: Run) -> Path:
+    """OUT/checkpoint-N, N the steps done (every process holds the same weights: rank 0 writes, the others wait)."""
 
     def write() -> Path:
-        state = ckpt.TrainerState(done, run.cfg.seed, run.log_z.initialized, run.bad_in_row, run.micro_batch.value,
-                                  run.sample_batch.value, run.fresh_steps)
-        path = ckpt.save_checkpoint(run.out, run.model, run.head, run.optimizer, run.scheduler, state, run.replay)
+        path = ckpt.save_checkpoint(run.out, run.model, run.head, run.optimizer, run.scheduler, run.state)
         ckpt.prune_checkpoints(run.out, run.cfg.keep_checkpoints)
         return path
 
     run.ranks.main_writes(write)
-    return run.out / f"checkpoint-{done}"
+    return run.out / f"checkpoint-{run.state.step}"
 
 
 def example(run: Run, step: int, taken: StepRollout) -> dict | None:
     """One prompt and its completion, on the first step and every --show-every steps."""
-    show = run.cfg.show_every and (step == run.start_step or (step + 1) % run.cfg.show_every == 0)
+    show = run.cfg.show_every and (step == run.info.start_step or (step + 1) % run.cfg.show_every == 0)
     if not show:
         return None
     rollouts = taken.rollouts

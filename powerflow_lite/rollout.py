@@ -52,7 +52,8 @@ def take(run: Run, step: int, notes: list[str]) -> StepRollout:
     if prompts is None:
         prompts, rollouts = _fresh(run, step, notes)
     else:
-        entries = [entry for prompt in prompts for entry in run.replay.draw(prompt, cfg.samples_per_prompt, generator)]
+        entries = [entry for prompt in prompts
+                   for entry in run.state.replay.draw(prompt, cfg.samples_per_prompt, generator)]
         rollouts, stored = replay_batch(entries, run.prompt_ids, cfg.samples_per_prompt, run.tokenizer.pad_token_id,
                                         run.device)
     texts = run.tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
@@ -62,18 +63,18 @@ def take(run: Run, step: int, notes: list[str]) -> StepRollout:
 
 def remember(run: Run, batch: ScoredBatch, taken: StepRollout, step: int) -> None:
     """With --replay-steps, a fresh step's scored completions go into the buffer."""
-    if run.replay is not None and not taken.replayed:
-        run.replay.add(batch, taken.prompts, step + 1, run.cfg.alpha)
+    if run.state.replay is not None and not taken.replayed:
+        run.state.replay.add(batch, taken.prompts, step + 1, run.cfg.alpha)
 
 
 def _fresh(run: Run, step: int, notes: list[str]) -> tuple[list[int], Rollouts]:
     """The step's prompts (under a launcher, this process's share of them) and their sampled completions."""
     cfg = run.cfg
-    every = prompt_indices(len(run.prompts), run.fresh_steps, cfg.prompts_per_step, cfg.seed)
+    every = prompt_indices(len(run.prompts), run.state.fresh_steps, cfg.prompts_per_step, cfg.seed)
     share = run.ranks.share(every)  # all of them in one process
     rollouts = _sample(run, [run.prompt_ids[i] for i in every[share]], step, notes, share.start, len(every))
     rollouts = run.ranks.pad_to_step(rollouts, max(len(run.prompt_ids[i]) for i in every), run.tokenizer.pad_token_id)
-    run.fresh_steps += 1
+    run.state.fresh_steps += 1
     return every[share], rollouts
 
 
@@ -84,10 +85,10 @@ def _replay_prompts(run: Run, step: int, generator: torch.Generator) -> list[int
     up to --prompts-per-step prompts, chosen at random (a function of (seed, step)) among those with at least
     two completions stored (a prompt with fewer than G distinct ones repeats them) and, with --replay-window N,
     sampled in the last N steps."""
-    K = run.cfg.replay_steps
-    if run.replay is None or step % (K + 1) == 0:
+    K, replay = run.cfg.replay_steps, run.state.replay
+    if replay is None or step % (K + 1) == 0:
         return None
-    ready = run.replay.ready(min(2, run.cfg.samples_per_prompt), step)
+    ready = replay.ready(min(2, run.cfg.samples_per_prompt), step)
     if not ready:
         return None
     order = torch.randperm(len(ready), generator=generator)[:run.cfg.prompts_per_step]
@@ -137,5 +138,5 @@ def _sample(run: Run, prompts: list[list[int]], step: int, notes: list[str], fir
         merged = Rollouts.concat(parts, run.tokenizer.pad_token_id, group_ids)
         return replace(merged.select(order.to(merged.device)), group_ids=group_ids)
 
-    return halve_on_oom(attempt, run.sample_batch, total, 1, "while sampling",
+    return halve_on_oom(attempt, run.state.sample_batch, total, 1, "while sampling",
                         "lower --samples-per-prompt, --prompts-per-step or --max-new-tokens", notes)

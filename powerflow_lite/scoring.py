@@ -57,5 +57,5 @@ def _score(run: Run, rollouts: Rollouts, notes: list[str], base: bool = True) ->
             return (old,)
         return (old, score_behaviour(run.model, rollouts, old, size), *score(run.model, rollouts, size, adapter=False))
 
-    return halve_on_oom(attempt, run.micro_batch, len(rollouts), 1, "while scoring",
+    return halve_on_oom(attempt, run.state.micro_batch, len(rollouts), 1, "while scoring",
                         "lower --max-new-tokens (scoring holds one micro-batch's logits)", notes)

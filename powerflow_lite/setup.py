@@ -1,6 +1,10 @@
 """Everything the training loop needs, built and checked before step 1: `setup(cfg) -> Run`.
 
     run = setup(cfg)  # output dir, prompts, model + LoRA, log Z head, optimizer, resume, disk space
+    run.state         # what the steps change (state.TrainState): a checkpoint saves it whole, resume restores it
+
+A Run is built once; the loop changes only its `state` (and says how it ended
+in `outcome`).
 
 The cheap checks come first (output directory, prompt file, tokenizer, eval data)
 so that bad input fails before a model loads, and nothing is written or deleted
@@ -24,12 +28,12 @@ from .data import encode_prompts, load_prompts
 from .distributed import SINGLE, Ranks
 from .errors import PowerflowError
 from .evaluate import EvalSet, setup_training_eval
-from .faults import BatchSize
 from .log_z import LogPartition, LogZHead
 from .metrics import MetricsLog
 from .model import (
     add_lora,
     context_length,
+    import_bitsandbytes,
     load_base_model,
     load_tokenizer,
     parameter_count,
@@ -40,11 +44,11 @@ from .model import (
 from .objectives import OBJECTIVES, Objective
 from .options import as_dict
 from .preview import AUTO_ALPHAS, AUTO_CANDIDATES, AUTO_PROMPTS, choose_alpha, preview_model
-from .replay import ReplayBuffer
 from .reporting import open_reporters
 from .rewards import FormatPenalty, load_format_penalty
 from .samplers import resolve_sampler
 from .samplers.rollouts import SamplingSettings
+from .state import TrainState
 from .tasks import TASKS, Measures
 
 
@@ -62,7 +66,9 @@ class RunInfo:
     prompts: int
     started_over: bool  # --resume found no checkpoint: the run starts at step 0
     processes: int  # under a launcher, how many train together
-    alpha_choice: dict | None = None  # --alpha auto: the preview table, the alpha chosen and why (preview.py)
+    start_step: int  # the steps done when this invocation starts
+    resumed_from: Path | None  # the checkpoint it resumed from
+    alpha_choice: dict | None  # --alpha auto: the preview table, the alpha chosen and why (preview.py)
 
 
 @dataclass
@@ -74,9 +80,9 @@ class Outcome:
     before_after_note: str | None = None  # or why there is no such table
 
 
-@dataclass
+@dataclass(frozen=True)
 class Run:
-    """Everything `setup` builds for the loop."""
+    """What `setup` builds once for the loop, and the live state the steps change."""
 
     cfg: TrainConfig
     out: Path
@@ -87,24 +93,18 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     objective: Objective
+    log_z: LogPartition  # owns log Z': the head's start, the batch estimates, what the loss uses
     sampling: SamplingSettings  # --max-new-tokens, --temperature, ... and the chat template's end-of-turn id
     format_penalty: FormatPenalty  # --format-penalty: completion, prompt -> its part of psi(y)
     prompts: list[dict]  # rows from the prompt file; row["prompt"] is the text
     prompt_ids: list[list[int]]  # the rendered, tokenized prompts
+    eval_set: EvalSet | None  # with --eval-data
+    measures: Measures  # the models the eval task measures with
     metrics: MetricsLog
-    log_z: LogPartition  # owns log Z': the head's start, the batch estimates, what the loss uses
-    micro_batch: BatchSize  # completions per forward/backward: --micro-batch-size, until out of memory halves it
-    sample_batch: BatchSize  # completions per sampling call (0: all): --sample-batch-size, halved likewise
-    start_step: int = 0
-    resumed_from: Path | None = None
-    info: RunInfo | None = None
+    ranks: Ranks  # under torchrun / accelerate launch: this process's rank (distributed.py)
+    info: RunInfo
+    state: TrainState  # what the steps change: saved whole in every checkpoint
     outcome: Outcome = field(default_factory=Outcome)
-    eval_set: EvalSet | None = None  # with --eval-data
-    measures: Measures = field(default_factory=Measures)  # the models the eval task measures with
-    bad_in_row: int = 0  # steps in a row whose update was skipped (non-finite loss or gradient)
-    replay: ReplayBuffer | None = None  # with --replay-steps: the completions of earlier fresh steps
-    fresh_steps: int = 0  # steps that sampled (the others replayed): where the prompt schedule stands
-    ranks: Ranks = SINGLE  # under torchrun / accelerate launch: this process's rank (distributed.py)
 
 
 def _set_learning_rates(optimizer, scheduler, base_lrs: list[float]) -> None:
@@ -139,8 +139,6 @@ def build_optimizer(cfg: TrainConfig, lora_params, head: LogZHead, device: torch
     groups = [{"params": lora_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}, *head.param_groups(cfg.z_lr)]
     if device.type == "cuda":
         try:
-            from .model import import_bitsandbytes
-
             return import_bitsandbytes().optim.PagedAdamW8bit(groups)
         except Exception:  # no usable CUDA build of bitsandbytes: plain AdamW is correct, only larger
             pass
@@ -161,7 +159,7 @@ def setup(cfg: TrainConfig, ranks: Ranks = SINGLE) -> Run:
         ckpt.create_output_dir(out, resume=resuming, overwrite=cfg.overwrite)
         if resuming:  # rows after the checkpoint (all rows, when there is none) are redone
             ckpt.remove_leftovers(out)
-            ckpt.truncate_metrics(out / "metrics.jsonl", run.start_step if run.resumed_from else -1)
+            ckpt.truncate_metrics(out / "metrics.jsonl", run.info.start_step if run.info.resumed_from else -1)
         # The saved config describes the run, not how this invocation started it: never `overwrite: true`.
         ckpt.write_atomically(out / "config.yaml",
                               to_yaml(replace(cfg, resume=False, resume_from="", overwrite=False)))
@@ -176,9 +174,6 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
     resuming = cfg.resume or bool(cfg.resume_from)
     if ranks.active:
         _check_ranks(cfg, ranks)
-    if cfg.alpha == "auto" and ranks.active:
-        raise PowerflowError("--alpha auto runs in one process: run `powerflow preview` on the training prompts "
-                             "first and launch with the alpha it says auto would choose")
     out = ckpt.check_output_dir(cfg.output, resume=resuming, overwrite=cfg.overwrite)
     resume_path = ckpt.resume_checkpoint(out, cfg.resume_from) if resuming else None  # None: start at step 0
     rows = load_prompts(cfg.prompts, cfg.prompt_field, cfg.split)
@@ -207,44 +202,35 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
     lora_params = trainable_parameters(model)
     optimizer = build_optimizer(cfg, lora_params, head, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    state = _restore(cfg, resume_path, model, head, optimizer, scheduler, len(rows))
 
-    objective = OBJECTIVES[cfg.objective]
-    run = Run(cfg, out, device, model, tokenizer, head, optimizer, scheduler, objective,
-              SamplingSettings.from_config(cfg, tokenizer), penalty, rows, prompt_ids,
-              MetricsLog(out / "metrics.jsonl", open_reporters(cfg.report_to, out, as_dict(cfg))) if ranks.main
-              else MetricsLog(None),
-              LogPartition(head, objective, cfg.log_z, cfg.z_init, cfg.alpha, cfg.clip_eps, ranks=ranks),
-              BatchSize("--micro-batch-size", cfg.micro_batch_size),
-              BatchSize("--sample-batch-size", cfg.sample_batch_size), eval_set=eval_set, measures=measures,
-              ranks=ranks)
-    if resume_path is not None:
-        state = ckpt.load_checkpoint(resume_path, model, head, optimizer, scheduler)
-        run.start_step, run.resumed_from = state.step, resume_path
-        run.log_z.initialized, run.bad_in_row = state.z_initialized, state.bad_steps_in_row
-        run.fresh_steps = state.step if state.fresh_steps is None else state.fresh_steps
-        if cfg.replay_steps:
-            run.replay = ckpt.load_replay(resume_path)
-        # sizes halved after an out-of-memory error stay halved (and the draws stay those of the run so far)
-        run.micro_batch.value = min(cfg.micro_batch_size, state.micro_batch_size or cfg.micro_batch_size)
-        if state.sample_batch_size:
-            run.sample_batch.value = min(cfg.sample_batch_size or state.sample_batch_size, state.sample_batch_size)
-        _set_learning_rates(optimizer, scheduler, [cfg.lr, *(g["lr"] for g in head.param_groups(cfg.z_lr))])
-    if cfg.replay_steps and run.replay is None:
-        run.replay = ReplayBuffer(cfg.replay_size, cfg.replay_best, cfg.replay_window, cfg.replay_order)
-    elif run.replay is not None:  # resumed: this invocation's settings apply from now on
-        run.replay.capacity, run.replay.best_fraction = cfg.replay_size, cfg.replay_best
-        run.replay.window, run.replay.order = cfg.replay_window, cfg.replay_order
-        if any(prompt >= len(rows) for prompt in run.replay.entries):
-            raise PowerflowError(f"the replay buffer of {resume_path} holds prompts beyond the {len(rows)} of "
-                                 f"{cfg.prompts}: was the prompt file changed? Resume with the run's own prompts")
+    trainable = sum(p.numel() for p in lora_params)
     freed = ckpt.tree_bytes(out) if cfg.overwrite and not resuming else 0  # the run --overwrite deletes
     if ranks.main:
-        ckpt.check_free_space(out, _disk_needed(cfg, run.start_step, sum(p.numel() for p in lora_params), len(rows),
-                                                head.hidden_size) - freed)
-    run.info = RunInfo(str(device), cfg.quant, quant_why, cfg.sampler, sampler_why, sum(p.numel() for p in lora_params),
-                       parameter_count(model), len(rows), resuming and resume_path is None, ranks.world,
-                       alpha_choice)
-    return run
+        ckpt.check_free_space(out, _disk_needed(cfg, state.step, trainable, len(rows), head.hidden_size) - freed)
+    info = RunInfo(str(device), cfg.quant, quant_why, cfg.sampler, sampler_why, trainable, parameter_count(model),
+                   len(rows), resuming and resume_path is None, ranks.world, state.step, resume_path, alpha_choice)
+    objective = OBJECTIVES[cfg.objective]
+    metrics = (MetricsLog(out / "metrics.jsonl", open_reporters(cfg.report_to, out, as_dict(cfg))) if ranks.main
+               else MetricsLog(None))
+    return Run(cfg, out, device, model, tokenizer, head, optimizer, scheduler, objective,
+               LogPartition(head, objective, cfg.log_z, cfg.z_init, cfg.alpha, cfg.clip_eps, ranks=ranks),
+               SamplingSettings.from_config(cfg, tokenizer), penalty, rows, prompt_ids, eval_set, measures, metrics,
+               ranks, info, state)
+
+
+def _restore(cfg: TrainConfig, path: Path | None, model, head: LogZHead, optimizer, scheduler,
+             prompts: int) -> TrainState:
+    """The live state of a new run, or of the checkpoint at `path` (its weights, optimizer and scheduler restored in
+    place), under this invocation's settings and learning rates."""
+    if path is None:
+        return TrainState(seed=cfg.seed).under(cfg)
+    state = ckpt.load_checkpoint(path, model, head, optimizer, scheduler).under(cfg)
+    _set_learning_rates(optimizer, scheduler, [cfg.lr, *(g["lr"] for g in head.param_groups(cfg.z_lr))])
+    if state.replay is not None and any(prompt >= prompts for prompt in state.replay.entries):
+        raise PowerflowError(f"the replay buffer of {path} holds prompts beyond the {prompts} of {cfg.prompts}: was "
+                             "the prompt file changed? Resume with the run's own prompts")
+    return state
 
 
 def choose_alpha_for_training(base, tokenizer, prompt_ids: list[list[int]], cfg: TrainConfig) -> dict:
@@ -266,8 +252,11 @@ def _check_ranks(cfg: TrainConfig, ranks: Ranks) -> None:
         raise PowerflowError(f"--prompts-per-step ({cfg.prompts_per_step}) must be a multiple of the number of "
                              f"processes ({ranks.world}): each takes an equal share of a step's prompts")
     if cfg.replay_steps:
-        raise PowerflowError("--replay-steps runs in one process only for now (the buffer is not shared across "
-                             f"ranks); launched with {ranks.world} processes")
+        raise PowerflowError("--replay-steps runs in one process only (the buffer is not shared across ranks); "
+                             f"launched with {ranks.world} processes")
+    if cfg.alpha == "auto":
+        raise PowerflowError("--alpha auto runs in one process: run `powerflow preview` on the training prompts "
+                             "first and launch with the alpha it says auto would choose")
 
 
 def _disk_needed(cfg: TrainConfig, start_step: int, trainable: int, prompts: int = 0, hidden_size: int = 0) -> int:

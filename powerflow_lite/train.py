@@ -38,16 +38,16 @@ class StepResult:
 
 
 def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator[StepResult]:
-    """The steps from run.start_step; once `should_stop()` is true (a signal), leave after a checkpoint."""
+    """The steps from run.state.step on; once `should_stop()` is true (a signal), leave after a checkpoint."""
     cfg = run.cfg
     stop = lambda: run.ranks.any(should_stop())  # noqa: E731 - under a launcher every process stops alike
-    if run.eval_set is not None and run.start_step == 0:  # where the curves start: the base model itself
+    if run.eval_set is not None and run.state.step == 0:  # where the curves start: the base model itself
         yield StepResult(0, cfg.max_steps, record.eval_before_training(run), None, None)
         if stop():  # a signal during that eval: nothing trained yet, so nothing to save
             run.outcome.stopped = True
             return
 
-    for step in range(run.start_step, cfg.max_steps):
+    for step in range(run.state.step, cfg.max_steps):
         clock, notes = record.StepClock(run.device), []
 
         # --- 1. rollout: G completions per prompt from the policy, or G stored ones on a replay step
@@ -61,19 +61,20 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         update = update_policy(run, batch, notes, cfg.replay_lr_scale if taken.replayed else 1.0)
         clock.lap()
         # --- 4. record: the metrics row (and an eval), a checkpoint, the step's result
+        run.state.step = done = step + 1  # the step is done: what a checkpoint saves from here on
         row = record.metrics_row(run, step, batch, update, taken.replayed, clock)
-        if record.evaluates_after(run, step + 1):
-            row.update(record.evaluate_policy(run, step + 1))
+        if record.evaluates_after(run, done):
+            row.update(record.evaluate_policy(run, done))
         example = record.example(run, step, taken)
         run.metrics.write(row)
-        run.metrics.example(step + 1, example)
-        record.stop_after_bad_steps(run, step + 1)
+        run.metrics.example(done, example)
+        record.stop_after_bad_steps(run, done)
         stopping = stop()
-        saved = record.save(run, step + 1) if stopping or record.saves_after(run, step + 1) else None
-        yield StepResult(step + 1, cfg.max_steps, row, example, saved, tuple(notes))
-        if (stopping or stop()) and step + 1 < cfg.max_steps:  # a signal: leave with this step saved
+        saved = record.save(run) if stopping or record.saves_after(run, done) else None
+        yield StepResult(done, cfg.max_steps, row, example, saved, tuple(notes))
+        if (stopping or stop()) and done < cfg.max_steps:  # a signal: leave with this step saved
             if saved is None:
-                record.save(run, step + 1)
+                record.save(run)
             run.outcome.stopped = True
             run.metrics.close()
             return

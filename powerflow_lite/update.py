@@ -47,11 +47,14 @@ def micro_batches(n: int, size: int, group_size: int) -> list[slice]:
 def update_policy(run: Run, batch: ScoredBatch, notes: list[str], lr_scale: float = 1.0) -> Update:
     """Start or re-centre log Z' on the batch, then run the epochs; a step that applied nothing takes the log Z'
     changes back. `lr_scale` multiplies the learning rates of its optimizer steps (--replay-lr-scale)."""
-    before = run.log_z.before_update(batch, run.cfg.samples_per_prompt)
+    state = run.state
+    before = run.log_z.before_update(batch, run.cfg.samples_per_prompt, state.z_initialized)
     update = _epochs(run, batch, notes, lr_scale, before)
     if update.skipped and len(update.losses) == 1:  # not even a first epoch applied: nor is the re-centring
         run.log_z.undo(before)
-    run.bad_in_row = run.bad_in_row + 1 if update.skipped else 0
+    else:
+        state.z_initialized = before.started
+    state.bad_steps_in_row = state.bad_steps_in_row + 1 if update.skipped else 0
     return update
 
 
@@ -86,7 +89,7 @@ def _epochs(run: Run, batch: ScoredBatch, notes: list[str], lr_scale: float, bef
     hint = "lower --max-new-tokens" + ("" if cfg.gradient_checkpointing else ", or turn --gradient-checkpointing on")
     run.model.train()
     for epoch in range(cfg.inner_epochs):
-        loss, residuals, clipped = halve_on_oom(accumulate, run.micro_batch, len(batch), group, "in the update",
+        loss, residuals, clipped = halve_on_oom(accumulate, run.state.micro_batch, len(batch), group, "in the update",
                                                 hint, notes)
         update.losses.append(loss)
         if ranks.any(residuals is None):  # a loss was not finite (under a launcher: on any process): not applied

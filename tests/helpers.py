@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from powerflow_lite.cli import main
+from powerflow_lite.config import TrainConfig
 
 DATA = Path(__file__).resolve().parent.parent / "examples" / "data"  # the shipped sample data files
 
@@ -26,6 +27,15 @@ def read_jsonl(path) -> list[dict]:
 def write_jsonl(path, rows) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
+
+
+def config(model, prompts, output, **overrides) -> TrainConfig:
+    """A training config for a tiny model on a few prompts: a handful of short steps that train fast on the CPU
+    (--lr 1e-2 moves a tiny model visibly in one step). Tests give what they need beyond it as `overrides`."""
+    values = dict(model=str(model), alpha=2.0, prompts=str(prompts), output=str(output), quant="none", max_steps=3,
+                  prompts_per_step=2, samples_per_prompt=3, max_new_tokens=6, micro_batch_size=4, lr=1e-2,
+                  warmup_steps=0, save_every=2, show_every=0)
+    return TrainConfig(**{**values, **overrides})
 
 
 def run_cli(capsys, args) -> tuple[int, str, str]:

@@ -3,10 +3,12 @@ log-probs of the distribution that drew them recorded (sampler, scoring, trainin
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
+from helpers import config
 
-from powerflow_lite.config import TrainConfig
 from powerflow_lite.errors import PowerflowError
 from powerflow_lite.logprobs import score, score_behaviour
 from powerflow_lite.model import load_base_model, load_tokenizer
@@ -62,13 +64,9 @@ def test_hf_rows_are_scored_at_the_temperature_they_were_drawn_at(peaky):
     assert not torch.allclose(behaviour[4:], old[4:])
 
 
-def config(tiny_model_dir, prompts_file, output, **overrides):
-    values = dict(model=str(tiny_model_dir), alpha=2.0, prompts=str(prompts_file), output=str(output),
-                  quant="none", max_steps=3, prompts_per_step=2, samples_per_prompt=4, max_new_tokens=6,
-                  micro_batch_size=8, lr=1e-2, warmup_steps=0, save_every=0, show_every=0,
-                  explore_temperature=2.0, explore_fraction=0.25, replay_steps=2, replay_size=8)
-    values.update(overrides)
-    return TrainConfig(**values)
+# the shared tiny-run config (helpers.config), with what these tests change
+config = partial(config, samples_per_prompt=4, micro_batch_size=8, save_every=0, explore_temperature=2.0,
+                 explore_fraction=0.25, replay_steps=2, replay_size=8)
 
 
 @pytest.mark.parametrize("sampler", ["static", "hf"])
@@ -76,7 +74,7 @@ def test_each_prompt_explores_the_last_of_its_completions_and_the_buffer_keeps_w
         tiny_model_dir, prompts_file, tmp_path, sampler):
     run = setup(config(tiny_model_dir, prompts_file, tmp_path / "run", sampler=sampler))
     seen = []
-    add = run.replay.add
+    add = run.state.replay.add
 
     def checked_add(batch, prompts, step, alpha):  # called before the update: the policy that sampled the batch
         temperatures = batch.rollouts.temperatures()
@@ -91,14 +89,14 @@ def test_each_prompt_explores_the_last_of_its_completions_and_the_buffer_keeps_w
         assert not torch.equal(batch.rollouts.prompt_ids[0], batch.rollouts.prompt_ids[4])
         add(batch, prompts, step, alpha)
 
-    run.replay.add = checked_add
+    run.state.replay.add = checked_add
     first = next(train(run))
     # 4 completions per prompt: 3 at temperature 1, then 1 at 2, each group's rows together
     assert seen == [[1.0, 1.0, 1.0, 2.0] * 2]
     assert first.metrics["explored_frac"] == 0.25 and first.metrics["replayed"] == 0
     assert first.metrics["behaviour_log_ratio"] != 0.0  # explored rows are off-policy
-    assert all([e.temperature for e in kept] == [1.0, 1.0, 1.0, 2.0] for kept in run.replay.entries.values())
-    assert all(len({e.prompt for e in kept}) == 1 for kept in run.replay.entries.values())
+    assert all([e.temperature for e in kept] == [1.0, 1.0, 1.0, 2.0] for kept in run.state.replay.entries.values())
+    assert all(len({e.prompt for e in kept}) == 1 for kept in run.state.replay.entries.values())
 
 
 def test_with_replay_alone_a_fresh_step_is_on_policy(tiny_model_dir, prompts_file, tmp_path):

@@ -3,10 +3,11 @@
 import json
 import signal
 from dataclasses import replace
+from functools import partial
 
 import pytest
 import torch
-from helpers import one_error_line, run_cli, untimed
+from helpers import config, one_error_line, run_cli, untimed
 from safetensors.torch import load_file
 
 import powerflow_lite.checkpoint as ckpt
@@ -22,12 +23,8 @@ from powerflow_lite.train import train
 PER_STEP = 6  # completions per step below: 2 prompts x 3 samples
 
 
-def config(tiny_model_dir, prompts_file, output, **overrides):
-    values = dict(model=str(tiny_model_dir), alpha=2.0, prompts=str(prompts_file), output=str(output),
-                  quant="none", max_steps=4, prompts_per_step=2, samples_per_prompt=3, max_new_tokens=6,
-                  micro_batch_size=4, lr=1e-2, warmup_steps=0, save_every=1, show_every=0)
-    values.update(overrides)
-    return TrainConfig(**values)
+# the shared tiny-run config (helpers.config), with what these tests change
+config = partial(config, max_steps=4, save_every=1)
 
 
 def cli_args(cfg: TrainConfig) -> list[str]:
@@ -175,7 +172,7 @@ def test_out_of_memory_in_the_update_halves_the_micro_batch(tiny_model_dir, prom
     # the halved size is part of the run: checkpointed, and restored by --resume
     assert state(tmp_path / "run" / "checkpoint-1")["micro_batch_size"] == 1
     resumed = setup(config(tiny_model_dir, prompts_file, tmp_path / "run", max_steps=3, resume=True))
-    assert resumed.micro_batch.value == 1
+    assert resumed.state.micro_batch.value == 1
 
 
 @pytest.mark.parametrize("sampler", ["hf", "static"])
@@ -336,7 +333,7 @@ def test_resume_ignores_and_clears_half_written_or_half_deleted_checkpoints(tiny
         (out / leftover).mkdir()
         (out / leftover / "adapter_model.safetensors").write_bytes(b"cut short")
     run = setup(config(tiny_model_dir, prompts_file, out, resume=True))
-    assert run.start_step == 2  # checkpoint-3 has no trainer_state.json: incomplete, never picked
+    assert run.state.step == 2  # checkpoint-3 has no trainer_state.json: incomplete, never picked
     assert not (out / ".checkpoint-3.tmp").exists() and not (out / ".checkpoint-1.deleting").exists()
 
 
@@ -348,7 +345,7 @@ def test_resume_before_the_first_checkpoint_starts_over(tiny_model_dir, prompts_
     next(steps)
     steps.close()  # killed after step 1, before any checkpoint
     run = setup(config(tiny_model_dir, prompts_file, out, save_every=0, max_steps=2, resume=True))
-    assert run.start_step == 0 and run.info.started_over and read_metrics(out / "metrics.jsonl") == []
+    assert run.state.step == 0 and run.info.started_over and read_metrics(out / "metrics.jsonl") == []
     list(train(run))
     assert untimed(read_metrics(out / "metrics.jsonl")) == untimed(read_metrics(straight / "metrics.jsonl"))
 

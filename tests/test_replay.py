@@ -2,15 +2,15 @@
 
 import dataclasses
 import json
+from functools import partial
 
 import pytest
 import torch
-from helpers import untimed
+from helpers import config, untimed
 from safetensors.torch import load_file
 
 from powerflow_lite.batch import ScoredBatch
 from powerflow_lite.checkpoint import load_replay
-from powerflow_lite.config import TrainConfig
 from powerflow_lite.errors import PowerflowError
 from powerflow_lite.metrics import read_metrics
 from powerflow_lite.replay import ReplayBuffer, replay_batch
@@ -115,13 +115,8 @@ def test_state_round_trip_is_exact_and_replay_batch_rebuilds_the_rows():
 # --- training on replayed completions (tiny model)
 
 
-def config(tiny_model_dir, prompts_file, output, **overrides):
-    values = dict(model=str(tiny_model_dir), alpha=2.0, prompts=str(prompts_file), output=str(output),
-                  quant="none", max_steps=6, prompts_per_step=2, samples_per_prompt=3, max_new_tokens=6,
-                  micro_batch_size=6, lr=1e-2, warmup_steps=0, save_every=2, show_every=0, replay_steps=2,
-                  replay_size=6)
-    values.update(overrides)
-    return TrainConfig(**values)
+# the shared tiny-run config (helpers.config), with what these tests change
+config = partial(config, max_steps=6, micro_batch_size=6, replay_steps=2, replay_size=6)
 
 
 def test_replay_steps_train_without_sampling(tiny_model_dir, prompts_file, tmp_path):
@@ -137,10 +132,10 @@ def test_replay_steps_train_without_sampling(tiny_model_dir, prompts_file, tmp_p
     assert [r["replayed"] for r in rows] == [0, 1, 1, 0, 1, 1]
     assert [r["sampled_tokens"] > 0 for r in rows] == [True, False, False, True, False, False]
     assert all(r["sampled_tokens"] == 0 and r["time_score"] >= 0 for r in rows if r["replayed"])
-    assert run.fresh_steps == 2 and len(run.replay) > 0
+    assert run.state.fresh_steps == 2 and len(run.state.replay) > 0
     assert all(abs(r["residual_mean"]) < 1e-5 for r in rows)  # --log-z batch: zero on replayed groups too
     saved = load_replay(tmp_path / "run" / "checkpoint-6")
-    assert saved is not None and len(saved) == len(run.replay)
+    assert saved is not None and len(saved) == len(run.state.replay)
 
 
 def test_without_replay_the_prompt_schedule_and_rows_are_unchanged(tiny_model_dir, prompts_file, tmp_path):
@@ -168,7 +163,7 @@ def test_resume_with_a_buffer_ends_exactly_like_the_uninterrupted_run(tiny_model
             break
     steps.close()
     resumed = setup(config(tiny_model_dir, prompts_file, tmp_path / "stopped", resume=True, **settings))
-    assert resumed.start_step == 2 and resumed.fresh_steps == 1 and len(resumed.replay) > 0
+    assert resumed.state.step == 2 and resumed.state.fresh_steps == 1 and len(resumed.state.replay) > 0
     list(train(resumed))
     for name in ("adapter_model.safetensors", "z_head.safetensors"):
         straight, stopped = (load_file(tmp_path / run / "adapter" / name) for run in ("straight", "stopped"))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import untimed
+from helpers import config, untimed
 from safetensors.torch import load_file
 
 from powerflow_lite.config import TrainConfig
@@ -12,14 +12,6 @@ from powerflow_lite.errors import PowerflowError
 from powerflow_lite.metrics import read_metrics
 from powerflow_lite.setup import lr_lambda, setup
 from powerflow_lite.train import train
-
-
-def config(tiny_model_dir, prompts_file, output, **overrides):
-    values = dict(model=str(tiny_model_dir), alpha=2.0, prompts=str(prompts_file), output=str(output),
-                  quant="none", max_steps=3, prompts_per_step=2, samples_per_prompt=3, max_new_tokens=6,
-                  micro_batch_size=4, lr=1e-2, warmup_steps=0, save_every=2, show_every=0)
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 @pytest.mark.parametrize("quant", ["none", "nf4"])
@@ -65,7 +57,7 @@ def test_resume_ends_exactly_like_the_uninterrupted_run(tiny_model_dir, prompts_
             break
     steps.close()
     resumed = setup(config(tiny_model_dir, prompts_file, tmp_path / "stopped", max_steps=4, resume=True))
-    assert resumed.start_step == 2
+    assert resumed.state.step == 2
     list(train(resumed))
 
     for name in ("adapter_model.safetensors", "z_head.safetensors"):  # bit-identical tensors
@@ -112,7 +104,7 @@ def test_log_z_batch_trains_the_head_towards_the_estimate(tiny_model_dir, prompt
     # starts at 0, far above it, and is then held near it (the head's gap to the estimate before each update shrinks;
     # its mean itself follows the estimates of the step's prompts, which differ from step to step)
     assert log_z[0] < 0 and gaps[0] > 1 and max(abs(gaps[1]), abs(gaps[2])) < 0.25 * gaps[0]
-    assert run.log_z.initialized
+    assert run.state.z_initialized
 
 
 def test_log_z_batch_needs_several_samples_per_prompt(tiny_model_dir, prompts_file, tmp_path):
