@@ -175,19 +175,19 @@ def test_killing_a_rank_and_resuming_ends_like_the_uninterrupted_run(tiny_model_
     reference, prompts = one_process
     out = tmp_path / "run"
     args = flags(tiny_model_dir, prompts, out, save_every=1)
-    runner = launch(args, 2, wait=False)
-    try:
-        deadline = time.monotonic() + 300
-        while not (out / "checkpoint-1").is_dir():
-            assert runner.poll() is None and time.monotonic() < deadline, "no checkpoint-1"
-            time.sleep(0.1)
-        workers = _children(runner.pid)
-        assert len(workers) == 2, workers
-        os.kill(workers[-1], signal.SIGKILL)  # one rank dies mid-run; torchrun takes the other down
-        runner.wait(timeout=120)
-    finally:
-        if runner.poll() is None:
-            os.killpg(runner.pid, signal.SIGKILL)
+    with launch(args, 2, wait=False) as runner:  # leaving the block closes its pipes
+        try:
+            deadline = time.monotonic() + 300
+            while not (out / "checkpoint-1").is_dir():
+                assert runner.poll() is None and time.monotonic() < deadline, "no checkpoint-1"
+                time.sleep(0.1)
+            workers = _children(runner.pid)
+            assert len(workers) == 2, workers
+            os.kill(workers[-1], signal.SIGKILL)  # one rank dies mid-run; torchrun takes the other down
+            runner.wait(timeout=120)
+        finally:
+            if runner.poll() is None:
+                os.killpg(runner.pid, signal.SIGKILL)
     assert runner.returncode != 0
     assert not (out / "adapter").exists()  # it did not finish
     result = launch(args + ["--resume"], 2)
