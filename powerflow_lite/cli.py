@@ -294,9 +294,9 @@ def _train(cfg: TrainConfig, run) -> None:
 @app.command(help="Sample completions from the base model or base + adapter.")
 @with_config_flags(SampleConfig)
 def sample(**flags) -> None:
-    from .inference import sample_completions
-
     cfg = load_config(SampleConfig, overrides=flags)
+    from .inference import sample_completions  # the heavy libraries, once the flags are known to be good
+
     handle = None
     try:
         for record in sample_completions(cfg):
@@ -338,9 +338,10 @@ def _show_completion(record: dict, cfg: SampleConfig) -> None:
 @app.command("merge-adapter", help="Merge an adapter into the base weights: a plain HF model directory.")
 @with_config_flags(MergeConfig)
 def merge_adapter(**flags) -> None:
+    cfg = load_config(MergeConfig, overrides=flags)
     from .merge import merge_adapter as merge
 
-    out = merge(load_config(MergeConfig, overrides=flags))
+    out = merge(cfg)
     console.print(f"merged model written to {out} (loads with AutoModelForCausalLM.from_pretrained, no PEFT)",
                   markup=False)
 
@@ -349,11 +350,11 @@ def merge_adapter(**flags) -> None:
                          "diversity and quality; --compare-base puts the base model beside it.")
 @with_config_flags(EvalConfig, extra=[CONFIG_FILE])
 def eval_command(config: str | None = None, **flags) -> None:
+    cfg = resolve_eval_config(config, flags)
     from .display import eval_progress, eval_table
     from .distributed import Ranks
     from .evaluate import SAMPLES, SUMMARY, evaluate
 
-    cfg = resolve_eval_config(config, flags)
     ranks = Ranks.from_environment()  # under torchrun: each process samples a share of the problems
     try:
         with eval_progress(console) as progress:
@@ -373,10 +374,6 @@ def eval_command(config: str | None = None, **flags) -> None:
                   "answer, accuracy with reference answers, diversity), estimated from the base model's own samples.")
 @with_config_flags(PreviewConfig, extra=[CONFIG_FILE, PREVIEW_DEMO])
 def preview(config: str | None = None, demo: bool = False, **flags) -> None:
-    from .display import preview_table
-    from .preview import MIN_ESS, choose_alpha, write_preview
-    from .preview import preview as run_preview
-
     defaults = None
     if demo:
         if not flags.get("model") and not demo_module.is_converted():
@@ -385,6 +382,10 @@ def preview(config: str | None = None, demo: bool = False, **flags) -> None:
         defaults = demo_module.preview_defaults(need_model=not flags.get("model"))
         console.print(f"demo: {demo_module.MODEL_NAME}, {demo_module.PREVIEW_DESCRIPTION}", markup=False)
     cfg = load_config(PreviewConfig, config, flags, defaults)
+    from .display import preview_table
+    from .preview import MIN_ESS, choose_alpha, write_preview
+    from .preview import preview as run_preview
+
     table = run_preview(cfg)
     console.print(preview_table(table, MIN_ESS))
     for line in preview_notes(table):
@@ -435,9 +436,9 @@ def plot(run: str = typer.Argument(..., help="A powerflow train output directory
 @app.command(help="Time Hugging Face generate and our static-cache sampler side by side on the same weights.")
 @with_config_flags(BenchConfig)
 def bench(**flags) -> None:
+    cfg = load_config(BenchConfig, overrides=flags)
     from .bench import run_bench
 
-    cfg = load_config(BenchConfig, overrides=flags)
     report = run_bench(cfg)
     if cfg.json:
         console.print_json(json.dumps(report))

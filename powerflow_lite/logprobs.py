@@ -23,7 +23,7 @@ from .model import cache_keyword, eval_mode, hf_model, output_cache
 from .samplers.rollouts import Rollouts
 
 # float32 logits per chunk: 256 MiB on a GPU (few launches); 64 MiB on the CPU, where a chunk and its
-# log-sum-exp both stay in the process's memory at its peak
+# log-sum-exp both stay in the process's memory at its peak (docs/experiments/README.md, why the defaults)
 LOGITS_BUDGET = {"cuda": 2**26, "cpu": 2**24}
 
 

@@ -20,7 +20,7 @@ from .logprobs import LOGITS_BUDGET
 LORA_BYTES = 4  # peft keeps adapter weights in float32 (autocast_adapter_dtype), on a bf16 or NF4 base alike
 NF4_BLOCK, NESTED_BLOCK = 64, 256  # bitsandbytes 4-bit blocksize; its double quant's blocksize for the absmax
 EIGHT_BIT_MIN, EIGHT_BIT_BLOCK = 4096, 256  # bitsandbytes 8-bit optimizers: smaller tensors keep 32-bit state
-LOGITS_COPIES = 2  # a logits chunk's backward peaks at twice its float32 size (measured on the CPU)
+LOGITS_COPIES = 2  # a logits chunk's backward holds the logits and their gradient (docs/design.md section 15)
 # which LoRA'd projections read the same input (LLaMA-style decoder layer): with a float32 base they share it
 INPUT_OF = {"q_proj": "h", "k_proj": "h", "v_proj": "h", "o_proj": "attn", "gate_proj": "h2", "up_proj": "h2",
             "down_proj": "mlp"}

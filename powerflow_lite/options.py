@@ -196,8 +196,8 @@ class ReplayOptions:
     replay_size: int = option(16, "Completions kept per prompt for replay: the best by target log-prob per token "
                                   "and the most recent.", check=">0", panel=REPLAY)
     replay_best: float = option(0.0, "Fraction of a prompt's replayed completions taken from its best by target "
-                                     "log-prob, and of --replay-size kept for them; the rest are its most recent "
-                                     "(0, the default, measured best).", check="[0, 1]", panel=REPLAY)
+                                     "log-prob, and of --replay-size kept for them; the rest are its most recent.",
+                             check="[0, 1]", panel=REPLAY)
     replay_lr_scale: float = option(1.0, "Learning-rate multiplier on replay steps (1: as on fresh steps).",
                                     check=">=0", panel=REPLAY)
     replay_window: int = option(0, "Replay only prompts sampled in the last N steps (0: any prompt in the buffer).",

@@ -49,8 +49,10 @@ ROWS_PER_CALL = 256  # completions sampled together
 SCORE_ROWS = 64  # completions scored together
 MAJORITY_DRAWS = 1000  # k-sample draws per prompt that estimate maj@k
 AUTO_ALPHAS = (1.0, 1.5, 2.0, 4.0, 8.0)  # the grid --alpha auto previews (1: the base, for reference)
-AUTO_PROMPTS, AUTO_CANDIDATES = 24, 32  # and on what: a few minutes on a CPU for a 135M model
-AUTO_GAIN = 0.05  # --alpha auto stops where a doubling of alpha adds less modal-answer share than this
+AUTO_PROMPTS, AUTO_CANDIDATES = 24, 32  # and on what: small, since it runs before every --alpha auto run
+# --alpha auto stops where a doubling of alpha adds less modal-answer share than this (a judgment, and what it
+# chose: docs/design.md section 14, docs/experiments/README.md#which-alpha)
+AUTO_GAIN = 0.05
 MIN_ESS = 2.0  # an alpha whose mean effective sample size is below this rests on one sample per prompt
 
 

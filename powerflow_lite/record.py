@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from .setup import Run
     from .update import Update
 
-CPU_EVAL_ROWS = 128  # completions an evaluation samples together on the CPU, where a batch costs less than its rows
+# completions an evaluation samples together on the CPU, where a batch costs less than its rows
+# (docs/experiments/README.md, why the defaults)
+CPU_EVAL_ROWS = 128
 
 
 class StepClock:

@@ -156,9 +156,9 @@ def test_flags_override_the_config_file(tiny_model_dir, prompts_file, tmp_path):
 
 def test_every_config_field_is_a_documented_flag(capsys):
     assert main(["train", "--help"]) == 0
-    help_text = capsys.readouterr().out
-    for field in dataclasses.fields(TrainConfig):
-        assert flag_name(field.name) in help_text
+    shown = set(re.findall(r"(?<![\w-])--[a-z0-9][a-z0-9-]*", capsys.readouterr().out))  # whole flags: --lr is not
+    # found inside --lr-schedule
+    assert {flag_name(field.name) for field in dataclasses.fields(TrainConfig)} <= shown
 
 
 @pytest.mark.parametrize("command, cls", [("train", TrainConfig), ("sample", SampleConfig), ("eval", EvalConfig),

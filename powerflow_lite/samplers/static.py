@@ -27,7 +27,9 @@ from torch import Tensor
 from ..model import cache_keyword, eval_mode, hf_model
 from .rollouts import Rollouts, SamplingSettings, group_ids_of, left_pad, per_sample, stop_token_ids
 
-COMPACT_FRACTION = 0.25  # drop stopped rows once they are this share of the batch (each drop copies the cache)
+# drop stopped rows once they are this share of the batch: each drop copies the cache
+# (docs/experiments/README.md, why the defaults)
+COMPACT_FRACTION = 0.25
 
 
 def draw(probs: Tensor, u: Tensor | None = None) -> Tensor:
