@@ -20,11 +20,13 @@ from pathlib import Path
 
 import torch
 
-from .config import BenchConfig
+from .config import BenchConfig, TrainConfig
 from .model import add_lora, load_base_model, load_tokenizer, resolve_device, resolve_quant
 from .samplers import SAMPLERS
 from .samplers.rollouts import SamplingSettings
+from .setup import setup
 from .tiny import build_tokenizer
+from .train import train
 
 SHAPES = {  # hidden, intermediate, layers, attention heads, key/value heads, vocabulary
     "tiny": (64, 128, 2, 4, 2, 103),
@@ -113,10 +115,6 @@ def write_letter_prompts(path: Path, count: int, length: int) -> Path:
 
 def time_train_step(cfg: BenchConfig, model_dir: str, tmp: Path) -> dict:
     """One LA-TB step through the trainer (static sampler): --batch completions of --new-tokens, 8 per prompt."""
-    from .config import TrainConfig
-    from .setup import setup
-    from .train import train
-
     G = min(8, cfg.batch)
     prompts = write_letter_prompts(tmp / "prompts.jsonl", max(1, cfg.batch // G), cfg.prompt_len)
     run = setup(TrainConfig(model=model_dir, alpha=4.0, prompts=str(prompts), output=str(tmp / "run"),

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from .config import EvalConfig, TrainConfig
+from .demo import demo_defaults
 from .errors import PowerflowError, first_line
 from .options import as_dict
 
@@ -105,8 +106,6 @@ def resolve_train_config(config_path: str | None, flags: dict, demo: str | None 
     explicit = {**file_values, **given}
     layered: dict = {}
     if demo:
-        from .demo import demo_defaults
-
         resuming = explicit.get("resume") or explicit.get("resume_from")
         layered.update(demo_defaults(demo, need_model="model" not in explicit and not resuming))
     if explicit.get("resume_from") and "output" not in explicit:

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import check_writable, refuse_to_replace
+from .checkpoint import check_writable, refuse_to_replace, write_atomically
 from .config import EvalConfig
 from .data import encode_prompts, load_prompts
 from .distributed import SINGLE, Ranks
@@ -127,8 +127,6 @@ EVALS = "evals"  # OUT/evals/step-N.json (+ .samples.jsonl) for every eval durin
 def write_training_eval(out: Path, step: int | str, summary: dict, records: list[dict], setting: dict) -> None:
     """OUT/evals/step-N.json (the figures, per prompt too, and the `setting` they were measured with: data, k,
     limit, ...) and step-N.samples.jsonl (every graded sample)."""
-    from .checkpoint import write_atomically
-
     folder = out / EVALS
     folder.mkdir(exist_ok=True)
     write_atomically(folder / f"step-{step}.samples.jsonl",
@@ -142,8 +140,6 @@ def before_after(out: Path, data: str, k: int, after_step: int) -> dict | str:
     summary (results: before, after; change: paired standard errors); written to OUT/evals/before_after.json.
     -> the summary, or a sentence saying why there is none (no step-0 eval, or one measured differently: a run
     resumed with other eval settings, whose per-problem pairs would not match)."""
-    from .checkpoint import write_atomically
-
     folder = out / EVALS
     if not (folder / "step-0.json").is_file():
         return "no before/after table: this run has no eval before training (it began without --eval-data)"

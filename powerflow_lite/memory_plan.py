@@ -23,6 +23,7 @@ import torch
 
 from .config import TrainConfig
 from .errors import PowerflowError, first_line
+from .log_z import LogZHead
 from .memory_parts import (
     LOGITS_COPIES,
     LORA_BYTES,
@@ -36,6 +37,7 @@ from .memory_parts import (
     recompute_bytes,
     weight_bytes,
 )
+from .model import add_lora
 from .objectives import OBJECTIVES
 from .samplers import SAMPLERS, resolve_sampler
 
@@ -122,9 +124,6 @@ def _cached_config_dir(name: str) -> Path:
 def model_shape(cfg: TrainConfig, config) -> Shape:
     """Build the model on the meta device (shapes only) and add LoRA with training's own `add_lora`."""
     from transformers import AutoModelForCausalLM
-
-    from .log_z import LogZHead
-    from .model import add_lora
 
     try:
         with torch.device("meta"):

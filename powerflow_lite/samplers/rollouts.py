@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from ..data import chat_stop_ids
 from ..model import hf_model
 
 
@@ -46,8 +47,6 @@ class SamplingSettings:
     def from_config(cfg, tokenizer) -> "SamplingSettings":
         """A command's sampling options (config.SamplingOptions, and PowerOptions where the command has them), also
         stopping at the chat template's end-of-turn token."""
-        from ..data import chat_stop_ids
-
         power = PowerSettings(cfg.power_alpha, cfg.candidates, cfg.proposal_temperature, cfg.mcmc_steps,
                               cfg.block_tokens) if hasattr(cfg, "power_alpha") else PowerSettings()
         return SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos,
