@@ -101,5 +101,3 @@ def unsupported(name: str, top_p: float, min_new_tokens: int = 0) -> str | None:
         return (f"--sampler {name} weighs its proposals by their exact log-probs, which --min-new-tokens would change: "
                 "drop --min-new-tokens")
     return None
-
-
