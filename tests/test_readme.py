@@ -34,6 +34,7 @@ def test_every_documented_flag_exists():
     flags = {flag_name(f.name) for cls in commands for f in cls.__dataclass_fields__.values()}
     flags |= {"--no" + flag[1:] for flag in flags}  # every on/off option has a --no- form
     flags |= {"--config", "--demo", "--demo-creative", "--json", "--help", "--no-deps", "--out"}  # --out: plot's too
+    flags |= {"--index-url"}  # pip's, for PyTorch's CPU-only wheel index (--no-deps above is pip's too)
     flags |= {"--dry-run", "--prompt-tokens"}  # train's CLI-only flags (cli.DRY_RUN, cli.PROMPT_TOKENS)
     flags |= {"--nproc-per-node", "--num-processes", "--multi-gpu"}  # torchrun's and accelerate launch's
     flags |= {"--logdir", "--no-x"}  # tensorboard's; design.md's name for the off switch of any on/off option --x
