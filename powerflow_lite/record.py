@@ -2,7 +2,7 @@
 
     clock = StepClock(run.device)                          # at the start of a step: peak memory reset
     row = metrics_row(run, step, batch, update, replayed, clock)
-    if evaluates_after(run, step + 1): row.update(evaluate_policy(run, step + 1))
+    if evaluates_after(run, step + 1): row.update(evaluate_policy(run, step + 1, notes))
     saved = save(run)                                      # OUT/checkpoint-N, N = run.state.step
     finish(run)                                            # OUT/adapter, and the before/after table
 
@@ -23,6 +23,7 @@ from . import checkpoint as ckpt
 from .batch import ScoredBatch
 from .errors import PowerflowError
 from .evaluate import EVALS, before_after, training_metrics, write_training_eval
+from .faults import BatchSize
 from .metrics import mean, peak_rss_gib, reset_peak_rss, std
 from .samplers.rollouts import SamplingSettings
 
@@ -124,33 +125,46 @@ def metrics_row(run: Run, step: int, batch: ScoredBatch, update: Update, replaye
     return row
 
 
+def eval_rows(cfg, sample_batch_size: int, device: str) -> int:
+    """Completions an evaluation during training samples together: --sample-batch-size (as halved), else a step's
+    prompts x samples; on the CPU at least CPU_EVAL_ROWS."""
+    rows = sample_batch_size or cfg.prompts_per_step * cfg.samples_per_prompt
+    return max(rows, CPU_EVAL_ROWS) if device == "cpu" else rows
+
+
 def evaluates_after(run: Run, done: int) -> bool:
     """Whether the step that completes `done` steps ends with an evaluation (every --eval-every, and the last)."""
     return run.eval_set is not None and (done % run.cfg.eval_every == 0 or done == run.cfg.max_steps)
 
 
-def eval_before_training(run: Run) -> dict:
+def eval_before_training(run: Run, notes: list[str]) -> dict:
     """The eval at step 0, where the curves start: the base model itself (a fresh adapter changes nothing); with
     --eval-tempered also the base at --eval-temperature (default 1/alpha), for the before/after table (not a
     metrics row)."""
-    row = {"step": 0, **evaluate_policy(run, 0)}
+    row = {"step": 0, **evaluate_policy(run, 0, notes)}
     run.metrics.write(row)
     if run.cfg.eval_tempered:
-        evaluate_policy(run, 0, temperature=run.cfg.eval_temperature or 1.0 / run.cfg.alpha)
+        evaluate_policy(run, 0, notes, temperature=run.cfg.eval_temperature or 1.0 / run.cfg.alpha)
     return row
 
 
-def evaluate_policy(run: Run, step: int, temperature: float = 1.0) -> dict:
+def evaluate_policy(run: Run, step: int, notes: list[str], temperature: float = 1.0) -> dict:
     """eval_* metrics of the policy now (temperature 1, stopping at EOS, whatever the training sampler does);
     the figures and samples also go to OUT/evals/step-N.* (at another `temperature`, step-N-tempered.*). At step 0
-    the adapter is fresh: the policy is the base."""
-    cfg = run.cfg
-    rows = cfg.prompts_per_step * cfg.samples_per_prompt  # what sampling a step takes: fits on a GPU
-    if run.device.type == "cpu":
-        rows = max(rows, CPU_EVAL_ROWS)
+    the adapter is fresh: the policy is the base.
+
+    It samples as many completions together as a step's sampling call (eval_rows) and scores --micro-batch-size
+    of them together; out of memory, it halves the sampling batch, which training's sampling then keeps too."""
+    cfg, state = run.cfg, run.state
+    rows = eval_rows(cfg, state.sample_batch.value, run.device.type)
+    size = BatchSize(state.sample_batch.flag, rows)
+    score_rows = rows if run.device.type == "cpu" else state.micro_batch.value  # CPU: a batch costs less than its rows
     settings = SamplingSettings(cfg.max_new_tokens, temperature=temperature, stop_ids=run.sampling.stop_ids)
     row, summary, records = training_metrics(run.model, run.tokenizer, run.eval_set, cfg.eval_k, settings, cfg.seed,
-                                             run.measures, rows, policy_is_base=step == 0, ranks=run.ranks)
+                                             run.measures, rows, policy_is_base=step == 0, ranks=run.ranks,
+                                             score_rows=score_rows, size=size, notes=notes)
+    if size.value < rows:  # halved: what sampling a step takes did not fit either
+        state.sample_batch.value = min(state.sample_batch.value or size.value, size.value)
     if run.ranks.main:  # rank 0 graded every process's samples
         setting = {"data": cfg.eval_data, "task": run.eval_set.task, "k": cfg.eval_k, "limit": cfg.eval_limit,
                    "max_new_tokens": cfg.max_new_tokens, "chat_template": cfg.chat_template,

@@ -43,7 +43,7 @@ from .model import (
 )
 from .objectives import OBJECTIVES, Objective
 from .options import as_dict
-from .preview import AUTO_ALPHAS, AUTO_CANDIDATES, AUTO_PROMPTS, choose_alpha, preview_model
+from .preview import AUTO_ALPHAS, AUTO_CANDIDATES, AUTO_PROMPTS, ROWS_PER_CALL, choose_alpha, preview_model
 from .reporting import open_reporters
 from .rewards import FormatPenalty, load_format_penalty
 from .samplers import resolve_sampler
@@ -242,7 +242,8 @@ def choose_alpha_for_training(base, tokenizer, prompt_ids: list[list[int]], cfg:
     answers = next(name for name, task in TASKS.items() if task.states_answers)  # the rule weighs final answers
     table = preview_model(base, tokenizer, [prompt_ids[i] for i in chosen], AUTO_ALPHAS, AUTO_CANDIDATES,
                           matched_temperatures(AUTO_ALPHAS), settings, seed=cfg.seed, task=answers,
-                          meta={"model": cfg.model, "prompts_file": cfg.prompts, "prompt_rows": chosen})
+                          meta={"model": cfg.model, "prompts_file": cfg.prompts, "prompt_rows": chosen},
+                          rows_per_call=cfg.sample_batch_size or ROWS_PER_CALL)
     return {**choose_alpha(table), "table": table}
 
 

@@ -42,7 +42,8 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
     cfg = run.cfg
     stop = lambda: run.ranks.any(should_stop())  # noqa: E731 - under a launcher every process stops alike
     if run.eval_set is not None and run.state.step == 0:  # where the curves start: the base model itself
-        yield StepResult(0, cfg.max_steps, record.eval_before_training(run), None, None)
+        notes: list[str] = []
+        yield StepResult(0, cfg.max_steps, record.eval_before_training(run, notes), None, None, tuple(notes))
         if stop():  # a signal during that eval: nothing trained yet, so nothing to save
             run.outcome.stopped = True
             return
@@ -64,7 +65,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
         run.state.step = done = step + 1  # the step is done: what a checkpoint saves from here on
         row = record.metrics_row(run, step, batch, update, taken.replayed, clock)
         if record.evaluates_after(run, done):
-            row.update(record.evaluate_policy(run, done))
+            row.update(record.evaluate_policy(run, done, notes))
         example = record.example(run, step, taken)
         run.metrics.write(row)
         run.metrics.example(done, example)

@@ -254,3 +254,24 @@ def test_prompt_tokens_needs_dry_run(capsys, tiny_model_dir, prompts_file):
     code, _, err = run_cli(capsys, ["train", "--model", tiny_model_dir, "--prompts", prompts_file, "--alpha", "4",
                                     "--prompt-tokens", "100"])
     assert code == 2 and "--dry-run" in one_error_line(err)
+
+
+def test_the_evaluation_and_the_auto_preview_are_planned_phases(tiny_model_dir):
+    cfg = train_config(tiny_model_dir, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=64, eval_k=2)
+    shape = model_shape(cfg, model_config(cfg.model))
+    plain = plan_memory(cfg, 32, shape=shape)
+    assert set(plain.phases) == {"sampling", "update"}
+    evaluated = plan_memory(replace(cfg, eval_data="problems.jsonl", eval_every=5, sample_batch_size=8), 32,
+                            shape=shape)
+    # 8 rows of 32 + 64 positions: 2 (K, V) x layers x KV heads x head dim x 96 x 8 x 2 bytes (bf16)
+    kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * 96 * 8 * 2
+    assert part(evaluated, "KV cache (evaluation)") == kv == part(evaluated, "KV cache")  # both at 8 rows
+    auto = plan_memory(replace(cfg, alpha="auto"), 32, shape=shape)
+    assert part(auto, "KV cache (preview)") == kv * 256 // 8  # the preview samples 256 together
+    assert auto.peak_phase == "preview" and auto.total == auto.phase("held") + auto.phase("preview")
+    assert auto.total > plain.total
+    # --sample-batch-size caps the preview's calls too, so it is a lever for it
+    capped = plan_memory(replace(cfg, alpha="auto", sample_batch_size=16), 32, shape=shape)
+    assert part(capped, "KV cache (preview)") == kv * 2
+    found = fixes(replace(cfg, alpha="auto"), plain.total, 32, "cuda", shape)
+    assert any("sample_batch_size" in fix.change for fix in found)
