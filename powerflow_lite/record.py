@@ -105,6 +105,8 @@ def metrics_row(run: Run, step: int, batch: ScoredBatch, update: Update, replaye
         "policy_logp_per_token": sum(per_row["old"]) / count,
         "base_logp_per_token": sum(per_row["base"]) / count,
         "clip_frac": mean(per_row["clipped"]),
+        "logp_gap_mean": update.logp_gap_mean,  # every process's tokens already (update.combine_gaps)
+        "logp_gap_max": update.logp_gap_max,
         "grad_norm": update.grad_norm,
         "update_skipped": int(update.skipped),
         "lr": run.scheduler.get_last_lr()[0],

@@ -8,6 +8,8 @@ Everything else the loop uses is built once by setup.py (model, data, optimizer,
 config) or saved as tensors beside this (the adapter, the log Z' head, the
 optimizer and the scheduler). There is no RNG state: the draws of a step are
 functions of (seed, step) (seeds.py), and its prompts of (seed, fresh_steps).
+One flag is the invocation's and not saved: `warned_logp_gap`, so that a resumed
+run (perhaps with other flags) says a large log-prob gap again.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class TrainState:
     sample_batch: BatchSize = field(default_factory=lambda: BatchSize(SAMPLE_BATCH, 0))  # completions per
     # sampling call, likewise (0: all of a step's completions in one call)
     replay: ReplayBuffer | None = None  # with --replay-steps: the completions of earlier fresh steps
+    warned_logp_gap: bool = False  # this invocation said the log-prob gap is large (update.py); not saved
 
     def under(self, cfg) -> TrainState:
         """This state under an invocation's settings (a TrainConfig): sizes halved after an out-of-memory error stay
