@@ -143,6 +143,10 @@ DEMO_CREATIVE = _extra("demo_creative", bool, "--demo-creative", default=False,
 DRY_RUN = _extra("dry_run", bool, "--dry-run", default=False,
                  help="Print the planned peak GPU memory by part and whether it fits (on this GPU, else on 8-24 GiB "
                       "cards), from the model's config.json alone: nothing is loaded or written.")
+REHEARSE = _extra("rehearse", bool, "--rehearse", default=False,
+                  help="With --dry-run: run a training step's own code at the model's shape on torch's meta device "
+                       "(no weights, no arithmetic: seconds on a CPU), and print each phase's measured peak memory "
+                       "beside the plan, its FLOPs and the estimated time per step on common GPUs.")
 PROMPT_TOKENS = _extra("prompt_tokens", Optional[int], "--prompt-tokens",
                        help="With --dry-run: the prompt length to plan for, in tokens (config.json cannot say) "
                             "[default: 256].")
@@ -153,13 +157,15 @@ PREVIEW_DEMO = _extra("demo", bool, "--demo", default=False,
 
 
 @app.command(help="Fine-tune a LoRA adapter so the policy matches p_base(y|q)^alpha.")
-@with_config_flags(TrainConfig, extra=[CONFIG_FILE, DEMO, DEMO_CREATIVE, DRY_RUN, PROMPT_TOKENS])
+@with_config_flags(TrainConfig, extra=[CONFIG_FILE, DEMO, DEMO_CREATIVE, DRY_RUN, REHEARSE, PROMPT_TOKENS])
 def train(config: str | None = None, demo: bool = False, demo_creative: bool = False, dry_run: bool = False,
-          prompt_tokens: int | None = None, **flags) -> None:
+          rehearse: bool = False, prompt_tokens: int | None = None, **flags) -> None:
     if demo and demo_creative:
         raise PowerflowError("--demo and --demo-creative are two demos: pick one")
     if prompt_tokens is not None and not dry_run:
         raise PowerflowError("--prompt-tokens is the prompt length --dry-run plans for: give it with --dry-run")
+    if rehearse and not dry_run:
+        raise PowerflowError("--rehearse rehearses the step that --dry-run plans: give it with --dry-run")
     if prompt_tokens is not None and prompt_tokens <= 0:
         raise PowerflowError(f"--prompt-tokens must be > 0, got {prompt_tokens}")
     kind = "reasoning" if demo else "creative" if demo_creative else None
@@ -176,7 +182,7 @@ def train(config: str | None = None, demo: bool = False, demo_creative: bool = F
     for note in cfg.warnings():
         err_console.print(f"warning: {note}", markup=False)
     if dry_run:
-        _dry_run(cfg, prompt_tokens)
+        _dry_run(cfg, prompt_tokens, rehearse)
         return
     from .distributed import Ranks
     from .setup import setup
@@ -188,14 +194,16 @@ def train(config: str | None = None, demo: bool = False, demo_creative: bool = F
         ranks.stop()
 
 
-def _dry_run(cfg: TrainConfig, prompt_tokens: int | None) -> None:
-    """--dry-run: the memory plan, and whether it fits or what would make it; nothing loaded, nothing written."""
+def _dry_run(cfg: TrainConfig, prompt_tokens: int | None, rehearse: bool = False) -> None:
+    """--dry-run: the memory plan, and whether it fits or what would make it; with --rehearse the step rehearsed
+    beside it, and its time estimated; nothing loaded, nothing written."""
     from .memory_plan import PROMPT_TOKENS as ASSUMED
     from .memory_plan import fixes, model_config, model_shape, plan_memory, target
 
     prompt_tokens = prompt_tokens or ASSUMED
     device, capacities = target(cfg.device)
-    shape = model_shape(cfg, model_config(cfg.model, cfg.trust_remote_code))
+    config = model_config(cfg.model, cfg.trust_remote_code)
+    shape = model_shape(cfg, config)
     plan = plan_memory(cfg, prompt_tokens, device, shape=shape)
     console.print(_plan_table(plan))
     phases = ", ".join(f"{name} {_size(size)}" for name, size in plan.phases.items())
@@ -211,6 +219,40 @@ def _dry_run(cfg: TrainConfig, prompt_tokens: int | None) -> None:
         console.print(f"{label}: does not fit; " + (f"fits with {with_}" if found else "nothing among --quant nf4, "
                       "--gradient-checkpointing, --micro-batch-size, --sample-batch-size and --max-new-tokens "
                       "brings it within"), markup=False)
+    if rehearse:
+        _rehearse(cfg, config, prompt_tokens, plan if device == "cuda" else plan_memory(cfg, prompt_tokens, "cuda",
+                                                                                     shape=shape))
+
+
+def _rehearse(cfg: TrainConfig, config, prompt_tokens: int, plan) -> None:
+    """--rehearse: each phase's measured peak beside the GPU plan, its FLOPs, what was not rehearsed, and the time
+    estimate per card."""
+    from .cards import CARDS
+    from .estimate import format_estimate
+    from .rehearse import compare, costs, planned_weights
+    from .rehearse import rehearse as run_rehearsal
+
+    rehearsal = run_rehearsal(cfg, config, prompt_tokens)
+    table = Table(title=f"rehearsed on the meta device as on a GPU (bf16, --quant {rehearsal.quant}, "
+                        f"{rehearsal.sampler} sampler) in {rehearsal.seconds:.1f} s: peak above the weights",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("phase", "planned", "rehearsed", "plan vs rehearsal", "TFLOP per step"):
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    for row in compare(plan, rehearsal):
+        difference = "" if row.difference is None else f"{row.difference:+.0%}"
+        table.add_row(row.phase, "below the update" if row.planned is None else _size(row.planned),
+                      escape(row.error) if row.error else _size(row.rehearsed), difference,
+                      "" if row.error else f"{row.flops / 1e12:,.1f}")
+    table.add_row("weights", _size(planned_weights(plan)), _size(rehearsal.weights), "", "")
+    table.add_row("gradients", _size(next(p.bytes for p in plan.parts if p.name == "gradients")),
+                  _size(rehearsal.gradients), "", "")
+    console.print(table)
+    console.print("measured on the meta device: the bytes of torch's tensors as the step's code creates and frees "
+                  "them; not rehearsed, and kept from the plan:", markup=False)
+    for item in rehearsal.not_rehearsed:
+        console.print(f"  - {item}", markup=False)
+    for line in format_estimate(costs(rehearsal, cfg.eval_every), CARDS, cfg.max_steps):
+        console.print(line, markup=False)
 
 
 PHASES = {"held": "held throughout", "sampling": "sampling", "update": "update", "backward": "then one at a time",

@@ -20,7 +20,10 @@ from .logprobs import LOGITS_BUDGET
 LORA_BYTES = 4  # peft keeps adapter weights in float32 (autocast_adapter_dtype), on a bf16 or NF4 base alike
 NF4_BLOCK, NESTED_BLOCK = 64, 256  # bitsandbytes 4-bit blocksize; its double quant's blocksize for the absmax
 EIGHT_BIT_MIN, EIGHT_BIT_BLOCK = 4096, 256  # bitsandbytes 8-bit optimizers: smaller tensors keep 32-bit state
-LOGITS_COPIES = 2  # a logits chunk's backward holds the logits and their gradient (docs/design.md section 15)
+# float32 copies of a logits chunk its backward holds: on the CPU the logits and their gradient (calibrated against
+# the allocator, docs/design.md section 15); on a GPU also the bf16 head output and the softmax of the log-sum-exp's
+# backward (the rehearsal's measure, examples/results/rehearsal.md)
+LOGITS_COPIES = {"cpu": 2, "cuda": 4}
 # which LoRA'd projections read the same input (LLaMA-style decoder layer): with a float32 base they share it
 INPUT_OF = {"q_proj": "h", "k_proj": "h", "v_proj": "h", "o_proj": "attn", "gate_proj": "h2", "up_proj": "h2",
             "down_proj": "mlp"}
@@ -153,10 +156,15 @@ def activation_bytes(shape: Shape, cfg: TrainConfig, rows: int, prompt: int, dty
 
 
 def recompute_bytes(shape: Shape, cfg: TrainConfig, rows: int, prompt: int, dtype_bytes: int) -> tuple[int, str]:
-    """With gradient checkpointing, the layer being recomputed in the backward: all it saves, and the gradients of
-    its input and output."""
+    """With gradient checkpointing, the layer being recomputed in the backward: all it saves, the gradients of its
+    input and output, and the float32 gradient of its widest adapted input, live while that LoRA's backward runs
+    (measured against the rehearsal, examples/results/rehearsal.md)."""
     tokens = rows * (prompt + cfg.max_new_tokens)
-    per_layer = layer_activation_bytes(shape, cfg.lora_r, dtype_bytes) + 2 * dtype_bytes * shape.hidden
+    width = {"h": shape.hidden, "h2": shape.hidden, "attn": shape.heads * shape.head_dim,
+             "mlp": shape.config.intermediate_size}
+    widest = max((width[INPUT_OF[name]] for name in shape.lora if name in INPUT_OF), default=0)
+    per_layer = (layer_activation_bytes(shape, cfg.lora_r, dtype_bytes) + 2 * dtype_bytes * shape.hidden
+                 + LORA_BYTES * widest)
     return tokens * per_layer, f"one layer: {tokens:,} tokens x {per_layer:,} B"
 
 
@@ -168,19 +176,30 @@ def logits_bytes(shape: Shape, rows: int, length: int, device: str) -> tuple[int
 
 
 def decode_bytes(shape: Shape, rows: int, prefill_rows: int, length: int, prompt: int, next_token_bytes: int,
-                 dtype_bytes: int) -> tuple[int, str]:
-    """The sampler's workspace beside its cache, the largest of three that come one after another: the prefill's
-    MLP (gate, up and their product, 3 x intermediate per token, one layer at a time); a decode step's attention,
-    which repeats one layer's keys and values to every head (GQA under a padding mask); and the next-token tensors
-    over the vocabulary: the logits, a float32 copy and the sampler's own `next_token_bytes` per entry
-    (Sampler.next_token_bytes: static's log-softmax, softmax and two float64 cumulative sums; generate's softmax)."""
-    b = dtype_bytes
-    prefill = prefill_rows * prompt * b * 3 * shape.config.intermediate_size
-    attention = 2 * rows * shape.heads * length * shape.head_dim * b
+                 dtype_bytes: int, static_cache: bool) -> tuple[int, str]:
+    """The sampler's workspace beside its cache at full length (kv_cache_bytes), the larger of two moments
+    (measured against the rehearsal, examples/results/rehearsal.md):
+
+    * the prefill: per prompt token the MLP's gate, up and their product (3 x intermediate, dtype) and, where LoRA
+      adapts the MLP, two float32 tensors as wide (its output and the sum before the cast back); with a growing
+      cache (`static_cache` False: generate) the cache then holds the prompt only, not its full length;
+    * a decode step: the next-token tensors over the vocabulary (the logits, a float32 copy and the sampler's own
+      `next_token_bytes` per entry: Sampler.next_token_bytes), and with a growing cache one layer's keys and values
+      copied as they grow. Attention repeats no keys for a single query token (transformers packs the query into
+      the key heads instead)."""
+    b, i = dtype_bytes, shape.config.intermediate_size
+    lora_mlp = any(name in shape.lora for name in ("gate_proj", "up_proj", "down_proj"))
+    per_token = (3 * b + (2 * LORA_BYTES if lora_mlp else 0)) * i
+    prefill = prefill_rows * prompt * per_token
     copy = 4 if b != 4 else 0  # .float() of float32 logits is the same tensor
     per_entry = b + copy + next_token_bytes
-    vocab = rows * shape.vocab * per_entry
-    largest = max((prefill, f"prefill MLP: {prefill_rows} x {prompt} tokens"),
-                  (attention, f"one layer's K, V x {shape.heads} heads"),
-                  (vocab, f"next token: {rows} x {shape.vocab:,} x {per_entry} B"))
-    return largest
+    decode = rows * shape.vocab * per_entry
+    if static_cache:
+        return max((prefill, f"prefill MLP: {prefill_rows} x {prompt} tokens x {per_token:,} B"),
+                   (decode, f"next token: {rows} x {shape.vocab:,} x {per_entry} B"))
+    full, prompt_only = kv_cache_bytes(shape, rows, length, b), kv_cache_bytes(shape, prefill_rows, prompt, b)
+    layer = full // shape.layers
+    return max((prefill + prompt_only - full, f"prefill MLP: {prefill_rows} x {prompt} tokens x {per_token:,} B, "
+                                              "beside the prompt's cache only"),
+               (decode + layer, f"next token: {rows} x {shape.vocab:,} x {per_entry} B, and a layer's cache grown"),
+               (0, ""))

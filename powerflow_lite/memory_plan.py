@@ -226,8 +226,8 @@ def plan_memory(cfg: TrainConfig, prompt_tokens: int = PROMPT_TOKENS, device: st
              f"{_m(sum(trained))} x 2 x 1 B + absmax" if eight_bit else f"{_m(sum(trained))} x 2 x 4 B"),
         *_sampling_parts("sampling", shape, sampler, rows, cfg.samples_per_prompt, P, L, b),
         Part("activations kept", "update", activations, False, how),
-        Part("logits", "backward", LOGITS_COPIES * logits, False,
-             f"{LOGITS_COPIES} x {chunk:,} positions x {shape.vocab:,} x 4 B"),
+        Part("logits", "backward", LOGITS_COPIES[device] * logits, False,
+             f"{LOGITS_COPIES[device]} x {chunk:,} positions x {shape.vocab:,} x 4 B"),
     ]
     if cfg.gradient_checkpointing:
         recomputed, recomputed_how = recompute_bytes(shape, cfg, mb, P, b)
@@ -247,7 +247,8 @@ def _sampling_parts(phase: str, shape: Shape, sampler: str, rows: int, per_promp
     drawing = SAMPLERS[sampler]  # a prompt of a call prefilled once, or every row
     prefill_rows = min(rows, math.ceil(rows / per_prompt) + (1 if rows % per_prompt else 0)) if drawing.prefills_once \
         else rows
-    workspace, how = decode_bytes(shape, rows, prefill_rows, prompt + length, prompt, drawing.next_token_bytes, b)
+    workspace, how = decode_bytes(shape, rows, prefill_rows, prompt + length, prompt, drawing.next_token_bytes, b,
+                                  drawing.static_cache)
     title = "" if phase == "sampling" else f" ({phase})"
     return [Part(f"KV cache{title}", phase, kv_cache_bytes(shape, rows, prompt + length, b), drawing.static_cache,
                  f"2 x {shape.layers} x {shape.kv_heads} x {shape.head_dim} x {prompt + length} x {rows} rows x {b} B"),

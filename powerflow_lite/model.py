@@ -199,6 +199,12 @@ def load_base_model(name: str, quant: str, device: torch.device, trust_remote_co
         raise PowerflowError(f"could not load model {name!r}: {first_line(err)}") from None
     if quant == "none":
         model = model.to(device)
+    return prepare_base(model)
+
+
+def prepare_base(model):
+    """What every base model gets once loaded (rehearse.py builds one without weights and calls this too): no CPU
+    repacking of 4-bit weights, no dropout, frozen."""
     _disable_cpu_weight_repacking(model)
     disable_dropout(model)
     model.requires_grad_(False)
