@@ -63,3 +63,15 @@ def card(key: str) -> Card:
         if c.key == key:
             return c
     raise PowerflowError(f"unknown card {key!r}: choose one of {', '.join(c.key for c in CARDS)}")
+
+
+# How torch.cuda.get_device_name names each card, lowercase without spaces or hyphens: the name ends so ("NVIDIA
+# GeForce RTX 4090", "NVIDIA A100-SXM4-40GB", "NVIDIA H100 80GB HBM3"); a Ti, laptop or 80 GB A100 is another card.
+DEVICE_NAMES = {"rtx3060": ("rtx3060",), "rtx4090": ("rtx4090",), "a100-40gb": ("a100sxm440gb", "a100pcie40gb"),
+                "h100-80gb": ("h10080gbhbm3", "h100sxm580gb")}
+
+
+def find_card(device_name: str) -> Card | None:
+    """The card in CARDS that torch names `device_name`, or None."""
+    name = device_name.lower().replace(" ", "").replace("-", "")
+    return next((card(key) for key, endings in DEVICE_NAMES.items() if name.endswith(endings)), None)

@@ -52,6 +52,10 @@ METRICS: dict[str, str] = {
     "time_sample": "Seconds spent sampling.",
     "time_score": "Seconds spent computing log pi_old, log p_base and psi.",
     "time_update": "Seconds spent in forward/backward/optimizer updates.",
+    "estimate_time_sample": "On a GPU in the card table (cards.py): time_sample as estimated before step 1 from the "
+                            "rehearsal (data-sheet peaks x assumed efficiencies), beside the measured one.",
+    "estimate_time_score": "As estimate_time_sample, for time_score.",
+    "estimate_time_update": "As estimate_time_sample, for time_update (the optimizer step not included).",
     "peak_gpu_mem_gib": "Peak GPU memory allocated during the step (GPU runs only).",
     "peak_rss_gib": "Peak resident memory of the process during the step (CPU runs; on Linux, else since start).",
 }

@@ -167,6 +167,10 @@ class OptimOptions:
     micro_batch_size: int = option(8, "Completions per forward/backward (gradient accumulation over the step); "
                                    "halved automatically after a CUDA out-of-memory error.", check=">0",
                                    panel=OPTIMISATION)
+    probe: bool = option(True, "Before the first step on a GPU, run the worst-case shapes once (the longest prompt, "
+                               "every completion at --max-new-tokens, the largest micro-batch, the evaluation's "
+                               "batch): a run that does not fit halves or stops in its first minute.",
+                         panel=OPTIMISATION)
     inner_epochs: int = option(1, "Updates per batch of samples (K); >1 uses the clipped importance weight.",
                                check=">0", panel=OPTIMISATION)
     clip_eps: float = option(0.2, "Importance-weight clip: w in [1-eps, 1+eps].", check="[0, 1)", panel=OPTIMISATION)

@@ -105,6 +105,7 @@ class Run:
     info: RunInfo
     state: TrainState  # what the steps change: saved whole in every checkpoint
     outcome: Outcome = field(default_factory=Outcome)
+    estimate: dict = field(default_factory=dict)  # on a GPU the table has: estimated seconds per phase (probe.py)
 
 
 def _set_learning_rates(optimizer, scheduler, base_lrs: list[float]) -> None:

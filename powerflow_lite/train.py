@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import record, rollout
+import torch
+
+from . import probe, record, rollout
+from .errors import first_line
 from .scoring import score_step
 from .setup import Run, setup  # noqa: F401 - setup is re-exported: from powerflow_lite.train import setup, train
 from .update import update_policy
@@ -41,15 +44,16 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
     """The steps from run.state.step on; once `should_stop()` is true (a signal), leave after a checkpoint."""
     cfg = run.cfg
     stop = lambda: run.ranks.any(should_stop())  # noqa: E731 - under a launcher every process stops alike
+    first_notes = _before_step_1(run) if run.state.step < cfg.max_steps else []
     if run.eval_set is not None and run.state.step == 0:  # where the curves start: the base model itself
-        notes: list[str] = []
+        notes, first_notes = first_notes, []
         yield StepResult(0, cfg.max_steps, record.eval_before_training(run, notes), None, None, tuple(notes))
         if stop():  # a signal during that eval: nothing trained yet, so nothing to save
             run.outcome.stopped = True
             return
 
     for step in range(run.state.step, cfg.max_steps):
-        clock, notes = record.StepClock(run.device), []
+        clock, notes, first_notes = record.StepClock(run.device), first_notes, []
 
         # --- 1. rollout: G completions per prompt from the policy, or G stored ones on a replay step
         taken = rollout.take(run, step, notes)
@@ -81,3 +85,15 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
             return
 
     record.finish(run)
+
+
+def _before_step_1(run: Run) -> list[str]:
+    """On a GPU: the worst-case probe (unless --no-probe), and this card's time estimate for the metrics rows."""
+    notes = probe.worst_case(run) if probe.probes(run) else []
+    if run.device.type != "cuda":
+        return notes
+    try:
+        run.estimate.update(probe.card_estimate(run, torch.cuda.get_device_name(run.device)))
+    except Exception as err:  # noqa: BLE001 - a model the rehearsal cannot build still trains
+        notes.append(f"no time estimate in metrics.jsonl: the rehearsal failed ({first_line(err)})")
+    return notes
