@@ -35,7 +35,7 @@ def test_every_documented_flag_exists():
     flags |= {"--no" + flag[1:] for flag in flags}  # every on/off option has a --no- form
     flags |= {"--config", "--demo", "--demo-creative", "--json", "--help", "--no-deps", "--out"}  # --out: plot's too
     flags |= {"--index-url"}  # pip's, for PyTorch's CPU-only wheel index (--no-deps above is pip's too)
-    flags |= {"--dry-run", "--prompt-tokens"}  # train's CLI-only flags (cli.DRY_RUN, cli.PROMPT_TOKENS)
+    flags |= {"--dry-run", "--rehearse", "--prompt-tokens"}  # train's CLI-only flags (cli.DRY_RUN, cli.REHEARSE, ...)
     flags |= {"--nproc-per-node", "--num-processes", "--multi-gpu"}  # torchrun's and accelerate launch's
     flags |= {"--logdir", "--no-x"}  # tensorboard's; design.md's name for the off switch of any on/off option --x
     for script in ("exact_alpha.py", "real_model.py"):
