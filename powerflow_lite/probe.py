@@ -22,10 +22,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import rollout, scoring
+from .cards import find_card
+from .estimate import step_estimate
 from .faults import BatchSize, halve_on_oom
 from .inference import generate_records
 from .logprobs import completion_logprobs
+from .memory_plan import model_config
 from .record import eval_rows
+from .rehearse import costs, rehearse
 
 if TYPE_CHECKING:
     from .setup import Run
@@ -87,11 +91,6 @@ def card_estimate(run: Run, name: str) -> dict:
     """The estimated seconds of each phase on the card called `name` (torch.cuda.get_device_name), from the
     rehearsal at the run's shape and its longest prompt: {"estimate_time_sample", ...}; {} for a card the table
     (cards.py) does not have."""
-    from .cards import find_card
-    from .estimate import step_estimate
-    from .memory_plan import model_config
-    from .rehearse import costs, rehearse
-
     card = find_card(name)
     if card is None:
         return {}

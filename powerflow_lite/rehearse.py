@@ -46,9 +46,11 @@ from torch.utils.flop_counter import flop_registry
 from .config import TrainConfig
 from .errors import PowerflowError, first_line
 from .estimate import PhaseCost
+from .log_z import LogZHead
 from .logprobs import completion_logprobs, score
+from .memory_parts import NESTED_BLOCK, NF4_BLOCK
 from .memory_plan import eval_rows, micro_batch_rows, preview_rows, sampling_rows
-from .model import add_lora, cache_keyword, eval_mode, prepare_base
+from .model import add_lora, cache_keyword, eval_mode, import_bitsandbytes, prepare_base
 from .preview import AUTO_CANDIDATES
 from .samplers import SAMPLERS, resolve_sampler
 from .samplers.rollouts import Rollouts
@@ -227,12 +229,8 @@ def nf4_layer(linear: torch.nn.Linear, dtype: torch.dtype = DTYPE):
     """A `bnb.nn.Linear4bit` on meta holding what bitsandbytes stores for `linear` in NF4 with double quantization
     (memory_parts.nf4_bytes): packed weights, 8-bit absmax per block of 64, its float32 absmax per 256 blocks, the
     offset and both codes. Its forward is bitsandbytes' own (`matmul_4bit`, the gemm_4bit op)."""
-    from bitsandbytes.functional import QuantState
-
-    from .memory_parts import NESTED_BLOCK, NF4_BLOCK
-    from .model import import_bitsandbytes
-
     bnb = import_bitsandbytes()
+    from bitsandbytes.functional import QuantState  # after import_bitsandbytes, which quiets its import
     out_features, in_features = linear.weight.shape
     n, meta = out_features * in_features, torch.device("meta")
     blocks = math.ceil(n / NF4_BLOCK)
@@ -375,12 +373,10 @@ def rehearse(cfg: TrainConfig, config, prompt_tokens: int) -> Rehearsal:
         micro = micro_batch_rows(cfg)
         phases["scoring"] = _phase("scoring", tracker, lambda: _score(model, P, L, micro, G),
                                    calls=math.ceil(step_rows / micro) * (1 if SAMPLERS[sampler].returns_logps else 2))
-        gradients_before = tracker.current
         phases["update"] = _phase("update", tracker, lambda: _update(model, P, L, micro, G),
                                   calls=math.ceil(step_rows / micro) * cfg.inner_epochs)
         gradients = storage_bytes([p.grad for p in model.parameters() if p.grad is not None])
         model.zero_grad(set_to_none=True)
-        del gradients_before
         if cfg.eval_data:
             rows = eval_rows(cfg)
             phases["evaluation"] = _sampling_phase("evaluation", model, tracker, sampler, rows, cfg.eval_k, P, L, 1,
@@ -388,9 +384,8 @@ def rehearse(cfg: TrainConfig, config, prompt_tokens: int) -> Rehearsal:
         if cfg.alpha == "auto":
             phases["preview"] = _sampling_phase("preview", model, tracker, "static", preview_rows(cfg),
                                                 AUTO_CANDIDATES, P, L, 1, weights)
-    weight_bytes = weights
     for name, run in phases.items():
-        phases[name] = replace(run, bytes_read=run.bytes_read or _weight_reads(weight_bytes, run))
+        phases[name] = replace(run, bytes_read=run.bytes_read or _weight_reads(weights, run))
     return Rehearsal(cfg.model, quant, sampler, P, weights, gradients, phases, time.perf_counter() - started,
                      NOT_REHEARSED)
 
@@ -402,8 +397,6 @@ def _weight_reads(weight_bytes: int, run: PhaseRun) -> float:
 
 
 def _head_numel(cfg: TrainConfig, config) -> int:
-    from .log_z import LogZHead
-
     with torch.device("meta"):
         head = LogZHead(config.get_text_config().hidden_size, cfg.z_hidden)
     return sum(p.numel() for p in head.parameters())
