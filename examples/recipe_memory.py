@@ -24,11 +24,13 @@ import json
 import tempfile
 from pathlib import Path
 
+from powerflow_lite.config import TrainConfig
 from powerflow_lite.config_files import resolve_train_config
 from powerflow_lite.memory_plan import (
     CARDS_GIB,
     PROMPT_TOKENS,
     GiB,
+    eval_rows,
     fixes,
     micro_batch_rows,
     model_config,
@@ -68,36 +70,44 @@ CONFIGS = {
 }
 
 
-def plan_recipe(name: str, models: Path, prompt_tokens: int) -> dict:
-    """One recipe's dry run with its model read from `models`: the plan's parts and peak, and per card whether it
-    fits, else the changes the dry run would suggest."""
+def recipe_config(name: str, models: Path) -> tuple[str, TrainConfig]:
+    """The recipe's hub id, and its config as `--config recipe --model DIR` resolves it, DIR a directory under
+    `models` holding the model's config.json from CONFIGS."""
     recipe = ROOT / "examples" / "recipes" / f"{name}.yaml"
     hub_id = resolve_train_config(str(recipe), {}).model
     directory = models / hub_id.replace("/", "--")
-    directory.mkdir(parents=True)
+    directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(CONFIGS[hub_id], indent=2) + "\n")
-    cfg = resolve_train_config(str(recipe), {"model": str(directory)})  # as `--config recipe --model DIR`
+    return hub_id, resolve_train_config(str(recipe), {"model": str(directory)})
+
+
+def plan_recipe(name: str, models: Path, prompt_tokens: int) -> dict:
+    """One recipe's dry run with its model read from `models`: the plan's parts and peak, and per card whether it
+    fits, else the changes the dry run would suggest."""
+    hub_id, cfg = recipe_config(name, models)
     shape = model_shape(cfg, model_config(cfg.model, cfg.trust_remote_code))
     plan = plan_memory(cfg, prompt_tokens, "cuda", shape=shape)
     cards = {}
     for size in CARDS_GIB:
         found = [] if plan.fits(size * GiB) else fixes(cfg, size * GiB, prompt_tokens, "cuda", shape)
-        cards[f"{size} GiB"] = {"fits": plan.fits(size * GiB),
+        cards[f"{size} GiB"] = {"fits": plan.fits(size * GiB), "spare_gib": size - plan.total / GiB,
                                 "fits_with": [{"flags": fix.flags, "peak_gib": fix.total / GiB} for fix in found]}
     return {"recipe": name, "model": hub_id, "config_json": CONFIGS[hub_id], "quant": plan.quant,
             "sampler": plan.sampler, "optimizer": plan.optimizer, "prompt_tokens": prompt_tokens,
             "max_new_tokens": cfg.max_new_tokens, "micro_batch_size": cfg.micro_batch_size,
             "micro_batch_rows": micro_batch_rows(cfg), "sample_batch_size": cfg.sample_batch_size,
-            "sampling_rows": sampling_rows(cfg), "gradient_checkpointing": cfg.gradient_checkpointing,
+            "sampling_rows": sampling_rows(cfg), "eval_rows": eval_rows(cfg) if cfg.eval_data else 0,
+            "gradient_checkpointing": cfg.gradient_checkpointing,
             "parts": [{"name": p.name, "phase": p.phase, "bytes": p.bytes, "gib": p.bytes / GiB, "exact": p.exact,
                        "how": p.how} for p in plan.parts],
-            "held_gib": plan.phase("held") / GiB, "sampling_gib": plan.phase("sampling") / GiB,
+            "held_gib": plan.phase("held") / GiB, "phases_gib": {k: v / GiB for k, v in plan.phases.items()},
+            "peak_phase": plan.peak_phase, "sampling_gib": plan.phase("sampling") / GiB,
             "update_gib": plan.update / GiB, "peak_bytes": plan.total, "peak_gib": plan.total / GiB, "cards": cards}
 
 
 def card_cell(card: dict) -> str:
     if card["fits"]:
-        return "fits"
+        return f"fits ({card['spare_gib']:.2f} to spare)"
     if not card["fits_with"]:
         return "no"
     return "no; with " + ", or ".join(f"`{fix['flags']}` ({fix['peak_gib']:.2f})" for fix in card["fits_with"])
@@ -118,9 +128,11 @@ def markdown(rows: list[dict], prompt_tokens: int) -> str:
         "Plans, not measurements: `powerflow train --dry-run` for each recipe in `examples/recipes/`, from its "
         "model's config.json written by hand from the model card (`examples/recipe_memory.py`). Nothing was "
         "measured on a GPU. The exact parts (weights, LoRA, log Z' head, gradients, optimizer state) are exact "
-        "only if those configs are right; the activations, logits, sampling workspace and CUDA context are "
-        "estimates (docs/design.md section 15), and the KV cache is exact for the static sampler only (the "
-        "recipes sample with `generate` on a GPU, whose cache grows to the same size).",
+        "only if those configs are right. The activations, logits, sampling workspace and KV cache are estimates "
+        "by formula (exact for the static sampler's cache only; the recipes sample with `generate` on a GPU, "
+        "whose cache grows to the same size); [rehearsal.md](rehearsal.md) sets each phase they make up beside "
+        "the bytes the step's own code allocates at these shapes on torch's meta device. The CUDA context is a "
+        "flat margin that no rehearsal measures.",
         "",
         "    python examples/recipe_memory.py",
         "    # the same plan, one recipe, with the model's config.json at hand:",
@@ -129,27 +141,35 @@ def markdown(rows: list[dict], prompt_tokens: int) -> str:
         f"On a GPU in bf16, prompts of {prompt_tokens} tokens (`--prompt-tokens`, the default). GiB = 2^30 bytes; "
         "a card of N GiB is taken to have all N free.",
         "",
-        "| recipe | model | peak GiB | held / sampling / update GiB | " + " | ".join(f"{s} GiB" for s in CARDS_GIB)
-        + " |",
-        "|---|---|---|---|" + "---|" * len(CARDS_GIB),
+        "The peak is what is held throughout plus the largest phase; the phases come one after another. A card's "
+        "cell is the dry run's verdict: fits, with the GiB to spare, or the changes it suggests, with the peak "
+        "each plans.",
+        "",
+        "| recipe | model | peak GiB | held GiB | phases GiB (the largest in bold) | "
+        + " | ".join(f"{s} GiB" for s in CARDS_GIB) + " |",
+        "|---|---|---|---|---|" + "---|" * len(CARDS_GIB),
     ]
     for row in rows:
         cells = [card_cell(row["cards"][f"{s} GiB"]) for s in CARDS_GIB]
-        lines.append(f"| {row['recipe']} | {row['model']} | {row['peak_gib']:.2f} | {row['held_gib']:.2f} / "
-                     f"{row['sampling_gib']:.2f} / {row['update_gib']:.2f} | " + " | ".join(cells) + " |")
+        phases = ", ".join(f"**{name} {gib:.2f}**" if name == row["peak_phase"] else f"{name} {gib:.2f}"
+                           for name, gib in row["phases_gib"].items())
+        lines.append(f"| {row['recipe']} | {row['model']} | {row['peak_gib']:.2f} | {row['held_gib']:.2f} | "
+                     f"{phases} | " + " | ".join(cells) + " |")
     for row in rows:
         lines += ["", f"## {row['recipe']}: {row['model']}", "",
                   f"--quant {row['quant']}, {row['sampler']} sampler, {row['optimizer']}; --max-new-tokens "
                   f"{row['max_new_tokens']}; --micro-batch-size {row['micro_batch_size']}: "
                   f"{row['micro_batch_rows']} completions per forward/backward{rounded(row)}; "
-                  f"{row['sampling_rows']} completions per sampling call; gradient checkpointing "
+                  f"{row['sampling_rows']} completions per sampling call"
+                  + (f", {row['eval_rows']} per call of the evaluation" if row["eval_rows"] else "")
+                  + "; gradient checkpointing "
                   f"{'on' if row['gradient_checkpointing'] else 'off'}.", "",
                   "| part | phase | GiB | | how |", "|---|---|---|---|---|"]
         for part in row["parts"]:
             lines.append(f"| {part['name']} | {part['phase']} | {part['gib']:.3f} | "
                          f"{'exact' if part['exact'] else 'estimate'} | {part['how']} |")
-        lines.append(f"| **peak** | | **{row['peak_gib']:.2f}** | | held + max(sampling, update + the larger "
-                     "backward part) |")
+        lines.append(f"| **peak** | | **{row['peak_gib']:.2f}** | | held + the largest phase ({row['peak_phase']}); "
+                     "the update's is its parts + the larger backward part |")
     return "\n".join(lines) + "\n"
 
 
