@@ -14,8 +14,8 @@ The time is an estimate (estimate.py: data-sheet peaks at assumed efficiencies).
 and decode), the scoring and the update as rehearsed. Per evaluation, which the dry run's own table spreads over
 --eval-every steps as one sampling call: every sampling call of it (--eval-limit x --eval-k completions) and its
 scoring passes (log pi, and from step 1 on the base's). A run: --max-steps steps, and its evaluations (before
-training, the tempered base under --eval-tempered, every --eval-every steps and after the last). The first run is
-FIRST_RUN's flags on top of the recipe.
+training, the tempered base under --eval-tempered, every --eval-every steps and after the last) and the worst-case
+probe before step 1. The first run is FIRST_RUN's flags on top of the recipe.
 
 Written to OUT (default examples/results): rehearsal.md and rehearsal.json.
 """
@@ -113,17 +113,35 @@ def evaluation_costs(rehearsal, cfg: TrainConfig, passes: int) -> list[PhaseCost
             PhaseCost("eval scoring", per_completion * completions * passes, rehearsal.weights * score_calls)]
 
 
+def probe_costs(rehearsal, cfg: TrainConfig) -> list[PhaseCost]:
+    """The worst-case probe before step 1 (probe.py): a step's sampling and scoring at full length, one micro-batch
+    of the update, and one sampling call of the evaluation with its scoring (the base's, and log pi unless the
+    sampler returns it)."""
+    if not cfg.probe:
+        return []
+    step = {cost.name: cost for cost in costs(rehearsal, eval_every=0)}
+    calls = rehearsal.phases["update"].calls
+    found = [step["prefill"], step["decode"], step["scoring"],
+             PhaseCost("update", step["update"].flops / calls, step["update"].bytes / calls)]
+    if cfg.eval_data and cfg.eval_every:
+        one = replace(cfg, eval_limit=math.ceil(eval_rows(cfg) / cfg.eval_k))  # enough prompts for one call
+        passes = 1 if SAMPLERS[rehearsal.sampler].returns_logps else 2
+        found += [replace(cost, name=f"probe {cost.name}") for cost in evaluation_costs(rehearsal, one, passes)]
+    return found
+
+
 def run_time(rehearsal, cfg: TrainConfig, card) -> dict:
-    """Estimated seconds of a step, of each evaluation and of the run, on `card`."""
+    """Estimated seconds of a step, of each evaluation and of the run (with the probe before step 1), on `card`."""
     step = step_estimate(costs(rehearsal, eval_every=0), card)
     evals = [step_estimate(evaluation_costs(rehearsal, cfg, passes), card)
              for passes in evaluations(cfg, rehearsal.sampler)]
-    seconds = cfg.max_steps * step.seconds + sum(e.seconds for e in evals)
-    floor = cfg.max_steps * step.floor_seconds + sum(e.floor_seconds for e in evals)
+    probe = step_estimate(probe_costs(rehearsal, cfg), card)
+    seconds = cfg.max_steps * step.seconds + sum(e.seconds for e in evals) + probe.seconds
+    floor = cfg.max_steps * step.floor_seconds + sum(e.floor_seconds for e in evals) + probe.floor_seconds
     return {"phases_s": {p.name: p.estimate for p in step.phases}, "bound": {p.name: p.bound for p in step.phases},
             "s_per_step": step.seconds, "floor_s_per_step": step.floor_seconds,
-            "evaluations": len(evals), "evaluation_s": [e.seconds for e in evals], "run_s": seconds,
-            "run_hours": seconds / 3600, "run_floor_s": floor,
+            "evaluations": len(evals), "evaluation_s": [e.seconds for e in evals], "probe_s": probe.seconds,
+            "run_s": seconds, "run_hours": seconds / 3600, "run_floor_s": floor,
             "dry_run_s_per_step": step_estimate(costs(rehearsal, cfg.eval_every), card).seconds}
 
 
@@ -267,7 +285,9 @@ def markdown(result: dict) -> str:
         "",
         f"Estimates, not measurements: {MATMUL_EFFICIENCY:.0%} of peak bf16 FLOP/s, {BANDWIDTH_EFFICIENCY:.0%} of "
         "peak bandwidth. s/step: sampling, scoring and update. One evaluation: from step 1 on (with the base "
-        "scored too). The run: the recipe's --max-steps and all its evaluations. The dry run's own table spreads "
+        "scored too). The run: the recipe's --max-steps, all its evaluations and the worst-case probe before step 1 "
+        "(a step's sampling and scoring, one micro-batch of the update, one call of the evaluation). The dry run's "
+        "own table spreads "
         "one sampling call of the evaluation over --eval-every steps; this one counts each evaluation whole. "
         "fits: the plan's peak within the card's memory (no: the time is moot until a change from "
         "[recipe_memory.md](recipe_memory.md) makes it fit).",
@@ -286,8 +306,9 @@ def markdown(result: dict) -> str:
         "",
         "## A first run",
         "",
-        f"Each recipe with `{flags(FIRST_RUN)}`: {FIRST_RUN['max_steps']} steps and its evaluations (before "
-        "training, the tempered base where the recipe sets `eval_tempered`, after the last step), on the first "
+        f"Each recipe with `{flags(FIRST_RUN)}`: {FIRST_RUN['max_steps']} steps, the probe before step 1, and "
+        "the evaluations (before training, the tempered base where the recipe sets `eval_tempered`, after the "
+        "last step) on the first "
         f"{FIRST_RUN['eval_limit']} evaluation prompts. Estimated minutes, not counting loading the model (nor "
         "downloading it and the prompts the first time).",
         "",
