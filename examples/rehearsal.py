@@ -11,9 +11,9 @@ compare: the functions the CLI calls. A second table does the same at the 0.5B, 
 for one small setting (tests/test_rehearse.py's).
 
 The time is an estimate (estimate.py: data-sheet peaks at assumed efficiencies). Per step: the sampling (prefill
-and decode), the scoring and the update as rehearsed. Per evaluation, which the dry run's own table spreads over
---eval-every steps as one sampling call: every sampling call of it (--eval-limit x --eval-k completions) and its
-scoring passes (log pi, and from step 1 on the base's). A run: --max-steps steps, and its evaluations (before
+and decode), the scoring and the update as rehearsed. Per evaluation (which the dry run's own table spreads over
+--eval-every steps): every sampling call of it (--eval-limit x --eval-k completions) and its scoring passes (log pi,
+and from step 1 on the base's), rehearse.evaluation_costs. A run: --max-steps steps, and its evaluations (before
 training, the tempered base under --eval-tempered, every --eval-every steps and after the last) and the worst-case
 probe before step 1. The first run is FIRST_RUN's flags on top of the recipe.
 
@@ -50,7 +50,14 @@ from powerflow_lite.memory_plan import (  # noqa: E402
     plan_memory,
     sampling_rows,
 )
-from powerflow_lite.rehearse import compare, costs, planned_weights, rehearse  # noqa: E402
+from powerflow_lite.rehearse import (  # noqa: E402
+    compare,
+    costs,
+    evaluation_costs,
+    planned_weights,
+    rehearse,
+    step_costs,
+)
 from powerflow_lite.samplers import SAMPLERS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,19 +105,9 @@ def evaluations(cfg: TrainConfig, sampler: str) -> list[int]:
     return [before] * (2 if cfg.eval_tempered else 1) + after
 
 
-def evaluation_costs(rehearsal, cfg: TrainConfig, passes: int) -> list[PhaseCost]:
-    """One whole evaluation: its sampling calls (the rehearsed call, as many times as it takes) and its scoring
-    passes, --micro-batch-size completions at a time, at the rehearsed scoring's FLOPs per completion."""
-    completions = eval_prompts(cfg) * cfg.eval_k
-    calls = math.ceil(completions / eval_rows(cfg))
-    one = {cost.name: cost for cost in costs(rehearsal, eval_every=1)}  # one sampling call of the evaluation
-    scoring = rehearsal.phases["scoring"]
-    per_completion = scoring.flops / (scoring.calls * micro_batch_rows(cfg))
-    score_calls = passes * math.ceil(completions / cfg.micro_batch_size)
-    return [PhaseCost("eval prefill", one["eval prefill"].flops * calls, one["eval prefill"].bytes * calls),
-            PhaseCost("eval decode", one["eval decode"].flops * calls, one["eval decode"].bytes * calls,
-                      one["eval decode"].steps * calls),
-            PhaseCost("eval scoring", per_completion * completions * passes, rehearsal.weights * score_calls)]
+def whole_evaluation(rehearsal, cfg: TrainConfig, passes: int) -> list[PhaseCost]:
+    """One whole evaluation of the recipe's prompts (rehearse.evaluation_costs)."""
+    return evaluation_costs(rehearsal, eval_prompts(cfg) * cfg.eval_k, passes, micro_batch_rows(cfg))
 
 
 def probe_costs(rehearsal, cfg: TrainConfig) -> list[PhaseCost]:
@@ -119,21 +116,21 @@ def probe_costs(rehearsal, cfg: TrainConfig) -> list[PhaseCost]:
     sampler returns it)."""
     if not cfg.probe:
         return []
-    step = {cost.name: cost for cost in costs(rehearsal, eval_every=0)}
+    step = {cost.name: cost for cost in step_costs(rehearsal)}
     calls = rehearsal.phases["update"].calls
     found = [step["prefill"], step["decode"], step["scoring"],
              PhaseCost("update", step["update"].flops / calls, step["update"].bytes / calls)]
     if cfg.eval_data and cfg.eval_every:
         one = replace(cfg, eval_limit=math.ceil(eval_rows(cfg) / cfg.eval_k))  # enough prompts for one call
         passes = 1 if SAMPLERS[rehearsal.sampler].returns_logps else 2
-        found += [replace(cost, name=f"probe {cost.name}") for cost in evaluation_costs(rehearsal, one, passes)]
+        found += [replace(cost, name=f"probe {cost.name}") for cost in whole_evaluation(rehearsal, one, passes)]
     return found
 
 
 def run_time(rehearsal, cfg: TrainConfig, card) -> dict:
     """Estimated seconds of a step, of each evaluation and of the run (with the probe before step 1), on `card`."""
-    step = step_estimate(costs(rehearsal, eval_every=0), card)
-    evals = [step_estimate(evaluation_costs(rehearsal, cfg, passes), card)
+    step = step_estimate(step_costs(rehearsal), card)
+    evals = [step_estimate(whole_evaluation(rehearsal, cfg, passes), card)
              for passes in evaluations(cfg, rehearsal.sampler)]
     probe = step_estimate(probe_costs(rehearsal, cfg), card)
     seconds = cfg.max_steps * step.seconds + sum(e.seconds for e in evals) + probe.seconds
@@ -142,7 +139,7 @@ def run_time(rehearsal, cfg: TrainConfig, card) -> dict:
             "s_per_step": step.seconds, "floor_s_per_step": step.floor_seconds,
             "evaluations": len(evals), "evaluation_s": [e.seconds for e in evals], "probe_s": probe.seconds,
             "run_s": seconds, "run_hours": seconds / 3600, "run_floor_s": floor,
-            "dry_run_s_per_step": step_estimate(costs(rehearsal, cfg.eval_every), card).seconds}
+            "dry_run_s_per_step": step_estimate(costs(rehearsal, cfg), card).seconds}
 
 
 def phase_rows(plan, rehearsal) -> dict:
@@ -287,8 +284,7 @@ def markdown(result: dict) -> str:
         "peak bandwidth. s/step: sampling, scoring and update. One evaluation: from step 1 on (with the base "
         "scored too). The run: the recipe's --max-steps, all its evaluations and the worst-case probe before step 1 "
         "(a step's sampling and scoring, one micro-batch of the update, one call of the evaluation). The dry run's "
-        "own table spreads "
-        "one sampling call of the evaluation over --eval-every steps; this one counts each evaluation whole. "
+        "own table spreads one evaluation over --eval-every steps; this one counts each evaluation apart. "
         "fits: the plan's peak within the card's memory (no: the time is moot until a change from "
         "[recipe_memory.md](recipe_memory.md) makes it fit).",
         "",

@@ -251,7 +251,7 @@ def _rehearse(cfg: TrainConfig, config, prompt_tokens: int, plan) -> None:
                   "them; not rehearsed, and kept from the plan:", markup=False)
     for item in rehearsal.not_rehearsed:
         console.print(f"  - {item}", markup=False)
-    for line in format_estimate(costs(rehearsal, cfg.eval_every), CARDS, cfg.max_steps):
+    for line in format_estimate(costs(rehearsal, cfg), CARDS, cfg.max_steps):
         console.print(line, markup=False)
 
 

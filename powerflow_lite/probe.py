@@ -29,7 +29,7 @@ from .inference import generate_records
 from .logprobs import completion_logprobs
 from .memory_plan import model_config
 from .record import eval_rows
-from .rehearse import costs, rehearse
+from .rehearse import rehearse, step_costs
 
 if TYPE_CHECKING:
     from .setup import Run
@@ -96,6 +96,6 @@ def card_estimate(run: Run, name: str) -> dict:
         return {}
     longest = max(len(ids) for ids in run.prompt_ids)
     rehearsal = rehearse(run.cfg, model_config(run.cfg.model, run.cfg.trust_remote_code), longest)
-    times = {phase.name: phase.estimate for phase in step_estimate(costs(rehearsal), card).phases}
+    times = {phase.name: phase.estimate for phase in step_estimate(step_costs(rehearsal), card).phases}
     return {"estimate_time_sample": times["prefill"] + times["decode"], "estimate_time_score": times["scoring"],
             "estimate_time_update": times["update"]}

@@ -70,6 +70,7 @@ class PhaseRun:
     flops: float  # the whole phase in one step (every call, every decode step)
     bytes_read: float  # weights and KV cache read from memory over the phase (decode: once per token)
     calls: int  # forward calls (sampling: batches; scoring and update: micro-batches)
+    rows: int = 0  # completions a call takes
     decode_steps: int = 0  # tokens generated one after another per call (sampling only)
     error: str = ""  # what the code raised at this shape, if anything
     parts: dict = field(default_factory=dict)  # peaks within the phase (sampling: the prefill, the last token)
@@ -372,9 +373,10 @@ def rehearse(cfg: TrainConfig, config, prompt_tokens: int) -> Rehearsal:
                                              math.ceil(step_rows / rows), weights)
         micro = micro_batch_rows(cfg)
         phases["scoring"] = _phase("scoring", tracker, lambda: _score(model, P, L, micro, G),
-                                   calls=math.ceil(step_rows / micro) * (1 if SAMPLERS[sampler].returns_logps else 2))
+                                   calls=math.ceil(step_rows / micro) * (1 if SAMPLERS[sampler].returns_logps else 2),
+                                   rows=micro)
         phases["update"] = _phase("update", tracker, lambda: _update(model, P, L, micro, G),
-                                  calls=math.ceil(step_rows / micro) * cfg.inner_epochs)
+                                  calls=math.ceil(step_rows / micro) * cfg.inner_epochs, rows=micro)
         gradients = storage_bytes([p.grad for p in model.parameters() if p.grad is not None])
         model.zero_grad(set_to_none=True)
         if cfg.eval_data:
@@ -408,18 +410,18 @@ def _sampling_phase(name: str, model, tracker: LiveBytes, sampler: str, rows: in
         prefill, last, flops, prefill_flops, bytes_read = _sampling_call(model, tracker, sampler, rows, per_prompt,
                                                                          prompt, length, weights)
     except Exception as err:  # noqa: BLE001 - the rehearsal reports what the code raised at this shape
-        return PhaseRun(name, 0, 0.0, 0.0, calls, length, f"{type(err).__name__}: {first_line(err)}")
-    return PhaseRun(name, max(prefill, last), flops * calls, bytes_read * calls, calls, length,
+        return PhaseRun(name, 0, 0.0, 0.0, calls, rows, length, f"{type(err).__name__}: {first_line(err)}")
+    return PhaseRun(name, max(prefill, last), flops * calls, bytes_read * calls, calls, rows, length,
                     parts={"prefill": prefill, "last token": last}, prefill_flops=prefill_flops * calls)
 
 
-def _phase(name: str, tracker: LiveBytes, body, calls: int) -> PhaseRun:
+def _phase(name: str, tracker: LiveBytes, body, calls: int, rows: int) -> PhaseRun:
     start, flops = tracker.reset_peak(), tracker.flops
     try:
         body()
     except Exception as err:  # noqa: BLE001 - the rehearsal reports what the code raised at this shape
-        return PhaseRun(name, 0, 0.0, 0.0, calls, 0, f"{type(err).__name__}: {first_line(err)}")
-    return PhaseRun(name, tracker.peak - start, (tracker.flops - flops) * calls, 0.0, calls)
+        return PhaseRun(name, 0, 0.0, 0.0, calls, rows, 0, f"{type(err).__name__}: {first_line(err)}")
+    return PhaseRun(name, tracker.peak - start, (tracker.flops - flops) * calls, 0.0, calls, rows)
 
 
 def _score(model, prompt: int, length: int, rows: int, per_prompt: int) -> None:
@@ -477,19 +479,40 @@ def planned_weights(plan) -> int:
                and part.name.split(" ")[0] in ("base", "LoRA", "log"))
 
 
-def costs(rehearsal: Rehearsal, eval_every: int = 0) -> list[PhaseCost]:
-    """The rehearsed FLOPs and bytes of one step as phases for the time estimate (estimate.py): the sampling split
-    into its compute-bound prefill and its bandwidth-bound decode; an evaluation spread over --eval-every steps."""
+def step_costs(rehearsal: Rehearsal) -> list[PhaseCost]:
+    """One training step's rehearsed FLOPs and bytes as phases for the time estimate (estimate.py): the sampling
+    split into its compute-bound prefill and its bandwidth-bound decode, the scoring, the update."""
     phases = rehearsal.phases
     sampling = phases["sampling"]
-    found = [PhaseCost("prefill", sampling.prefill_flops, rehearsal.weights * sampling.calls),
-             PhaseCost("decode", sampling.flops - sampling.prefill_flops, sampling.bytes_read,
-                       max(1, sampling.decode_steps))]
-    found += [PhaseCost(name, phases[name].flops, phases[name].bytes_read) for name in ("scoring", "update")]
-    evaluation = phases.get("evaluation")
-    if evaluation is not None and eval_every:
-        found += [PhaseCost("eval prefill", evaluation.prefill_flops / eval_every,
-                            rehearsal.weights * evaluation.calls / eval_every),
-                  PhaseCost("eval decode", (evaluation.flops - evaluation.prefill_flops) / eval_every,
-                            evaluation.bytes_read / eval_every, max(1, evaluation.decode_steps))]
-    return found
+    return [PhaseCost("prefill", sampling.prefill_flops, rehearsal.weights * sampling.calls),
+            PhaseCost("decode", sampling.flops - sampling.prefill_flops, sampling.bytes_read,
+                      max(1, sampling.decode_steps)),
+            *(PhaseCost(name, phases[name].flops, phases[name].bytes_read) for name in ("scoring", "update"))]
+
+
+def evaluation_costs(rehearsal: Rehearsal, completions: int, passes: int, micro: int) -> list[PhaseCost]:
+    """One whole evaluation of `completions` samples: the rehearsed sampling call as many times as they take, and
+    `passes` scoring passes over them (log pi unless the sampler returns it; the base's from step 1 on),
+    `micro` completions a call at the rehearsed scoring's FLOPs per completion."""
+    evaluation, scoring = rehearsal.phases["evaluation"], rehearsal.phases["scoring"]
+    calls = math.ceil(completions / evaluation.rows) if evaluation.rows else 1
+    per_completion = scoring.flops / (scoring.calls * scoring.rows) if scoring.rows else 0.0
+    return [PhaseCost("eval prefill", evaluation.prefill_flops * calls, rehearsal.weights * calls),
+            PhaseCost("eval decode", (evaluation.flops - evaluation.prefill_flops) * calls,
+                      evaluation.bytes_read * calls, max(1, evaluation.decode_steps) * calls),
+            PhaseCost("eval scoring", per_completion * completions * passes,
+                      rehearsal.weights * passes * math.ceil(completions / micro))]
+
+
+def costs(rehearsal: Rehearsal, cfg: TrainConfig | None = None) -> list[PhaseCost]:
+    """A step's phases, and with `cfg`'s evaluation (--eval-data) one evaluation of --eval-limit x --eval-k
+    samples (one sampling call when --eval-limit is 0: the data's size is not known here) spread over
+    --eval-every steps."""
+    found = step_costs(rehearsal)
+    if cfg is None or "evaluation" not in rehearsal.phases or not cfg.eval_every:
+        return found
+    completions = cfg.eval_limit * cfg.eval_k or rehearsal.phases["evaluation"].rows
+    passes = 1 + (not SAMPLERS[rehearsal.sampler].returns_logps)  # the base's, and log pi unless sampled with it
+    whole = evaluation_costs(rehearsal, completions, passes, micro_batch_rows(cfg))
+    return found + [replace(cost, flops=cost.flops / cfg.eval_every, bytes=cost.bytes / cfg.eval_every)
+                    for cost in whole]

@@ -161,14 +161,20 @@ def test_costs_split_prefill_and_decode_and_spread_the_evaluation(models):
     cfg = TrainConfig(model=str(models / "0.5B"), prompts="unused.jsonl", alpha=4.0, max_new_tokens=64,
                       prompts_per_step=2, samples_per_prompt=4, eval_data="e.jsonl", eval_every=5)
     rehearsal = R.rehearse(cfg, model_config(cfg.model), 32)
-    found = {cost.name: cost for cost in R.costs(rehearsal, cfg.eval_every)}
-    sampling, evaluation = rehearsal.phases["sampling"], rehearsal.phases["evaluation"]
+    found = {cost.name: cost for cost in R.costs(rehearsal, cfg)}
+    sampling, evaluation, scoring = (rehearsal.phases[name] for name in ("sampling", "evaluation", "scoring"))
     assert isinstance(found["decode"], PhaseCost) and found["decode"].steps == 64
     assert found["prefill"].flops + found["decode"].flops == pytest.approx(sampling.flops)
-    assert found["eval decode"].flops == pytest.approx((evaluation.flops - evaluation.prefill_flops) / 5)
+    # one evaluation: 32 prompts (--eval-limit) x 4 samples (--eval-k) in calls of 8 (a step's 2 x 4), spread over
+    # --eval-every 5 steps; scored twice (generate returns no log pi; the base's), at the scoring's FLOPs a row
+    calls = 32 * 4 // 8
+    assert found["eval decode"].flops == pytest.approx(calls * (evaluation.flops - evaluation.prefill_flops) / 5)
+    per_row = scoring.flops / (scoring.calls * scoring.rows)
+    assert found["eval scoring"].flops == pytest.approx(per_row * 32 * 4 * 2 / 5)
     # a decode step reads every weight and the cache: at least the weights, 63 times
     assert found["decode"].bytes >= 63 * rehearsal.weights
-    assert set(found) == {"prefill", "decode", "scoring", "update", "eval prefill", "eval decode"}
+    assert set(found) == {"prefill", "decode", "scoring", "update", "eval prefill", "eval decode", "eval scoring"}
+    assert [cost.name for cost in R.step_costs(rehearsal)] == ["prefill", "decode", "scoring", "update"]
 
 
 # --- the CLI
