@@ -41,6 +41,7 @@ from .memory_parts import (
 from .model import add_lora
 from .objectives import OBJECTIVES
 from .preview import AUTO_CANDIDATES, ROWS_PER_CALL
+from .record import eval_batch
 from .samplers import SAMPLERS, resolve_sampler
 
 GiB = 2**30
@@ -178,8 +179,8 @@ def sampling_rows(cfg: TrainConfig) -> int:
 
 
 def eval_rows(cfg: TrainConfig) -> int:
-    """Completions an evaluation during training samples together on a GPU (record.eval_rows)."""
-    return cfg.sample_batch_size or cfg.prompts_per_step * cfg.samples_per_prompt
+    """Completions an evaluation during training samples together on a GPU (record.eval_batch)."""
+    return eval_batch(cfg, cfg.sample_batch_size, "cuda")
 
 
 def preview_rows(cfg: TrainConfig) -> int:

@@ -28,7 +28,7 @@ from .faults import BatchSize, halve_on_oom
 from .inference import generate_records
 from .logprobs import completion_logprobs
 from .memory_plan import model_config
-from .record import eval_rows
+from .record import eval_batch
 from .rehearse import rehearse, step_costs
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def _evaluation(run: Run, notes: list[str]) -> None:
     """The evaluation's sampling batch on its longest prompt, at full length; a halving carries over to training's
     sampling, as in record.evaluate_policy."""
     cfg, state = run.cfg, run.state
-    rows = eval_rows(cfg, state.sample_batch.value, run.device.type)
+    rows = eval_batch(cfg, state.sample_batch.value, run.device.type)
     size = BatchSize(state.sample_batch.flag, rows)
     longest = max(run.eval_set.prompt_ids, key=len)
     count = -(-rows // cfg.eval_k)  # enough prompts for one full batch

@@ -128,7 +128,7 @@ def metrics_row(run: Run, step: int, batch: ScoredBatch, update: Update, replaye
     return row
 
 
-def eval_rows(cfg, sample_batch_size: int, device: str) -> int:
+def eval_batch(cfg, sample_batch_size: int, device: str) -> int:
     """Completions an evaluation during training samples together: --sample-batch-size (as halved), else a step's
     prompts x samples; on the CPU at least CPU_EVAL_ROWS."""
     rows = sample_batch_size or cfg.prompts_per_step * cfg.samples_per_prompt
@@ -156,10 +156,10 @@ def evaluate_policy(run: Run, step: int, notes: list[str], temperature: float = 
     the figures and samples also go to OUT/evals/step-N.* (at another `temperature`, step-N-tempered.*). At step 0
     the adapter is fresh: the policy is the base.
 
-    It samples as many completions together as a step's sampling call (eval_rows) and scores --micro-batch-size
+    It samples as many completions together as a step's sampling call (eval_batch) and scores --micro-batch-size
     of them together; out of memory, it halves the sampling batch, which training's sampling then keeps too."""
     cfg, state = run.cfg, run.state
-    rows = eval_rows(cfg, state.sample_batch.value, run.device.type)
+    rows = eval_batch(cfg, state.sample_batch.value, run.device.type)
     size = BatchSize(state.sample_batch.flag, rows)
     score_rows = rows if run.device.type == "cpu" else state.micro_batch.value  # CPU: a batch costs less than its rows
     settings = SamplingSettings(cfg.max_new_tokens, temperature=temperature, stop_ids=run.sampling.stop_ids)

@@ -78,10 +78,10 @@ def test_the_evaluation_honours_sample_batch_size(tiny_model_dir, prompts_file, 
     next(train(run))
     # on the CPU an evaluation samples at least CPU_EVAL_ROWS together; a GPU would take 3, as training does
     assert calls == [8]
-    from powerflow_lite.record import eval_rows
+    from powerflow_lite.record import eval_batch
 
-    assert eval_rows(run.cfg, 3, "cuda") == 3 and eval_rows(run.cfg, 0, "cuda") == 6  # 2 prompts x 3 samples
-    assert eval_rows(run.cfg, 3, "cpu") == 128
+    assert eval_batch(run.cfg, 3, "cuda") == 3 and eval_batch(run.cfg, 0, "cuda") == 6  # 2 prompts x 3 samples
+    assert eval_batch(run.cfg, 3, "cpu") == 128
 
 
 def test_powerflow_eval_halves_its_batch(tiny_model_dir, problems, tmp_path, capsys, monkeypatch):
