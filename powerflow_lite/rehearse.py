@@ -32,6 +32,7 @@ is answered by --samples-per-prompt rows.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import weakref
@@ -50,7 +51,7 @@ from .log_z import LogZHead
 from .logprobs import completion_logprobs, score
 from .memory_parts import NESTED_BLOCK, NF4_BLOCK
 from .memory_plan import eval_rows, micro_batch_rows, preview_rows, sampling_rows
-from .model import add_lora, cache_keyword, eval_mode, import_bitsandbytes, prepare_base
+from .model import add_lora, cache_keyword, check_adapter_dir, eval_mode, hf_model, import_bitsandbytes, prepare_base
 from .preview import AUTO_CANDIDATES
 from .samplers import SAMPLERS, resolve_sampler
 from .samplers.rollouts import Rollouts
@@ -252,16 +253,35 @@ def nf4_layer(linear: torch.nn.Linear, dtype: torch.dtype = DTYPE):
     return layer
 
 
-def build_model(cfg: TrainConfig, config, quant: str):
-    """The policy as setup builds it on a GPU, on the meta device: the base in bf16 (NF4 Linear layers under
-    --quant nf4), prepare_base, then add_lora."""
+@dataclass(frozen=True)
+class Lora:
+    """The adapter to add: training's (--lora-*), or a saved one's (adapter_config.json)."""
+
+    r: int
+    alpha: float
+    dropout: float
+    targets: str  # all-linear, or module names comma-separated
+
+
+def adapter_lora(directory: str) -> Lora:
+    """The LoRA of a saved PEFT adapter, from its adapter_config.json."""
+    config = json.loads((check_adapter_dir(directory) / "adapter_config.json").read_text())
+    targets = config.get("target_modules") or "all-linear"
+    return Lora(config["r"], config.get("lora_alpha", config["r"]), 0.0,
+                targets if isinstance(targets, str) else ",".join(sorted(targets)))
+
+
+def build_model(config, quant: str, name: str, lora: Lora | None, gradient_checkpointing: bool = True,
+                trust_remote_code: bool = False):
+    """The model as setup (or a command's load_policy) builds it on a GPU, on the meta device: the base in bf16
+    (NF4 Linear layers under --quant nf4), prepare_base, then add_lora when there is an adapter."""
     from transformers import AutoModelForCausalLM
 
     try:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=DTYPE, trust_remote_code=cfg.trust_remote_code)
+            model = AutoModelForCausalLM.from_config(config, dtype=DTYPE, trust_remote_code=trust_remote_code)
     except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise PowerflowError(f"cannot build {cfg.model!r} from its config.json: {first_line(err)}") from None
+        raise PowerflowError(f"cannot build {name!r} from its config.json: {first_line(err)}") from None
     if quant == "nf4":  # what transformers' bitsandbytes integration does: every Linear but the LM head
         output = model.get_output_embeddings()
         for name, module in list(model.named_modules()):
@@ -269,7 +289,9 @@ def build_model(cfg: TrainConfig, config, quant: str):
                 if type(child) is torch.nn.Linear and child is not output:
                     setattr(module, child_name, nf4_layer(child))
     prepare_base(model)
-    return add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, cfg.gradient_checkpointing)
+    if lora is None:
+        return model
+    return add_lora(model, lora.r, lora.alpha, lora.dropout, lora.targets, gradient_checkpointing)
 
 
 def storage_bytes(tensors) -> int:
@@ -299,7 +321,7 @@ def _sampling_call(model, tracker: LiveBytes, sampler: str, rows: int, per_promp
     from transformers import DynamicCache, StaticCache
 
     drawing = SAMPLERS[sampler]
-    config = model.get_base_model().config
+    config = hf_model(model).config
     meta = torch.device("meta")
     prefill_rows = min(rows, math.ceil(rows / per_prompt)) if drawing.prefills_once else rows
     start, flops = tracker.reset_peak(), tracker.flops
@@ -361,7 +383,9 @@ def rehearse(cfg: TrainConfig, config, prompt_tokens: int) -> Rehearsal:
     tracker = LiveBytes(rows_per_prompt=G)
     phases: dict[str, PhaseRun] = {}
     with tracker, cuda_attention():
-        model = build_model(cfg, config, quant)
+        model = build_model(config, quant, cfg.model, Lora(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
+                                                           cfg.lora_targets), cfg.gradient_checkpointing,
+                            cfg.trust_remote_code)
         head_bytes = 4 * _head_numel(cfg, config)
         for tensor in [*model.parameters(), *model.buffers()]:
             tracker.track(tensor)
@@ -516,3 +540,47 @@ def costs(rehearsal: Rehearsal, cfg: TrainConfig | None = None) -> list[PhaseCos
     whole = evaluation_costs(rehearsal, completions, passes, micro_batch_rows(cfg))
     return found + [replace(cost, flops=cost.flops / cfg.eval_every, bytes=cost.bytes / cfg.eval_every)
                     for cost in whole]
+
+
+# --- a command that only samples: powerflow sample, eval and preview
+
+
+@dataclass(frozen=True)
+class InferenceRehearsal:
+    model: str
+    quant: str
+    sampler: str
+    prompt_tokens: int
+    rows: int  # completions sampled together
+    weights: int  # the base, and the adapter's LoRA if any
+    sampling: PhaseRun
+    scoring: PhaseRun
+    seconds: float
+
+    @property
+    def peak(self) -> int:
+        """Above the weights: the larger of a sampling call and its scoring."""
+        return max(self.sampling.peak, self.scoring.peak)
+
+
+def rehearse_inference(name: str, config, quant: str, sampler: str, rows: int, per_prompt: int, prompt_tokens: int,
+                       max_new_tokens: int, score_rows: int, lora: Lora | None = None,
+                       trust_remote_code: bool = False) -> InferenceRehearsal:
+    """One sampling call of `rows` completions (`per_prompt` of each prompt) and their scoring `score_rows` at a
+    time, as `powerflow sample`, `eval` or `preview` runs them on a GPU, on the meta device."""
+    started = time.perf_counter()
+    per_prompt = max(1, min(per_prompt, rows))
+    tracker = LiveBytes(rows_per_prompt=per_prompt)
+    with tracker, cuda_attention():
+        model = build_model(config, quant, name, lora, gradient_checkpointing=False,
+                            trust_remote_code=trust_remote_code)
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tracker.track(tensor)
+        weights = tracker.current
+        sampling = _sampling_phase("sampling", model, tracker, sampler, rows, per_prompt, prompt_tokens,
+                                   max_new_tokens, 1, weights)
+        scored = min(score_rows, rows)
+        scoring = _phase("scoring", tracker, lambda: _score(model, prompt_tokens, max_new_tokens, scored, per_prompt),
+                         calls=math.ceil(rows / scored), rows=scored)
+    return InferenceRehearsal(name, quant, sampler, prompt_tokens, rows, weights, sampling, scoring,
+                              time.perf_counter() - started)

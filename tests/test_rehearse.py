@@ -211,3 +211,60 @@ def test_an_error_of_the_step_at_this_shape_is_reported_not_raised(models, monke
     rehearsal = R.rehearse(replace(cfg), model_config(cfg.model), 16)
     assert rehearsal.phases["scoring"].error == "RuntimeError: expected all tensors to be on the same device"
     assert not rehearsal.phases["update"].error
+
+
+# --- powerflow sample, eval and preview: one batch rehearsed
+
+
+def test_a_saved_adapter_is_rehearsed_with_its_own_lora(models, tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16,
+                                                             "target_modules": ["v_proj", "q_proj"]}))
+    lora = R.adapter_lora(str(adapter))
+    assert lora == R.Lora(8, 16, 0.0, "q_proj,v_proj")
+    config = model_config(str(models / "0.5B"))
+    args = (str(models / "0.5B"), config, "nf4", "hf", 8, 4, 64, 32, 8)
+    plain, adapted = R.rehearse_inference(*args), R.rehearse_inference(*args, lora=lora)
+    # per layer: q_proj 896 -> 896 and v_proj 896 -> 128 (2 KV heads x 64), A r x in and B out x r, float32
+    per_layer = 8 * (896 + 896) + 8 * (896 + 128)
+    assert adapted.weights - plain.weights == 24 * per_layer * 4
+    assert not plain.sampling.error and not plain.scoring.error
+    assert plain.scoring.calls == 1 and plain.rows == 8
+
+
+def test_scoring_a_batch_grows_with_its_rows(models):
+    config = model_config(str(models / "0.5B"))
+    small, large = (R.rehearse_inference(str(models / "0.5B"), config, "nf4", "hf", rows, 4, 64, 64, rows)
+                    for rows in (4, 16))
+    assert large.scoring.flops == pytest.approx(4 * small.scoring.flops, rel=1e-3)  # 4x the rows, 4x the work
+    assert large.scoring.peak > small.scoring.peak  # above a logits chunk (LOGITS_BUDGET), which both hold
+
+
+def test_eval_sample_and_preview_dry_runs_print_the_peak_and_the_batch_that_fits(models, prompts_file, tmp_path,
+                                                                                 capsys):
+    data = tmp_path / "problems.jsonl"
+    data.write_text(json.dumps({"problem": "1 + 1?", "answer": "2"}) + "\n")
+    model = models / "0.5B"
+    before = sorted(tmp_path.rglob("*"))
+    code, out, err = run_cli(capsys, ["eval", "--model", model, "--data", data, "--dry-run", "--batch-size", 16,
+                                      "--max-new-tokens", 128, "--prompt-tokens", 64, "--output", tmp_path / "ev"])
+    assert (code, err) == (0, "")
+    assert "16 completions of 64 + 128 tokens a call" in out and "8 GiB GPU: fits" in out
+    # 256 completions of 2,304 tokens at once cannot fit 8 GiB (scoring them together, above all); the dry run finds
+    # the batch that does
+    code, out, _ = run_cli(capsys, ["sample", "--model", model, "--prompt", "Hi.", "-n", 4, "--batch-size", 256,
+                                    "--max-new-tokens", 2048, "--dry-run"])
+    assert code == 0 and "8 GiB GPU: does not fit; fits with --batch-size 64" in out
+    code, out, _ = run_cli(capsys, ["preview", "--model", model, "--prompts", prompts_file, "--dry-run",
+                                    "--max-new-tokens", 64])
+    assert code == 0 and "static sampler" in out and "256 completions" in out
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_sampling_dry_run_bad_input_is_one_line(models, capsys):
+    code, _, err = run_cli(capsys, ["sample", "--model", models / "0.5B", "--prompt", "Hi.", "--prompt-tokens", 64])
+    assert code == 2 and "--prompt-tokens is the prompt length --dry-run plans for" in err
+    code, _, err = run_cli(capsys, ["sample", "--model", models / "0.5B", "--prompt", "Hi.", "--dry-run",
+                                    "--sampler", "power-resample"])
+    assert code == 2 and err.count("\n") == 1 and "--sampler power-resample draws --candidates proposals" in err
