@@ -113,11 +113,12 @@ def draw_samples(model, tokenizer, prompt_ids: list[list[int]], candidates: int,
         return len(chosen)
 
     for count, temperature in zip(counts, temperatures):
-        first, size = 0, BatchSize("", max(1, limit // max(count, 1)) * count)
+        start = max(1, limit // max(count, 1)) * count  # whole prompts' completions
+        first, size = 0, BatchSize("", start)
         while count and first < len(prompt_ids):
             first += halve_on_oom(partial(call, first, count, temperature), size, (len(prompt_ids) - first) * count,
                                   count, "in the preview", "lower --candidates or --max-new-tokens", notes)
-        if size.value < max(1, limit // max(count, 1)) * count:  # halved: the next temperature starts there
+        if size.value < start:  # halved: the next temperature starts there
             limit = size.value
     log_q_each = torch.stack([torch.stack([r[0] for r in prompt]) for prompt in rows])  # [P, N, M (+1)]
     log_p = log_q_each[..., scored_at.index(1.0)]  # [P, N]

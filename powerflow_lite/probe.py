@@ -24,11 +24,11 @@ import torch
 from . import rollout, scoring
 from .cards import find_card
 from .estimate import step_estimate
-from .faults import BatchSize, halve_on_oom
+from .faults import halve_on_oom
 from .inference import generate_records
 from .logprobs import completion_logprobs
 from .memory_plan import model_config
-from .record import eval_batch
+from .record import eval_sizes
 from .rehearse import rehearse, step_costs
 
 if TYPE_CHECKING:
@@ -71,17 +71,13 @@ def _forward_backward(run: Run, rollouts, rows: int) -> None:
 def _evaluation(run: Run, notes: list[str]) -> None:
     """The evaluation's sampling batch on its longest prompt, at full length; a halving carries over to training's
     sampling, as in record.evaluate_policy."""
-    cfg, state = run.cfg, run.state
-    rows = eval_batch(cfg, state.sample_batch.value, run.device.type)
-    size = BatchSize(state.sample_batch.flag, rows)
     longest = max(run.eval_set.prompt_ids, key=len)
-    count = -(-rows // cfg.eval_k)  # enough prompts for one full batch
-    for _ in generate_records(run.model, run.tokenizer, [longest] * count, cfg.eval_k, run.sampling, rows,
-                              score_rows=state.micro_batch.value, size=size, notes=notes,
-                              what="in the evaluation (worst-case probe)", hint="lower --max-new-tokens"):
-        pass
-    if size.value < rows:
-        state.sample_batch.value = min(state.sample_batch.value or size.value, size.value)
+    with eval_sizes(run) as (size, score_rows):
+        count = -(-size.value // run.cfg.eval_k)  # enough prompts for one full batch
+        for _ in generate_records(run.model, run.tokenizer, [longest] * count, run.cfg.eval_k, run.sampling,
+                                  size.value, score_rows=score_rows, size=size, notes=notes,
+                                  what="in the evaluation (worst-case probe)", hint="lower --max-new-tokens"):
+            pass
 
 
 # --- the time estimate of this card

@@ -14,8 +14,9 @@ write the row one process writes. Rank 0 alone writes files.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -135,6 +136,19 @@ def eval_batch(cfg, sample_batch_size: int, device: str) -> int:
     return max(rows, CPU_EVAL_ROWS) if device == "cpu" else rows
 
 
+@contextmanager
+def eval_sizes(run: Run) -> Iterator[tuple[BatchSize, int]]:
+    """The evaluation's sampling batch (eval_batch) and the rows it scores together (--micro-batch-size; on the
+    CPU the whole batch, which costs less there than its rows). Halved after running out of memory, the batch
+    did not fit where a step's sampling call must either: training's sampling starts there too."""
+    state = run.state
+    rows = eval_batch(run.cfg, state.sample_batch.value, run.device.type)
+    size = BatchSize(state.sample_batch.flag, rows)
+    yield size, rows if run.device.type == "cpu" else state.micro_batch.value
+    if size.value < rows:
+        state.sample_batch.value = min(state.sample_batch.value or size.value, size.value)
+
+
 def evaluates_after(run: Run, done: int) -> bool:
     """Whether the step that completes `done` steps ends with an evaluation (every --eval-every, and the last)."""
     return run.eval_set is not None and (done % run.cfg.eval_every == 0 or done == run.cfg.max_steps)
@@ -158,16 +172,12 @@ def evaluate_policy(run: Run, step: int, notes: list[str], temperature: float = 
 
     It samples as many completions together as a step's sampling call (eval_batch) and scores --micro-batch-size
     of them together; out of memory, it halves the sampling batch, which training's sampling then keeps too."""
-    cfg, state = run.cfg, run.state
-    rows = eval_batch(cfg, state.sample_batch.value, run.device.type)
-    size = BatchSize(state.sample_batch.flag, rows)
-    score_rows = rows if run.device.type == "cpu" else state.micro_batch.value  # CPU: a batch costs less than its rows
+    cfg = run.cfg
     settings = SamplingSettings(cfg.max_new_tokens, temperature=temperature, stop_ids=run.sampling.stop_ids)
-    row, summary, records = training_metrics(run.model, run.tokenizer, run.eval_set, cfg.eval_k, settings, cfg.seed,
-                                             run.measures, rows, policy_is_base=step == 0, ranks=run.ranks,
-                                             score_rows=score_rows, size=size, notes=notes)
-    if size.value < rows:  # halved: what sampling a step takes did not fit either
-        state.sample_batch.value = min(state.sample_batch.value or size.value, size.value)
+    with eval_sizes(run) as (size, score_rows):
+        row, summary, records = training_metrics(run.model, run.tokenizer, run.eval_set, cfg.eval_k, settings,
+                                                 cfg.seed, run.measures, size.value, policy_is_base=step == 0,
+                                                 ranks=run.ranks, score_rows=score_rows, size=size, notes=notes)
     if run.ranks.main:  # rank 0 graded every process's samples
         setting = {"data": cfg.eval_data, "task": run.eval_set.task, "k": cfg.eval_k, "limit": cfg.eval_limit,
                    "max_new_tokens": cfg.max_new_tokens, "chat_template": cfg.chat_template,
