@@ -34,7 +34,7 @@ from rich.table import Table
 
 from . import demo as demo_module
 from .config import BenchConfig, EvalConfig, MergeConfig, PreviewConfig, SampleConfig, TrainConfig
-from .config_files import field_type, load_config, resolve_eval_config, resolve_train_config
+from .config_files import field_type, load_config, resolve_eval_config, resolve_sample_config, resolve_train_config
 from .errors import PowerflowError, Stopped, first_line
 from .options import flag_name, number_or_word, ordered_fields
 from .tasks import TASKS
@@ -406,15 +406,15 @@ def _train(cfg: TrainConfig, run) -> None:
         used = TASKS[outcome.before_after["task"]].data_note
         console.print(f"eval data: {cfg.eval_data} ({used}); every sample in {run.out / 'evals'}", markup=False)
     console.print(f"done: {last.step} steps; adapter in {run.out / 'adapter'}, metrics in "
-                  f"{run.out / 'metrics.jsonl'}\ntry it: powerflow sample --model {cfg.model} "
-                  f"--adapter {run.out / 'adapter'} --prompt \"...\"", markup=False)
+                  f"{run.out / 'metrics.jsonl'}\ntry it: powerflow sample --run {run.out} --prompt \"...\"",
+                  markup=False)
 
 
 @app.command(help="Sample completions from the base model or base + adapter.")
 @with_config_flags(SampleConfig, extra=[SAMPLING_DRY_RUN, PROMPT_TOKENS])
 def sample(dry_run: bool = False, prompt_tokens: int | None = None, **flags) -> None:
     _check_prompt_tokens(dry_run, prompt_tokens)
-    cfg = load_config(SampleConfig, overrides=flags)
+    cfg = resolve_sample_config(flags)
     if dry_run:
         _sampling_dry_run(cfg, cfg.batch_size, cfg.n, cfg.batch_size, prompt_tokens, cfg.sampler, "--batch-size")
         return

@@ -149,9 +149,14 @@ class TrainConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, Rol
         return notes
 
 
+RUN_HELP = ("A `powerflow train` output directory: its model, adapter and prompt format (config.yaml), so that "
+            "it samples as trained.")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SampleConfig(ModelOptions, AdapterOptions, PromptOptions, SourceOptions, FormatOptions, SamplingOptions,
                    PowerOptions, LoadOptions, SeedOptions):
+    run: str = option("", RUN_HELP)
     prompt: str = option("", "One prompt text (or --prompts).")
     n: int = option(1, "Completions per prompt.", short="-n", check=">0")
     out: str = option("", "Write the completions to this JSONL file (must not exist).")
@@ -162,7 +167,7 @@ class SampleConfig(ModelOptions, AdapterOptions, PromptOptions, SourceOptions, F
         check_fields(self)
         check_sampling(self)
         if not self.model:
-            raise PowerflowError("--model is required")
+            raise PowerflowError("--model is required (or --run with a training output directory)")
         if bool(self.prompt) == bool(self.prompts):
             raise PowerflowError("give exactly one of --prompt TEXT or --prompts FILE")
         if self.out and Path(self.out).exists():
@@ -208,7 +213,7 @@ class BenchConfig(ModelOptions, LoadOptions, LoraOptions, SeedOptions):
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig(ModelOptions, AdapterOptions, SourceOptions, FormatOptions, SamplingOptions, PowerOptions,
                  LoadOptions, SeedOptions):
-    run: str = option("", "A `powerflow train` output directory: its model, adapter and prompt format (config.yaml).")
+    run: str = option("", RUN_HELP)
     data: str = option("", "Problems or prompts: a preset (math500, aime25, amc23, numina-cot), a .jsonl/.json/.csv/"
                            ".parquet file, or a hub dataset.")
     task: str = option("auto", TASK_HELP, choices=("auto", *TASKS))

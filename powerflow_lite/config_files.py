@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import EvalConfig, TrainConfig
+from .config import EvalConfig, SampleConfig, TrainConfig
 from .demo import demo_defaults
 from .errors import PowerflowError, first_line
 from .options import as_dict
@@ -130,19 +130,31 @@ def resolve_eval_config(config_path: str | None, flags: dict) -> EvalConfig:
     """dataclass defaults < the run's config.yaml and adapter (--run) < --config FILE < flags."""
     file_values = read_yaml(config_path, EvalConfig) if config_path else {}
     explicit = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
-    layered: dict = {}
-    if explicit.get("run"):
-        run = Path(explicit["run"]).expanduser()
-        if not (run / "config.yaml").is_file():
-            raise PowerflowError(f"--run {explicit['run']!r} is not a powerflow train output directory "
-                                 "(no config.yaml)")
-        saved = read_yaml(str(run / "config.yaml"), TrainConfig, flag="--run: the run's config")
-        layered = {key: saved[key] for key in RUN_KEYS if key in saved}
-        if "alpha" in saved:  # the run's target: what its faithfulness and the power samplers aim at
-            layered["power_alpha"] = saved["alpha"]
-        layered["adapter"] = str(run / "adapter")
-        if not (run / "adapter").is_dir() and "adapter" not in explicit:
-            checkpoints = sorted(run.glob("checkpoint-*"), key=lambda p: p.stat().st_mtime)
-            hint = f" (pass --adapter {checkpoints[-1]})" if checkpoints else ""
-            raise PowerflowError(f"--run {explicit['run']!r} has no final adapter yet{hint}")
-    return EvalConfig(**{**layered, **explicit})
+    return EvalConfig(**{**run_values(explicit), **explicit})
+
+
+def resolve_sample_config(flags: dict) -> SampleConfig:
+    """dataclass defaults < the run's config.yaml and adapter (--run) < flags: the run's model, adapter, template
+    and system prompt, so that `powerflow sample --run OUT` samples the policy as it was trained."""
+    explicit = {k: v for k, v in flags.items() if v is not None}
+    return SampleConfig(**{**run_values(explicit), **explicit})
+
+
+def run_values(explicit: dict) -> dict:
+    """What --run OUT (a `powerflow train` output directory) sets: its model and prompt format (RUN_KEYS), its
+    alpha as --power-alpha, and its final adapter unless --adapter names another (a checkpoint); {} without --run."""
+    if not explicit.get("run"):
+        return {}
+    run = Path(explicit["run"]).expanduser()
+    if not (run / "config.yaml").is_file():
+        raise PowerflowError(f"--run {explicit['run']!r} is not a powerflow train output directory (no config.yaml)")
+    saved = read_yaml(str(run / "config.yaml"), TrainConfig, flag="--run: the run's config")
+    layered = {key: saved[key] for key in RUN_KEYS if key in saved}
+    if "alpha" in saved:  # the run's target: what its faithfulness and the power samplers aim at
+        layered["power_alpha"] = saved["alpha"]
+    layered["adapter"] = str(run / "adapter")
+    if not (run / "adapter").is_dir() and "adapter" not in explicit:
+        checkpoints = sorted(run.glob("checkpoint-*"), key=lambda p: p.stat().st_mtime)
+        hint = f" (pass --adapter {checkpoints[-1]})" if checkpoints else ""
+        raise PowerflowError(f"--run {explicit['run']!r} has no final adapter yet{hint}")
+    return layered
