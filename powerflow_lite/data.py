@@ -5,6 +5,7 @@
     load_prompts("problems.csv", field="question")       # CSV / Parquet column
     load_prompts("AI-MO/NuminaMath-CoT", field="problem") # a hub dataset, where reachable
     load_prompts("math500", answer_field="")              # a preset (presets.py); rows get row["answer"]
+    load_prompts("gsm8k", answer_field="")                # GSM8K: row["answer"] is the N of its "#### N" line
 
 Each row is a dict whose "prompt" key holds the text; the file's other fields
 are kept. Which prompts a training step takes is a pure function of (seed, step)
@@ -21,7 +22,7 @@ from typing import Iterable, Iterator
 
 from .errors import PowerflowError, first_line
 from .presets import ANSWER_FIELDS, PRESETS, PROMPT_FIELDS
-from .rewards import last_boxed
+from .rewards import gsm8k_answer, last_boxed
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
@@ -52,11 +53,12 @@ def load_prompts(source: str, field: str = "", split: str = "", answer_field: st
     of PROMPT_FIELDS (prompt, problem, question, instruction, input, text) in the
     first row. With `answer_field` given (empty: answer, else the last \\boxed{} of
     solution) each row also gets row["answer"]: the reference answer as a string, or
-    None where there is none.
+    None where there is none. A text whose last line is GSM8K's "#### N" gives N.
     """
     preset = PRESETS.get(source)
+    config = ""
     if preset:
-        source, split = preset.hub_id, split or preset.split
+        source, split, config = preset.hub_id, split or preset.split, preset.config
         field = field or preset.prompt_field
         answer_field = preset.answer_field if answer_field == "" else answer_field
     path = Path(source).expanduser()
@@ -65,7 +67,7 @@ def load_prompts(source: str, field: str = "", split: str = "", answer_field: st
             raise PowerflowError(f"prompt file {source!r} not found")
         numbered = _read_file(path)
     else:
-        numbered = _read_dataset(source, split or "train")
+        numbered = _read_dataset(source, split or "train", config)
         path = Path(source)
     records, rows = [], []
     for n, record in numbered:  # rows are checked as they are read: an error names the first bad line
@@ -93,6 +95,8 @@ def _first_present(record: dict, names: tuple[str, ...], what: str, flag: str, w
 def _attach_answers(rows: list[dict], records: list, field: str, path: Path) -> None:
     """row["answer"]: the field's text, or for a worked solution the last \\boxed{...} in it.
 
+    A text that ends with GSM8K's "#### N" line gives N, whichever the field.
+
     An empty `field` takes the first of ANSWER_FIELDS that any row has, and rows
     without it get None; a named field must be in every row.
     """
@@ -104,7 +108,12 @@ def _attach_answers(rows: list[dict], records: list, field: str, path: Path) -> 
                                  f"(fields: {', '.join(map(str, record))}; pick one with --answer-field)")
         value = record.get(field) if field else None
         text = None if value is None else str(value).strip()
-        row["answer"] = (last_boxed(text) if field == "solution" else text) if text else None
+        row["answer"] = _reference(text, field) if text else None
+
+
+def _reference(text: str, field: str) -> str | None:
+    """The answer in an answer field's text: GSM8K's "#### N", else a solution's last \\boxed{}, else the text."""
+    return gsm8k_answer(text) or (last_boxed(text) if field == "solution" else text)
 
 
 def _read_file(path: Path) -> Iterable[tuple[int, object]]:
@@ -194,11 +203,12 @@ def _row(record, field: str, path: Path, n: int) -> dict:
     return {**record, "prompt": text}
 
 
-def _read_dataset(name: str, split: str) -> list[tuple[int, dict]]:
+def _read_dataset(name: str, split: str, config: str = "") -> list[tuple[int, dict]]:
     try:
         import datasets
 
-        dataset = datasets.load_dataset(name, split=split)
+        # a configuration only where the dataset has several (GSM8K: "main", "socratic")
+        dataset = datasets.load_dataset(name, split=split, **({"name": config} if config else {}))
     except Exception as err:  # offline, unknown name, bad split: datasets raises many types
         raise PowerflowError(f"{name!r} is neither a prompt file nor a reachable dataset ({first_line(err)})") from None
     return list(enumerate(dataset, 1))

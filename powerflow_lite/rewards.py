@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +25,7 @@ from .errors import PowerflowError
 FormatPenalty = Callable[[str, str], float]
 
 BOXED_PENALTY = -0.5
+GSM8K_FINAL = re.compile(r"^####\s*(.+)$")  # the last line of a GSM8K solution: "#### 72"
 
 
 def boxed_answers(text: str) -> list[str]:
@@ -45,6 +47,16 @@ def last_boxed(text: str) -> str | None:
     """The contents of the last complete \\boxed{...} in `text` (braces balanced), or None."""
     answers = boxed_answers(text)
     return answers[-1] if answers else None
+
+
+def gsm8k_answer(text: str) -> str | None:
+    """The value after `####` on the last non-empty line of `text` (a GSM8K solution), commas removed, or None.
+
+    GSM8K's own grader drops the commas too: "#### 1,000" is 1000.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    match = GSM8K_FINAL.match(lines[-1]) if lines else None
+    return (match.group(1).replace(",", "").strip() or None) if match else None
 
 
 def has_boxed(text: str) -> bool:
