@@ -311,8 +311,6 @@ def replace_dir(tmp: Path, final: Path) -> None:
 def load_checkpoint(path: Path, model, head: LogZHead, optimizer, scheduler) -> TrainState:
     """Restore adapter, head, optimizer and scheduler in place; returns the live state as saved, its replay buffer
     with it when the checkpoint has one (TrainState.under applies an invocation's settings)."""
-    from peft import set_peft_model_state_dict  # peft is slow to import: not for every command that saves files
-
     if checkpoint_step(path) is None:
         raise PowerflowError(f"{str(path)!r} is not a complete checkpoint directory")
     if not (path / "optimizer.safetensors").is_file():
@@ -320,9 +318,7 @@ def load_checkpoint(path: Path, model, head: LogZHead, optimizer, scheduler) -> 
                              "pickled it): its adapter still works with sample and merge-adapter, but it cannot be "
                              "resumed")
     try:
-        result = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
-        if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"unexpected adapter weights {result.unexpected_keys[:3]}")
+        set_adapter_weights(model, path / "adapter_model.safetensors")
         head.load_state_dict(load_file(str(path / "z_head.safetensors")))
         device = next(head.parameters()).device
         optimizer.load_state_dict(load_state(path / "optimizer", device))
@@ -334,6 +330,32 @@ def load_checkpoint(path: Path, model, head: LogZHead, optimizer, scheduler) -> 
                              ) from None
     state.replay = load_replay(path)
     return state
+
+
+def set_adapter_weights(model, file: Path) -> None:
+    """Load a saved adapter's weights into the model's adapter of the same shape (PEFT's own loading); raises when
+    a weight is missing, left over or of another size."""
+    from peft import set_peft_model_state_dict  # peft is slow to import: not for every command that saves files
+
+    result = set_peft_model_state_dict(model, load_file(str(file)))
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"unexpected adapter weights {result.unexpected_keys[:3]}")
+    missing = [key for key in getattr(result, "missing_keys", []) if "lora_" in key]
+    if missing:
+        raise ValueError(f"no saved weights for {missing[:3]}")
+
+
+def load_adapter_weights(model, directory: Path, flag: str) -> None:
+    """A saved adapter's weights (`flag` names the option that gave it), or one line saying why they do not fit."""
+    file = directory / "adapter_model.safetensors"
+    if not file.is_file():
+        raise PowerflowError(f"{flag} {str(directory)!r} has no adapter_model.safetensors (powerflow-lite reads "
+                             "safetensors weights only)")
+    try:
+        set_adapter_weights(model, file)
+    except (RuntimeError, ValueError, KeyError, OSError) as err:
+        raise PowerflowError(f"{flag} {str(directory)!r} does not fit this model (was it trained on another base?): "
+                             f"{first_line(err)}") from None
 
 
 def load_replay(path: Path) -> ReplayBuffer | None:

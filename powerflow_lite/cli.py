@@ -211,7 +211,8 @@ def _sampling_dry_run(cfg, rows: int, per_prompt: int, score_rows: int, prompt_t
     import torch
 
     from .memory_plan import CUDA_CONTEXT, PROMPT_TOKENS, model_config, target
-    from .rehearse import adapter_lora, rehearse_inference
+    from .model import adapter_lora
+    from .rehearse import rehearse_inference
     from .samplers import SAMPLERS, resolve_sampler
 
     prompt_tokens = prompt_tokens or PROMPT_TOKENS

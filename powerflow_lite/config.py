@@ -71,10 +71,17 @@ class TrainConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, Rol
                                        panel=OBJECTIVE)
     output: str = option("runs/powerflow", "Output directory (refused if it exists, unless --resume/--overwrite).")
     overwrite: bool = option(False, "Delete an existing --output directory first.", panel=OUTPUT)
+    init_adapter: str = option("", "Start from this PEFT adapter (another run's OUT/adapter, an SFT adapter) instead "
+                                   "of a fresh one: its rank, scaling and targets replace --lora-r, --lora-alpha and "
+                                   "--lora-targets. --resume continues this run's own checkpoint instead.",
+                               panel=MODEL)
 
     def __post_init__(self):
         if not self.model:
             raise PowerflowError("--model is required (a model directory or hub id), or use --demo")
+        if self.init_adapter and not (Path(self.init_adapter).expanduser() / "adapter_config.json").is_file():
+            raise PowerflowError(f"--init-adapter {self.init_adapter!r} is not an adapter directory (no "
+                                 "adapter_config.json)")
         if not self.prompts:
             raise PowerflowError("--prompts is required (a prompt file or dataset), or use --demo")
         if self.seed >= 2**32:  # step seeds are seed * 1_000_003 + step, eval's 2**32 + seed: room for both

@@ -19,7 +19,9 @@ eval-mode forward, which later breaks autograd; we switch that repacking off.
 from __future__ import annotations
 
 import functools
+import json
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -262,6 +264,25 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
     if not (path / "adapter_config.json").is_file():
         raise PowerflowError(f"{str(adapter_dir)!r} is not an adapter directory (no adapter_config.json)")
     return path
+
+
+@dataclass(frozen=True)
+class Lora:
+    """The adapter to add: training's (--lora-*), or a saved one's (adapter_config.json)."""
+
+    r: int
+    alpha: float
+    dropout: float
+    targets: str  # all-linear, or module names comma-separated
+
+
+def adapter_lora(directory: str | Path) -> Lora:
+    """The LoRA of a saved PEFT adapter, from its adapter_config.json (its rank, scaling numerator and target
+    modules; no dropout)."""
+    config = json.loads((check_adapter_dir(directory) / "adapter_config.json").read_text())
+    targets = config.get("target_modules") or "all-linear"
+    return Lora(config["r"], config.get("lora_alpha", config["r"]), 0.0,
+                targets if isinstance(targets, str) else ",".join(sorted(targets)))
 
 
 def load_policy(cfg, device: torch.device):

@@ -32,7 +32,6 @@ is answered by --samples-per-prompt rows.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import weakref
@@ -51,7 +50,7 @@ from .log_z import LogZHead
 from .logprobs import completion_logprobs, score
 from .memory_parts import NESTED_BLOCK, NF4_BLOCK
 from .memory_plan import eval_rows, micro_batch_rows, preview_rows, sampling_rows
-from .model import add_lora, cache_keyword, check_adapter_dir, eval_mode, hf_model, import_bitsandbytes, prepare_base
+from .model import Lora, add_lora, cache_keyword, eval_mode, hf_model, import_bitsandbytes, prepare_base
 from .preview import AUTO_CANDIDATES
 from .samplers import SAMPLERS, resolve_sampler
 from .samplers.rollouts import Rollouts
@@ -251,24 +250,6 @@ def nf4_layer(linear: torch.nn.Linear, dtype: torch.dtype = DTYPE):
     if linear.bias is not None:
         layer.bias = linear.bias
     return layer
-
-
-@dataclass(frozen=True)
-class Lora:
-    """The adapter to add: training's (--lora-*), or a saved one's (adapter_config.json)."""
-
-    r: int
-    alpha: float
-    dropout: float
-    targets: str  # all-linear, or module names comma-separated
-
-
-def adapter_lora(directory: str) -> Lora:
-    """The LoRA of a saved PEFT adapter, from its adapter_config.json."""
-    config = json.loads((check_adapter_dir(directory) / "adapter_config.json").read_text())
-    targets = config.get("target_modules") or "all-linear"
-    return Lora(config["r"], config.get("lora_alpha", config["r"]), 0.0,
-                targets if isinstance(targets, str) else ",".join(sorted(targets)))
 
 
 def build_model(config, quant: str, name: str, lora: Lora | None, gradient_checkpointing: bool = True,

@@ -31,6 +31,7 @@ from .evaluate import EvalSet, setup_training_eval
 from .log_z import LogPartition, LogZHead
 from .metrics import MetricsLog
 from .model import (
+    adapter_lora,
     add_lora,
     context_length,
     import_bitsandbytes,
@@ -196,9 +197,14 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
     if cfg.alpha == "auto":  # the preview of p_alpha on the training prompts, with the base alone
         alpha_choice = choose_alpha_for_training(base, tokenizer, prompt_ids, cfg)
         cfg = replace(cfg, alpha=alpha_choice["alpha"])
+    if cfg.init_adapter and resume_path is None:  # its shape, which config.yaml keeps for a resume
+        lora = adapter_lora(cfg.init_adapter)
+        cfg = replace(cfg, lora_r=lora.r, lora_alpha=lora.alpha, lora_targets=lora.targets)
     torch.manual_seed(cfg.seed)  # LoRA and head initialisation
     model = add_lora(base, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
                      cfg.gradient_checkpointing)
+    if cfg.init_adapter and resume_path is None:
+        ckpt.load_adapter_weights(model, Path(cfg.init_adapter).expanduser(), "--init-adapter")
     head = LogZHead(base.config.get_text_config().hidden_size, cfg.z_hidden).to(device)
     lora_params = trainable_parameters(model)
     optimizer = build_optimizer(cfg, lora_params, head, device)

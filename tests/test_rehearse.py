@@ -15,6 +15,7 @@ from powerflow_lite import rehearse as R
 from powerflow_lite.config import TrainConfig
 from powerflow_lite.estimate import PhaseCost
 from powerflow_lite.memory_plan import model_config, plan_memory
+from powerflow_lite.model import Lora, adapter_lora
 
 META = torch.device("meta")
 QWEN2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu", "rms_norm_eps": 1e-6,
@@ -221,8 +222,8 @@ def test_a_saved_adapter_is_rehearsed_with_its_own_lora(models, tmp_path):
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16,
                                                              "target_modules": ["v_proj", "q_proj"]}))
-    lora = R.adapter_lora(str(adapter))
-    assert lora == R.Lora(8, 16, 0.0, "q_proj,v_proj")
+    lora = adapter_lora(str(adapter))
+    assert lora == Lora(8, 16, 0.0, "q_proj,v_proj")
     config = model_config(str(models / "0.5B"))
     args = (str(models / "0.5B"), config, "nf4", "hf", 8, 4, 64, 32, 8)
     plain, adapted = R.rehearse_inference(*args), R.rehearse_inference(*args, lora=lora)
