@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import PowerflowError, first_line
 from .log_z import LogZHead, save_head
+from .modelcard import adapter_card, write_card
 from .replay import FILENAME as REPLAY_FILE
 from .replay import ReplayBuffer
 from .state import TrainState
@@ -282,10 +283,14 @@ def decode(value, tensors: dict | None = None):
 
 
 def save_final_adapter(out: Path, model, head: LogZHead) -> Path:
+    """OUT/adapter, atomically; in a run's directory with its model card (README.md) in place of PEFT's template."""
     final, tmp = out / "adapter", out / ".adapter.tmp"
+    card = adapter_card(out)  # before anything is written: a run whose files it cannot read keeps its old adapter
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save_adapter(tmp, model, head)
+        if card is not None:
+            write_card(tmp, card)
         sync_tree(tmp)
     except Exception as err:  # noqa: BLE001 - see save_checkpoint
         shutil.rmtree(tmp, ignore_errors=True)

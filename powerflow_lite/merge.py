@@ -2,7 +2,8 @@
 
     powerflow merge-adapter --model Qwen/Qwen2.5-0.5B-Instruct --adapter runs/x/adapter --output runs/x/merged
 
-The result loads with `AutoModelForCausalLM.from_pretrained` and needs no PEFT.
+The result loads with `AutoModelForCausalLM.from_pretrained` and needs no PEFT. Its
+README.md is the adapter's model card carried over, with Transformers' metadata.
 
 Which base weights: by default the adapter is merged onto the *original*
 (unquantized) weights, in their own dtype, as QLoRA merges usually are. The
@@ -24,6 +25,7 @@ from .checkpoint import check_writable, refuse_to_replace, replace_dir
 from .config import MergeConfig
 from .errors import PowerflowError, first_line
 from .model import check_adapter_dir, load_adapter, load_base_model, load_tokenizer, resolve_device
+from .modelcard import merged_card, write_card
 
 
 def merge_adapter(cfg: MergeConfig) -> Path:
@@ -42,6 +44,7 @@ def merge_adapter(cfg: MergeConfig) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    write_card(tmp, merged_card(Path(cfg.adapter).expanduser(), cfg.model, cfg.base, out))
     replace_dir(tmp, out)
     return out
 

@@ -229,10 +229,8 @@ def example(run: Run, step: int, taken: StepRollout) -> dict | None:
 
 
 def finish(run: Run) -> None:
-    """OUT/adapter, and with an eval before and after training the table comparing them (run.outcome)."""
-    # Also when there was nothing left to do: a run killed between its last checkpoint and this write.
-    run.ranks.main_writes(lambda: ckpt.save_final_adapter(run.out, run.model, run.head))
-    run.metrics.close()  # TensorBoard and W&B (--report-to) have every row
+    """With an eval before and after training the table comparing them (run.outcome), then OUT/adapter and its
+    model card, which shows that table."""
     last = run.out / EVALS / f"step-{run.cfg.max_steps}.json"
     if run.ranks.main and run.eval_set is not None and last.is_file():
         compared = before_after(run.out, run.cfg.eval_data, run.cfg.eval_k, run.cfg.max_steps)
@@ -240,3 +238,6 @@ def finish(run: Run) -> None:
             run.outcome.before_after = compared
         else:
             run.outcome.before_after_note = compared
+    # Also when there was nothing left to do: a run killed between its last checkpoint and this write.
+    run.ranks.main_writes(lambda: ckpt.save_final_adapter(run.out, run.model, run.head))
+    run.metrics.close()  # TensorBoard and W&B (--report-to) have every row
