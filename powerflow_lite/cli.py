@@ -87,7 +87,7 @@ def with_config_flags(cls, extra: list[inspect.Parameter] = ()) -> Callable:
             decls = [flag_name(f.name)] + ([f.metadata["short"]] if f.metadata.get("short") else [])
             help_text = f.metadata["help"]
             if f.metadata.get("choices"):
-                help_text += f" [{'|'.join(f.metadata['choices'])}]"
+                help_text += f" [{'|'.join(f.metadata['choices'] + (('FILE',) if f.metadata.get('file') else ()))}]"
             if kind is bool and f.default:
                 help_text += f" [default: on; {_off(f.name)} turns it off]"
             elif f.default not in ("", None, False):

@@ -15,6 +15,7 @@ are kept. Which prompts a training step takes is a pure function of (seed, step)
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from importlib import resources
 from pathlib import Path
@@ -198,9 +199,36 @@ def _row(record, field: str, path: Path, n: int) -> dict:
         raise PowerflowError(f"{path}:{n}: no {field!r} field (fields: {', '.join(map(str, record)) or 'none'}; "
                              f"pick one with --prompt-field)")
     text = record[field]
+    if isinstance(text, list):  # a conversation: row["prompt"] is its last user turn, for display and grading
+        messages = _conversation(text, f"{path}:{n}: {field!r}")
+        return {**record, "prompt": messages[-1]["content"], "messages": messages}
     if not isinstance(text, str) or not text.strip():
-        raise PowerflowError(f"{path}:{n}: {field!r} must be a non-empty string")
+        raise PowerflowError(f"{path}:{n}: {field!r} must be a non-empty string or a list of messages")
     return {**record, "prompt": text}
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def _conversation(messages: list, where: str) -> list[dict]:
+    """A conversation the model answers: {role, content} turns (system, user, assistant), ending with a user's."""
+    turns = []
+    for turn in messages:
+        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
+            raise PowerflowError(f"{where}: each message must be an object with a role and a text content")
+        if turn.get("role") not in ROLES:
+            raise PowerflowError(f"{where}: unknown role {turn.get('role')!r} (use {', '.join(ROLES)})")
+        turns.append({"role": turn["role"], "content": turn["content"]})
+    if not any(turn["role"] == "user" for turn in turns):
+        raise PowerflowError(f"{where}: the conversation has no user turn")
+    if turns[-1]["role"] != "user" or not turns[-1]["content"].strip():
+        raise PowerflowError(f"{where}: the conversation must end with a non-empty user turn (the model answers it)")
+    return turns
+
+
+def prompt_input(row: dict) -> str | list[dict]:
+    """What a row's prompt is rendered from: its conversation (messages), else its text."""
+    return row.get("messages") or row["prompt"]
 
 
 def _read_dataset(name: str, split: str, config: str = "") -> list[tuple[int, dict]]:
@@ -214,17 +242,40 @@ def _read_dataset(name: str, split: str, config: str = "") -> list[tuple[int, di
     return list(enumerate(dataset, 1))
 
 
-def render_prompt(tokenizer, text: str, chat_template: str = "auto", system_prompt: str | None = None) -> str:
-    """The exact text the model is conditioned on: the chat template when there is one and it is wanted."""
-    if chat_template == "auto" and getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": text})
+def render_prompt(tokenizer, prompt: str | list[dict], chat_template: str = "auto",
+                  system_prompt: str | None = None) -> str:
+    """The exact text the model is conditioned on: the chat template (the tokenizer's, or --chat-template FILE)
+    when there is one and it is wanted, with the generation prompt added. `prompt` is a text (one user turn) or a
+    conversation (prompt_input); a conversation's own system message wins over `system_prompt`."""
+    conversation = isinstance(prompt, list)
+    messages = prompt if conversation else [{"role": "user", "content": prompt}]
+    if system_prompt and not any(turn["role"] == "system" for turn in messages):
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    if uses_chat_template(tokenizer, chat_template):
         try:
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                 **template_argument(chat_template))
         except Exception as err:  # jinja2 raises TemplateError subclasses, templates raise their own
             hint = " (it may not accept a system message: drop --system-prompt)" if system_prompt else ""
-            raise PowerflowError(f"the tokenizer's chat template failed{hint}: {err}") from None
-    return f"{system_prompt}\n\n{text}" if system_prompt else text
+            which = "the tokenizer's chat template" if chat_template == "auto" else f"--chat-template {chat_template}"
+            raise PowerflowError(f"{which} failed to render{hint}: {first_line(err)}") from None
+    if conversation:
+        raise PowerflowError("a conversation (messages) is rendered by a chat template, and there is none here: the "
+                             "tokenizer has none or --chat-template is none; give --chat-template FILE (Jinja)")
+    return f"{system_prompt}\n\n{prompt}" if system_prompt else prompt
+
+
+@functools.cache
+def _template_file(path: str) -> str:
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PowerflowError(f"--chat-template {path!r}: cannot read it ({err})") from None
+
+
+def template_argument(chat_template: str) -> dict:
+    """apply_chat_template's chat_template= for --chat-template FILE (the file's Jinja text); {} for auto and none."""
+    return {} if chat_template in ("auto", "none") else {"chat_template": _template_file(chat_template)}
 
 
 def chat_stop_ids(tokenizer, chat_template: str = "auto") -> list[int]:
@@ -240,7 +291,7 @@ def chat_stop_ids(tokenizer, chat_template: str = "auto") -> list[int]:
     marker = "POWERFLOW_ANSWER"
     conversation = [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}]
     try:
-        text = tokenizer.apply_chat_template(conversation, tokenize=False)
+        text = tokenizer.apply_chat_template(conversation, tokenize=False, **template_argument(chat_template))
     except Exception:  # templates that cannot render this conversation have no turn end to find
         return []
     after = text[text.find(marker) + len(marker):] if marker in text else ""
@@ -256,13 +307,17 @@ def encode_prompt(tokenizer, rendered: str, chat_template_used: bool) -> list[in
 
 
 def uses_chat_template(tokenizer, chat_template: str) -> bool:
+    """Whether prompts are rendered by a chat template: a --chat-template FILE, or the tokenizer's under auto."""
+    if chat_template not in ("auto", "none"):
+        return True
     return chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
 
 
-def encode_prompts(tokenizer, texts: list[str], chat_template: str, system_prompt: str, max_new_tokens: int,
-                   max_positions: int | None, source: str = "--prompt", lines: list[int] | None = None
-                   ) -> list[list[int]]:
-    """Render and tokenize every prompt; refuse one that is empty or leaves no room for the completion.
+def encode_prompts(tokenizer, texts: list[str | list[dict]], chat_template: str, system_prompt: str,
+                   max_new_tokens: int, max_positions: int | None, source: str = "--prompt",
+                   lines: list[int] | None = None) -> list[list[int]]:
+    """Render and tokenize every prompt (a text or a conversation: prompt_input); refuse one that is empty or
+    leaves no room for the completion.
 
     `lines`: where each text is in `source` (Prompts.lines), for the error message.
     """

@@ -27,7 +27,7 @@ import torch
 
 from .checkpoint import check_writable, refuse_to_replace, write_atomically
 from .config import EvalConfig
-from .data import encode_prompts, load_prompts
+from .data import encode_prompts, load_prompts, prompt_input
 from .distributed import SINGLE, Ranks
 from .errors import PowerflowError
 from .faults import BatchSize
@@ -75,7 +75,7 @@ def load_eval_set(source: str, tokenizer, max_positions: int | None, task: str =
                 raise PowerflowError(f"{source}:{line}: {why} {row['answer']!r} ({row['prompt'][:60]!r})")
     if system_prompt == "auto":
         system_prompt = TASKS[task].system_prompt
-    prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], chat_template, system_prompt,
+    prompt_ids = encode_prompts(tokenizer, [prompt_input(row) for row in rows], chat_template, system_prompt,
                                 max_new_tokens, max_positions, source, lines)
     return EvalSet(rows, prompt_ids, task, skipped)
 

@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 
 from .config import SampleConfig
-from .data import encode_prompts, load_prompts
+from .data import encode_prompts, load_prompts, prompt_input
 from .faults import BatchSize, halve_on_oom
 from .logprobs import score
 from .model import context_length, eval_mode, load_policy, load_tokenizer, resolve_device
@@ -31,7 +31,7 @@ def sample_completions(cfg: SampleConfig, notes: list[str] | None = None) -> Ite
     rows = [{"prompt": cfg.prompt}] if cfg.prompt else load_prompts(cfg.prompts, cfg.prompt_field, cfg.split)
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], cfg.chat_template, cfg.system_prompt,
+    prompt_ids = encode_prompts(tokenizer, [prompt_input(row) for row in rows], cfg.chat_template, cfg.system_prompt,
                                 cfg.max_new_tokens, context_length(cfg.model, cfg.trust_remote_code),
                                 cfg.prompts or "--prompt", getattr(rows, "lines", None))
     model = load_policy(cfg, device)

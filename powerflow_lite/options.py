@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import PowerflowError
 from .samplers import SAMPLER_HELP, SAMPLERS, unsupported
@@ -37,11 +38,12 @@ RANGES = {  # `check`: the test, and what the error says
 
 
 def option(default, help: str, choices: tuple[str, ...] | None = None, short: str | None = None,
-           check: str | None = None, panel: str | None = None, words: tuple[str, ...] = ()):
+           check: str | None = None, panel: str | None = None, words: tuple[str, ...] = (), file: bool = False):
     """A config field with its CLI help text, allowed values, short flag, range and --help panel; `words`: what a
-    number field also accepts in place of a number (--alpha auto)."""
+    number field also accepts in place of a number (--alpha auto); `file`: a path to a file is allowed beside the
+    choices (--chat-template FILE)."""
     return field(default=default, metadata={"help": help, "choices": choices, "short": short, "check": check,
-                                            "panel": panel, "words": words})
+                                            "panel": panel, "words": words, "file": file})
 
 
 def number_or_word(f: dataclasses.Field, value):
@@ -95,8 +97,9 @@ class SourceOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class FormatOptions:
-    chat_template: str = option("auto", "Apply the tokenizer's chat template when it has one.",
-                                choices=("auto", "none"), panel=PROMPTS)
+    chat_template: str = option("auto", "auto: the tokenizer's chat template when it has one; none: plain text; or "
+                                        "a Jinja chat template file (for a model without one).",
+                                choices=("auto", "none"), panel=PROMPTS, file=True)
     system_prompt: str = option("", "System prompt (e.g. 'Please reason step by step, ...').", panel=PROMPTS)
 
 
@@ -284,9 +287,14 @@ def check_fields(config) -> None:
     if getattr(config, "min_new_tokens", 0) > getattr(config, "max_new_tokens", math.inf):
         raise PowerflowError("--min-new-tokens cannot exceed --max-new-tokens")
     for f in fields:
-        if f.metadata.get("choices") and getattr(config, f.name) not in f.metadata["choices"]:
-            raise PowerflowError(f"{flag_name(f.name)} {getattr(config, f.name)!r} is not one of "
-                                 f"{', '.join(f.metadata['choices'])}")
+        value = getattr(config, f.name)
+        if not f.metadata.get("choices") or value in f.metadata["choices"]:
+            continue
+        if not f.metadata.get("file"):
+            raise PowerflowError(f"{flag_name(f.name)} {value!r} is not one of {', '.join(f.metadata['choices'])}")
+        if not Path(value).expanduser().is_file():  # the field also takes a file (--chat-template FILE)
+            raise PowerflowError(f"{flag_name(f.name)} {value!r} is neither {' nor '.join(f.metadata['choices'])} "
+                                 "nor a file")
     _check_ranges(config, [f for f in fields if f.metadata.get("check") not in (None, ">0", ">=0")])
 
 

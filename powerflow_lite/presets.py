@@ -41,8 +41,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 # Fields tried, in order, when the prompt or answer field is not named (local files and hub datasets alike): the
-# first of them in the first row holds every row's prompt. The names of prompt sets, math sets (problem, question),
-# instruction sets (Alpaca's instruction before its optional input) and plain text dumps (text).
-PROMPT_FIELDS = ("prompt", "problem", "question", "instruction", "input", "text")
+# first of them in the first row holds every row's prompt. The names of prompt sets (a text, or TRL's conversational
+# "prompt", a list of {role, content}), math sets (problem, question), instruction sets (Alpaca's instruction before
+# its optional input), plain text dumps (text) and last conversations ("messages": a set such as NuminaMath-CoT
+# that has both reads its problem, not the worked answer in its messages).
+PROMPT_FIELDS = ("prompt", "problem", "question", "instruction", "input", "text", "messages")
 ANSWER_FIELDS = ("answer", "solution")  # a "solution" is a worked solution: its last \boxed{...} is the answer
 # In either field, a text whose last line is "#### N" (GSM8K's worked solutions) has the answer N.

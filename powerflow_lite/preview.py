@@ -34,7 +34,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from .data import chat_stop_ids, encode_prompts, load_prompts
+from .data import chat_stop_ids, encode_prompts, load_prompts, prompt_input
 from .errors import PowerflowError
 from .faults import BatchSize, halve_on_oom
 from .logprobs import score_temperatures
@@ -281,7 +281,7 @@ def preview(cfg, notes: list[str] | None = None) -> dict:
     if chosen is not None and not chosen.states_answers:
         references = None
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows_used], cfg.chat_template,
+    prompt_ids = encode_prompts(tokenizer, [prompt_input(row) for row in rows_used], cfg.chat_template,
                                 cfg.system_prompt, cfg.max_new_tokens, context_length(cfg.model, cfg.trust_remote_code),
                                 cfg.prompts, lines)
     needs_embedder = chosen is not None and chosen.uses_embedder

@@ -24,7 +24,7 @@ import torch
 from . import checkpoint as ckpt
 from .config import TrainConfig, matched_temperatures
 from .config_files import ALPHA_PREVIEW, to_yaml
-from .data import encode_prompts, load_prompts
+from .data import encode_prompts, load_prompts, prompt_input
 from .distributed import SINGLE, Ranks
 from .errors import PowerflowError
 from .evaluate import EvalSet, setup_training_eval
@@ -188,7 +188,7 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
 
     eval_set, measures = setup_training_eval(cfg, tokenizer, device) if cfg.eval_data else (None, Measures())
 
-    prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows], cfg.chat_template, cfg.system_prompt,
+    prompt_ids = encode_prompts(tokenizer, [prompt_input(row) for row in rows], cfg.chat_template, cfg.system_prompt,
                                 cfg.max_new_tokens, context_length(cfg.model, cfg.trust_remote_code), cfg.prompts,
                                 rows.lines)
 

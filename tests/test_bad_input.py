@@ -70,6 +70,7 @@ BAD_TEXT = {  # a text field's bad value, and what its error must name
     "embedder": ("/nonexistent/embedder", "--embedder"),  # the eval data here is math
     "judge": ("/nonexistent/judge", "--judge"),
     "report_to": ("tensorbored", "--report-to"),
+    "init_adapter": ("/nonexistent/adapter", "--init-adapter"),
 }
 ANY_TEXT = {  # fields that take any string: why there is no bad value to try
     "model": "any directory or hub id; broken model directories are their own cases",

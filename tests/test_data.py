@@ -117,7 +117,7 @@ def test_missing_field_lists_the_fields_there_are(tmp_path):
     with pytest.raises(PowerflowError) as err:
         load_prompts(str(path))
     assert str(err.value) == (f"{path}:1: no prompt field (looked for prompt, problem, question, instruction, input, "
-                              "text; fields: body, answer; pick one with --prompt-field)")
+                              "text, messages; fields: body, answer; pick one with --prompt-field)")
 
 
 def test_prompt_field_is_found_when_not_named(tmp_path):

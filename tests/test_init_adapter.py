@@ -9,7 +9,6 @@ import yaml
 from helpers import config, one_error_line, run_cli
 from safetensors.torch import load_file
 
-from powerflow_lite.metrics import read_metrics
 from powerflow_lite.setup import setup
 from powerflow_lite.tiny import write_tiny_model
 from powerflow_lite.train import train
