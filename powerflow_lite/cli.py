@@ -273,7 +273,7 @@ def _dry_run(cfg: TrainConfig, prompt_tokens: int | None, rehearse: bool = False
     from .memory_plan import PROMPT_TOKENS as ASSUMED
     from .memory_plan import fixes, model_config, model_shape, plan_memory, target
 
-    prompt_tokens = prompt_tokens or ASSUMED
+    prompt_tokens = prompt_tokens or cfg.max_prompt_tokens or ASSUMED
     device, capacities = target(cfg.device)
     config = model_config(cfg.model, cfg.trust_remote_code)
     shape = model_shape(cfg, config)
@@ -371,7 +371,8 @@ def _train(cfg: TrainConfig, run) -> None:
         resumed = ", starting over: no checkpoint had been written"
     console.print(f"powerflow: {cfg.model} ({info.quant}, {info.device}), alpha={cfg.alpha}, "
                   f"objective={cfg.objective}, {info.trainable_params:,} trainable of "
-                  f"{info.total_params:,} parameters, {info.prompts} prompts -> {run.out}{resumed}"
+                  f"{info.total_params:,} parameters, {info.prompts} prompts"
+                  + (f" ({info.prompts_note})" if info.prompts_note else "") + f" -> {run.out}{resumed}"
                   + (f", {info.processes} processes (data parallel)" if info.processes > 1 else ""), markup=False)
     console.print(f"  quant {info.quant}: {info.quant_why}", markup=False)
     console.print(f"  sampler {info.sampler}: {info.sampler_why}", markup=False)

@@ -71,6 +71,9 @@ class TrainConfig(ModelOptions, PromptOptions, SourceOptions, FormatOptions, Rol
                                        panel=OBJECTIVE)
     output: str = option("runs/powerflow", "Output directory (refused if it exists, unless --resume/--overwrite).")
     overwrite: bool = option(False, "Delete an existing --output directory first.", panel=OUTPUT)
+    max_prompt_tokens: int = option(0, "Drop training prompts longer than this many tokens, as rendered (0: keep "
+                                       "every one that fits the context); the run header counts them. --dry-run "
+                                       "plans for it.", check=">=0", panel=PROMPTS)
     init_adapter: str = option("", "Start from this PEFT adapter (another run's OUT/adapter, an SFT adapter) instead "
                                    "of a fresh one: its rank, scaling and targets replace --lora-r, --lora-alpha and "
                                    "--lora-targets. --resume continues this run's own checkpoint instead.",

@@ -17,6 +17,8 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import math
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -34,19 +36,87 @@ def package_data_path(name: str) -> Path:
 
 
 class Prompts(list):
-    """The rows of a prompt source, with the file line (or dataset row) each came from, for error messages."""
+    """The rows of a prompt source, with the file line (or dataset row) each came from, for error messages: a
+    number, or "file:line" in a mixture of sources. `weights`: each row's share of a training step's draws, in a
+    mixture (None: every row alike)."""
 
-    def __init__(self, rows: list[dict], lines: list[int]):
+    def __init__(self, rows: list[dict], lines: list, weights: list[float] | None = None):
         super().__init__(rows)
         self.lines = lines
+        self.weights = weights
 
-    def lines_of(self, rows: list[dict]) -> list[int]:
+    def lines_of(self, rows: list[dict]) -> list:
         """The lines of `rows`, a selection of these rows (the same dicts)."""
         line = {id(row): n for row, n in zip(self, self.lines)}
         return [line[id(row)] for row in rows]
 
+    def select(self, indices) -> "Prompts":
+        """These rows at `indices`, with their lines and weights."""
+        indices = list(indices)
+        return Prompts([self[i] for i in indices], [self.lines[i] for i in indices],
+                       None if self.weights is None else [self.weights[i] for i in indices])
+
+
+@dataclass(frozen=True)
+class Source:
+    """One prompt source of --prompts: its name, its weight (its share of a step's prompts beside the others) and
+    its cap (its first N rows; 0: all)."""
+
+    name: str
+    weight: float = 1.0
+    cap: int = 0
+
+
+def parse_sources(spec: str) -> list[Source]:
+    """--prompts "a.jsonl:2,b.jsonl" -> the sources: each NAME[:WEIGHT[:CAP]], comma-separated."""
+    sources = []
+    for item in (part.strip() for part in spec.split(",")):
+        pieces = item.split(":")
+        numbers: list[str] = []
+        while len(pieces) > 1 and len(numbers) < 2 and _is_number(pieces[-1]):
+            numbers.insert(0, pieces.pop())
+        name = ":".join(pieces).strip()
+        if not name:
+            raise PowerflowError(f"--prompts {spec!r}: a source has no name (NAME[:WEIGHT[:CAP]], comma-separated)")
+        weight = float(numbers[0]) if numbers else 1.0
+        if not (math.isfinite(weight) and weight > 0):
+            raise PowerflowError(f"--prompts {spec!r}: the weight of {name!r} must be a positive number, got "
+                                 f"{numbers[0]}")
+        cap = numbers[1] if len(numbers) == 2 else "0"
+        if not cap.isdigit() or (len(numbers) == 2 and int(cap) == 0):
+            raise PowerflowError(f"--prompts {spec!r}: the cap of {name!r} must be a whole number of rows > 0, got "
+                                 f"{cap}")
+        sources.append(Source(name, weight, int(cap)))
+    return sources
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
 
 def load_prompts(source: str, field: str = "", split: str = "", answer_field: str | None = None) -> Prompts:
+    """Rows of one source (load_source), or of several: --prompts "a.jsonl:2,b.jsonl:1:500" (NAME[:WEIGHT[:CAP]]).
+    A mixture's rows come source after source, each source's first CAP rows, and weigh WEIGHT / its rows, so
+    that a source's share of a training step's prompts is its weight's share (Prompts.weights)."""
+    sources = parse_sources(source)
+    if len(sources) == 1:
+        rows = load_source(sources[0].name, field, split, answer_field)
+        return rows.select(range(sources[0].cap)) if 0 < sources[0].cap < len(rows) else rows
+    rows, lines, weights = [], [], []
+    for each in sources:
+        part = load_source(each.name, field, split, answer_field)
+        part = part.select(range(min(each.cap or len(part), len(part))))
+        rows += part
+        lines += [f"{each.name}:{n}" for n in part.lines]
+        weights += [each.weight / len(part)] * len(part)
+    return Prompts(rows, lines, weights)
+
+
+def load_source(source: str, field: str = "", split: str = "", answer_field: str | None = None) -> Prompts:
     """Rows with a non-empty prompt text in row["prompt"] (the file's other fields kept); errors name file and line.
 
     `source` is a file, a preset name (presets.py) or a hub dataset. `field` names
@@ -327,7 +397,9 @@ def encode_prompts(tokenizer, texts: list[str | list[dict]], chat_template: str,
     templated = uses_chat_template(tokenizer, chat_template)
     encoded = []
     for n, text in enumerate(texts, 1):
-        where = f"{source}:{lines[n - 1]}: the prompt" if lines else f"prompt {n} of {source!r}"
+        line = lines[n - 1] if lines else None
+        where = (f"prompt {n} of {source!r}" if line is None else f"{line}: the prompt" if isinstance(line, str)
+                 else f"{source}:{line}: the prompt")  # a mixture's lines name their file
         ids = encode_prompt(tokenizer, render_prompt(tokenizer, text, chat_template, system_prompt), templated)
         if not ids:
             raise PowerflowError(f"{where} encodes to no tokens")

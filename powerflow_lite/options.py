@@ -85,7 +85,9 @@ class AdapterOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class PromptOptions:
-    prompts: str = option("", "Prompt file (.jsonl/.json/.csv/.parquet/.txt), a preset (numina-cot) or a hub dataset.")
+    prompts: str = option("", "Prompt file (.jsonl/.json/.csv/.parquet/.txt), a preset (numina-cot) or a hub dataset; "
+                              "several comma-separated as NAME[:WEIGHT[:CAP]] (a.jsonl:2,b.jsonl:1:500): training "
+                              "draws each by its weight, CAP keeps its first rows.")
 
 
 @dataclass(frozen=True, kw_only=True)

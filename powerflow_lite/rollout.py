@@ -22,7 +22,7 @@ from .faults import halve_on_oom
 from .replay import Stored, replay_batch
 from .samplers import SAMPLERS
 from .samplers.rollouts import Rollouts, group_ids_of, sample_in_batches
-from .seeds import prompt_indices, seed_step, step_generator, step_uniforms
+from .seeds import prompt_indices, seed_step, step_generator, step_uniforms, weighted_prompt_indices
 
 if TYPE_CHECKING:
     from .batch import ScoredBatch
@@ -70,7 +70,9 @@ def remember(run: Run, batch: ScoredBatch, taken: StepRollout, step: int) -> Non
 def _fresh(run: Run, step: int, notes: list[str]) -> tuple[list[int], Rollouts]:
     """The step's prompts (under a launcher, this process's share of them) and their sampled completions."""
     cfg = run.cfg
-    every = prompt_indices(len(run.prompts), run.state.fresh_steps, cfg.prompts_per_step, cfg.seed)
+    weights = getattr(run.prompts, "weights", None)  # a mixture of --prompts sources
+    every = (prompt_indices(len(run.prompts), run.state.fresh_steps, cfg.prompts_per_step, cfg.seed) if weights is None
+             else weighted_prompt_indices(weights, run.state.fresh_steps, cfg.prompts_per_step, cfg.seed))
     share = run.ranks.share(every)  # all of them in one process
     rollouts = _sample(run, [run.prompt_ids[i] for i in every[share]], step, notes, share.start, len(every))
     rollouts = run.ranks.pad_to_step(rollouts, max(len(run.prompt_ids[i]) for i in every), run.tokenizer.pad_token_id)

@@ -3,6 +3,7 @@
     seed_step(seed, step, rank)               # torch's stream for step `step` (dropout masks, generate's draws)
     step_uniforms(seed, step, 0, N, L, dev)   # the static sampler's numbers for the N rows of a training step
     prompt_indices(P, fresh_steps, B, seed)   # the prompts of the next sampled step
+    weighted_prompt_indices(w, fresh_steps, B, seed)  # the same from a mixture of prompt sources
     row_uniforms(seed, first_row, n, L, dev)  # an evaluation's numbers, one generator per row
 
 Why functions of (seed, step, row) rather than one stream: a checkpoint then
@@ -68,6 +69,15 @@ def prompt_indices(num_prompts: int, step: int, per_step: int, seed: int) -> lis
             orders[epoch] = epoch_order(seed, epoch, num_prompts)
         indices.append(int(orders[epoch][offset]))
     return indices
+
+
+def weighted_prompt_indices(weights: list[float], step: int, per_step: int, seed: int) -> list[int]:
+    """The prompts of training step `step` from a mixture of sources (data.Prompts.weights): drawn with probability
+    proportional to each row's weight, without repeats within the step while there are rows enough, from a
+    generator of (seed, step) alone, so a resumed run draws what an uninterrupted one would."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + 2**40 + step)
+    chances = torch.tensor(weights, dtype=torch.float64)
+    return torch.multinomial(chances, per_step, replacement=per_step > len(weights), generator=generator).tolist()
 
 
 def seed_eval(seed: int, rank: int = 0) -> None:

@@ -24,7 +24,7 @@ import torch
 from . import checkpoint as ckpt
 from .config import TrainConfig, matched_temperatures
 from .config_files import ALPHA_PREVIEW, to_yaml
-from .data import encode_prompts, load_prompts, prompt_input
+from .data import Prompts, encode_prompts, load_prompts, parse_sources, prompt_input
 from .distributed import SINGLE, Ranks
 from .errors import PowerflowError
 from .evaluate import EvalSet, setup_training_eval
@@ -70,6 +70,7 @@ class RunInfo:
     start_step: int  # the steps done when this invocation starts
     resumed_from: Path | None  # the checkpoint it resumed from
     alpha_choice: dict | None  # --alpha auto: the preview table, the alpha chosen and why (preview.py)
+    prompts_note: str = ""  # the sources of a mixture, and the prompts --max-prompt-tokens dropped
 
 
 @dataclass
@@ -188,9 +189,7 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
 
     eval_set, measures = setup_training_eval(cfg, tokenizer, device) if cfg.eval_data else (None, Measures())
 
-    prompt_ids = encode_prompts(tokenizer, [prompt_input(row) for row in rows], cfg.chat_template, cfg.system_prompt,
-                                cfg.max_new_tokens, context_length(cfg.model, cfg.trust_remote_code), cfg.prompts,
-                                rows.lines)
+    rows, prompt_ids, prompts_note = _encode_training_prompts(cfg, tokenizer, rows)
 
     base = load_base_model(cfg.model, cfg.quant, device, cfg.trust_remote_code)
     alpha_choice = None
@@ -216,7 +215,8 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
     if ranks.main:
         ckpt.check_free_space(out, _disk_needed(cfg, state.step, trainable, len(rows), head.hidden_size) - freed)
     info = RunInfo(str(device), cfg.quant, quant_why, cfg.sampler, sampler_why, trainable, parameter_count(model),
-                   len(rows), resuming and resume_path is None, ranks.world, state.step, resume_path, alpha_choice)
+                   len(rows), resuming and resume_path is None, ranks.world, state.step, resume_path, alpha_choice,
+                   prompts_note)
     objective = OBJECTIVES[cfg.objective]
     metrics = (MetricsLog(out / "metrics.jsonl", open_reporters(cfg.report_to, out, as_dict(cfg))) if ranks.main
                else MetricsLog(None))
@@ -238,6 +238,32 @@ def _restore(cfg: TrainConfig, path: Path | None, model, head: LogZHead, optimiz
         raise PowerflowError(f"the replay buffer of {path} holds prompts beyond the {prompts} of {cfg.prompts}: was "
                              "the prompt file changed? Resume with the run's own prompts")
     return state
+
+
+def _encode_training_prompts(cfg: TrainConfig, tokenizer, rows: Prompts) -> tuple[Prompts, list[list[int]], str]:
+    """The training prompts rendered and tokenized, less those longer than --max-prompt-tokens; and what the run
+    header says of them: a mixture's sources, the prompts dropped."""
+    context = context_length(cfg.model, cfg.trust_remote_code)
+    kept_max = cfg.max_prompt_tokens
+    prompt_ids = encode_prompts(tokenizer, [prompt_input(row) for row in rows], cfg.chat_template, cfg.system_prompt,
+                                cfg.max_new_tokens, None if kept_max else context, cfg.prompts, rows.lines)
+    notes = []
+    if len(sources := parse_sources(cfg.prompts)) > 1:
+        notes.append("from " + ", ".join(f"{s.name} (weight {s.weight:g}" + (f", first {s.cap}" if s.cap else "") + ")"
+                                          for s in sources))
+    if kept_max:
+        keep = [i for i, ids in enumerate(prompt_ids) if len(ids) <= kept_max]
+        if not keep:
+            raise PowerflowError(f"every prompt of {cfg.prompts!r} is longer than --max-prompt-tokens {kept_max}")
+        if context and kept_max + cfg.max_new_tokens > context:
+            longest = max(len(prompt_ids[i]) for i in keep)
+            if longest + cfg.max_new_tokens > context:
+                raise PowerflowError(f"a prompt of {longest} tokens with --max-new-tokens {cfg.max_new_tokens} "
+                                     f"exceeds the model's context of {context}: lower --max-prompt-tokens")
+        if len(keep) < len(rows):
+            notes.append(f"{len(rows) - len(keep)} longer than --max-prompt-tokens {kept_max} dropped")
+        rows, prompt_ids = rows.select(keep), [prompt_ids[i] for i in keep]
+    return rows, prompt_ids, "; ".join(notes)
 
 
 def choose_alpha_for_training(base, tokenizer, prompt_ids: list[list[int]], cfg: TrainConfig) -> dict:

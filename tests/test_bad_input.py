@@ -59,6 +59,7 @@ OUT_OF_RANGE = {
     "proposal_temperature": ("-1",),  # 0: 1 / --power-alpha
     "mcmc_steps": ("-1",),
     "block_tokens": ("-1",),  # 0: --max-new-tokens / 16
+    "max_prompt_tokens": ("-1",),  # 0: keep every prompt
     "eval_temperature": ("-1",),  # 0: 1/alpha
 }
 BAD_TEXT = {  # a text field's bad value, and what its error must name

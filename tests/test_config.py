@@ -237,7 +237,7 @@ def test_a_config_saved_before_options_were_grouped_resumes_with_its_settings(tm
     assert {name: getattr(cfg, name) for name in saved} == {**saved, "lr": 1e-3, "resume": True}
     # options added after this file was written take their defaults
     added_since = {"eval_tempered": False, "eval_temperature": 0.0, "report_to": "", "probe": True,
-                   "init_adapter": ""}
+                   "init_adapter": "", "max_prompt_tokens": 0}
     assert set(saved) | set(added_since) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert {name: getattr(cfg, name) for name in added_since} == added_since
     again = tmp_path / "again.yaml"  # today's config.yaml of it reads back the same
