@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import PowerflowError, first_line
 from .log_z import LogZHead, save_head
-from .modelcard import adapter_card, write_card
+from .modelcard import adapter_card, copy_template, write_card
 from .replay import FILENAME as REPLAY_FILE
 from .replay import ReplayBuffer
 from .state import TrainState
@@ -291,6 +291,7 @@ def save_final_adapter(out: Path, model, head: LogZHead) -> Path:
         save_adapter(tmp, model, head)
         if card is not None:
             write_card(tmp, card)
+            copy_template(out, tmp)
         sync_tree(tmp)
     except Exception as err:  # noqa: BLE001 - see save_checkpoint
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,7 +25,7 @@ from .checkpoint import check_writable, refuse_to_replace, replace_dir
 from .config import MergeConfig
 from .errors import PowerflowError, first_line
 from .model import check_adapter_dir, load_adapter, load_base_model, load_tokenizer, resolve_device
-from .modelcard import merged_card, write_card
+from .modelcard import TEMPLATE, merged_card, write_card
 
 
 def merge_adapter(cfg: MergeConfig) -> Path:
@@ -44,7 +44,10 @@ def merge_adapter(cfg: MergeConfig) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    write_card(tmp, merged_card(Path(cfg.adapter).expanduser(), cfg.model, cfg.base, out))
+    adapter = Path(cfg.adapter).expanduser()
+    write_card(tmp, merged_card(adapter, cfg.model, cfg.base, out))
+    if (adapter / TEMPLATE).is_file():  # the chat template the adapter was trained with: the tokenizer's now
+        shutil.copyfile(adapter / TEMPLATE, tmp / TEMPLATE)
     replace_dir(tmp, out)
     return out
 

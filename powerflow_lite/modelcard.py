@@ -18,6 +18,7 @@ import dataclasses
 import json
 import re
 import shlex
+import shutil
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +31,8 @@ from .config_files import ALPHA_PREVIEW, read_yaml
 from .tasks import COMMON_ROWS, POWER_ROWS, TASKS, percent
 
 CARD = "README.md"
+# a run's --chat-template FILE, copied beside its adapter; in a merged model's directory its tokenizer reads it
+TEMPLATE = "chat_template.jinja"
 NOT_RECIPE = ("output", "overwrite", "resume", "resume_from")  # where and how a run was started, not what it did
 # the `powerflow` metadata: the facts a merged model's card takes from its adapter's
 SUMMARY = ("alpha", "objective", "steps", "sampled_tokens", "chat_template", "system_prompt", "max_new_tokens")
@@ -53,6 +56,15 @@ class RunFacts:
     recipe: dict = dataclasses.field(default_factory=dict)  # the options that differ from the defaults
     before_after: dict | None = None  # evaluate.before_after's summary
     alpha_choice: dict | None = None  # --alpha auto: the alpha, the rule and why
+
+
+def copy_template(out: Path, directory: Path) -> None:
+    """The run's --chat-template FILE into `directory` as TEMPLATE, so the adapter says how it was prompted
+    wherever it goes; nothing for the tokenizer's template or none, or a file no longer there."""
+    saved = read_yaml(str(out / "config.yaml"), TrainConfig, flag="the run's config")
+    template = Path(str(saved.get("chat_template", "auto"))).expanduser()
+    if saved.get("chat_template", "auto") not in ("auto", "none") and template.is_file():
+        shutil.copyfile(template, Path(directory) / TEMPLATE)
 
 
 def write_card(directory: Path, text: str) -> Path:
@@ -228,11 +240,14 @@ def _how_to_sample(facts: RunFacts | None, model: str, adapter: str) -> str:
     if facts is None:
         return ("## How to sample it\n\nAs its adapter was trained: at temperature 1, with the chat template and "
                 "system prompt of its training run.\n")
-    system, templated = facts.system_prompt, facts.chat_template == "auto"
-    template = "the tokenizer's chat template" if templated else "no chat template"
+    system, own = facts.system_prompt, facts.chat_template not in ("auto", "none")  # own: a --chat-template FILE
+    template = ("no chat template" if facts.chat_template == "none" else "the tokenizer's chat template" if not own
+                else f"the chat template in {TEMPLATE} (its training run's --chat-template file)")
     said = f"the system prompt {json.dumps(system, ensure_ascii=False)}" if system else "no system prompt"
+    # a merged model's tokenizer reads TEMPLATE itself; an adapter names it
+    chat_template = f"{adapter}/{TEMPLATE}" if own and adapter else "auto" if own else facts.chat_template
     command = ["powerflow", "sample", "--model", model, *(["--adapter", adapter] if adapter else []),
-               "--chat-template", facts.chat_template, *(["--system-prompt", system] if system else []),
+               "--chat-template", chat_template, *(["--system-prompt", system] if system else []),
                "--temperature", "1", "--max-new-tokens", str(facts.max_new_tokens), "--prompt", EXAMPLE_PROMPT]
     return "\n".join([
         "## How to sample it\n",
@@ -253,8 +268,10 @@ def _python(facts: RunFacts, model: str, adapter: str) -> str:
              "model.generation_config = GenerationConfig(eos_token_id=model.generation_config.eos_token_id)"]
     if adapter:
         lines.append(f"model = PeftModel.from_pretrained(model, {_py(adapter)})  # or the Hub repo it was uploaded to")
-    if facts.chat_template == "auto":
+    if facts.chat_template != "none":
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        if facts.chat_template != "auto" and adapter:  # the run's own template, kept beside the adapter
+            lines.append(f"tokenizer.chat_template = open({_py(adapter + '/' + TEMPLATE)}).read()")
         lines += [f"messages = {_py(messages)}",
                   "text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)",
                   'inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)']

@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers import config, read_jsonl, write_jsonl
 from huggingface_hub import ModelCard
+from transformers import AutoTokenizer
 
 from powerflow_lite.checkpoint import save_final_adapter
 from powerflow_lite.config import MergeConfig
@@ -22,6 +23,7 @@ from powerflow_lite.merge import merge_adapter
 from powerflow_lite.model import load_adapter, load_base_model
 from powerflow_lite.modelcard import adapter_card, merged_card, run_facts
 from powerflow_lite.setup import setup
+from powerflow_lite.tiny import write_tiny_model
 from powerflow_lite.train import train
 
 SYSTEM = "Answer in one line."
@@ -167,3 +169,22 @@ def test_a_card_that_cannot_be_built_leaves_the_old_adapter_whole(tmp_path):
         save_final_adapter(out, model=None, head=None)
     assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == b"old weights"
     assert not (out / ".adapter.tmp").exists()
+
+
+def test_a_run_with_its_own_template_file_keeps_it_beside_the_adapter(tmp_path, tmp_path_factory):
+    model = write_tiny_model(tmp_path_factory.mktemp("plain") / "model", chat_template=False)
+    template = tmp_path / "brackets.jinja"
+    template.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                        "{% if add_generation_prompt %}[assistant] {% endif %}")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Name a color."}])
+    out = tmp_path / "run"
+    list(train(setup(config(model, prompts, out, max_steps=1, chat_template=str(template)))))
+    kept = out / "adapter" / "chat_template.jinja"
+    assert kept.read_text() == template.read_text()
+    card = (out / "adapter" / "README.md").read_text()
+    assert f"--chat-template {out / 'adapter' / 'chat_template.jinja'}" in card
+    assert "the chat template in chat_template.jinja" in card
+    merged = tmp_path / "merged"
+    merge_adapter(MergeConfig(model=str(model), adapter=str(out / "adapter"), output=str(merged)))
+    assert AutoTokenizer.from_pretrained(merged).chat_template == template.read_text()  # the merged model's own now
+    assert "--chat-template auto" in (merged / "README.md").read_text()
