@@ -358,10 +358,26 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _show_before_after(compared: dict | str | None, data: str, folder) -> None:
+    """An eval set's before/after table (or why there is none), its samples where the task shows text, and where
+    every sample is."""
+    from .display import eval_table, samples_text
+
+    if isinstance(compared, str):
+        console.print(compared, markup=False)
+    if not isinstance(compared, dict):
+        return
+    console.print(eval_table(compared))
+    if TASKS[compared["task"]].shows_samples:  # text to read, not only figures
+        console.print(samples_text(compared), markup=False)
+    console.print(f"eval data: {data} ({TASKS[compared['task']].data_note}); every sample in {folder}",
+                  markup=False)
+
+
 def _train(cfg: TrainConfig, run) -> None:
     """Train with the live display; the closing lines."""
     from .checkpoint import latest_checkpoint
-    from .display import eval_table, samples_text, show_training
+    from .display import show_training
     from .faults import StopSignals
     from .train import train as train_steps
 
@@ -399,14 +415,9 @@ def _train(cfg: TrainConfig, run) -> None:
         console.print(f"nothing to do: {run.out} is already at step {info.start_step} of {cfg.max_steps}",
                       markup=False)
         return
-    if outcome.before_after_note:
-        console.print(outcome.before_after_note, markup=False)
-    if outcome.before_after:
-        console.print(eval_table(outcome.before_after))
-        if TASKS[outcome.before_after["task"]].shows_samples:  # text to read, not only figures
-            console.print(samples_text(outcome.before_after), markup=False)
-        used = TASKS[outcome.before_after["task"]].data_note
-        console.print(f"eval data: {cfg.eval_data} ({used}); every sample in {run.out / 'evals'}", markup=False)
+    tables = {"": outcome.before_after or outcome.before_after_note, **outcome.more_before_after}
+    for each in run.evals:  # the first eval set's table, then each further set's
+        _show_before_after(tables.get(each.name), each.data, run.out / "evals" / each.name)
     console.print(f"done: {last.step} steps; adapter in {run.out / 'adapter'}, metrics in "
                   f"{run.out / 'metrics.jsonl'}\ntry it: powerflow sample --run {run.out} --prompt \"...\"",
                   markup=False)

@@ -35,6 +35,7 @@ from .inference import generate_records
 from .metrics import mean, stderr
 from .model import context_length, load_base_model, load_policy, load_tokenizer, resolve_device
 from .options import as_dict
+from .presets import PRESETS
 from .samplers import SAMPLERS
 from .samplers.rollouts import SamplingSettings
 from .seeds import EVAL_SEED_OFFSET, seed_eval
@@ -80,15 +81,47 @@ def load_eval_set(source: str, tokenizer, max_positions: int | None, task: str =
     return EvalSet(rows, prompt_ids, task, skipped)
 
 
-def setup_training_eval(cfg, tokenizer, device: torch.device) -> tuple[EvalSet, Measures]:
-    """The eval set of --eval-data, prompted as training prompts (same template and system prompt), and the models
-    its task measures with."""
-    eval_set = load_eval_set(cfg.eval_data, tokenizer, context_length(cfg.model, cfg.trust_remote_code),
-                             cfg.eval_task, limit=cfg.eval_limit, chat_template=cfg.chat_template,
-                             system_prompt=cfg.system_prompt, max_new_tokens=cfg.max_new_tokens)
-    if why := too_few_samples(eval_set.task, cfg.eval_k, "--eval-k"):
-        raise PowerflowError(f"--eval-data {cfg.eval_data!r} is evaluated as --eval-task {eval_set.task}, which {why}")
-    return eval_set, Measures(embed=load_embedder("", device) if TASKS[eval_set.task].uses_embedder else None)
+@dataclass(frozen=True)
+class TrainingEval:
+    """One evaluation set of --eval-data: its source, its name (the folder under OUT/evals and the prefix of its
+    metrics keys; "" for the first, which keeps OUT/evals and the plain eval_* keys) and its prompts."""
+
+    data: str
+    name: str
+    eval_set: EvalSet
+
+    def key(self, metric: str) -> str:
+        """A metrics.jsonl key of this set: eval_avg_at_k, or NAME/eval_avg_at_k beyond the first set."""
+        return f"{self.name}/{metric}" if self.name else metric
+
+
+def eval_sources(spec: str) -> list[tuple[str, str]]:
+    """--eval-data "math500,my.jsonl" -> [(source, name)]: the first named "", the others by their preset name
+    or file stem (numbered when two would share one)."""
+    sources = [part.strip() for part in spec.split(",") if part.strip()]
+    named, seen = [], set()
+    for n, source in enumerate(sources):
+        name = "" if n == 0 else Path(source).stem if source not in PRESETS else source
+        while name in seen:
+            name = f"{name}-{n + 1}"
+        seen.add(name)
+        named.append((source, name))
+    return named
+
+
+def setup_training_eval(cfg, tokenizer, device: torch.device) -> tuple[list[TrainingEval], Measures]:
+    """The eval sets of --eval-data (one or several, comma-separated), prompted as training prompts (same template
+    and system prompt), and the models their tasks measure with."""
+    evals = []
+    for source, name in eval_sources(cfg.eval_data):
+        eval_set = load_eval_set(source, tokenizer, context_length(cfg.model, cfg.trust_remote_code),
+                                 cfg.eval_task, limit=cfg.eval_limit, chat_template=cfg.chat_template,
+                                 system_prompt=cfg.system_prompt, max_new_tokens=cfg.max_new_tokens)
+        if why := too_few_samples(eval_set.task, cfg.eval_k, "--eval-k"):
+            raise PowerflowError(f"--eval-data {source!r} is evaluated as --eval-task {eval_set.task}, which {why}")
+        evals.append(TrainingEval(source, name, eval_set))
+    embedded = any(TASKS[each.eval_set.task].uses_embedder for each in evals)
+    return evals, Measures(embed=load_embedder("", device) if embedded else None)
 
 
 def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: SamplingSettings, seed: int,
@@ -128,23 +161,25 @@ def training_metrics(model, tokenizer, eval_set: EvalSet, k: int, settings: Samp
 EVALS = "evals"  # OUT/evals/step-N.json (+ .samples.jsonl) for every eval during training; before_after.json
 
 
-def write_training_eval(out: Path, step: int | str, summary: dict, records: list[dict], setting: dict) -> None:
+def write_training_eval(out: Path, step: int | str, summary: dict, records: list[dict], setting: dict,
+                        name: str = "") -> None:
     """OUT/evals/step-N.json (the figures, per prompt too, and the `setting` they were measured with: data, k,
-    limit, ...) and step-N.samples.jsonl (every graded sample)."""
-    folder = out / EVALS
-    folder.mkdir(exist_ok=True)
+    limit, ...) and step-N.samples.jsonl (every graded sample); a further eval set's in OUT/evals/NAME/."""
+    folder = out / EVALS / name
+    folder.mkdir(parents=True, exist_ok=True)
     write_atomically(folder / f"step-{step}.samples.jsonl",
                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     write_atomically(folder / f"step-{step}.json",
                      json.dumps({"step": step, "setting": setting, **summary}, indent=1) + "\n")
 
 
-def before_after(out: Path, data: str, k: int, after_step: int) -> dict | str:
+def before_after(out: Path, data: str, k: int, after_step: int, name: str = "") -> dict | str:
     """The eval at step 0 (the base) against the one at `after_step`, shaped as a `powerflow eval --compare-base`
     summary (results: before, after; change: paired standard errors); written to OUT/evals/before_after.json.
     -> the summary, or a sentence saying why there is none (no step-0 eval, or one measured differently: a run
-    resumed with other eval settings, whose per-problem pairs would not match)."""
-    folder = out / EVALS
+    resumed with other eval settings, whose per-problem pairs would not match). A further eval set's: its own
+    folder, OUT/evals/NAME."""
+    folder = out / EVALS / name
     if not (folder / "step-0.json").is_file():
         return "no before/after table: this run has no eval before training (it began without --eval-data)"
     before, after = (json.loads((folder / f"step-{s}.json").read_text()) for s in (0, after_step))

@@ -52,7 +52,7 @@ def worst_case(run: Run) -> list[str]:
         scoring._score(run, rollouts, notes)
         halve_on_oom(lambda rows: _forward_backward(run, rollouts, rows), state.micro_batch, len(rollouts),
                      cfg.micro_batch_group, "in the update (worst-case probe)", "lower --max-new-tokens", notes)
-        if run.eval_set is not None:
+        if run.evals:
             _evaluation(full_length, notes)
     return notes
 
@@ -71,7 +71,7 @@ def _forward_backward(run: Run, rollouts, rows: int) -> None:
 def _evaluation(run: Run, notes: list[str]) -> None:
     """The evaluation's sampling batch on its longest prompt, at full length; a halving carries over to training's
     sampling, as in record.evaluate_policy."""
-    longest = max(run.eval_set.prompt_ids, key=len)
+    longest = max((ids for each in run.evals for ids in each.eval_set.prompt_ids), key=len)
     with eval_sizes(run) as (size, score_rows):
         count = -(-size.value // run.cfg.eval_k)  # enough prompts for one full batch
         for _ in generate_records(run.model, run.tokenizer, [longest] * count, run.cfg.eval_k, run.sampling,

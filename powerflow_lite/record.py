@@ -151,7 +151,7 @@ def eval_sizes(run: Run) -> Iterator[tuple[BatchSize, int]]:
 
 def evaluates_after(run: Run, done: int) -> bool:
     """Whether the step that completes `done` steps ends with an evaluation (every --eval-every, and the last)."""
-    return run.eval_set is not None and (done % run.cfg.eval_every == 0 or done == run.cfg.max_steps)
+    return bool(run.evals) and (done % run.cfg.eval_every == 0 or done == run.cfg.max_steps)
 
 
 def eval_before_training(run: Run, notes: list[str]) -> dict:
@@ -166,25 +166,29 @@ def eval_before_training(run: Run, notes: list[str]) -> dict:
 
 
 def evaluate_policy(run: Run, step: int, notes: list[str], temperature: float = 1.0) -> dict:
-    """eval_* metrics of the policy now (temperature 1, stopping at EOS, whatever the training sampler does);
-    the figures and samples also go to OUT/evals/step-N.* (at another `temperature`, step-N-tempered.*). At step 0
-    the adapter is fresh: the policy is the base.
+    """eval_* metrics of the policy now (temperature 1, stopping at EOS, whatever the training sampler does), on
+    each eval set (a further set's keys prefixed NAME/); the figures and samples also go to OUT/evals/step-N.* (a
+    further set's to OUT/evals/NAME/; at another `temperature`, step-N-tempered.*). At step 0 the adapter is
+    fresh: the policy is the base.
 
     It samples as many completions together as a step's sampling call (eval_batch) and scores --micro-batch-size
     of them together; out of memory, it halves the sampling batch, which training's sampling then keeps too."""
-    cfg = run.cfg
+    cfg, merged = run.cfg, {}
     settings = SamplingSettings(cfg.max_new_tokens, temperature=temperature, stop_ids=run.sampling.stop_ids)
-    with eval_sizes(run) as (size, score_rows):
-        row, summary, records = training_metrics(run.model, run.tokenizer, run.eval_set, cfg.eval_k, settings,
-                                                 cfg.seed, run.measures, size.value, policy_is_base=step == 0,
-                                                 ranks=run.ranks, score_rows=score_rows, size=size, notes=notes)
-    if run.ranks.main:  # rank 0 graded every process's samples
-        setting = {"data": cfg.eval_data, "task": run.eval_set.task, "k": cfg.eval_k, "limit": cfg.eval_limit,
-                   "max_new_tokens": cfg.max_new_tokens, "chat_template": cfg.chat_template,
-                   "system_prompt": cfg.system_prompt}
-        write_training_eval(run.out, f"{step}" if temperature == 1.0 else f"{step}-tempered", summary, records,
-                            {**setting, **({"temperature": temperature} if temperature != 1.0 else {})})
-    return row
+    for each in run.evals:
+        with eval_sizes(run) as (size, score_rows):
+            row, summary, records = training_metrics(run.model, run.tokenizer, each.eval_set, cfg.eval_k, settings,
+                                                     cfg.seed, run.measures, size.value, policy_is_base=step == 0,
+                                                     ranks=run.ranks, score_rows=score_rows, size=size, notes=notes)
+        merged.update({each.key(key): value for key, value in row.items()})
+        if run.ranks.main:  # rank 0 graded every process's samples
+            setting = {"data": each.data, "task": each.eval_set.task, "k": cfg.eval_k, "limit": cfg.eval_limit,
+                       "max_new_tokens": cfg.max_new_tokens, "chat_template": cfg.chat_template,
+                       "system_prompt": cfg.system_prompt}
+            write_training_eval(run.out, f"{step}" if temperature == 1.0 else f"{step}-tempered", summary, records,
+                                {**setting, **({"temperature": temperature} if temperature != 1.0 else {})},
+                                each.name)
+    return merged
 
 
 def stop_after_bad_steps(run: Run, done: int) -> None:
@@ -231,10 +235,13 @@ def example(run: Run, step: int, taken: StepRollout) -> dict | None:
 def finish(run: Run) -> None:
     """With an eval before and after training the table comparing them (run.outcome), then OUT/adapter and its
     model card, which shows that table."""
-    last = run.out / EVALS / f"step-{run.cfg.max_steps}.json"
-    if run.ranks.main and run.eval_set is not None and last.is_file():
-        compared = before_after(run.out, run.cfg.eval_data, run.cfg.eval_k, run.cfg.max_steps)
-        if isinstance(compared, dict):
+    for each in run.evals if run.ranks.main else []:
+        if not (run.out / EVALS / each.name / f"step-{run.cfg.max_steps}.json").is_file():
+            continue
+        compared = before_after(run.out, each.data, run.cfg.eval_k, run.cfg.max_steps, each.name)
+        if each.name:  # a further eval set: its table beside the first's
+            run.outcome.more_before_after[each.name] = compared
+        elif isinstance(compared, dict):
             run.outcome.before_after = compared
         else:
             run.outcome.before_after_note = compared

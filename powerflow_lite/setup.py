@@ -27,7 +27,7 @@ from .config_files import ALPHA_PREVIEW, to_yaml
 from .data import Prompts, encode_prompts, load_prompts, parse_sources, prompt_input
 from .distributed import SINGLE, Ranks
 from .errors import PowerflowError
-from .evaluate import EvalSet, setup_training_eval
+from .evaluate import TrainingEval, setup_training_eval
 from .log_z import LogPartition, LogZHead
 from .metrics import MetricsLog
 from .model import (
@@ -80,6 +80,7 @@ class Outcome:
     stopped: bool = False  # a signal ended it before its last step (after a checkpoint)
     before_after: dict | None = None  # the eval before training against the last one (evaluate.before_after)
     before_after_note: str | None = None  # or why there is no such table
+    more_before_after: dict = field(default_factory=dict)  # a further eval set's name -> its table, or why none
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class Run:
     format_penalty: FormatPenalty  # --format-penalty: completion, prompt -> its part of psi(y)
     prompts: list[dict]  # rows from the prompt file; row["prompt"] is the text
     prompt_ids: list[list[int]]  # the rendered, tokenized prompts
-    eval_set: EvalSet | None  # with --eval-data
+    evals: list[TrainingEval]  # with --eval-data: each of its sets (evaluate.TrainingEval); [] without
     measures: Measures  # the models the eval task measures with
     metrics: MetricsLog
     ranks: Ranks  # under torchrun / accelerate launch: this process's rank (distributed.py)
@@ -187,7 +188,7 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
     cfg = replace(cfg, quant=quant, sampler=sampler, log_z=cfg.resolved_log_z)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
 
-    eval_set, measures = setup_training_eval(cfg, tokenizer, device) if cfg.eval_data else (None, Measures())
+    evals, measures = setup_training_eval(cfg, tokenizer, device) if cfg.eval_data else ([], Measures())
 
     rows, prompt_ids, prompts_note = _encode_training_prompts(cfg, tokenizer, rows)
 
@@ -222,7 +223,7 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> Run:
                else MetricsLog(None))
     return Run(cfg, out, device, model, tokenizer, head, optimizer, scheduler, objective,
                LogPartition(head, objective, cfg.log_z, cfg.z_init, cfg.alpha, cfg.clip_eps, ranks=ranks),
-               SamplingSettings.from_config(cfg, tokenizer), penalty, rows, prompt_ids, eval_set, measures, metrics,
+               SamplingSettings.from_config(cfg, tokenizer), penalty, rows, prompt_ids, evals, measures, metrics,
                ranks, info, state)
 
 

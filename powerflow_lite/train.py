@@ -45,7 +45,7 @@ def train(run: Run, should_stop: Callable[[], bool] = lambda: False) -> Iterator
     cfg = run.cfg
     stop = lambda: run.ranks.any(should_stop())  # noqa: E731 - under a launcher every process stops alike
     first_notes = _before_step_1(run) if run.state.step < cfg.max_steps else []
-    if run.eval_set is not None and run.state.step == 0:  # where the curves start: the base model itself
+    if run.evals and run.state.step == 0:  # where the curves start: the base model itself
         notes, first_notes = first_notes, []
         yield StepResult(0, cfg.max_steps, record.eval_before_training(run, notes), None, None, tuple(notes))
         if stop():  # a signal during that eval: nothing trained yet, so nothing to save

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
-from helpers import config, one_error_line, run_cli, write_jsonl
+from helpers import config, one_error_line, read_jsonl, run_cli, write_jsonl
 
 from powerflow_lite.data import Source, load_prompts, parse_sources
 from powerflow_lite.errors import PowerflowError
@@ -88,3 +89,31 @@ def test_a_bad_weight_is_one_line_and_writes_nothing(sources, tiny_model_dir, tm
     code, _, err = run_cli(capsys, ["train", "--model", tiny_model_dir, "--prompts", f"{a}:-2,{b}", "--alpha", 2,
                                     "--output", out])
     assert code == 2 and "must be a positive number, got -2" in one_error_line(err) and not out.exists()
+
+
+# --- several evaluation sets
+
+
+def test_several_eval_sets_each_with_its_rows_and_table(sources, tiny_model_dir, tmp_path, capsys):
+    _, b = sources
+    c = write_jsonl(tmp_path / "gsm.jsonl", [{"question": f"Sam has {n} apples.", "answer": f"So.\n#### {n}"}
+                                             for n in (3, 7)])
+    out = tmp_path / "run"
+    args = ["train", "--model", tiny_model_dir, "--prompts", b, "--alpha", 2, "--quant", "none", "--max-steps", 2,
+            "--prompts-per-step", 2, "--samples-per-prompt", 2, "--max-new-tokens", 4, "--show-every", 0,
+            "--eval-data", f"{b},{c}", "--eval-every", 2, "--eval-k", 2, "--eval-limit", 4, "--output", out]
+    code, printed, err = run_cli(capsys, args)
+    assert code == 0, err
+    rows = read_metrics(out / "metrics.jsonl")
+    evaluated = [row for row in rows if "eval_avg_at_k" in row]
+    assert [row["step"] for row in evaluated] == [0, 2]
+    for row in evaluated:  # the first set keeps the plain keys, a further one has its name before them
+        assert "gsm/eval_avg_at_k" in row and "gsm/eval_pass_at_k" in row
+    first = json.loads((out / "evals" / "step-2.json").read_text())
+    second = json.loads((out / "evals" / "gsm" / "step-2.json").read_text())
+    assert first["prompts"] == 4 and first["setting"]["data"] == str(b)
+    assert second["prompts"] == 2 and second["setting"]["data"] == str(c)
+    assert [s["reference"] for s in read_jsonl(out / "evals" / "gsm" / "step-2.samples.jsonl")][::2] == ["3", "7"]
+    assert (out / "evals" / "before_after.json").is_file() and (out / "evals" / "gsm" / "before_after.json").is_file()
+    assert printed.count("after step 2") == 2  # a before/after table per set
+    assert f"eval data: {c}" in printed
