@@ -46,6 +46,7 @@ from torch.utils.flop_counter import flop_registry
 from .config import TrainConfig
 from .errors import PowerflowError, first_line
 from .estimate import PhaseCost
+from .evaluate import eval_sources
 from .log_z import LogZHead
 from .logprobs import completion_logprobs, score
 from .memory_parts import NESTED_BLOCK, NF4_BLOCK
@@ -511,12 +512,13 @@ def evaluation_costs(rehearsal: Rehearsal, completions: int, passes: int, micro:
 
 def costs(rehearsal: Rehearsal, cfg: TrainConfig | None = None) -> list[PhaseCost]:
     """A step's phases, and with `cfg`'s evaluation (--eval-data) one evaluation of --eval-limit x --eval-k
-    samples (one sampling call when --eval-limit is 0: the data's size is not known here) spread over
+    samples of each set (one sampling call when --eval-limit is 0: the data's size is not known here) spread over
     --eval-every steps."""
     found = step_costs(rehearsal)
     if cfg is None or "evaluation" not in rehearsal.phases or not cfg.eval_every:
         return found
-    completions = cfg.eval_limit * cfg.eval_k or rehearsal.phases["evaluation"].rows
+    sets = len(eval_sources(cfg.eval_data))  # --eval-data's sets, each evaluated at every evaluation
+    completions = sets * (cfg.eval_limit * cfg.eval_k or rehearsal.phases["evaluation"].rows)
     passes = 1 + (not SAMPLERS[rehearsal.sampler].returns_logps)  # the base's, and log pi unless sampled with it
     whole = evaluation_costs(rehearsal, completions, passes, micro_batch_rows(cfg))
     return found + [replace(cost, flops=cost.flops / cfg.eval_every, bytes=cost.bytes / cfg.eval_every)
