@@ -16,6 +16,7 @@ from powerflow_lite.metrics import read_metrics
 from powerflow_lite.presets import PRESETS
 from powerflow_lite.rewards import gsm8k_answer
 from powerflow_lite.setup import setup
+from powerflow_lite.tasks.math import parse_answer, same_answer
 from powerflow_lite.train import train
 
 SAMPLE = DATA / "gsm8k-sample.jsonl"
@@ -131,3 +132,12 @@ def test_training_on_the_preset_with_the_sample_as_eval_data(fake_hub, tiny_mode
     assert [row["step"] for row in evaluated] == [0, 2]
     assert all(0 <= row["eval_avg_at_k"] <= row["eval_pass_at_k"] <= 1 for row in evaluated)
     assert all("eval_boxed_frac" in row for row in evaluated)  # graded as math: the rows had answers
+
+
+def test_a_completion_closing_with_gsm8k_s_line_answers_its_number():
+    assert same_answer(parse_answer("7", reference=True), parse_answer("She has 3 + 4 = 7 apples.\n#### 7"))
+    assert same_answer(parse_answer("1200", reference=True), parse_answer("So 1,200 in all.\n#### 1,200"))
+    assert not same_answer(parse_answer("8", reference=True), parse_answer("3 + 4 = 7\n#### 7"))
+    # a \boxed{} answer still comes first, and text without the line is read as before
+    assert same_answer(parse_answer("5", reference=True), parse_answer("It is \\boxed{5}.\n#### 6"))
+    assert parse_answer("I am not sure.") == []

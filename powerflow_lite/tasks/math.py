@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from ..errors import PowerflowError
 from ..metrics import mean, stderr
-from ..rewards import has_boxed
+from ..rewards import gsm8k_answer, has_boxed
 from .task import Measures, Row, Task, percent
 
 # A completion that is only an answer: a number somewhere, and nothing but math characters around it.
@@ -66,7 +66,8 @@ def parse_answer(text: str, reference: bool = False, ended: bool = True) -> list
     A completion's answer is, in this order: its last \\boxed{} or an anchored statement
     ("the final answer is 7"; when math-verify reads such a statement across a paragraph
     break as text it cannot parse, the last paragraph whose statement it can read); the
-    whole completion when it is nothing but an expression; or, for a completion that
+    N of a closing GSM8K line "#### N" (commas dropped); the whole completion when it is
+    nothing but an expression; or, for a completion that
     `ended` on its own (EOS), a final statement of a number at its very end ("... so
     3 + 4 = 7.", "... 9 times 9 is 81."). Never just the last number in the text: a
     completion cut off mid-sentence would otherwise be graded on whatever number it
@@ -85,6 +86,9 @@ def parse_answer(text: str, reference: bool = False, ended: bool = True) -> list
             readable = (mv.parse(part, extraction_config=anchored, **parse_timeout) for part in reversed(paragraphs))
             parsed = next((found for found in readable if _has_value(found)), parsed)
         if parsed or not text.strip():
+            return parsed
+        marked = gsm8k_answer(text)  # GSM8K's closing "#### N" line: as explicit as "the final answer is N"
+        if marked is not None and (parsed := mv.parse(f"${marked}$", **parse_timeout)):
             return parsed
         # A completion that is nothing but an expression ("6", "\\frac{1}{2}") is its own answer.
         bare = text.strip().strip("$").strip()
