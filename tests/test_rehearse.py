@@ -28,6 +28,10 @@ SHAPES = {
     "1.5B": {**QWEN2, "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
              "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
              "max_position_embeddings": 4096},
+    # 0.5B's widths with 2 layers: the tests of the rehearsal's workings, in a second each
+    "small": {**QWEN2, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 2,
+              "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+              "max_position_embeddings": 32768},
     "7B": {**QWEN2, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
            "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False,
            "max_position_embeddings": 4096},
@@ -159,7 +163,7 @@ def test_the_static_sampler_is_rehearsed_with_its_full_cache(models):
 
 
 def test_costs_split_prefill_and_decode_and_spread_the_evaluation(models):
-    cfg = TrainConfig(model=str(models / "0.5B"), prompts="unused.jsonl", alpha=4.0, max_new_tokens=64,
+    cfg = TrainConfig(model=str(models / "small"), prompts="unused.jsonl", alpha=4.0, max_new_tokens=64,
                       prompts_per_step=2, samples_per_prompt=4, eval_data="e.jsonl", eval_every=5)
     rehearsal = R.rehearse(cfg, model_config(cfg.model), 32)
     found = {cost.name: cost for cost in R.costs(rehearsal, cfg)}
@@ -183,7 +187,7 @@ def test_costs_split_prefill_and_decode_and_spread_the_evaluation(models):
 
 def test_dry_run_rehearse_prints_the_comparison_and_the_estimate(models, prompts_file, tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(capsys, ["train", "--model", models / "0.5B", "--prompts", prompts_file, "--alpha", 4,
+    code, stdout, _ = run_cli(capsys, ["train", "--model", models / "small", "--prompts", prompts_file, "--alpha", 4,
                                        "--max-new-tokens", 128, "--output", out, "--dry-run", "--rehearse",
                                        "--prompt-tokens", 64])
     assert code == 0 and not out.exists()
@@ -202,7 +206,7 @@ def test_rehearse_needs_dry_run(capsys, tiny_model_dir, prompts_file):
 
 
 def test_an_error_of_the_step_at_this_shape_is_reported_not_raised(models, monkeypatch):
-    cfg = TrainConfig(model=str(models / "0.5B"), prompts="unused.jsonl", alpha=4.0, max_new_tokens=32,
+    cfg = TrainConfig(model=str(models / "small"), prompts="unused.jsonl", alpha=4.0, max_new_tokens=32,
                       prompts_per_step=2, samples_per_prompt=2)
 
     def broken(*args, **kwargs):
@@ -224,19 +228,19 @@ def test_a_saved_adapter_is_rehearsed_with_its_own_lora(models, tmp_path):
                                                              "target_modules": ["v_proj", "q_proj"]}))
     lora = adapter_lora(str(adapter))
     assert lora == Lora(8, 16, 0.0, "q_proj,v_proj")
-    config = model_config(str(models / "0.5B"))
-    args = (str(models / "0.5B"), config, "nf4", "hf", 8, 4, 64, 32, 8)
+    config = model_config(str(models / "small"))
+    args = (str(models / "small"), config, "nf4", "hf", 8, 4, 64, 32, 8)
     plain, adapted = R.rehearse_inference(*args), R.rehearse_inference(*args, lora=lora)
     # per layer: q_proj 896 -> 896 and v_proj 896 -> 128 (2 KV heads x 64), A r x in and B out x r, float32
     per_layer = 8 * (896 + 896) + 8 * (896 + 128)
-    assert adapted.weights - plain.weights == 24 * per_layer * 4
+    assert adapted.weights - plain.weights == 2 * per_layer * 4  # 2 layers
     assert not plain.sampling.error and not plain.scoring.error
     assert plain.scoring.calls == 1 and plain.rows == 8
 
 
 def test_scoring_a_batch_grows_with_its_rows(models):
-    config = model_config(str(models / "0.5B"))
-    small, large = (R.rehearse_inference(str(models / "0.5B"), config, "nf4", "hf", rows, 4, 64, 64, rows)
+    config = model_config(str(models / "small"))
+    small, large = (R.rehearse_inference(str(models / "small"), config, "nf4", "hf", rows, 4, 64, 64, rows)
                     for rows in (4, 16))
     assert large.scoring.flops == pytest.approx(4 * small.scoring.flops, rel=1e-3)  # 4x the rows, 4x the work
     assert large.scoring.peak > small.scoring.peak  # above a logits chunk (LOGITS_BUDGET), which both hold
