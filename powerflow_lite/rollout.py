@@ -70,7 +70,7 @@ def remember(run: Run, batch: ScoredBatch, taken: StepRollout, step: int) -> Non
 def _fresh(run: Run, step: int, notes: list[str]) -> tuple[list[int], Rollouts]:
     """The step's prompts (under a launcher, this process's share of them) and their sampled completions."""
     cfg = run.cfg
-    weights = getattr(run.prompts, "weights", None)  # a mixture of --prompts sources
+    weights = run.prompts.weights  # a mixture of --prompts sources (data.Prompts); None: one source
     every = (prompt_indices(len(run.prompts), run.state.fresh_steps, cfg.prompts_per_step, cfg.seed) if weights is None
              else weighted_prompt_indices(weights, run.state.fresh_steps, cfg.prompts_per_step, cfg.seed))
     share = run.ranks.share(every)  # all of them in one process

@@ -256,11 +256,10 @@ def _encode_training_prompts(cfg: TrainConfig, tokenizer, rows: Prompts) -> tupl
         keep = [i for i, ids in enumerate(prompt_ids) if len(ids) <= kept_max]
         if not keep:
             raise PowerflowError(f"every prompt of {cfg.prompts!r} is longer than --max-prompt-tokens {kept_max}")
-        if context and kept_max + cfg.max_new_tokens > context:
-            longest = max(len(prompt_ids[i]) for i in keep)
-            if longest + cfg.max_new_tokens > context:
-                raise PowerflowError(f"a prompt of {longest} tokens with --max-new-tokens {cfg.max_new_tokens} "
-                                     f"exceeds the model's context of {context}: lower --max-prompt-tokens")
+        longest = max(len(prompt_ids[i]) for i in keep)
+        if context and longest + cfg.max_new_tokens > context:
+            raise PowerflowError(f"a prompt of {longest} tokens with --max-new-tokens {cfg.max_new_tokens} "
+                                 f"exceeds the model's context of {context}: lower --max-prompt-tokens")
         if len(keep) < len(rows):
             notes.append(f"{len(rows) - len(keep)} longer than --max-prompt-tokens {kept_max} dropped")
         rows, prompt_ids = rows.select(keep), [prompt_ids[i] for i in keep]

@@ -28,14 +28,12 @@ SHAPES = {
     "1.5B": {**QWEN2, "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
              "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
              "max_position_embeddings": 4096},
-    # 0.5B's widths with 2 layers: the tests of the rehearsal's workings, in a second each
-    "small": {**QWEN2, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 2,
-              "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
-              "max_position_embeddings": 32768},
     "7B": {**QWEN2, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
            "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False,
            "max_position_embeddings": 4096},
 }
+# 0.5B's widths with 2 layers: the tests of the rehearsal's workings, in a second each
+SHAPES["small"] = {**SHAPES["0.5B"], "num_hidden_layers": 2}
 
 
 @pytest.fixture(scope="module")
