@@ -1,4 +1,4 @@
-"""p_base^alpha three ways, on problems small enough to enumerate: inference-time sampling against training.
+"""p_base^alpha four ways, on problems small enough to enumerate: inference-time sampling against training.
 
 The exact study's problems (examples/exact_alpha.py: a tiny random Qwen2 over 8 tokens, two prompts, answers
 of at most 3 tokens) with p_alpha computed exactly. For each way of drawing answers, ANSWERS answers per prompt
@@ -7,12 +7,15 @@ are drawn and compared with p_alpha by total variation (TV), against the tokens 
 * the base at temperature 1/alpha (the proposal of both power samplers; its distance is also exact);
 * importance resampling (`--sampler power-resample`) with N = 1, 2, ..., 64 proposals per answer;
 * block-wise Metropolis-Hastings (`--sampler power-mcmc`) with 0, 1, 2, 5 and 10 steps per block;
+* sequential Monte Carlo (`--sampler power-smc`) with N = 1, 2, ..., 64 particles per answer, and at N = 8 its
+  options: resampling at every token (--ess-threshold 1) or rarely (0.25), and a ramp of the exponent over the
+  first 2 tokens (--alpha-ramp-tokens 2);
 * a policy trained by `powerflow train` (latb, and tb-traj where latb's fixed point is not p_alpha), sampled
   at temperature 1: one answer costs one completion (its training cost is reported apart).
 
 The noise floor is the TV of as many draws from p_alpha itself.
 
-    python examples/power_exact.py                 # 3 problems, about 15 minutes on 2 CPU cores
+    python examples/power_exact.py                 # 3 problems, about 25 minutes on 2 CPU cores
     python examples/power_exact.py --quick         # one problem, fewer draws and training steps
     python examples/power_exact.py --report        # re-render the table and plot from the JSON
 
@@ -47,6 +50,12 @@ PROBLEMS = [  # (alpha, regime, base): the peakier base "x8" and the one with EO
 ]
 CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
 MCMC_STEPS = (0, 1, 2, 5, 10)
+PARTICLES = (1, 2, 4, 8, 16, 32, 64)
+SMC_OPTIONS = {  # at N = 8: the published method's options against the defaults (threshold 0.5, no ramp)
+    "ESS threshold 1": dict(ess_threshold=1.0),
+    "ESS threshold 0.25": dict(ess_threshold=0.25),
+    "ramp over 2 tokens": dict(ramp_tokens=2),
+}
 
 
 def settings_for(regime: str, **changes) -> SamplingSettings:
@@ -116,6 +125,14 @@ def study_problem(key: tuple, root: Path, answers: int, steps: int, seed: int) -
         add("Metropolis-Hastings", k, *draw(model, tokenizer, problem, "power-mcmc",
                                             settings_for(regime, power=PowerSettings(alpha, mcmc_steps=k)),
                                             answers, seed))
+    for n in PARTICLES:
+        add("sequential Monte Carlo", n, *draw(model, tokenizer, problem, "power-smc",
+                                               settings_for(regime, power=PowerSettings(alpha, particles=n)),
+                                               answers, seed))
+    for name, options in SMC_OPTIONS.items():
+        add(f"sequential Monte Carlo, {name}", 8, *draw(model, tokenizer, problem, "power-smc",
+                                                         settings_for(regime, power=PowerSettings(
+                                                             alpha, particles=8, **options)), answers, seed))
     for objective in ("latb",) + (("tb-traj",) if regime == "eos" else ()):
         started = time.perf_counter()
         trained, training_tokens = train_policy(exact_alpha.Case(objective, alpha, regime, base), root, steps, seed)
@@ -145,7 +162,7 @@ def train_policy(case, root: Path, steps: int, seed: int) -> tuple:
 
 
 def report(results: list[dict]) -> str:
-    lines = ["# p_base^alpha three ways, exactly", "",
+    lines = ["# p_base^alpha four ways, exactly", "",
              "Total variation (TV) between the answers drawn and p_alpha, computed exactly on the exact study's "
              "problems (examples/exact_alpha.py), against the tokens sampled per answer at inference. "
              f"Each TV is over {results[0]['answers']} answers per prompt, averaged over the 2 prompts; the noise "
@@ -159,7 +176,8 @@ def report(results: list[dict]) -> str:
             exact_tv = f"{row['exact_tv']:.3f}" if "exact_tv" in row else ""
             setting = {"temperature 1/alpha": f"T = {row['setting']:.3g}", "importance resampling":
                        f"N = {row['setting']}", "Metropolis-Hastings": f"{row['setting']} steps per block"
-                       }.get(row["method"], f"{row['setting']} training steps")
+                       }.get(row["method"], f"N = {row['setting']}" if row["method"].startswith("sequential")
+                             else f"{row['setting']} training steps")
             lines.append(f"| {row['method']} | {setting} | {row['tokens_per_answer']:.1f} | {row['tv']:.3f} | "
                          f"{exact_tv} |")
         trained = [r for r in result["rows"] if r["method"].startswith("trained")]
@@ -174,7 +192,8 @@ def plot(results: list[dict], path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
     for ax, result in zip(axes[0], results):
-        for method, marker in (("importance resampling", "o-"), ("Metropolis-Hastings", "s-")):
+        for method, marker in (("importance resampling", "o-"), ("Metropolis-Hastings", "s-"),
+                               ("sequential Monte Carlo", "^-")):
             rows = [r for r in result["rows"] if r["method"] == method]
             ax.plot([r["tokens_per_answer"] for r in rows], [r["tv"] for r in rows], marker, label=method)
         for row in result["rows"]:

@@ -219,8 +219,8 @@ def _sampling_dry_run(cfg, rows: int, per_prompt: int, score_rows: int, prompt_t
     sampler = resolve_sampler(sampler, torch.device("cuda"), getattr(cfg, "top_p", 1.0))[0]
     if SAMPLERS[sampler].power:
         raise PowerflowError(f"--dry-run rehearses the hf and static samplers, and --sampler {sampler} draws "
-                             "--candidates proposals per answer: rehearse --sampler static at a --batch-size of "
-                             "your rows x --candidates instead")
+                             "several completions per answer (--candidates, --particles): rehearse --sampler static "
+                             "at a --batch-size of your rows x that many instead")
     config = model_config(cfg.model, cfg.trust_remote_code)
     lora = adapter_lora(cfg.adapter) if getattr(cfg, "adapter", "") else None
     quant = cfg.quant if cfg.quant != "auto" else "nf4"

@@ -235,6 +235,8 @@ def summarize(eval_set: EvalSet, records: list[dict], k: int, measures: Measures
         summary["sampled_tokens_per_answer"] = mean([r.get("sampled_tokens", r["tokens"]) for r in records])
     if any("ess" in r for r in records):
         summary["ess_mean"] = mean([r["ess"] for r in records if "ess" in r])
+    if any("resamples" in r for r in records):  # power-smc: how often its particles were resampled
+        summary["resamples_per_answer"] = mean([r["resamples"] for r in records if "resamples" in r])
     summary.update(TASKS[eval_set.task].summarize(eval_set.rows, by_prompt, k, measures))
     return summary
 

@@ -88,6 +88,10 @@ def generate_records(model, tokenizer, prompt_ids: list[list[int]], n: int, sett
                 record["sampled_tokens"] = int(rollouts.sampled_tokens[row])
             if rollouts.ess is not None:
                 record["ess"] = float(rollouts.ess[row])
+            if rollouts.resamples is not None:  # power-smc: its particles' resamplings and ESS at each token
+                record["resamples"] = int(rollouts.resamples[row])
+                steps = rollouts.ess_trace[row]
+                record["ess_trace"] = [round(float(e), 2) for e in steps[steps > 0]]
             made.append(record)
         return made
 

@@ -122,8 +122,8 @@ class SamplingOptions:
 @dataclass(frozen=True, kw_only=True)
 class PowerOptions:
     power_alpha: float = option(4.0, "The target p_base^alpha (the base scored with the adapter off) of --sampler "
-                                     "power-resample and power-mcmc, and of eval's p_alpha ESS (default: the run's "
-                                     "--alpha with --run).", check=">0", panel=POWER)
+                                     "power-resample, power-mcmc and power-smc, and of eval's p_alpha ESS (default: "
+                                     "the run's --alpha with --run).", check=">0", panel=POWER)
     candidates: int = option(16, "power-resample: proposals drawn per answer (its cost: that many completions).",
                              check=">0", panel=POWER)
     proposal_temperature: float = option(0.0, "Temperature of the proposal, the loaded model (0: 1/--power-alpha).",
@@ -131,6 +131,13 @@ class PowerOptions:
     mcmc_steps: int = option(10, "power-mcmc: Metropolis-Hastings steps after each block.", check=">=0", panel=POWER)
     block_tokens: int = option(0, "power-mcmc: tokens per block (0: --max-new-tokens / 16).", check=">=0",
                                panel=POWER)
+    particles: int = option(8, "power-smc: particles per answer (its cost: that many completions, in one batched "
+                               "decode).", check=">0", panel=POWER)
+    ess_threshold: float = option(0.5, "power-smc: resample an answer's particles when their effective sample size "
+                                       "falls below this share of --particles (1: at nearly every token).",
+                                  check="(0, 1]", panel=POWER)
+    alpha_ramp_tokens: int = option(0, "power-smc: the target's exponent rises from 1 to --power-alpha over these "
+                                       "first tokens (the final target is unchanged).", check=">=0", panel=POWER)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -313,3 +320,6 @@ def check_sampling(config: SamplingOptions) -> None:
     """What the sampling options must satisfy together beyond their own ranges: a sampler that can sample so."""
     if why := unsupported(config.sampler, config.top_p, config.min_new_tokens):
         raise PowerflowError(why)
+    if getattr(config, "adapter", "") and config.sampler in SAMPLERS and SAMPLERS[config.sampler].base_only:
+        raise PowerflowError(f"--sampler {config.sampler} draws from the base itself (its weights need p_base at every "
+                             "token), so it takes no adapter: give the base with --model, without --adapter or --run")

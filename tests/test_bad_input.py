@@ -59,6 +59,9 @@ OUT_OF_RANGE = {
     "proposal_temperature": ("-1",),  # 0: 1 / --power-alpha
     "mcmc_steps": ("-1",),
     "block_tokens": ("-1",),  # 0: --max-new-tokens / 16
+    "particles": ("0", "-1"),
+    "ess_threshold": ("0", "1.5"),  # (0, 1]
+    "alpha_ramp_tokens": ("-1",),  # 0: no ramp
     "max_prompt_tokens": ("-1",),  # 0: keep every prompt
     "eval_temperature": ("-1",),  # 0: 1/alpha
 }

@@ -270,4 +270,4 @@ def test_sampling_dry_run_bad_input_is_one_line(models, capsys):
     assert code == 2 and "--prompt-tokens is the prompt length --dry-run plans for" in err
     code, _, err = run_cli(capsys, ["sample", "--model", models / "0.5B", "--prompt", "Hi.", "--dry-run",
                                     "--sampler", "power-resample"])
-    assert code == 2 and err.count("\n") == 1 and "--sampler power-resample draws --candidates proposals" in err
+    assert code == 2 and err.count("\n") == 1 and "--sampler power-resample draws several completions per answer" in err

@@ -50,6 +50,7 @@ class Sampler:
     # their float32 copy (memory plan)
     trains: bool = True  # draws from the policy itself: training may use it
     power: bool = False  # aims at p_base^alpha at inference time (reads SamplingSettings.power)
+    base_only: bool = False  # the loaded model must be the base itself (no adapter): its proposal is p_base
 
 
 SAMPLERS: dict[str, Sampler] = {
@@ -73,6 +74,13 @@ SAMPLERS: dict[str, Sampler] = {
                           "p_base^alpha at inference time by block-wise Metropolis-Hastings (--mcmc-steps per block)",
                           top_p=False, returns_logps=True, seeded_rows=False, auto_on=(), auto_why="",
                           prefills_once=True, static_cache=True, next_token_bytes=24, trains=False, power=True),
+    "power-smc": Sampler(_lazy("smc.sample_smc"), "sequential Monte Carlo towards p_base^alpha",
+                         "p_base^alpha at inference time by sequential Monte Carlo: --particles per answer advanced "
+                         "together from the base at temperature 1/alpha, resampled when their effective sample size "
+                         "falls below --ess-threshold", top_p=False, returns_logps=True, seeded_rows=False, auto_on=(),
+                         auto_why="", prefills_once=True, static_cache=True,
+                         next_token_bytes=32,  # the static sampler's, and the proposal's log-softmax
+                         trains=False, power=True, base_only=True),
 }
 
 SAMPLER_HELP = ("; ".join(f"{name}: {sampler.help}" for name, sampler in SAMPLERS.items())

@@ -21,13 +21,16 @@ from ..model import hf_model
 
 @dataclass(frozen=True)
 class PowerSettings:
-    """What the power samplers (samplers/resample.py, samplers/mcmc.py) aim at and spend: p_base^alpha."""
+    """What the power samplers (samplers/resample.py, mcmc.py, smc.py) aim at and spend: p_base^alpha."""
 
     alpha: float = 4.0  # the target p_base(y|q)^alpha
     candidates: int = 16  # importance resampling: proposals drawn per returned answer
     proposal_temperature: float = 0.0  # the proposal is the loaded model at this temperature (0: 1/alpha)
     mcmc_steps: int = 10  # Metropolis-Hastings steps after each block
     block_tokens: int = 0  # Metropolis-Hastings block length (0: max_new_tokens / 16)
+    particles: int = 8  # sequential Monte Carlo: particles per returned answer
+    ess_threshold: float = 0.5  # sequential Monte Carlo: resample when the ESS falls below this share of particles
+    ramp_tokens: int = 0  # sequential Monte Carlo: the target's exponent rises from 1 to alpha over these tokens
 
     def temperature(self) -> float:
         return self.proposal_temperature or 1.0 / self.alpha
@@ -48,7 +51,8 @@ class SamplingSettings:
         """A command's sampling options (config.SamplingOptions, and PowerOptions where the command has them), also
         stopping at the chat template's end-of-turn token."""
         power = PowerSettings(cfg.power_alpha, cfg.candidates, cfg.proposal_temperature, cfg.mcmc_steps,
-                              cfg.block_tokens) if hasattr(cfg, "power_alpha") else PowerSettings()
+                              cfg.block_tokens, cfg.particles, cfg.ess_threshold,
+                              cfg.alpha_ramp_tokens) if hasattr(cfg, "power_alpha") else PowerSettings()
         return SamplingSettings(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.ignore_eos,
                                 tuple(chat_stop_ids(tokenizer, cfg.chat_template)), power)
 
@@ -82,6 +86,8 @@ class Rollouts:
     # the logits divided by the row's temperature (static only; None: compute it, or sampled_logps at 1)
     sampled_tokens: Tensor | None = None  # [N] tokens sampled to produce each row (power samplers: every proposal)
     ess: Tensor | None = None  # [N] effective sample size of the importance weights that chose each row
+    resamples: Tensor | None = None  # [N] times the particles of each row were resampled (power-smc)
+    ess_trace: Tensor | None = None  # [N, T] their effective sample size at each step, before resampling (power-smc)
 
     def temperatures(self) -> Tensor:  # [N]
         return self.temperature if self.temperature is not None else torch.ones(len(self), device=self.device)
@@ -123,10 +129,14 @@ class Rollouts:
 
         logps = None if parts[0].sampled_logps is None else cat("sampled_logps", 0.0)
         behaviour = None if any(p.behaviour_logps is None for p in parts) else cat("behaviour_logps", 0.0)
+        trace = None
+        if all(p.ess_trace is not None for p in parts):  # as many steps as the longest part's
+            steps = max(p.ess_trace.shape[1] for p in parts)
+            trace = torch.cat([torch.nn.functional.pad(p.ess_trace, (0, steps - p.ess_trace.shape[1])) for p in parts])
         return Rollouts(cat("prompt_ids", pad_id, left=True), cat("prompt_mask", 0, left=True),
                         cat("completion_ids", pad_id), cat("completion_mask", 0), group_ids,
                         torch.cat([p.truncated for p in parts]), logps, torch.cat([p.temperatures() for p in parts]),
-                        behaviour, rows("sampled_tokens"), rows("ess"))
+                        behaviour, rows("sampled_tokens"), rows("ess"), rows("resamples"), trace)
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:

@@ -63,29 +63,20 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
     (seeds.py: R ranks sample what one process does). `limits` [N]: a length limit of each row's own, at most
     max_new_tokens (a row that reaches it is cut there, as at max_new_tokens).
     """
-    from transformers import StaticCache
-
     if settings.top_p != 1.0:
         raise ValueError("sample_static does not implement top-p < 1")
     device = next(model.parameters()).device
     compact = device.type == "cpu" if compact is None else compact
-    rows = per_sample(prompts, samples_per_prompt)
-    distinct = list(dict.fromkeys(tuple(ids) for ids in rows))  # each prompt once, in order of first use
-    position = {ids: i for i, ids in enumerate(distinct)}
-    expand = torch.tensor([position[tuple(ids)] for ids in rows], device=device)  # [N] row -> distinct prompt
-    unique_ids, unique_mask = left_pad([list(ids) for ids in distinct], tokenizer.pad_token_id, device)  # [U, P]
-    prompt_ids, prompt_mask = unique_ids[expand], unique_mask[expand]  # [N, P]
-    N, P = prompt_ids.shape
     L = settings.max_new_tokens
+    decode, logits = start_decode(model, tokenizer, per_sample(prompts, samples_per_prompt), L)
+    prompt_ids, prompt_mask = decode.prompt_ids, decode.prompt_mask  # [N, P]
+    N = prompt_ids.shape[0]
     if uniforms is None:
         uniforms = torch.rand(N, L, dtype=torch.float64, device=device)
     limits = None if limits is None else limits.to(device)
     stop_ids = stop_token_ids(model, tokenizer, settings)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
-    config = hf_model(model).config
-    cache_arg = cache_keyword(model)
 
-    cache = StaticCache(config=config, max_cache_len=P + L)
     tokens = torch.full((N, L), tokenizer.pad_token_id, dtype=torch.long, device=device)  # [N, L]
     logps = torch.zeros(N, L, dtype=torch.float32, device=device)  # [N, L]
     # at another temperature, the log-probs of the distribution the tokens are drawn from (the behaviour policy)
@@ -94,17 +85,9 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
     lengths = torch.full((N,), L, dtype=torch.long, device=device)  # [N]
     # The decode batch: `batch` [n] holds the output rows still in it, in cache order.
     batch = torch.arange(N, device=device)  # [n]
-    attention = torch.cat([prompt_mask, torch.ones(N, L, dtype=prompt_mask.dtype, device=device)], dim=1)  # [n, P+L]
-    next_position = prompt_mask.sum(-1, keepdim=True)  # [n, 1]: left padding does not shift positions
     done = torch.zeros(N, dtype=torch.bool, device=device)  # [n] stopped, still in the batch (decoding pads)
 
     with eval_mode(model):
-        logits = model(input_ids=unique_ids, attention_mask=unique_mask,
-                       position_ids=(unique_mask.cumsum(-1) - 1).clamp_min(0), **{cache_arg: cache},
-                       cache_position=torch.arange(P, device=device), use_cache=True,
-                       logits_to_keep=1).logits[:, -1]  # [U, V]
-        cache.reorder_cache(expand)  # the distinct prompts' cache rows -> one per completion
-        logits = logits[expand]  # [N, V]
         for t in range(L):
             log_probs = torch.log_softmax(logits.float(), dim=-1)  # [n, V] the policy at temperature 1
             tempered = log_probs if behaviour is None else torch.log_softmax(log_probs / settings.temperature, -1)
@@ -130,12 +113,9 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
                 break
             if compact and int(done.sum()) >= max(1, COMPACT_FRACTION * len(batch)):
                 keep = (~done).nonzero().squeeze(-1)  # [n'] positions in the batch still decoding
-                cache.reorder_cache(keep)
-                batch, token, attention, next_position = batch[keep], token[keep], attention[keep], next_position[keep]
-                done = done[keep]
-            logits = model(input_ids=token[:, None], attention_mask=attention[:, :P + t + 1],
-                           position_ids=next_position + t, **{cache_arg: cache},
-                           cache_position=torch.tensor([P + t], device=device), use_cache=True).logits[:, -1]
+                decode.keep(keep)
+                batch, token, done = batch[keep], token[keep], done[keep]
+            logits = decode.step(token, t)
 
     width = int(lengths.max())
     completion_mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()  # [N, L']
@@ -146,3 +126,54 @@ def sample_static(model, tokenizer, prompts: list[list[int]], samples_per_prompt
                     sampled_logps=sampled_logps, temperature=torch.full((N,), settings.temperature, device=device),
                     behaviour_logps=sampled_logps if behaviour is None else behaviour[:, :width] * completion_mask)
 
+
+class Decode:
+    """A batch of rows decoded together on a static KV cache allocated whole (prompt + max_new_tokens): the
+    sampler's state that is not its own choice of tokens. Each distinct prompt is prefilled once, its cache rows
+    copied to the rows that answer it; `keep` reorders (or drops, or repeats) the rows in the cache."""
+
+    def __init__(self, model, tokenizer, rows: list[list[int]], max_new_tokens: int):
+        from transformers import StaticCache
+
+        device = next(model.parameters()).device
+        distinct = list(dict.fromkeys(tuple(ids) for ids in rows))  # each prompt once, in order of first use
+        position = {ids: i for i, ids in enumerate(distinct)}
+        self.expand = torch.tensor([position[tuple(ids)] for ids in rows], device=device)  # [N] row -> prompt
+        self.unique_ids, self.unique_mask = left_pad([list(ids) for ids in distinct], tokenizer.pad_token_id,
+                                                     device)  # [U, P]
+        self.prompt_ids, self.prompt_mask = self.unique_ids[self.expand], self.unique_mask[self.expand]  # [N, P]
+        N, self.P = self.prompt_ids.shape
+        self.model, self.device, self.cache_arg = model, device, cache_keyword(model)
+        self.cache = StaticCache(config=hf_model(model).config, max_cache_len=self.P + max_new_tokens)
+        self.attention = torch.cat([self.prompt_mask, torch.ones(N, max_new_tokens, dtype=self.prompt_mask.dtype,
+                                                                 device=device)], dim=1)  # [n, P+L]
+        self.next_position = self.prompt_mask.sum(-1, keepdim=True)  # [n, 1]: left padding does not shift positions
+
+    def prefill(self) -> Tensor:
+        """The prompts through the model once.  -> [N, V] the logits of each row's first token."""
+        with eval_mode(self.model):
+            logits = self.model(input_ids=self.unique_ids, attention_mask=self.unique_mask,
+                                position_ids=(self.unique_mask.cumsum(-1) - 1).clamp_min(0),
+                                **{self.cache_arg: self.cache}, cache_position=torch.arange(self.P, device=self.device),
+                                use_cache=True, logits_to_keep=1).logits[:, -1]  # [U, V]
+        self.cache.reorder_cache(self.expand)  # the distinct prompts' cache rows -> one per row
+        return logits[self.expand]
+
+    def step(self, token: Tensor, t: int) -> Tensor:
+        """token [n], the t-th of each row in the batch, through the model.  -> [n, V] the next token's logits."""
+        P = self.P
+        with eval_mode(self.model):
+            return self.model(input_ids=token[:, None], attention_mask=self.attention[:, :P + t + 1],
+                              position_ids=self.next_position + t, **{self.cache_arg: self.cache},
+                              cache_position=torch.tensor([P + t], device=self.device), use_cache=True).logits[:, -1]
+
+    def keep(self, index: Tensor) -> None:
+        """The batch becomes rows `index` [n'] of the current one (in the cache too)."""
+        self.cache.reorder_cache(index)
+        self.attention, self.next_position = self.attention[index], self.next_position[index]
+
+
+def start_decode(model, tokenizer, rows: list[list[int]], max_new_tokens: int) -> tuple[Decode, Tensor]:
+    """A `Decode` of `rows` (token id lists) and the logits of their first tokens [N, V]."""
+    decode = Decode(model, tokenizer, rows, max_new_tokens)
+    return decode, decode.prefill()

@@ -31,6 +31,7 @@ COMMON_ROWS: list[Row] = [("base log-prob / token", "base_logp_per_token", fixed
                           ("mean length (tokens)", "length_mean", fixed(1)), ("truncated", "truncated_frac", percent)]
 POWER_ROWS: list[Row] = [("tokens sampled per answer", "sampled_tokens_per_answer", fixed(1)),  # a power sampler's
                          ("effective sample size", "ess_mean", fixed(2)),
+                         ("resamplings per answer", "resamples_per_answer", fixed(1)),
                          ("p_alpha ESS / k (1: samples as p_alpha)", "p_alpha_ess", fixed(3))]  # powerflow eval
 PAIRED = (*dict.fromkeys(key for task in TASKS.values() for key in task.paired), "base_logp_per_token", "p_alpha_ess")
 TASK_HELP = " or ".join(TASKS) + " measures; auto: the first that fits the data (math when it has reference answers)."

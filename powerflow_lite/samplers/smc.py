@@ -1,0 +1,178 @@
+"""`--sampler power-smc`: p_base^alpha at inference time by sequential Monte Carlo (Power-SMC, Azizi et al. 2026).
+
+    settings = SamplingSettings(64, power=PowerSettings(alpha=4.0, particles=8))
+    rollouts = sample_smc(model, tokenizer, prompts, 4, settings)   # 4 answers per prompt, 8 particles each
+    rollouts.sampled_tokens, rollouts.ess, rollouts.resamples        # [N] per answer: cost, final ESS, resamplings
+
+Each answer is one of N particles advanced together, one token at a time, from
+the token-level power proposal q(v | y_<t) = p(v | y_<t)^alpha / Z(y_<t): the
+base at temperature 1/alpha. Against the target p_base(y)^alpha the weight of a
+step is p(v)^alpha / q(v) = Z(y_<t) = sum_v p(v | y_<t)^alpha, whatever token is
+drawn; so it is applied before the draw, and when the effective sample size of
+an answer's particles falls below --ess-threshold x N they are resampled
+(systematic resampling, their cache rows reordered with them) and then draw.
+A particle that has ended (EOS) keeps its weight and stays in the population. At
+the end one particle is returned, chosen by its weight: as N grows its
+distribution tends to p_base^alpha over whole sequences (a truncated answer
+counts with its prefix's probability, as in the other power samplers).
+
+Two options of the published method:
+* --alpha-ramp-tokens R: the target of the first R tokens rises from p^1 to
+  p^alpha (alpha_t linear in t), the proposal at temperature 1/alpha_t; a
+  step's weight gains p(y_<t)^(alpha_t - alpha_(t-1)) for the prefix, and the
+  final weights are those of p^alpha (a particle that ended before R catches
+  up). It does not change the target.
+* --proposal-temperature T: another proposal. Its draw is then weighed by
+  p(v)^alpha_t / (q(v) Z), with Z still applied before the draw (an auxiliary
+  particle filter): exact, but the weights vary more.
+
+The loaded model is the base: the weights need p_base's probabilities, which an
+adapter would change (an adapter is refused by the configs). Its cost per answer
+is the tokens its particles drew, N times an answer's length, in one batched
+decode; no prefix is recomputed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .rollouts import Rollouts, SamplingSettings, group_ids_of, per_sample, stop_token_ids
+from .static import draw, start_decode
+
+ROWS_PER_CALL = 256  # particles decoded together
+COMPACT_FRACTION = 0.25  # drop the answers whose particles have all ended once they are this share of the batch
+
+
+@torch.no_grad()
+def sample_smc(model, tokenizer, prompts: list[list[int]], samples_per_prompt: int, settings: SamplingSettings,
+               uniforms: Tensor | None = None) -> Rollouts:
+    """G answers per prompt (rows grouped by prompt), each the survivor of its own N particles.  `uniforms` is not
+    used (the draws and resamplings draw from torch's stream)."""
+    if settings.top_p != 1.0 or settings.min_new_tokens:
+        raise ValueError("sequential Monte Carlo needs the exact proposal: no top-p < 1, no min_new_tokens")
+    N = settings.power.particles
+    answers = per_sample(prompts, samples_per_prompt)  # one row per answer
+    per_call = max(1, ROWS_PER_CALL // N)
+    parts = [_smc(model, tokenizer, answers[first:first + per_call], settings)
+             for first in range(0, len(answers), per_call)]
+    group_ids = group_ids_of(len(prompts), samples_per_prompt, parts[0].device)
+    return Rollouts.concat(parts, tokenizer.pad_token_id, group_ids)
+
+
+def ramp(t: int, alpha: float, tokens: int) -> float:
+    """alpha_t, the exponent of the target of token t (from 0): rising linearly from 1 over the first `tokens`
+    (alpha_(tokens-1) = alpha), then alpha (0 tokens: alpha from the first)."""
+    return alpha if t + 1 >= tokens else 1.0 + (alpha - 1.0) * (t + 1) / tokens
+
+
+def systematic(weights: Tensor, u: Tensor) -> Tensor:
+    """Systematic resampling of each row of `weights` [A, N] (normalised), with one uniform u [A] per row.
+    -> [A, N] the ancestor of each new particle: particle i is copied about N w_i times, at least floor(N w_i),
+    at most that plus one; a zero weight is never copied."""
+    N = weights.shape[1]
+    positions = (u[:, None] + torch.arange(N, dtype=weights.dtype, device=weights.device)) / N  # [A, N]
+    cdf = weights.cumsum(-1)  # [A, N]
+    cdf[:, -1] = 1.0  # rounding must not leave the last position without an ancestor
+    return torch.searchsorted(cdf, positions, right=True).clamp_(max=N - 1)
+
+
+def effective_sample_size(log_w: Tensor) -> Tensor:
+    """[A, N] log weights -> [A] (sum w)^2 / sum w^2, between 1 and N."""
+    weights = torch.softmax(log_w, dim=-1)
+    return 1.0 / weights.square().sum(-1)
+
+
+def _smc(model, tokenizer, answers: list[list[int]], settings: SamplingSettings) -> Rollouts:
+    """One answer for each prompt of `answers` (a prompt per answer), N particles each."""
+    power, L = settings.power, settings.max_new_tokens
+    N, alpha, A = power.particles, power.alpha, len(answers)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    decode, logits = start_decode(model, tokenizer, per_sample(answers, N), L)  # [A N, V], rows grouped by answer
+    stops = torch.tensor(stop_token_ids(model, tokenizer, settings), dtype=torch.long, device=device)
+
+    # Every answer's state, by particle (row r = answer r // N): what is returned.
+    R = A * N
+    tokens = torch.full((R, L), pad, dtype=torch.long, device=device)  # [R, L]
+    logps = torch.zeros(R, L, dtype=torch.float32, device=device)  # [R, L] log p_base of each token drawn
+    lengths = torch.full((R,), L, dtype=torch.long, device=device)  # [R]
+    ended = torch.zeros(R, dtype=torch.bool, device=device)  # [R] by a stop id
+    log_w = torch.zeros(A, N, dtype=torch.float64, device=device)  # [A, N] since the last resampling
+    log_p = torch.zeros(R, dtype=torch.float64, device=device)  # [R] log p_base(y_<t) of each particle
+    cost = torch.zeros(A, dtype=torch.long, device=device)  # [A] tokens drawn by the answer's particles
+    resamples = torch.zeros(A, dtype=torch.long, device=device)  # [A]
+    trace = torch.zeros(A, L, dtype=torch.float32, device=device)  # [A, L] ESS at each step, before resampling
+    # The decode batch: whole answers, `batch` [a] holding the answers still in it, in cache order.
+    batch = torch.arange(A, device=device)  # [a]
+    previous = ramp(0, alpha, power.ramp_tokens) if power.ramp_tokens else alpha
+
+    for t in range(L):
+        rows = (batch[:, None] * N + torch.arange(N, device=device)).flatten()  # [a N] the particles in the batch
+        a_t = ramp(t, alpha, power.ramp_tokens)
+        live = ~ended[rows]  # [a N] not yet ended
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # [a N, V] p_base at temperature 1
+        # the target moves from p^a_(t-1) to p^a_t: every prefix (an ended answer too) gains p(y_<t)^(a_t - a_(t-1))
+        step = (a_t - previous) * log_p[rows]  # [a N]
+        previous = a_t
+        log_z = torch.logsumexp(a_t * log_probs.double(), dim=-1)  # [a N] log sum_v p(v | y_<t)^a_t
+        step = step + torch.where(live, log_z, 0.0)
+        log_w[batch] += step.view(-1, N)
+
+        # resample the answers whose particles have too few effective ones left
+        ess = effective_sample_size(log_w[batch])  # [a]
+        trace[batch, t] = ess.float()
+        low = ess < power.ess_threshold * N  # [a]
+        if bool(low.any()):
+            ancestors = systematic(torch.softmax(log_w[batch], -1), torch.rand(len(batch), dtype=torch.float64,
+                                                                               device=device))  # [a, N]
+            within = torch.where(low[:, None], ancestors, torch.arange(N, device=device))  # [a, N]
+            position = (torch.arange(len(batch), device=device)[:, None] * N + within).flatten()  # [a N] in batch
+            source = rows[position]  # [a N] the particle each one becomes
+            tokens[rows], logps[rows], lengths[rows] = tokens[source], logps[source], lengths[source]
+            ended[rows], log_p[rows] = ended[source], log_p[source]
+            decode.keep(position)
+            logits, log_probs, live, log_z = logits[position], log_probs[position], live[position], log_z[position]
+            log_w[batch[low]] = 0.0
+            resamples[batch[low]] += 1
+
+        # draw from the proposal: p^a_t / Z, or the base at --proposal-temperature
+        temperature = power.proposal_temperature or 1.0 / a_t
+        log_q = torch.log_softmax(log_probs / temperature, dim=-1)  # [a N, V]
+        token = draw(log_q.exp())  # [a N]
+        token = torch.where(live, token, torch.full_like(token, pad))
+        drawn_logp = log_probs.gather(-1, token[:, None]).squeeze(-1)  # [a N]
+        if power.proposal_temperature:  # not the power proposal: the draw's own weight, Z already applied
+            residual = a_t * drawn_logp.double() - log_q.gather(-1, token[:, None]).squeeze(-1).double() - log_z
+            log_w[batch] += torch.where(live, residual, 0.0).view(-1, N)
+        tokens[rows, t] = token
+        logps[rows, t] = torch.where(live, drawn_logp, 0.0)
+        log_p[rows] += torch.where(live, drawn_logp.double(), 0.0)
+        cost[batch] += live.view(-1, N).sum(-1)
+        hit = live & torch.isin(token, stops)  # [a N]
+        ended[rows[hit]] = True
+        lengths[rows[hit]] = t + 1
+        finished = (~(live & ~hit)).view(-1, N).all(-1)  # [a] every particle of the answer has ended
+        if bool(finished.all()) or t + 1 == L:
+            break
+        if int(finished.sum()) >= max(1, COMPACT_FRACTION * len(batch)):
+            keep = (~finished).nonzero().squeeze(-1)  # [a'] answers still decoding
+            position = (keep[:, None] * N + torch.arange(N, device=device)).flatten()  # [a' N]
+            decode.keep(position)
+            batch, token = batch[keep], token[position]
+        logits = decode.step(token, t)
+
+    # the final weights are those of p_base^alpha (a particle that ended while the ramp rose catches up)
+    log_w += ((alpha - previous) * log_p).view(A, N)
+    weights = torch.softmax(log_w, dim=-1)  # [A, N]
+    chosen = torch.multinomial(weights, 1).squeeze(-1)  # [A]
+    picked = torch.arange(A, device=device) * N + chosen  # [A]
+    width = max(1, int(lengths[picked].max()))
+    mask = (torch.arange(width, device=device)[None, :] < lengths[picked][:, None]).long()  # [A, L']
+    completion = tokens[picked, :width].masked_fill(mask == 0, pad)
+    steps = (trace > 0).sum(-1).clamp_min(1)  # [A] steps the answer's particles took
+    return Rollouts(decode.prompt_ids[picked], decode.prompt_mask[picked], completion, mask,
+                    group_ids_of(A, 1, device), ~ended[picked], logps[picked, :width] * mask,
+                    torch.ones(A, device=device),  # not drawn at one temperature: resampled
+                    sampled_tokens=cost, ess=1.0 / weights.square().sum(-1), resamples=resamples,
+                    ess_trace=trace[:, :int(steps.max())])
