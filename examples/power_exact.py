@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -161,13 +162,24 @@ def train_policy(case, root: Path, steps: int, seed: int) -> tuple:
     return run.model, tokens
 
 
-def report(results: list[dict]) -> str:
+def machine() -> dict:
+    """Where it ran: the same seed gives other draws on another CPU."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "") if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
+
+
+def report(results: list[dict], measured_on: dict | None = None) -> str:
     lines = ["# p_base^alpha four ways, exactly", "",
              "Total variation (TV) between the answers drawn and p_alpha, computed exactly on the exact study's "
              "problems (examples/exact_alpha.py), against the tokens sampled per answer at inference. "
              f"Each TV is over {results[0]['answers']} answers per prompt, averaged over the 2 prompts; the noise "
              "floor is the TV of as many draws from p_alpha itself. 'exact' is the TV of the distribution itself, "
-             "where it can be computed. Command: `python examples/power_exact.py`.", ""]
+             "where it can be computed. Sequential Monte Carlo resamples at ESS < 0.5 N without a ramp unless the "
+             "row says otherwise; its tokens are those its particles drew (an ended particle draws no more). "
+             "Command: `python examples/power_exact.py`." + (
+                 f" Measured on {measured_on['cpu']} ({measured_on['cores']} cores, torch {measured_on['torch']})."
+                 if measured_on else ""), ""]
     for result in results:
         lines += [f"## alpha {result['alpha']}, {result['regime']} length, base {result['base']} "
                   f"({result['completions']} completions per prompt; noise floor {result['noise_floor']:.3f})", "",
@@ -234,8 +246,9 @@ def main() -> None:
                 print(f"alpha {key[0]}, {key[1]}, base {key[2]}", file=sys.stderr, flush=True)
                 part.write_text(json.dumps(study_problem(key, root, answers, steps, args.seed), indent=1))
             results.append(json.loads(part.read_text()))
-        (out / "power_exact.json").write_text(json.dumps({"results": results, "seed": args.seed}, indent=1) + "\n")
-    text = report(results)
+        (out / "power_exact.json").write_text(json.dumps({"results": results, "seed": args.seed,
+                                                          "machine": machine()}, indent=1) + "\n")
+    text = report(results, json.loads((out / "power_exact.json").read_text()).get("machine"))
     (out / "power_exact.md").write_text(text)
     plot(results, out / "power_exact.png")
     print(text)
