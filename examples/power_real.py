@@ -11,7 +11,8 @@ answers each problem k times at the same eval seed; accuracy is graded with math
 * the base at temperature 1, at 1/alpha, and at each temperature of a small grid (the best is reported);
 * importance resampling towards p_base^4 (`--sampler power-resample`) with N = 4 and 16 proposals per answer;
 * block-wise Metropolis-Hastings towards p_base^4 (`--sampler power-mcmc`) at its defaults;
-* sequential Monte Carlo towards p_base^4 (`--sampler power-smc`) with N = 4, 8 and 16 particles per answer;
+* sequential Monte Carlo towards p_base^4 (`--sampler power-smc`) with N = 4, 8 and 16 particles per answer,
+  and at N = 8 with the exponent ramped over the first 16 tokens;
 * the sampler distilled: the adapter fine-tuned by maximum likelihood on power-smc's answers (N = 4) to the
   training prompts, as many sampled tokens as the demo recipe's PowerFlow run of the same seed spent, with that
   recipe's LoRA, optimiser, learning rate and 8 steps (each over all the answers);
@@ -71,6 +72,7 @@ RECIPES = {  # row name: (name of its parts, the tasks it trains on together or 
 }
 TEMPERATURES = (1.0, 0.7, 0.5, 0.25, 0.1)
 PARTICLES = (4, 8, 16)  # power-smc's N
+RAMP = 16  # power-smc's --alpha-ramp-tokens in its one row with a ramp: a third of the longest answer
 DISTILL_PARTICLES = 4  # the distilled sampler's N: more answers for the same tokens than at 8 or 16
 DISTILLED = f"power-smc (N = {DISTILL_PARTICLES}) distilled by maximum likelihood, demo recipe's budget"
 POWER_ALPHA = 4.0  # the power samplers' target, and the alpha PowerFlow trains at
@@ -213,6 +215,8 @@ class Study:
             for n in PARTICLES:
                 add(f"sequential Monte Carlo, N = {n}", task, lambda: [
                     self.evaluate(f"smc-N{n}", task, sampler="power-smc", particles=n)])
+            add(f"sequential Monte Carlo, N = 8, exponent ramped over {RAMP} tokens", task, lambda: [
+                self.evaluate(f"smc-N8-ramp{RAMP}", task, sampler="power-smc", particles=8, alpha_ramp_tokens=RAMP)])
         for name, (recipe, trained_on, settings) in self.recipes.items():
             groups = [tuple(self.tasks)] if trained_on == "together" else [(t,) for t in trained_on if t in self.tasks]
             for group in groups:
@@ -308,7 +312,8 @@ def report(result: dict) -> str:
              "over seeds first; 'seed sd' is the spread of avg@k over seeds). Tokens per answer count everything "
              "sampled to produce an answer at inference (every proposal, chain step or particle); seconds per answer "
              "are the evaluation's wall time over its answers, model load and grading included. Sequential Monte "
-             "Carlo (`--sampler power-smc`) resamples at its default threshold (0.5) without a ramp. The distilled "
+             "Carlo (`--sampler power-smc`) resamples at its default threshold (0.5), without a ramp unless the row "
+             "says so. The distilled "
              f"row fine-tunes the adapter by maximum likelihood on power-smc's answers (N = {DISTILL_PARTICLES}) to "
              "the three tasks' training prompts, as many sampled tokens as the demo recipe's PowerFlow run spent, "
              "with that recipe's LoRA, optimiser, learning rate and 8 steps (each over all its answers); its "

@@ -1,6 +1,6 @@
 """Are `powerflow preview`'s estimates right? Against p_alpha computed exactly, on problems small enough to enumerate.
 
-    python examples/preview_exact.py            # about 3 minutes on 2 CPU cores
+    python examples/preview_exact.py            # about 6 minutes on 2 CPU cores
     python examples/preview_exact.py --report   # re-render the table from the JSON
 
 A tiny random Qwen2 over 8 tokens (the digits 0-4, EOS and two other special tokens) answers 4 prompts with at
@@ -13,6 +13,10 @@ estimates, for each alpha, the mean length, the share cut at the limit, the base
 weight on the most common answer (completions read as numbers by math-verify, "012" and "12" one answer). The
 table gives the absolute error of each against the exact value, the mean over SEEDS independent previews
 (± the standard deviation over those seeds), against N.
+
+Beside it, the same estimates from sequential Monte Carlo (`--sampler power-smc`'s particles with their final
+weights), which serve one alpha each: N/5 particles for each of the 5 alphas, so about the preview's N
+completions in all. Does a particle set's weighting beat the preview's reweighting of one shared sample?
 
 Writes OUT (default examples/results): preview_exact.md and preview_exact.json.
 """
@@ -31,8 +35,9 @@ from powerflow_lite import exact
 from powerflow_lite.config import matched_temperatures
 from powerflow_lite.metrics import mean, std
 from powerflow_lite.model import load_base_model, load_tokenizer
-from powerflow_lite.preview import cluster_answers, draw_samples, estimates
-from powerflow_lite.samplers.rollouts import SamplingSettings, eos_token_ids
+from powerflow_lite.preview import Samples, cluster_answers, draw_samples, estimates
+from powerflow_lite.samplers.rollouts import PowerSettings, SamplingSettings, eos_token_ids
+from powerflow_lite.samplers.smc import particles
 from powerflow_lite.tasks.math import parse_answer
 from powerflow_lite.tiny import write_tiny_model
 
@@ -83,8 +88,34 @@ def preview_figures(model, tokenizer, prompt_ids, stop_ids, candidates: int, see
     samples = draw_samples(model, tokenizer, prompt_ids, candidates, TEMPERATURES, settings)
     clusters = torch.tensor([cluster_answers([parse_answer(t, ended=not bool(c)) for t, c in zip(texts, cut)])
                              for texts, cut in zip(samples.texts, samples.truncated)])
-    return {alpha: estimates(samples, alpha, clusters, generator=torch.Generator().manual_seed(seed))
-            for alpha in ALPHAS}
+    tokens = float(samples.lengths.sum(-1).mean())  # drawn per prompt, shared by every alpha
+    return {alpha: {**estimates(samples, alpha, clusters, generator=torch.Generator().manual_seed(seed)),
+                    "tokens": tokens} for alpha in ALPHAS}
+
+
+def smc_figures(model, tokenizer, prompt_ids, stop_ids, candidates: int, seed: int) -> dict:
+    """alpha -> the same estimates from sequential Monte Carlo: N / len(ALPHAS) particles per prompt for that
+    alpha, weighted by their final weights (log q is set so that p_base^alpha / q is that weight), and the
+    tokens they drew per prompt."""
+    torch.manual_seed(seed)
+    n = max(1, candidates // len(ALPHAS))
+    figures = {}
+    for alpha in ALPHAS:
+        settings = SamplingSettings(MAX_NEW_TOKENS, ignore_eos=not stop_ids, stop_ids=stop_ids,
+                                    power=PowerSettings(alpha, particles=n))
+        population, log_w = particles(model, tokenizer, prompt_ids, settings)  # [P n] rows, [P, n]
+        mask = population.completion_mask
+        log_p = (population.sampled_logps * mask).sum(-1).double().view(len(prompt_ids), n)  # [P, n]
+        texts = tokenizer.batch_decode(population.completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id),
+                                       skip_special_tokens=True)
+        samples = Samples(log_p, alpha * log_p - log_w, mask.sum(-1).double().view(len(prompt_ids), n),
+                          population.truncated.view(len(prompt_ids), n),
+                          [texts[p * n:(p + 1) * n] for p in range(len(prompt_ids))])
+        clusters = torch.tensor([cluster_answers([parse_answer(t, ended=not bool(c)) for t, c in zip(row, cut)])
+                                 for row, cut in zip(samples.texts, samples.truncated)])
+        figures[alpha] = {**estimates(samples, alpha, clusters, generator=torch.Generator().manual_seed(seed)),
+                          "tokens": float(population.sampled_tokens.view(len(prompt_ids), n)[:, 0].double().mean())}
+    return figures
 
 
 def study() -> dict:
@@ -97,11 +128,17 @@ def study() -> dict:
             for n in CANDIDATES:
                 started = time.perf_counter()
                 runs = [preview_figures(model, tokenizer, prompt_ids, stop_ids, n, seed) for seed in SEEDS]
+                smc = [smc_figures(model, tokenizer, prompt_ids, stop_ids, n, seed) for seed in SEEDS]
                 for alpha in ALPHAS:
-                    row = {"alpha": alpha, "candidates": n, "ess": mean([r[alpha]["ess"] for r in runs])}
+                    row = {"alpha": alpha, "candidates": n, "ess": mean([r[alpha]["ess"] for r in runs]),
+                           "tokens": mean([r[alpha]["tokens"] for r in runs]),
+                           "smc": {"particles": max(1, n // len(ALPHAS)),
+                                   "tokens": mean([r[alpha]["tokens"] for r in smc])}}
                     for key in FIGURES:
                         errors = [abs(r[alpha][key] - truth[alpha][key]) for r in runs]
                         row[key] = {"error": mean(errors), "error_sd": std(errors)}
+                        errors = [abs(r[alpha][key] - truth[alpha][key]) for r in smc]
+                        row["smc"][key] = {"error": mean(errors), "error_sd": std(errors)}
                     rows.append(row)
                 print(f"{regime}, N = {n}: {time.perf_counter() - started:.1f} s", flush=True)
             result["regimes"][regime] = {"exact": {f"{a:g}": truth[a] for a in ALPHAS}, "rows": rows,
@@ -132,6 +169,16 @@ def report(result: dict) -> str:
         for row in found["rows"]:
             cells = " | ".join(f"{row[key]['error']:.3f} ± {row[key]['error_sd']:.3f}" for key in FIGURES)
             lines.append(f"| {row['alpha']:g} | {row['candidates']} | {row['ess']:.1f} | {cells} |")
+        lines += ["", "The same estimates from sequential Monte Carlo, N/5 particles per alpha (preview / SMC):", "",
+                  "| alpha | N | tokens per prompt | length | base log-prob / token | modal-answer share |",
+                  "|---|---|---|---|---|---|"]
+        for row in found["rows"]:
+            if "smc" not in row:
+                continue
+            cells = " | ".join(f"{row[key]['error']:.3f} / {row['smc'][key]['error']:.3f}"
+                               for key in ("length_mean", "base_logp_per_token", "modal_share"))
+            lines.append(f"| {row['alpha']:g} | {row['candidates']} | {row['tokens']:.0f} / "
+                         f"{row['smc']['tokens']:.0f} | {cells} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -84,7 +84,24 @@ def effective_sample_size(log_w: Tensor) -> Tensor:
 
 
 def _smc(model, tokenizer, answers: list[list[int]], settings: SamplingSettings) -> Rollouts:
-    """One answer for each prompt of `answers` (a prompt per answer), N particles each."""
+    """One answer for each prompt of `answers` (a prompt per answer): one of its N particles, chosen by weight."""
+    population, log_w = particles(model, tokenizer, answers, settings)  # [A N] rows, [A, N]
+    A, N = log_w.shape
+    weights = torch.softmax(log_w, dim=-1)  # [A, N]
+    chosen = torch.multinomial(weights, 1).squeeze(-1)  # [A]
+    picked = population.select(torch.arange(A, device=chosen.device) * N + chosen)
+    width = max(1, int(picked.lengths.max()))
+    return Rollouts(picked.prompt_ids, picked.prompt_mask, picked.completion_ids[:, :width],
+                    picked.completion_mask[:, :width], group_ids_of(A, 1, chosen.device), picked.truncated,
+                    picked.sampled_logps[:, :width], picked.temperature,
+                    sampled_tokens=picked.sampled_tokens, ess=1.0 / weights.square().sum(-1),
+                    resamples=picked.resamples, ess_trace=picked.ess_trace)
+
+
+def particles(model, tokenizer, answers: list[list[int]], settings: SamplingSettings) -> tuple[Rollouts, Tensor]:
+    """N particles for each prompt of `answers` (a prompt per answer), advanced to the end.  -> every particle
+    [A N] (rows grouped by answer; its answer's cost, resamplings and ESS trace on each) and their final log
+    weights toward p_base^alpha [A, N] (float64): sum_i w_i f(y_i) / sum_i w_i estimates f's mean under it."""
     power, L = settings.power, settings.max_new_tokens
     N, alpha, A = power.particles, power.alpha, len(answers)
     device = next(model.parameters()).device
@@ -164,15 +181,11 @@ def _smc(model, tokenizer, answers: list[list[int]], settings: SamplingSettings)
 
     # the final weights are those of p_base^alpha (a particle that ended while the ramp rose catches up)
     log_w += ((alpha - previous) * log_p).view(A, N)
-    weights = torch.softmax(log_w, dim=-1)  # [A, N]
-    chosen = torch.multinomial(weights, 1).squeeze(-1)  # [A]
-    picked = torch.arange(A, device=device) * N + chosen  # [A]
-    width = max(1, int(lengths[picked].max()))
-    mask = (torch.arange(width, device=device)[None, :] < lengths[picked][:, None]).long()  # [A, L']
-    completion = tokens[picked, :width].masked_fill(mask == 0, pad)
-    steps = (trace > 0).sum(-1).clamp_min(1)  # [A] steps the answer's particles took
-    return Rollouts(decode.prompt_ids[picked], decode.prompt_mask[picked], completion, mask,
-                    group_ids_of(A, 1, device), ~ended[picked], logps[picked, :width] * mask,
-                    torch.ones(A, device=device),  # not drawn at one temperature: resampled
-                    sampled_tokens=cost, ess=1.0 / weights.square().sum(-1), resamples=resamples,
-                    ess_trace=trace[:, :int(steps.max())])
+    width = max(1, int(lengths.max()))
+    mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()  # [R, L']
+    steps = int((trace > 0).sum(-1).max())  # the most steps an answer's particles took
+    each = torch.arange(A, device=device).repeat_interleave(N)  # [R] the answer of each particle
+    return Rollouts(decode.prompt_ids, decode.prompt_mask, tokens[:, :width].masked_fill(mask == 0, pad), mask,
+                    each, ~ended, logps[:, :width] * mask,
+                    torch.ones(R, device=device),  # not drawn at one temperature: resampled
+                    sampled_tokens=cost[each], resamples=resamples[each], ess_trace=trace[each, :max(1, steps)]), log_w
