@@ -11,7 +11,8 @@ step is p(v)^alpha / q(v) = Z(y_<t) = sum_v p(v | y_<t)^alpha, whatever token is
 drawn; so it is applied before the draw, and when the effective sample size of
 an answer's particles falls below --ess-threshold x N they are resampled
 (systematic resampling, their cache rows reordered with them) and then draw.
-A particle that has ended (EOS) keeps its weight and stays in the population. At
+A particle that has ended (EOS) keeps its weight and stays in the population (a
+copy of it is ended too); its cache row leaves the decode batch. At
 the end one particle is returned, chosen by its weight: as N grows its
 distribution tends to p_base^alpha over whole sequences (a truncated answer
 counts with its prefix's probability, as in the other power samplers).
@@ -41,7 +42,7 @@ from .rollouts import Rollouts, SamplingSettings, group_ids_of, per_sample, stop
 from .static import draw, start_decode
 
 ROWS_PER_CALL = 256  # particles decoded together
-COMPACT_FRACTION = 0.25  # drop the answers whose particles have all ended once they are this share of the batch
+COMPACT_FRACTION = 0.25  # drop the ended particles from the decode batch once they are this share of it
 
 
 @torch.no_grad()
@@ -115,68 +116,72 @@ def particles(model, tokenizer, answers: list[list[int]], settings: SamplingSett
     logps = torch.zeros(R, L, dtype=torch.float32, device=device)  # [R, L] log p_base of each token drawn
     lengths = torch.full((R,), L, dtype=torch.long, device=device)  # [R]
     ended = torch.zeros(R, dtype=torch.bool, device=device)  # [R] by a stop id
-    log_w = torch.zeros(A, N, dtype=torch.float64, device=device)  # [A, N] since the last resampling
+    log_w = torch.zeros(A, N, dtype=torch.float64, device=device)  # [A, N] since the answer's last resampling
     log_p = torch.zeros(R, dtype=torch.float64, device=device)  # [R] log p_base(y_<t) of each particle
     cost = torch.zeros(A, dtype=torch.long, device=device)  # [A] tokens drawn by the answer's particles
     resamples = torch.zeros(A, dtype=torch.long, device=device)  # [A]
     trace = torch.zeros(A, L, dtype=torch.float32, device=device)  # [A, L] ESS at each step, before resampling
-    # The decode batch: whole answers, `batch` [a] holding the answers still in it, in cache order.
-    batch = torch.arange(A, device=device)  # [a]
+    # The decode batch: `cached` [n] the particles whose rows the cache holds, in cache order (every running
+    # particle; an ended one until the next compaction), `logits` [n, V] their next token's.
+    cached = torch.arange(R, device=device)  # [n]
     previous = ramp(0, alpha, power.ramp_tokens) if power.ramp_tokens else alpha
 
     for t in range(L):
-        rows = (batch[:, None] * N + torch.arange(N, device=device)).flatten()  # [a N] the particles in the batch
         a_t = ramp(t, alpha, power.ramp_tokens)
-        live = ~ended[rows]  # [a N] not yet ended
-        log_probs = torch.log_softmax(logits.float(), dim=-1)  # [a N, V] p_base at temperature 1
+        running = ~ended[cached]  # [n]
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # [n, V] p_base at temperature 1
         # the target moves from p^a_(t-1) to p^a_t: every prefix (an ended answer too) gains p(y_<t)^(a_t - a_(t-1))
-        step = (a_t - previous) * log_p[rows]  # [a N]
+        log_w += ((a_t - previous) * log_p).view(A, N)
         previous = a_t
-        log_z = torch.logsumexp(a_t * log_probs.double(), dim=-1)  # [a N] log sum_v p(v | y_<t)^a_t
-        step = step + torch.where(live, log_z, 0.0)
-        log_w[batch] += step.view(-1, N)
+        log_z = torch.logsumexp(a_t * log_probs.double(), dim=-1)  # [n] log sum_v p(v | y_<t)^a_t
+        log_w.view(-1).index_add_(0, cached, torch.where(running, log_z, 0.0))
 
-        # resample the answers whose particles have too few effective ones left
-        ess = effective_sample_size(log_w[batch])  # [a]
-        trace[batch, t] = ess.float()
-        low = ess < power.ess_threshold * N  # [a]
+        # resample the answers still running whose particles have too few effective ones left
+        open_ = ~ended.view(A, N).all(-1)  # [A]
+        ess = effective_sample_size(log_w)  # [A]
+        trace[:, t] = torch.where(open_, ess, 0.0).float()
+        low = open_ & (ess < power.ess_threshold * N)  # [A]
         if bool(low.any()):
-            ancestors = systematic(torch.softmax(log_w[batch], -1), torch.rand(len(batch), dtype=torch.float64,
-                                                                               device=device))  # [a, N]
-            within = torch.where(low[:, None], ancestors, torch.arange(N, device=device))  # [a, N]
-            position = (torch.arange(len(batch), device=device)[:, None] * N + within).flatten()  # [a N] in batch
-            source = rows[position]  # [a N] the particle each one becomes
-            tokens[rows], logps[rows], lengths[rows] = tokens[source], logps[source], lengths[source]
-            ended[rows], log_p[rows] = ended[source], log_p[source]
+            ancestors = systematic(torch.softmax(log_w[low], -1), torch.rand(int(low.sum()), dtype=torch.float64,
+                                                                              device=device))  # [l, N]
+            source = torch.arange(R, device=device).view(A, N)  # [A, N] the particle each one becomes
+            source[low] = low.nonzero() * N + ancestors
+            source = source.flatten()  # [R]
+            tokens, logps, lengths, ended, log_p = (tokens[source], logps[source], lengths[source], ended[source],
+                                                    log_p[source])
+            log_w[low] = 0.0
+            resamples[low] += 1
+            # the cache keeps one row per running particle, its ancestor's (ended particles' rows leave it)
+            slot = torch.full((R,), -1, dtype=torch.long, device=device)
+            slot[cached] = torch.arange(len(cached), device=device)
+            cached = (~ended).nonzero().squeeze(-1)  # [n']
+            position = slot[source[cached]]  # [n'] a running particle's ancestor was running: it has a row
             decode.keep(position)
-            logits, log_probs, live, log_z = logits[position], log_probs[position], live[position], log_z[position]
-            log_w[batch[low]] = 0.0
-            resamples[batch[low]] += 1
+            logits, log_probs, log_z = logits[position], log_probs[position], log_z[position]
+            running = torch.ones(len(cached), dtype=torch.bool, device=device)
 
         # draw from the proposal: p^a_t / Z, or the base at --proposal-temperature
         temperature = power.proposal_temperature or 1.0 / a_t
-        log_q = torch.log_softmax(log_probs / temperature, dim=-1)  # [a N, V]
-        token = draw(log_q.exp())  # [a N]
-        token = torch.where(live, token, torch.full_like(token, pad))
-        drawn_logp = log_probs.gather(-1, token[:, None]).squeeze(-1)  # [a N]
+        log_q = torch.log_softmax(log_probs / temperature, dim=-1)  # [n, V]
+        token = torch.where(running, draw(log_q.exp()), pad)  # [n]
+        drawn_logp = torch.where(running, log_probs.gather(-1, token[:, None]).squeeze(-1), 0.0)  # [n]
         if power.proposal_temperature:  # not the power proposal: the draw's own weight, Z already applied
             residual = a_t * drawn_logp.double() - log_q.gather(-1, token[:, None]).squeeze(-1).double() - log_z
-            log_w[batch] += torch.where(live, residual, 0.0).view(-1, N)
-        tokens[rows, t] = token
-        logps[rows, t] = torch.where(live, drawn_logp, 0.0)
-        log_p[rows] += torch.where(live, drawn_logp.double(), 0.0)
-        cost[batch] += live.view(-1, N).sum(-1)
-        hit = live & torch.isin(token, stops)  # [a N]
-        ended[rows[hit]] = True
-        lengths[rows[hit]] = t + 1
-        finished = (~(live & ~hit)).view(-1, N).all(-1)  # [a] every particle of the answer has ended
-        if bool(finished.all()) or t + 1 == L:
+            log_w.view(-1).index_add_(0, cached, torch.where(running, residual, 0.0))
+        tokens[cached, t] = token
+        logps[cached, t] = drawn_logp
+        log_p[cached] += drawn_logp.double()
+        cost.index_add_(0, cached[running] // N, torch.ones_like(cached[running]))
+        hit = running & torch.isin(token, stops)  # [n]
+        ended[cached[hit]] = True
+        lengths[cached[hit]] = t + 1
+        running &= ~hit
+        if not bool(running.any()) or t + 1 == L:
             break
-        if int(finished.sum()) >= max(1, COMPACT_FRACTION * len(batch)):
-            keep = (~finished).nonzero().squeeze(-1)  # [a'] answers still decoding
-            position = (keep[:, None] * N + torch.arange(N, device=device)).flatten()  # [a' N]
-            decode.keep(position)
-            batch, token = batch[keep], token[position]
+        if int((~running).sum()) >= max(1, COMPACT_FRACTION * len(cached)):  # ended rows leave the batch
+            keep = running.nonzero().squeeze(-1)  # [n'] positions in the batch still running
+            decode.keep(keep)
+            cached, token = cached[keep], token[keep]
         logits = decode.step(token, t)
 
     # the final weights are those of p_base^alpha (a particle that ended while the ramp rose catches up)
