@@ -364,7 +364,8 @@ def plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4.5), squeeze=False)
     for ax, (task, tab) in zip(axes[0], tables.items()):
         for name, row in tab["rows"].items():
-            marker = "o" if name.startswith("base") else "s" if name.startswith(("importance", "Metropolis")) else "*"
+            sampler = name.startswith(("importance", "Metropolis", "sequential"))
+            marker = "o" if name.startswith("base") else "s" if sampler else "*"
             ax.errorbar(row["tokens_per_answer"], 100 * row["avg_at_k"], color=colours[name],
                         yerr=100 * row["vs base T=1"]["avg_at_k"]["stderr"], fmt=marker, capsize=2, label=name)
         ax.set_xscale("log")

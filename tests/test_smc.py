@@ -11,11 +11,11 @@ import torch
 from helpers import one_error_line, run_cli
 
 from powerflow_lite import exact
-from powerflow_lite.logprobs import score
+from powerflow_lite.logprobs import completion_logprobs, score
 from powerflow_lite.model import load_base_model, load_tokenizer
 from powerflow_lite.samplers import SAMPLERS
 from powerflow_lite.samplers.rollouts import PowerSettings, SamplingSettings
-from powerflow_lite.samplers.smc import effective_sample_size, ramp, systematic
+from powerflow_lite.samplers.smc import effective_sample_size, particles, ramp, systematic
 from powerflow_lite.tiny import write_tiny_model
 
 ALPHA, LENGTH = 4.0, 2
@@ -93,6 +93,20 @@ def test_with_eos_the_answers_are_whole_sequences_of_p_base_to_the_alpha(toy, po
     assert 0.9 < target[short].sum() < 0.99 and distance(toy, eos=True, answers=1000, particles=1)[0] > 0.5
     assert tv < 0.03 and abs(float(shares[short].sum() - target[short].sum())) < 0.01
     assert (rollouts.sampled_tokens >= 32).all() and (rollouts.sampled_tokens <= 64).all()
+
+
+def test_without_resampling_the_weights_are_p_base_to_the_alpha_over_the_proposal(toy):
+    # Never resampled (threshold 1e-9), a particle's log weight is the sum of its steps' log Z_t; by the algebra of
+    # the power proposal q = p^alpha / Z that is alpha log p_base(y) - log q(y) exactly, q the base at 1/alpha,
+    # here scored afresh over the whole completion (with EOS, so the ended particles stop adding)
+    model, tokenizer, prompt, _, _ = toy
+    torch.manual_seed(3)
+    settings = SamplingSettings(5, power=PowerSettings(ALPHA, particles=6, ess_threshold=1e-9))
+    population, log_w = particles(model, tokenizer, [prompt, prompt], settings)
+    assert population.resamples.sum() == 0 and population.lengths.min() < 5  # some ended early
+    log_p = completion_logprobs(model, population)[0].sum(-1).double()
+    log_q = completion_logprobs(model, population, temperature=1 / ALPHA)[0].sum(-1).double()
+    torch.testing.assert_close(log_w.flatten(), ALPHA * log_p - log_q, rtol=0, atol=1e-4)
 
 
 def test_resampling_moves_each_particles_cache_with_it(toy):
