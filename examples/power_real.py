@@ -338,17 +338,24 @@ def report(result: dict) -> str:
         samplers = [name for name in tab["rows"] if name.startswith(("importance", "Metropolis", "sequential"))]
         best = max(samplers, key=lambda name: tab["rows"][name]["avg_at_k"])
         per_answer = tab["rows"][best]["eval_seconds"] / answers
+        tempered = tab["rows"][f"base, temperature {1 / settings['power_alpha']:g}"]["avg_at_k_per_problem"]
         for name, row in tab["rows"].items():
-            if "vs base T=1/alpha" in row:
-                a, b = row["vs base T=1/alpha"]["avg_at_k"], row["vs best temperature"]["avg_at_k"]
-                c = paired(row["avg_at_k_per_problem"], tab["rows"][best]["avg_at_k_per_problem"])
+            if "training_seconds" in row:  # trained: against the free ways to sample p_base^alpha
+                a, b, c = (paired(row["avg_at_k_per_problem"], other) for other in (
+                    tempered, tab["rows"][tab["best_temperature"]]["avg_at_k_per_problem"],
+                    tab["rows"][best]["avg_at_k_per_problem"]))
                 saved = per_answer - row["eval_seconds"] / answers  # seconds each answer costs less than best's
                 repaid = (f"its training seconds are repaid after {row['training_seconds'] / saved:.0f} answers"
                           if saved > 0 else "it is not cheaper per answer")
+                same = ""
+                if name == DISTILLED and next(iter(RECIPES)) in tab["rows"]:  # the same sampled tokens, by LA-TB
+                    d = paired(row["avg_at_k_per_problem"], tab["rows"][next(iter(RECIPES))]["avg_at_k_per_problem"])
+                    same = (f", {100 * d['mean']:+.1f} ± {100 * d['stderr']:.1f} against PowerFlow's demo recipe at "
+                            "the same sampled tokens")
                 lines.append(f"* {name}: avg@k {100 * a['mean']:+.1f} ± {100 * a['stderr']:.1f} points against the "
                              f"base at temperature 1/alpha, {100 * b['mean']:+.1f} ± {100 * b['stderr']:.1f} against "
                              f"the best temperature, {100 * c['mean']:+.1f} ± {100 * c['stderr']:.1f} against the best "
-                             f"power sampler ({best}); {repaid}.")
+                             f"power sampler ({best}){same}; {repaid}.")
         lines.append("")
     machines = {json.dumps(row.get("machine"), sort_keys=True) for tab in result["tables"].values()
                 for row in tab["rows"].values()}
