@@ -38,7 +38,7 @@ def test_every_documented_flag_exists():
     flags |= {"--dry-run", "--rehearse", "--prompt-tokens"}  # train's CLI-only flags (cli.DRY_RUN, cli.REHEARSE, ...)
     flags |= {"--nproc-per-node", "--num-processes", "--multi-gpu"}  # torchrun's and accelerate launch's
     flags |= {"--logdir", "--no-x"}  # tensorboard's; design.md's name for the off switch of any on/off option --x
-    for script in ("exact_alpha.py", "real_model.py"):
+    for script in ("exact_alpha.py", "real_model.py", "power_real.py"):
         flags |= set(re.findall(r'add_argument\("(--[a-z-]+)"', (ROOT / "examples" / script).read_text()))
     text = re.sub(r"\]\([^)]*\)", "]", DOCS)  # not link targets: an anchor such as #--alpha-auto names no flag
     documented = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", text))
