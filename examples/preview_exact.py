@@ -133,7 +133,7 @@ def study() -> dict:
                     row = {"alpha": alpha, "candidates": n, "ess": mean([r[alpha]["ess"] for r in runs]),
                            "tokens": mean([r[alpha]["tokens"] for r in runs]),
                            "smc": {"particles": max(1, n // len(ALPHAS)),
-                                   "tokens": mean([r[alpha]["tokens"] for r in smc])}}
+                                   "tokens": mean([sum(r[a]["tokens"] for a in ALPHAS) for r in smc])}}
                     for key in FIGURES:
                         errors = [abs(r[alpha][key] - truth[alpha][key]) for r in runs]
                         row[key] = {"error": mean(errors), "error_sd": std(errors)}
@@ -169,7 +169,8 @@ def report(result: dict) -> str:
         for row in found["rows"]:
             cells = " | ".join(f"{row[key]['error']:.3f} ± {row[key]['error_sd']:.3f}" for key in FIGURES)
             lines.append(f"| {row['alpha']:g} | {row['candidates']} | {row['ess']:.1f} | {cells} |")
-        lines += ["", "The same estimates from sequential Monte Carlo, N/5 particles per alpha (preview / SMC):", "",
+        lines += ["", "Errors of the same estimates from sequential Monte Carlo, N/5 particles per alpha (preview / "
+                  "SMC; tokens: drawn per prompt for every alpha together):", "",
                   "| alpha | N | tokens per prompt | length | base log-prob / token | modal-answer share |",
                   "|---|---|---|---|---|---|"]
         for row in found["rows"]:

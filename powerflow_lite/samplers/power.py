@@ -1,4 +1,4 @@
-"""What the two power samplers share: the proposal, and the base model's log-probs of what it drew.
+"""What the power samplers share: the proposal, the base model's log-probs of what it drew, answers in calls.
 
 Both aim at p_base(y|q)^alpha at inference time, with the loaded model (the base, or base + adapter) at
 a proposal temperature (default 1/alpha) as the proposal q: `resample.py` weighs N proposals per answer
@@ -9,13 +9,28 @@ the adapter off, on the same weights.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 from torch import Tensor
 
 from ..logprobs import score
-from .rollouts import Rollouts, SamplingSettings
+from .rollouts import Rollouts, SamplingSettings, group_ids_of, per_sample
 
 SCORE_ROWS = 64  # completions scored together with the adapter off
+ROWS_PER_CALL = 256  # completions (proposals, particles) decoded together
+
+
+def by_answer(answer: Callable[..., Rollouts], model, tokenizer, prompts: list[list[int]], samples_per_prompt: int,
+              settings: SamplingSettings, per_answer: int) -> Rollouts:
+    """G answers per prompt (rows grouped by prompt), `answer(model, tokenizer, prompts, settings)` giving one
+    answer per prompt it is given, each of which decodes `per_answer` completions: as many answers per call as
+    ROWS_PER_CALL completions allow."""
+    answers = per_sample(prompts, samples_per_prompt)  # one row per answer
+    per_call = max(1, ROWS_PER_CALL // per_answer)
+    parts = [answer(model, tokenizer, answers[first:first + per_call], settings)
+             for first in range(0, len(answers), per_call)]
+    return Rollouts.concat(parts, tokenizer.pad_token_id,
+                           group_ids_of(len(prompts), samples_per_prompt, parts[0].device))
 
 
 def proposal(settings: SamplingSettings) -> SamplingSettings:

@@ -18,11 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .power import base_logps, proposal
-from .rollouts import Rollouts, SamplingSettings, group_ids_of, per_sample
+from .power import base_logps, by_answer, proposal
+from .rollouts import Rollouts, SamplingSettings, group_ids_of
 from .static import sample_static
-
-ROWS_PER_CALL = 256  # proposals sampled together
 
 
 @torch.no_grad()
@@ -32,13 +30,7 @@ def sample_resampled(model, tokenizer, prompts: list[list[int]], samples_per_pro
     used (the proposals draw from torch's stream)."""
     if settings.top_p != 1.0 or settings.min_new_tokens:
         raise ValueError("importance resampling needs the exact proposal: no top-p < 1, no min_new_tokens")
-    N = settings.power.candidates
-    answers = per_sample(prompts, samples_per_prompt)  # one row per answer
-    per_call = max(1, ROWS_PER_CALL // N)
-    parts = [_resample(model, tokenizer, answers[first:first + per_call], settings)
-             for first in range(0, len(answers), per_call)]
-    group_ids = group_ids_of(len(prompts), samples_per_prompt, parts[0].device)
-    return Rollouts.concat(parts, tokenizer.pad_token_id, group_ids)
+    return by_answer(_resample, model, tokenizer, prompts, samples_per_prompt, settings, settings.power.candidates)
 
 
 def _resample(model, tokenizer, answers: list[list[int]], settings: SamplingSettings) -> Rollouts:

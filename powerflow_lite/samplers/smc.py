@@ -38,10 +38,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .power import by_answer
 from .rollouts import Rollouts, SamplingSettings, group_ids_of, per_sample, stop_token_ids
 from .static import draw, start_decode
 
-ROWS_PER_CALL = 256  # particles decoded together
 COMPACT_FRACTION = 0.25  # drop the ended particles from the decode batch once they are this share of it
 
 
@@ -52,13 +52,7 @@ def sample_smc(model, tokenizer, prompts: list[list[int]], samples_per_prompt: i
     used (the draws and resamplings draw from torch's stream)."""
     if settings.top_p != 1.0 or settings.min_new_tokens:
         raise ValueError("sequential Monte Carlo needs the exact proposal: no top-p < 1, no min_new_tokens")
-    N = settings.power.particles
-    answers = per_sample(prompts, samples_per_prompt)  # one row per answer
-    per_call = max(1, ROWS_PER_CALL // N)
-    parts = [_smc(model, tokenizer, answers[first:first + per_call], settings)
-             for first in range(0, len(answers), per_call)]
-    group_ids = group_ids_of(len(prompts), samples_per_prompt, parts[0].device)
-    return Rollouts.concat(parts, tokenizer.pad_token_id, group_ids)
+    return by_answer(_smc, model, tokenizer, prompts, samples_per_prompt, settings, settings.power.particles)
 
 
 def ramp(t: int, alpha: float, tokens: int) -> float:
