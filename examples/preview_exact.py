@@ -155,6 +155,17 @@ def report(result: dict) -> str:
              "sample size per prompt. N completions per prompt from the mixture of temperatures "
              f"{', '.join(f'{t:g}' for t in result['temperatures'])} (the preview's default: 1 and 1/alpha). "
              "Command: `python examples/preview_exact.py`.", ""]
+    counts = {"worse": 0, "tie": 0, "better": 0}  # sequential Monte Carlo's errors against the preview's
+    for found in result["regimes"].values():
+        for row in found["rows"]:
+            for key in ("length_mean", "base_logp_per_token", "modal_share"):
+                if "smc" in row:
+                    ours, theirs = row[key]["error"], row["smc"][key]["error"]
+                    counts["tie" if abs(ours - theirs) < 1e-9 else "worse" if theirs > ours else "better"] += 1
+    if sum(counts.values()):
+        lines += [f"Sequential Monte Carlo's error against the preview's, over the {sum(counts.values())} "
+                  "comparisons below (regime, alpha, N; length, base log-prob per token, modal-answer share): worse "
+                  f"in {counts['worse']}, tied in {counts['tie']}, better in {counts['better']}.", ""]
     for regime, found in result["regimes"].items():
         title = "stopping at EOS" if regime == "eos" else "fixed length (EOS ignored)"
         lines += [f"## {title} ({found['completions']} completions per prompt)", "", "Exact values:", "",
