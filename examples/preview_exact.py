@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from power_exact import machine  # noqa: E402 - where it ran
 
 from powerflow_lite import exact
 from powerflow_lite.config import matched_temperatures
@@ -154,7 +158,9 @@ def report(result: dict) -> str:
              f"{result['seeds']} independent previews ± the standard deviation over them; ESS is the mean effective "
              "sample size per prompt. N completions per prompt from the mixture of temperatures "
              f"{', '.join(f'{t:g}' for t in result['temperatures'])} (the preview's default: 1 and 1/alpha). "
-             "Command: `python examples/preview_exact.py`.", ""]
+             "Command: `python examples/preview_exact.py`." + (
+                 f" Measured on {result['machine']['cpu']} ({result['machine']['cores']} cores, torch "
+                 f"{result['machine']['torch']})." if "machine" in result else ""), ""]
     counts = {"worse": 0, "tie": 0, "better": 0}  # sequential Monte Carlo's errors against the preview's
     for found in result["regimes"].values():
         for row in found["rows"]:
@@ -204,7 +210,7 @@ def main() -> None:
     if args.report:
         result = json.loads((out / "preview_exact.json").read_text())
     else:
-        result = study()
+        result = {**study(), "machine": machine()}
         (out / "preview_exact.json").write_text(json.dumps(result, indent=1) + "\n")
     text = report(result)
     (out / "preview_exact.md").write_text(text)
