@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import time
@@ -53,6 +52,9 @@ from powerflow_lite.data import package_data_path
 from powerflow_lite.evaluate import evaluate
 from powerflow_lite.metrics import mean, std, stderr
 from powerflow_lite.plot import pyplot
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from power_exact import machine  # noqa: E402 - where a row was measured: the same seed gives other figures elsewhere
 
 transformers.utils.logging.disable_progress_bar()
 transformers.logging.set_verbosity_error()
@@ -285,13 +287,6 @@ def table(policies: dict, training: dict, task: str, stored: dict | None = None,
             row["vs best temperature"] = {key: paired(row[f"{key}_per_problem"], rows[best][f"{key}_per_problem"])
                                           for key in KEYS}
     return {"rows": rows, "best_temperature": best}
-
-
-def machine() -> dict:
-    """Where a row was measured: the same seed gives other figures on another CPU."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "") if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
 
 
 def paired(after: list[float], before: list[float]) -> dict:

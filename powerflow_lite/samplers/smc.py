@@ -89,10 +89,11 @@ def _smc(model, tokenizer, answers: list[list[int]], settings: SamplingSettings)
     return Rollouts(picked.prompt_ids, picked.prompt_mask, picked.completion_ids[:, :width],
                     picked.completion_mask[:, :width], group_ids_of(A, 1, chosen.device), picked.truncated,
                     picked.sampled_logps[:, :width], picked.temperature,
-                    sampled_tokens=picked.sampled_tokens, ess=1.0 / weights.square().sum(-1),
+                    sampled_tokens=picked.sampled_tokens, ess=effective_sample_size(log_w),
                     resamples=picked.resamples, ess_trace=picked.ess_trace)
 
 
+@torch.no_grad()
 def particles(model, tokenizer, answers: list[list[int]], settings: SamplingSettings) -> tuple[Rollouts, Tensor]:
     """N particles for each prompt of `answers` (a prompt per answer), advanced to the end.  -> every particle
     [A N] (rows grouped by answer; its answer's cost, resamplings and ESS trace on each) and their final log
@@ -118,7 +119,7 @@ def particles(model, tokenizer, answers: list[list[int]], settings: SamplingSett
     # The decode batch: `cached` [n] the particles whose rows the cache holds, in cache order (every running
     # particle; an ended one until the next compaction), `logits` [n, V] their next token's.
     cached = torch.arange(R, device=device)  # [n]
-    previous = ramp(0, alpha, power.ramp_tokens) if power.ramp_tokens else alpha
+    previous = ramp(0, alpha, power.ramp_tokens)  # the exponent of the last step's target
 
     for t in range(L):
         a_t = ramp(t, alpha, power.ramp_tokens)
