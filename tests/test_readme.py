@@ -60,7 +60,7 @@ def test_presets_table_matches_the_code():
 
 
 def test_readme_is_short():
-    assert len(README.splitlines()) <= 320
+    assert len([line for line in README.splitlines() if not line.startswith("<!-- ")]) <= 320  # markers unseen
 
 
 def anchors(page: Path) -> set[str]:

@@ -1,0 +1,151 @@
+"""Measured figures in README.md and docs/, rendered from the committed results files, so that they cannot drift.
+
+    python examples/render_docs.py           # rewrite every block in place from examples/results/
+    python examples/render_docs.py --check   # say which blocks differ from their results, exit 1 (CI's test)
+
+A block is the text between a line `<!-- render NAME -->` and a line `<!-- /render -->`. NAME is an entry of
+BLOCKS: the results files it reads (each must exist) and a function from their JSON to the block's text, in plain
+Python and string formatting. A figure in a block changes only when its results file does; a doc edited by hand
+inside a block fails tests/test_render_docs.py. Figures outside blocks are not covered yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "examples" / "results"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+BLOCK = re.compile(r"^<!-- render (\S+) -->\n(.*?)^<!-- /render -->$", re.S | re.M)
+
+
+@dataclass(frozen=True)
+class Block:
+    files: tuple[str, ...]  # results files under examples/results/ it reads
+    render: Callable[..., str]  # their JSON, in that order -> the block's text (lines, ending with a newline)
+
+
+# --- the study of whether training is worth it (examples/power_real.py)
+
+TASKS = ("single-digit", "two-digit", "word problems")
+COLUMNS = ("| policy | single-digit (40) | two-digit (24) | word problems (20) | tokens per answer | s per answer | "
+           "training |")
+GLANCE = [  # (label, row of power_real.json), in the README's shorter table
+    ("base, temperature 1", "base, temperature 1"),
+    ("base, temperature 1/4", "base, temperature 0.25"),
+    ("base, best temperature of 0.7, 0.5, 0.25, 0.1", "best temperature"),
+    ("Metropolis-Hastings (Karan & Du's defaults)", "Metropolis-Hastings, defaults"),
+    ("sequential Monte Carlo, N = 4", "sequential Monte Carlo, N = 4"),
+    ("sequential Monte Carlo, N = 16", "sequential Monte Carlo, N = 16"),
+    ("PowerFlow, demo recipe, the three tasks' prompts", "PowerFlow alpha 4, demo recipe, three tasks' prompts"),
+    ("PowerFlow, 12 steps of 4 x 8 at lr 5e-4, this task's prompts",
+     "PowerFlow alpha 4, 12 steps of 4 x 8, this task's prompts"),
+    ("sequential Monte Carlo's answers distilled (maximum likelihood, the demo's sampled tokens)",
+     "power-smc (N = 4) distilled by maximum likelihood, demo recipe's budget"),
+]
+FULL = GLANCE[:3] + [
+    ("importance resampling, N = 4", "importance resampling, N = 4"),
+    ("importance resampling, N = 16", "importance resampling, N = 16"),
+    GLANCE[3], GLANCE[4],
+    ("sequential Monte Carlo, N = 8", "sequential Monte Carlo, N = 8"),
+    GLANCE[5],
+    ("sequential Monte Carlo, N = 8, exponent ramped over 16 tokens",
+     "sequential Monte Carlo, N = 8, exponent ramped over 16 tokens"),
+    GLANCE[6],
+    ("PowerFlow, 4 x the demo's steps, the three tasks' prompts",
+     "PowerFlow alpha 4, demo recipe x 4 (32 steps), three tasks' prompts"),
+    GLANCE[7],
+    ("sequential Monte Carlo (N = 4) distilled by maximum likelihood, the demo's sampled tokens", GLANCE[8][1]),
+]
+
+
+def power_table(study: dict, rows: list[tuple[str, str]]) -> str:
+    """avg@4 per task (bold: the best of its column), then the single-digit task's tokens and seconds per
+    answer, and the training minutes (the range over the tasks it was trained for)."""
+    tables, k = study["tables"], study["settings"]["k"]
+
+    def row_of(task: str, name: str) -> dict | None:
+        table = tables[task]
+        return table["rows"].get(table["best_temperature"] if name == "best temperature" else name)
+
+    best = {task: max(row_of(task, name)["avg_at_k"] for _, name in rows if row_of(task, name)) for task in TASKS}
+    lines = [COLUMNS, "|---|---|---|---|---|---|---|"]
+    for label, name in rows:
+        cells = []
+        for task in TASKS:
+            row = row_of(task, name)
+            figure = "" if row is None else f"{100 * row['avg_at_k']:.1f}%"
+            cells.append(f"**{figure}**" if row is not None and row["avg_at_k"] == best[task] else figure)
+        first = row_of(TASKS[0], name)
+        answers = study["settings"]["tasks"][TASKS[0]][1] * k
+        seconds = [tables[t]["rows"][name]["training_seconds"] for t in TASKS
+                   if name in tables[t]["rows"] and "training_seconds" in tables[t]["rows"][name]]
+        training = "" if not seconds else (f"{min(seconds) / 60:.1f} min" if max(seconds) - min(seconds) < 30 else
+                                           f"{min(seconds) / 60:.1f}-{max(seconds) / 60:.1f} min")
+        lines.append(f"| {label} | {' | '.join(cells)} | {first['tokens_per_answer']:.0f} | "
+                     f"{first['eval_seconds'] / answers:.2f} | {training} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- the reasoning demo over seeds (examples/demo_seeds.py)
+
+
+def demo_seeds_range(result: dict) -> str:
+    runs = result["seeds"]
+    after = [100 * r["after"]["avg_at_k"] for r in runs]
+    over = [100 * r["gain_over_tempered"]["avg_at_k"]["mean"] for r in runs]
+    seeds = [r["seed"] for r in runs]
+    return (f"Over seeds {min(seeds)}-{max(seeds)} avg@4 ends at {min(after):.1f}-{max(after):.1f}%, "
+            f"{min(over):+.1f} to {max(over):+.1f} points over `{runs[0]['tempered_name']}`\n"
+            "(`python examples/demo_seeds.py`); another CPU gives other figures for a seed.\n")
+
+
+BLOCKS: dict[str, Block] = {
+    "power-real-glance": Block(("power_real.json",), lambda study: power_table(study, GLANCE)),
+    "power-real-table": Block(("power_real.json",), lambda study: power_table(study, FULL)),
+    "demo-seeds-range": Block(("demo_seeds.json",), demo_seeds_range),
+}
+
+
+def rendered(text: str) -> str:
+    """`text` with every block's body rendered from its results files."""
+    def body(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in BLOCKS:
+            raise KeyError(f"unknown block {name!r}: one of {', '.join(BLOCKS)}")
+        block = BLOCKS[name]
+        inputs = [json.loads((RESULTS / file).read_text()) for file in block.files]
+        return f"<!-- render {name} -->\n{block.render(*inputs)}<!-- /render -->"
+
+    return BLOCK.sub(body, text)
+
+
+def drifted() -> list[str]:
+    """The pages whose text differs from their rendering."""
+    return [str(page.relative_to(ROOT)) for page in PAGES if rendered(page.read_text()) != page.read_text()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block has drifted")
+    args = parser.parse_args()
+    if args.check:
+        stale = drifted()
+        for page in stale:
+            print(f"{page}: a rendered block differs from its results file (python examples/render_docs.py)")
+        sys.exit(1 if stale else 0)
+    for page in PAGES:
+        text = page.read_text()
+        if rendered(text) != text:
+            page.write_text(rendered(text))
+            print(f"rendered {page.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
