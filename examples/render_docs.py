@@ -106,7 +106,61 @@ def demo_seeds_range(result: dict) -> str:
             "(`python examples/demo_seeds.py`); another CPU gives other figures for a seed.\n")
 
 
+# --- flattening at matched diversity (examples/flatten_real.py)
+
+FLATTEN_GLANCE = [  # (label, policy of flatten_real.json)
+    ("base, temperature 1", "base, temperature 1"),
+    ("base, temperature 1.1", "base, temperature 1.1"),
+    ("PowerFlow alpha 0.85, lr 2.5e-4 (the creative demo)", "PowerFlow alpha 0.85, lr 2.5e-4"),
+    ("PowerFlow alpha 0.5, lr 1e-3", "PowerFlow alpha 0.5"),
+]
+
+
+def flatten_table(study: dict, rows: list[tuple[str, str]] | None = None) -> str:
+    """Diversity, English words and base log-prob per token, means over seeds; every policy when `rows` is None
+    (a PowerFlow row without an lr in its name trained at 1e-3)."""
+    policies = study["policies"]
+    if rows is None:
+        rows = [(name if not name.startswith("PowerFlow") or "lr" in name else f"{name}, lr 1e-3", name)
+                for name in policies]
+    lines = ["| policy | semantic diversity | English words | base log-prob / token |", "|---|---|---|---|"]
+    for label, name in rows:
+        row = policies[name]
+        lines.append(f"| {label} | {row['diversity']:.1f} | {100 * row['english_words']:.1f}% | "
+                     f"{row['base_logp_per_token']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- --alpha auto against a fixed-alpha sweep (examples/alpha_choice.py)
+
+ALPHA_TASKS = {"single-digit": "single-digit (40 problems)", "two-digit": "two-digit (24 problems)"}
+
+
+def alpha_auto_table(result: dict) -> str:
+    """Per task: the best and worst fixed alpha, what auto chose per seed, and auto's avg@4 read from the sweep's
+    rows (each chosen alpha weighted by the seeds that chose it), paired with the best."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from alpha_choice import SEEDS, change, chosen_rows, paired  # the study's own reading of its rows
+
+    lines = [f"| task | best fixed alpha | auto chose (seeds {', '.join(map(str, SEEDS))}) | auto | auto vs best | "
+             "worst fixed alpha |", "| --- | --- | --- | --- | --- | --- |"]
+    for task, label in ALPHA_TASKS.items():
+        tab = result["tables"][task]
+        rows, best = tab["rows"], tab["best"]
+        worst = min(rows, key=lambda alpha: rows[alpha]["avg_at_k"])
+        weighted = chosen_rows(tab, "avg_at_k")
+        vs = paired(weighted, rows[best]["per_problem"]["avg_at_k"])
+        chose = ", ".join(f"{a:g}" for a in tab["auto"]["alphas"])
+        lines.append(f"| {label} | {best}: {100 * rows[best]['avg_at_k']:.1f}% | {chose} | "
+                     f"{100 * sum(weighted) / len(weighted):.1f}% | {change(vs)} | {worst}: "
+                     f"{100 * rows[worst]['avg_at_k']:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
 BLOCKS: dict[str, Block] = {
+    "alpha-auto": Block(("alpha_choice.json",), alpha_auto_table),
+    "flatten-glance": Block(("flatten_real.json",), lambda study: flatten_table(study, FLATTEN_GLANCE)),
+    "flatten-table": Block(("flatten_real.json",), flatten_table),
     "power-real-glance": Block(("power_real.json",), lambda study: power_table(study, GLANCE)),
     "power-real-table": Block(("power_real.json",), lambda study: power_table(study, FULL)),
     "demo-seeds-range": Block(("demo_seeds.json",), demo_seeds_range),
