@@ -10,13 +10,16 @@ training, of the base at temperature 1/alpha and after the last step, and the ga
 error over problems (paired per-problem differences).
 
 Writes OUT (default examples/results): demo_seeds.md and demo_seeds.json, with the machine they ran on (the
-same seed gives other figures on another CPU).
+same seed gives other figures on another CPU), and OUT/demo_run/: seed 0's run as the README shows it (what it
+printed, its metrics.jsonl and before_after.json) and OUT/demo_training.png, its curves.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from power_exact import machine  # noqa: E402 - where it ran
 
+ROOT = Path(__file__).resolve().parent.parent
 SEEDS = (0, 1, 2)
 KEYS = ("avg_at_k", "pass_at_k", "maj_at_k")
 
@@ -32,9 +36,11 @@ def run_seed(parts: Path, seed: int) -> dict:
     """One demo at `seed` (run once; its before_after.json is read again on a resumed study)."""
     output = parts / f"seed-{seed}"
     figures = output / "evals" / "before_after.json"
-    if not figures.is_file():
-        subprocess.run([sys.executable, "-m", "powerflow_lite", "train", "--demo", "--seed", str(seed), "--output",
-                        str(output), "--overwrite"], check=True, stdout=subprocess.DEVNULL)
+    if not figures.is_file() or not (parts / f"stdout-{seed}.txt").is_file():
+        printed = subprocess.run([sys.executable, "-m", "powerflow_lite", "train", "--demo", "--seed", str(seed),
+                                  "--output", str(output), "--overwrite"], check=True, stdout=subprocess.PIPE,
+                                 text=True, env={**os.environ, "COLUMNS": "120"}).stdout  # a wide terminal's table
+        (parts / f"stdout-{seed}.txt").write_text(printed)
     found = json.loads(figures.read_text())
     before, tempered, after = found["results"].values()  # before, base at 1/alpha, after the last step
     return {"seed": seed, "before": {k: before[k] for k in KEYS}, "tempered": {k: tempered[k] for k in KEYS},
@@ -42,6 +48,23 @@ def run_seed(parts: Path, seed: int) -> dict:
             "gain_over_tempered": found["change_vs"]["change"],
             "tempered_name": found["change_vs"]["name"], "steps": found["steps"], "prompts": found["prompts"],
             "k": found["k"]}
+
+
+def keep_run(parts: Path, seed: int, where: Path, measured_on: dict) -> None:
+    """One demo run's own files, committed: what it printed, its metrics.jsonl and before_after.json, and the
+    machine. The README's transcript and its healthy-run figures are rendered from them (render_docs.py)."""
+    where.mkdir(parents=True, exist_ok=True)
+    printed = (parts / f"stdout-{seed}.txt").read_text()  # paths as a user's run shows them
+    for path, shown in ((str(parts / f"seed-{seed}"), "runs/demo"), (str(ROOT) + "/", ""), (str(Path.home()), "~")):
+        printed = printed.replace(path, shown)
+    (where / "stdout.txt").write_text(printed)
+    for name in ("metrics.jsonl", "evals/before_after.json"):
+        shutil.copyfile(parts / f"seed-{seed}" / name, where / Path(name).name)
+    (where / "run.json").write_text(json.dumps({"command": f"powerflow train --demo --seed {seed}",
+                                                "machine": measured_on}, indent=1) + "\n")
+    from powerflow_lite.plot import plot_run  # the demo's curves, from the same run
+
+    plot_run(str(where), str(where.parent / "demo_training.png"), overwrite=True)
 
 
 def report(result: dict) -> str:
@@ -81,6 +104,7 @@ def main() -> None:
         parts.mkdir(parents=True, exist_ok=True)
         result = {"seeds": [run_seed(parts, seed) for seed in SEEDS], "machine": machine()}
         (out / "demo_seeds.json").write_text(json.dumps(result, indent=1) + "\n")
+        keep_run(parts, SEEDS[0], out / "demo_run", result["machine"])
     text = report(result)
     (out / "demo_seeds.md").write_text(text)
     print(text)

@@ -28,7 +28,8 @@ BLOCK = re.compile(r"^<!-- render (\S+) -->\n(.*?)^<!-- /render -->$", re.S | re
 @dataclass(frozen=True)
 class Block:
     files: tuple[str, ...]  # results files under examples/results/ it reads
-    render: Callable[..., str]  # their JSON, in that order -> the block's text (lines, ending with a newline)
+    render: Callable[..., str]  # their JSON (a .json file) or text, in that order -> the block's text (lines, ending
+    # with a newline)
 
 
 # --- the study of whether training is worth it (examples/power_real.py)
@@ -157,7 +158,87 @@ def alpha_auto_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- one run of the reasoning demo (examples/demo_seeds.py keeps seed 0's in examples/results/demo_run/)
+
+DEMO_TABLE_ROWS = ("avg@4", "pass@4", "maj@4", "base log-prob / token", "mean length (tokens)", "truncated")
+
+
+def demo_output(printed: str) -> str:
+    """What `powerflow train --demo` printed, from its run header to where its samples are."""
+    lines = printed.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("powerflow: "))
+    last = next(i for i, line in enumerate(lines) if line.startswith("eval data: "))
+    return "```\n" + "\n".join(lines[first:last + 1]) + "\n```\n"
+
+
+def demo_transcript(printed: str) -> str:
+    """The README's excerpt: the evaluations, the first and last steps, and the before/after table's main rows."""
+    lines = printed.splitlines()
+    steps = [line for line in lines if line.startswith("step ")]
+    last = lines.index(steps[-1])
+    keep = ([line for line in lines if line.startswith("eval before training")] + [steps[0], "...", steps[-1]]
+            + [line for line in lines[last + 1:] if line.startswith("  eval:")][:1]
+            + [line for line in lines if line.startswith("┃") and "before" in line]
+            + [line for line in lines if line.startswith("│ ") and line[2:].split("│")[0].strip() in DEMO_TABLE_ROWS])
+    return "```\n" + "\n".join(keep) + "\n```\n"
+
+
+def demo_shows(found: dict) -> str:
+    """The README's reading of the demo's before/after table."""
+    before, tempered, after = found["results"].values()
+    vs = found["change_vs"]["change"]["avg_at_k"]
+    return (f"What it shows: without labels, held-out accuracy (avg@4) rises from {100 * before['avg_at_k']:.1f}% "
+            f"to {100 * after['avg_at_k']:.1f}%, and training beats\nthe free alternative, the base sampled at "
+            f"temperature 1/alpha (`{found['change_vs']['name']}`), by {100 * vs['mean']:+.1f} ± "
+            f"{100 * vs['stderr']:.1f}\npoints (the ± is the standard error of the paired per-problem differences).\n")
+
+
+def demo_metrics(metrics: list[dict]) -> dict:
+    """The demo run's first and last training step (metrics.jsonl rows with a loss)."""
+    steps = [row for row in metrics if "loss" in row]
+    return {"first": steps[0], "last": steps[-1], "steps": steps}
+
+
+def demo_healthy(text: str) -> str:
+    """The README's healthy-run figures, from the same demo run: log-probs and lengths at its first and last
+    step."""
+    run = demo_metrics([json.loads(line) for line in text.splitlines() if line.strip()])
+    first, last, steps = run["first"], run["last"], len(run["steps"])
+    return ("* `base_logp_per_token`: when sharpening it climbs with `policy_logp_per_token` but stays below (demo:\n"
+            f"  {first['base_logp_per_token']:.2f} to {last['base_logp_per_token']:.2f}, the policy's "
+            f"{first['policy_logp_per_token']:.2f} to {last['policy_logp_per_token']:.2f}, in {steps} steps). If it "
+            "falls steadily while the policy's rises,\n"
+            "  the policy is leaving what the base finds likely: lower `--lr`. When flattening both fall a little\n"
+            "  while diversity rises; a fall of more than a nat or two, or the eval's `eval_english_words` dropping,\n"
+            "  means the text is turning to salad: lower `--lr`.\n"
+            "* `length_mean` follows the target, not the starting length: the demo's completions go from "
+            f"{first['length_mean']:.0f} tokens\n  to {last['length_mean']:.0f}. Trouble is lengths heading to 1-2 "
+            "tokens with the answers gone, or climbing to\n  `--max-new-tokens` with `truncated_frac` towards 1.\n")
+
+
+def demo_curves(text: str) -> str:
+    """results.md's reading of the demo's curves (examples/results/demo_training.png, drawn from the same run)."""
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    run = demo_metrics(rows)
+    first, last, steps = run["first"], run["last"], run["steps"]
+    under = next(row["step"] for row in steps if row["loss"] < 1)
+    evals = [row for row in rows if "eval_avg_at_k" in row]
+    return (f"The loss falls from {first['loss']:.0f} to under 1 by step {under}, as the completions shorten from "
+            f"{first['length_mean']:.0f} tokens\n({100 * first['truncated_frac']:.0f}% cut at 48) to "
+            f"{last['length_mean']:.0f}; the policy's log-prob per token climbs to "
+            f"{last['policy_logp_per_token']:.1f} and the base's to {last['base_logp_per_token']:.1f}\n"
+            "(the base finds the short answers likely too); log Z' follows the prompts' batch estimates\n"
+            f"(`--log-z batch`); held-out avg@4 goes from {100 * evals[0]['eval_avg_at_k']:.0f}% to "
+            f"{100 * evals[-1]['eval_avg_at_k']:.0f}% (the eval panels join step {evals[0]['step']} to step "
+            f"{evals[-1]['step']},\nthe only two evals of the demo).\n")
+
+
 BLOCKS: dict[str, Block] = {
+    "demo-curves": Block(("demo_run/metrics.jsonl",), demo_curves),
+    "demo-output": Block(("demo_run/stdout.txt",), demo_output),
+    "demo-transcript": Block(("demo_run/stdout.txt",), demo_transcript),
+    "demo-shows": Block(("demo_run/before_after.json",), demo_shows),
+    "demo-healthy": Block(("demo_run/metrics.jsonl",), demo_healthy),
     "alpha-auto": Block(("alpha_choice.json",), alpha_auto_table),
     "flatten-glance": Block(("flatten_real.json",), lambda study: flatten_table(study, FLATTEN_GLANCE)),
     "flatten-table": Block(("flatten_real.json",), flatten_table),
@@ -174,7 +255,8 @@ def rendered(text: str) -> str:
         if name not in BLOCKS:
             raise KeyError(f"unknown block {name!r}: one of {', '.join(BLOCKS)}")
         block = BLOCKS[name]
-        inputs = [json.loads((RESULTS / file).read_text()) for file in block.files]
+        inputs = [json.loads((RESULTS / file).read_text()) if file.endswith(".json") else (RESULTS / file).read_text()
+                  for file in block.files]  # a .json file's JSON, any other file's text
         return f"<!-- render {name} -->\n{block.render(*inputs)}<!-- /render -->"
 
     return BLOCK.sub(body, text)
