@@ -38,6 +38,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..model import eval_mode
 from .power import by_answer
 from .rollouts import Rollouts, SamplingSettings, group_ids_of, per_sample, stop_token_ids
 from .static import draw, start_decode
@@ -121,63 +122,64 @@ def particles(model, tokenizer, answers: list[list[int]], settings: SamplingSett
     cached = torch.arange(R, device=device)  # [n]
     previous = ramp(0, alpha, power.ramp_tokens)  # the exponent of the last step's target
 
-    for t in range(L):
-        a_t = ramp(t, alpha, power.ramp_tokens)
-        running = ~ended[cached]  # [n]
-        log_probs = torch.log_softmax(logits.float(), dim=-1)  # [n, V] p_base at temperature 1
-        # the target moves from p^a_(t-1) to p^a_t: every prefix (an ended answer too) gains p(y_<t)^(a_t - a_(t-1))
-        log_w += ((a_t - previous) * log_p).view(A, N)
-        previous = a_t
-        log_z = torch.logsumexp(a_t * log_probs.double(), dim=-1)  # [n] log sum_v p(v | y_<t)^a_t
-        log_w.view(-1).index_add_(0, cached, torch.where(running, log_z, 0.0))
+    with eval_mode(model):  # dropout off for every step
+        for t in range(L):
+            a_t = ramp(t, alpha, power.ramp_tokens)
+            running = ~ended[cached]  # [n]
+            log_probs = torch.log_softmax(logits.float(), dim=-1)  # [n, V] p_base at temperature 1
+            # the target moves from p^a_(t-1) to p^a_t: every prefix (an ended answer too) gains p(y_<t)^(a_t - a_(t-1))
+            log_w += ((a_t - previous) * log_p).view(A, N)
+            previous = a_t
+            log_z = torch.logsumexp(a_t * log_probs.double(), dim=-1)  # [n] log sum_v p(v | y_<t)^a_t
+            log_w.view(-1).index_add_(0, cached, torch.where(running, log_z, 0.0))
 
-        # resample the answers still running whose particles have too few effective ones left
-        open_ = ~ended.view(A, N).all(-1)  # [A]
-        ess = effective_sample_size(log_w)  # [A]
-        trace[:, t] = torch.where(open_, ess, 0.0).float()
-        low = open_ & (ess < power.ess_threshold * N)  # [A]
-        if bool(low.any()):
-            ancestors = systematic(torch.softmax(log_w[low], -1), torch.rand(int(low.sum()), dtype=torch.float64,
-                                                                              device=device))  # [l, N]
-            source = torch.arange(R, device=device).view(A, N)  # [A, N] the particle each one becomes
-            source[low] = low.nonzero() * N + ancestors
-            source = source.flatten()  # [R]
-            tokens, logps, lengths, ended, log_p = (tokens[source], logps[source], lengths[source], ended[source],
-                                                    log_p[source])
-            log_w[low] = 0.0
-            resamples[low] += 1
-            # the cache keeps one row per running particle, its ancestor's (ended particles' rows leave it)
-            slot = torch.full((R,), -1, dtype=torch.long, device=device)
-            slot[cached] = torch.arange(len(cached), device=device)
-            cached = (~ended).nonzero().squeeze(-1)  # [n']
-            position = slot[source[cached]]  # [n'] a running particle's ancestor was running: it has a row
-            decode.keep(position)
-            logits, log_probs, log_z = logits[position], log_probs[position], log_z[position]
-            running = torch.ones(len(cached), dtype=torch.bool, device=device)
+            # resample the answers still running whose particles have too few effective ones left
+            open_ = ~ended.view(A, N).all(-1)  # [A]
+            ess = effective_sample_size(log_w)  # [A]
+            trace[:, t] = torch.where(open_, ess, 0.0).float()
+            low = open_ & (ess < power.ess_threshold * N)  # [A]
+            if bool(low.any()):
+                ancestors = systematic(torch.softmax(log_w[low], -1), torch.rand(int(low.sum()), dtype=torch.float64,
+                                                                                  device=device))  # [l, N]
+                source = torch.arange(R, device=device).view(A, N)  # [A, N] the particle each one becomes
+                source[low] = low.nonzero() * N + ancestors
+                source = source.flatten()  # [R]
+                tokens, logps, lengths, ended, log_p = (tokens[source], logps[source], lengths[source], ended[source],
+                                                        log_p[source])
+                log_w[low] = 0.0
+                resamples[low] += 1
+                # the cache keeps one row per running particle, its ancestor's (ended particles' rows leave it)
+                slot = torch.full((R,), -1, dtype=torch.long, device=device)
+                slot[cached] = torch.arange(len(cached), device=device)
+                cached = (~ended).nonzero().squeeze(-1)  # [n']
+                position = slot[source[cached]]  # [n'] a running particle's ancestor was running: it has a row
+                decode.keep(position)
+                logits, log_probs, log_z = logits[position], log_probs[position], log_z[position]
+                running = torch.ones(len(cached), dtype=torch.bool, device=device)
 
-        # draw from the proposal: p^a_t / Z, or the base at --proposal-temperature
-        temperature = power.proposal_temperature or 1.0 / a_t
-        log_q = torch.log_softmax(log_probs / temperature, dim=-1)  # [n, V]
-        token = torch.where(running, draw(log_q.exp()), pad)  # [n]
-        drawn_logp = torch.where(running, log_probs.gather(-1, token[:, None]).squeeze(-1), 0.0)  # [n]
-        if power.proposal_temperature:  # not the power proposal: the draw's own weight, Z already applied
-            residual = a_t * drawn_logp.double() - log_q.gather(-1, token[:, None]).squeeze(-1).double() - log_z
-            log_w.view(-1).index_add_(0, cached, torch.where(running, residual, 0.0))
-        tokens[cached, t] = token
-        logps[cached, t] = drawn_logp
-        log_p[cached] += drawn_logp.double()
-        cost.index_add_(0, cached[running] // N, torch.ones_like(cached[running]))
-        hit = running & torch.isin(token, stops)  # [n]
-        ended[cached[hit]] = True
-        lengths[cached[hit]] = t + 1
-        running &= ~hit
-        if not bool(running.any()) or t + 1 == L:
-            break
-        if int((~running).sum()) >= max(1, COMPACT_FRACTION * len(cached)):  # ended rows leave the batch
-            keep = running.nonzero().squeeze(-1)  # [n'] positions in the batch still running
-            decode.keep(keep)
-            cached, token = cached[keep], token[keep]
-        logits = decode.step(token, t)
+            # draw from the proposal: p^a_t / Z, or the base at --proposal-temperature
+            temperature = power.proposal_temperature or 1.0 / a_t
+            log_q = torch.log_softmax(log_probs / temperature, dim=-1)  # [n, V]
+            token = torch.where(running, draw(log_q.exp()), pad)  # [n]
+            drawn_logp = torch.where(running, log_probs.gather(-1, token[:, None]).squeeze(-1), 0.0)  # [n]
+            if power.proposal_temperature:  # not the power proposal: the draw's own weight, Z already applied
+                residual = a_t * drawn_logp.double() - log_q.gather(-1, token[:, None]).squeeze(-1).double() - log_z
+                log_w.view(-1).index_add_(0, cached, torch.where(running, residual, 0.0))
+            tokens[cached, t] = token
+            logps[cached, t] = drawn_logp
+            log_p[cached] += drawn_logp.double()
+            cost.index_add_(0, cached[running] // N, torch.ones_like(cached[running]))
+            hit = running & torch.isin(token, stops)  # [n]
+            ended[cached[hit]] = True
+            lengths[cached[hit]] = t + 1
+            running &= ~hit
+            if not bool(running.any()) or t + 1 == L:
+                break
+            if int((~running).sum()) >= max(1, COMPACT_FRACTION * len(cached)):  # ended rows leave the batch
+                keep = running.nonzero().squeeze(-1)  # [n'] positions in the batch still running
+                decode.keep(keep)
+                cached, token = cached[keep], token[keep]
+            logits = decode.step(token, t)
 
     # the final weights are those of p_base^alpha (a particle that ended while the ramp rose catches up)
     log_w += ((alpha - previous) * log_p).view(A, N)

@@ -160,12 +160,12 @@ class Decode:
         return logits[self.expand]
 
     def step(self, token: Tensor, t: int) -> Tensor:
-        """token [n], the t-th of each row in the batch, through the model.  -> [n, V] the next token's logits."""
+        """token [n], the t-th of each row in the batch, through the model (the caller holds it in eval mode, as
+        `with eval_mode(model)`: not switched per token).  -> [n, V] the next token's logits."""
         P = self.P
-        with eval_mode(self.model):
-            return self.model(input_ids=token[:, None], attention_mask=self.attention[:, :P + t + 1],
-                              position_ids=self.next_position + t, **{self.cache_arg: self.cache},
-                              cache_position=torch.tensor([P + t], device=self.device), use_cache=True).logits[:, -1]
+        return self.model(input_ids=token[:, None], attention_mask=self.attention[:, :P + t + 1],
+                          position_ids=self.next_position + t, **{self.cache_arg: self.cache},
+                          cache_position=torch.tensor([P + t], device=self.device), use_cache=True).logits[:, -1]
 
     def keep(self, index: Tensor) -> None:
         """The batch becomes rows `index` [n'] of the current one (in the cache too)."""
