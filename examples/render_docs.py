@@ -102,9 +102,9 @@ def demo_seeds_range(result: dict) -> str:
     after = [100 * r["after"]["avg_at_k"] for r in runs]
     over = [100 * r["gain_over_tempered"]["avg_at_k"]["mean"] for r in runs]
     seeds = [r["seed"] for r in runs]
-    return (f"Over seeds {min(seeds)}-{max(seeds)} avg@4 ends at {min(after):.1f}-{max(after):.1f}%, "
-            f"{min(over):+.1f} to {max(over):+.1f} points over `{runs[0]['tempered_name']}`\n"
-            "(`python examples/demo_seeds.py`); another CPU gives other figures for a seed.\n")
+    return (f"Over seeds {min(seeds)}-{max(seeds)} avg@4 ends at\n{min(after):.1f}-{max(after):.1f}%, "
+            f"{min(over):+.1f} to {max(over):+.1f} points over `{runs[0]['tempered_name']}` "
+            "(`python examples/demo_seeds.py`); another CPU\ngives other figures for a seed.\n")
 
 
 # --- flattening at matched diversity (examples/flatten_real.py)
@@ -183,14 +183,16 @@ def demo_transcript(printed: str) -> str:
     return "```\n" + "\n".join(keep) + "\n```\n"
 
 
-def demo_shows(found: dict) -> str:
-    """The README's reading of the demo's before/after table."""
+def demo_shows(found: dict, seeds: dict) -> str:
+    """The README's reading of the demo's before/after table, and the spread of its figures over seeds."""
     before, tempered, after = found["results"].values()
     vs = found["change_vs"]["change"]["avg_at_k"]
     return (f"What it shows: without labels, held-out accuracy (avg@4) rises from {100 * before['avg_at_k']:.1f}% "
             f"to {100 * after['avg_at_k']:.1f}%, and training beats\nthe free alternative, the base sampled at "
             f"temperature 1/alpha (`{found['change_vs']['name']}`), by {100 * vs['mean']:+.1f} ± "
-            f"{100 * vs['stderr']:.1f}\npoints (the ± is the standard error of the paired per-problem differences).\n")
+            f"{100 * vs['stderr']:.1f}\npoints (the ± is the standard error of the paired per-problem differences). "
+            "The answers get short and\ndirect: the base finds every token of \"5 + 1 = 6.\" likely. `runs/demo/` "
+            "holds the adapter,\n`metrics.jsonl` and every graded sample. " + demo_seeds_range(seeds))
 
 
 def demo_metrics(metrics: list[dict]) -> dict:
@@ -314,14 +316,13 @@ BLOCKS: dict[str, Block] = {
     "demo-curves": Block(("demo_run/metrics.jsonl",), demo_curves),
     "demo-output": Block(("demo_run/stdout.txt",), demo_output),
     "demo-transcript": Block(("demo_run/stdout.txt",), demo_transcript),
-    "demo-shows": Block(("demo_run/before_after.json",), demo_shows),
+    "demo-shows": Block(("demo_run/before_after.json", "demo_seeds.json"), demo_shows),
     "demo-healthy": Block(("demo_run/metrics.jsonl",), demo_healthy),
     "alpha-auto": Block(("alpha_choice.json",), alpha_auto_table),
     "flatten-glance": Block(("flatten_real.json",), lambda study: flatten_table(study, FLATTEN_GLANCE)),
     "flatten-table": Block(("flatten_real.json",), flatten_table),
     "power-real-glance": Block(("power_real.json",), lambda study: power_table(study, GLANCE)),
     "power-real-table": Block(("power_real.json",), lambda study: power_table(study, FULL)),
-    "demo-seeds-range": Block(("demo_seeds.json",), demo_seeds_range),
 }
 
 
