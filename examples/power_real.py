@@ -294,6 +294,21 @@ def paired(after: list[float], before: list[float]) -> dict:
     return {"mean": mean(differences), "stderr": stderr(differences)}
 
 
+def best_sampler(tab: dict) -> str:
+    """The most accurate power sampler (importance resampling, Metropolis-Hastings, sequential Monte Carlo) of a
+    task's table."""
+    samplers = [name for name in tab["rows"] if name.startswith(("importance", "Metropolis", "sequential"))]
+    return max(samplers, key=lambda name: tab["rows"][name]["avg_at_k"])
+
+
+def repaid_after(tab: dict, name: str, answers: int) -> float | None:
+    """After how many answers a trained row's training seconds are repaid by the seconds each answer costs less
+    than the best power sampler's (`answers`: how many its evaluation drew); None when it is not cheaper."""
+    rows = tab["rows"]
+    saved = (rows[best_sampler(tab)]["eval_seconds"] - rows[name]["eval_seconds"]) / answers
+    return rows[name]["training_seconds"] / saved if saved > 0 else None
+
+
 def report(result: dict) -> str:
     settings = result["settings"]
     lines = ["# Is training worth it? PowerFlow against sampling p_base^alpha for free", "",
@@ -330,18 +345,16 @@ def report(result: dict) -> str:
                          f"{row['eval_seconds'] / (limit * settings['k']):.2f} | {training} | {ess} |")
         lines.append("")
         answers = limit * settings["k"]
-        samplers = [name for name in tab["rows"] if name.startswith(("importance", "Metropolis", "sequential"))]
-        best = max(samplers, key=lambda name: tab["rows"][name]["avg_at_k"])
-        per_answer = tab["rows"][best]["eval_seconds"] / answers
+        best = best_sampler(tab)
         tempered = tab["rows"][f"base, temperature {1 / settings['power_alpha']:g}"]["avg_at_k_per_problem"]
         for name, row in tab["rows"].items():
             if "training_seconds" in row:  # trained: against the free ways to sample p_base^alpha
                 a, b, c = (paired(row["avg_at_k_per_problem"], other) for other in (
                     tempered, tab["rows"][tab["best_temperature"]]["avg_at_k_per_problem"],
                     tab["rows"][best]["avg_at_k_per_problem"]))
-                saved = per_answer - row["eval_seconds"] / answers  # seconds each answer costs less than best's
-                repaid = (f"its training seconds are repaid after {row['training_seconds'] / saved:.0f} answers"
-                          if saved > 0 else "it is not cheaper per answer")
+                after = repaid_after(tab, name, answers)
+                repaid = (f"its training seconds are repaid after {after:.0f} answers" if after is not None
+                          else "it is not cheaper per answer")
                 same = ""
                 if name == DISTILLED and next(iter(RECIPES)) in tab["rows"]:  # the same sampled tokens, by LA-TB
                     d = paired(row["avg_at_k_per_problem"], tab["rows"][next(iter(RECIPES))]["avg_at_k_per_problem"])
