@@ -18,7 +18,8 @@ base model on every path: at the demo's lr the paths' policies drift apart
 per completion as another, which timed the lengths rather than the paths. The
 update still runs its forward and backward in full.
 
-Written to OUT (default examples/results): cpu_paths.md and cpu_paths.json.
+Written to OUT (default examples/results): cpu_paths.md and cpu_paths.json, with the machine (another CPU gives
+other timings).
 """
 
 from __future__ import annotations
@@ -74,8 +75,10 @@ def summarise(rows: list[dict]) -> dict:
 
 def markdown(report: dict) -> str:
     reference = report["paths"][f"{REFERENCE[0]}/{REFERENCE[1]}"]
+    where = report.get("machine")  # not recorded before
+    measured = f" Measured on {where['cpu']} ({where['cores']} cores, torch {where['torch']})." if where else ""
     lines = [f"Demo recipe at lr 1e-12 on {report['model_name']}, {report['steps']} steps per path, medians of steps 2-"
-             f"{report['steps']}; ratios against NF4 + `generate`.", "",
+             f"{report['steps']}; ratios against NF4 + `generate`.{measured}", "",
              "| --quant / --sampler | s per step (x faster) | sample / score / update s | sampled tok/s (x) "
              "| mean length | peak RSS in a step, GiB (x) |",
              "|---|---|---|---|---|---|"]
@@ -98,10 +101,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error("--steps must be at least 2: the first step is not counted")
+    from power_exact import machine  # where it ran
+
     model = args.model or demo_model()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"model": model, "model_name": Path(model).name, "steps": args.steps, "paths": {}}
+    report = {"model_name": Path(model).name, "steps": args.steps, "machine": machine(), "paths": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for quant, sampler in PATHS:
             print(f"{quant}/{sampler}: {args.steps} steps", file=sys.stderr, flush=True)

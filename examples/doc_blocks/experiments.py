@@ -4,11 +4,10 @@ exact samplers of examples/power_exact.py) and which alpha (examples/alpha_choic
 from __future__ import annotations
 
 import math
-import textwrap
 
 from power_real import RAMP, RECIPES, paired  # the study's row names and its paired differences
 
-from doc_blocks import Block
+from doc_blocks import Block, span, wrap
 
 DEMO, ONE_TASK, LONGER = RECIPES  # PowerFlow's rows: the demo's recipe, the one-task recipe, 4 x the demo's steps
 TASK_ONE, TASK_TWO, WORDS = "single-digit", "two-digit", "word problems"
@@ -24,11 +23,6 @@ def gains(vs: dict) -> str:
     return f"gains {change(vs)}" if vs["mean"] >= 0 else f"loses {-100 * vs['mean']:.1f} ± {100 * vs['stderr']:.1f}"
 
 
-def span(values: list[float], digits: int = 2) -> str:
-    """The range of some figures, "0.37-0.51", or one figure where they all round alike."""
-    low, high = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
-    return low if low == high else f"{low}-{high}"
-
 
 def lr_text(lr: float) -> str:
     """5e-4, as the docs write a learning rate."""
@@ -37,9 +31,8 @@ def lr_text(lr: float) -> str:
 
 
 def bullets(items: list[str]) -> str:
-    """Markdown bullets, wrapped like the page (about 100 characters a line)."""
-    return "".join(textwrap.fill(f"* {item}", width=102, subsequent_indent="  ", break_on_hyphens=False,
-                                 break_long_words=False) + "\n" for item in items)
+    """Markdown bullets, wrapped like the page."""
+    return "".join(wrap(item, bullet=True) for item in items)
 
 
 # --- is training worth it? (examples/results/power_real.json, examples/results/power_exact.json)
@@ -192,18 +185,18 @@ def which_alpha(result: dict) -> str:
         f"**What the preview predicted well.** On single-digit arithmetic its ranking: alpha {order[0]} and "
         f"{order[1]} ahead (predicted avg@1 {predicted[0]} and {predicted[1]}), then {order[2]} ({predicted[2]}), "
         f"then {order[3]} ({predicted[3]}); training reached {trained[0]}, {trained[1]}, {trained[2]} and "
-        f"{trained[3]}. Its predicted maj@{k} ({span(guessed_maj, 1)}%) sat below what training reached "
-        f"({span(reached_maj, 1)}%).",
+        f"{trained[3]}. Its predicted maj@{k} ({span(guessed_maj, '.1f')}%) sat below what training reached "
+        f"({span(reached_maj, '.1f')}%).",
         "**What it predicted badly.** On two-digit addition it saw the alphas within "
-        f"{math.ceil(max(guesses) - min(guesses))} points ({span(guesses, 1)}%) where training ranged from "
+        f"{math.ceil(max(guesses) - min(guesses))} points ({span(guesses, '.1f')}%) where training ranged from "
         f"{low:.1f}% (alpha {at(low)}) to {high:.1f}% (alpha {at(high)}), and every trained policy beat its "
-        f"prediction by {span(beat, 0)} points. The preview estimates p_alpha itself; {steps} steps of training do "
+        f"prediction by {span(beat, '.0f')} points. The preview estimates p_alpha itself; {steps} steps of training do "
         "not reach it, and on this task the trained policies beat it.",
         "**What auto chose, and why.** The modal-answer share on 24 training prompts rose steeply up to alpha "
-        f"2-4 and then by {span(after, 0)} points per doubling, so the rule stopped at {common:g} on "
+        f"2-4 and then by {span(after, '.0f')} points per doubling, so the rule stopped at {common:g} on "
         f"{len(choices) - len(odd)} of {len(choices)} seeds{odd_text}. Auto's preview took "
-        f"{span(previews, 1)} minutes (the mean per task) on 2 cores, against {span(training, 1)} minutes for one "
-        "training run.",
+        f"{span(previews, '.1f')} minutes (the mean per task) on 2 cores, against {span(training, '.1f')} minutes "
+        "for one training run.",
         "**Re-training is noise.** Auto's single-digit choices were also trained again with later code: alpha "
         f"{common:g} on seeds {' and '.join(str(seed) for seed, _ in again)} reached {again_text}, above the "
         f"sweep's own seed-averaged {pct(one['rows'][f'{common:g}']['avg_at_k'])}. Training is not bit-for-bit "

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import textwrap
-
 from flatten_real import RECIPE  # the study's recipe: its JSON names it, without its figures
 
-from doc_blocks import Block
+from doc_blocks import Block, wrap
 
 FLATTEN_GLANCE = [  # (label, policy of flatten_real.json)
     ("base, temperature 1", "base, temperature 1"),
@@ -99,14 +97,6 @@ def table_page(study: dict) -> str:
             "finds the text.\n\n" + flatten_table(study))
 
 
-def wrap(text: str, bullet: bool = False) -> str:
-    """A paragraph, or a bullet ('* ...', its lines indented), in lines of at most 104 characters; a ± keeps its
-    figures on one line."""
-    text = " ".join(text.split()).replace(" ± ", "\u00a0±\u00a0")
-    lines = textwrap.wrap(text, 104, subsequent_indent="  " if bullet else "",
-                          break_long_words=False, break_on_hyphens=False)
-    return "\n".join(lines).replace("\u00a0", " ") + "\n"
-
 
 def quote(study: dict, which: str, words: int | None = None) -> str:
     """A kept sample, whole or its opening words, on one line."""
@@ -183,7 +173,7 @@ def reading(study: dict, preview: dict) -> str:
         "(`--task creative --alphas 0.5,0.7,0.85,1`) and watch the base log-prob per token and the English-word "
         "share during training. ")
     intro, *bullets, which = lines
-    return wrap(intro) + "\n" + "".join(wrap(bullet, bullet=True) for bullet in bullets) + "\n" + wrap(which)
+    return wrap(intro) + "\n" + "".join(wrap(bullet) for bullet in bullets) + "\n" + wrap(which)
 
 
 BLOCKS = {

@@ -4,23 +4,13 @@ each block says its figures are plans or estimates."""
 
 from __future__ import annotations
 
-import re
-import textwrap
-
 from rehearsal import hours, minutes  # the rounding rehearsal.md uses
 
-from doc_blocks import Block
+from doc_blocks import Block, wrap
 
 MEMORY_MD = "../examples/results/recipe_memory.md"  # links from docs/
 REHEARSAL_MD = "../examples/results/rehearsal.md"
 
-
-def wrapped(text: str, indent: str = "", first: str = "") -> str:
-    """`text` as the docs wrap it: lines of at most 110 characters, the first after `first`, the others continued
-    under `indent`; ends with a newline."""
-    glued = re.sub(r"(\d) (GiB|GB|s|hours)\b", "\\1\u00a0\\2", text)  # a figure and its unit stay on one line
-    return textwrap.fill(glued, width=110, initial_indent=first, subsequent_indent=indent, break_long_words=False,
-                         break_on_hyphens=False).replace("\u00a0", " ") + "\n"
 
 
 def short(model: str) -> str:
@@ -51,12 +41,12 @@ def recipe_plans(rows: list[dict]) -> str:
                      f"completions of {row['prompt_tokens'] + row['max_new_tokens']:,} tokens")
         plans.append(plan)
     prompt_tokens = sorted({row["prompt_tokens"] for row in rows})
-    return wrapped(f"* **The recipes' plans** (planned, not measured: [recipe_memory.md]({MEMORY_MD}), "
+    return wrap(f"* **The recipes' plans** (planned, not measured: [recipe_memory.md]({MEMORY_MD}), "
                    "`python examples/recipe_memory.py`, from config.json files written by hand from the model "
                    f"cards): {', '.join(plans[:-1])}, and {plans[-1]}. Prompts of {', '.join(map(str, prompt_tokens))} "
                    "tokens are assumed; plan your own with `powerflow train --config examples/recipes/NAME.yaml "
                    "--dry-run --prompt-tokens N` once the model's `config.json` is in the Hugging Face cache "
-                   "(`hf download MODEL config.json`).", "  ")
+                   "(`hf download MODEL config.json`).")
 
 
 def fix_list(card: dict, joiner: str) -> str:
@@ -69,8 +59,8 @@ def recipe_fixes(rows: list[dict], rehearsal: dict) -> str:
     smallest card it fits as it is."""
     groups = {r["recipe"]: r["settings"]["samples_per_prompt"] for r in rehearsal["recipes"]}
     tight = [row for row in rows if not all(card["fits"] for card in row["cards"].values())]
-    lines = [wrapped("* **What the dry run suggests** for the recipes that do not fit every card "
-                     f"([recipe_memory.md]({MEMORY_MD})):", "  ")]
+    lines = [wrap("* **What the dry run suggests** for the recipes that do not fit every card "
+                     f"([recipe_memory.md]({MEMORY_MD})):")]
     for row in tight:
         small = [(size, card) for size, card in reversed(row["cards"].items()) if not card["fits"]]
         size, card = small[0]
@@ -85,7 +75,7 @@ def recipe_fixes(rows: list[dict], rehearsal: dict) -> str:
         if card["spare_gib"] < 0.5:  # a display's framebuffer alone takes more than this
             text += (f", if all {size} are free; on a card that also drives a display, pass `{below}` there too"
                      + (" (the same completions, in two calls)" if below.startswith("--sample-batch-size") else ""))
-        lines.append(wrapped(text + ".", "    ", "  "))
+        lines.append(wrap("  " + text + "."))
     return "".join(lines)
 
 
@@ -95,7 +85,7 @@ def recipe_fixes(rows: list[dict], rehearsal: dict) -> str:
 def rehearsal_run(result: dict) -> str:
     """gpu.md's paragraph on what --dry-run --rehearse runs, and how long the recipes' rehearsal took."""
     m, rows = result["machine"], result["recipes"]
-    return wrapped("`--dry-run --rehearse` runs one training step's own code at the model's real shape on torch's "
+    return wrap("`--dry-run --rehearse` runs one training step's own code at the model's real shape on torch's "
                    "meta device: tensors with shapes and dtypes but no memory and no arithmetic, so it takes seconds "
                    f"on a CPU (the recipes took {sum(r['rehearsal_s'] for r in rows):.0f} s on {m['cores']} cores, "
                    f"[rehearsal.md]({REHEARSAL_MD})). The model is built from its `config.json` as on a GPU: bf16, "
@@ -113,12 +103,12 @@ def worst_difference(rows: list[dict]) -> float:
 
 def plan_vs_rehearsal(result: dict) -> str:
     """gpu.md's bullet on the per-phase table, with how close plan and rehearsal came for the recipes."""
-    return wrapped("* A table per phase: the planned bytes, the rehearsed bytes, \"plan vs rehearsal\" ((planned - "
+    return wrap("* A table per phase: the planned bytes, the rehearsed bytes, \"plan vs rehearsal\" ((planned - "
                    "rehearsed) / rehearsed: positive where the plan is the larger) and TFLOP per step; then the "
                    "weights and gradients, planned and built. Scoring shows \"below the update\": it keeps no "
                    "activations, and the plan takes it to need less than the update. For the recipes the plan is "
                    f"within {worst_difference(result['recipes']):.1%} of the rehearsal in every phase "
-                   f"([rehearsal.md]({REHEARSAL_MD}), `python examples/rehearsal.py`).", "  ")
+                   f"([rehearsal.md]({REHEARSAL_MD}), `python examples/rehearsal.py`).")
 
 
 def time_estimate(result: dict) -> str:
@@ -131,7 +121,7 @@ def time_estimate(result: dict) -> str:
     low, high = min(runs), max(runs)
     largest = max(result["recipes"], key=lambda r: r["plan_peak_bytes"])
     card = next(card for card in largest["cards"].values() if card["fits"])
-    return wrapped("* \"Estimated time per step, not measured\": a row per card "
+    return wrap("* \"Estimated time per step, not measured\": a row per card "
                    f"({', '.join(card['name'] for card in cards)}), the seconds of each phase (c: compute-bound, m: "
                    "memory-bound), seconds per step, hours for `--max-steps` and the floor at 100% of the card's "
                    "peaks. The peaks are NVIDIA's data sheets (`powerflow_lite/cards.py`); "
@@ -140,7 +130,7 @@ def time_estimate(result: dict) -> str:
                    f"scoring) over `--eval-every` steps; [rehearsal.md]({REHEARSAL_MD}) counts each evaluation apart "
                    f"for the recipes' runs: from {hours(low[0])} hours ({low[1]} on {an(low[2])} {low[2]}) to "
                    f"{hours(high[0])} hours ({high[1]} on {an(high[2])} {high[2]}), {hours(card['run_hours'])} hours "
-                   f"for {largest['recipe']} on {an(card['name'])} {card['name']}.", "  ")
+                   f"for {largest['recipe']} on {an(card['name'])} {card['name']}.")
 
 
 def first_run(result: dict, rows: list[dict]) -> str:
@@ -148,10 +138,10 @@ def first_run(result: dict, rows: list[dict]) -> str:
     plan does not fit a card, the change the dry run suggests (recipe_memory.json)."""
     plans = {row["recipe"]: row for row in rows}
     cards, steps = result["cards"], result["first_run_flags"]["max_steps"]
-    lines = [wrapped(f"A first run of {steps} steps and a small evaluation before a long run: it checks the model "
+    lines = [wrap(f"A first run of {steps} steps and a small evaluation before a long run: it checks the model "
                      "loads, the step fits and the figures move.") + "\n```bash"]
     lines += [r["first_run"]["command"] for r in result["recipes"]]
-    lines += ["```\n", wrapped(f"Estimated minutes, not measured, from the rehearsal "
+    lines += ["```\n", wrap(f"Estimated minutes, not measured, from the rehearsal "
                                f"([rehearsal.md]({REHEARSAL_MD}#a-first-run); the data-sheet peaks at the assumed "
                                f"efficiencies above): the {steps} steps, the worst-case probe before step 1 and the "
                                "evaluations (before training, the base at temperature 1/alpha where the recipe sets "
@@ -178,7 +168,7 @@ def first_run(result: dict, rows: list[dict]) -> str:
 def design_estimate(result: dict) -> str:
     """design.md's paragraph on the time estimate, with the assumed efficiencies rehearsal.json records."""
     eff = result["efficiencies"]
-    return wrapped("The time estimate (`estimate.py`) takes each phase's FLOPs and the bytes it reads (a decode step "
+    return wrap("The time estimate (`estimate.py`) takes each phase's FLOPs and the bytes it reads (a decode step "
                    "reads every weight and the cache; the other phases the weights once per forward) and bounds its "
                    "time on a card (`cards.py`: peak bf16 FLOP/s and bandwidth from the vendors' data sheets) by "
                    f"both, at assumed efficiencies ({eff['matmul']:.0%} of peak FLOP/s, {eff['bandwidth']:.0%} of "
@@ -189,10 +179,10 @@ def design_estimate(result: dict) -> str:
 def replicated(rows: list[dict]) -> str:
     """multi-gpu.md's bullet on what each process holds, with the 7B recipe's planned NF4 weights."""
     big = max(rows, key=lambda row: part(row, "base weights (nf4)")["bytes"])
-    return wrapped("* **What is replicated**: every process loads the whole 4-bit base (the NF4 weights of "
+    return wrap("* **What is replicated**: every process loads the whole 4-bit base (the NF4 weights of "
                    f"{short(big['model'])} are {part(big, 'base weights (nf4)')['gib']:.2f} GiB, planned: "
                    f"[recipe_memory.md]({MEMORY_MD})), the LoRA and the log Z' head from the same seed, and applies "
-                   "the same optimizer step, so the weights stay equal.", "  ")
+                   "the same optimizer step, so the weights stay equal.")
 
 
 BLOCKS = {

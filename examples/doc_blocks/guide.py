@@ -3,9 +3,8 @@ gap of the committed demo run (examples/results/demo_run/metrics.jsonl, written 
 
 from __future__ import annotations
 
-from doc_blocks import Block
+from doc_blocks import Block, wrap
 from doc_blocks.demos import demo_metrics
-from doc_blocks.gpu import wrapped
 
 
 def sci(x: float) -> str:
@@ -23,11 +22,11 @@ def guide_loss(metrics: list[dict]) -> str:
     demo = f"the demo's: {first['loss']:.2f} at step 1, {low['loss']:.2f} at step {low['step']}"
     if spike:
         demo += f", back up to {spike['loss']:.2f} at step {spike['step']}"
-    return wrapped(f"* `loss` falls fast over the first steps, with spikes ({demo}; 18 completions a step is a "
+    return wrap(f"* `loss` falls fast over the first steps, with spikes ({demo}; 18 completions a step is a "
                    "small batch); `residual_mean` is 0 by construction under the default `--log-z batch`. Under "
                    "`--log-z head`, a `log_z_gap` of several nats (the head lagging behind the batch estimate) and "
                    "a loss that climbs mean the head cannot keep up (see [how log Z' enters the "
-                   "loss](results.md#how-log-z-enters-the-loss)).", "  ")
+                   "loss](results.md#how-log-z-enters-the-loss)).")
 
 
 def guide_logp_parity(metrics: list[dict]) -> str:
@@ -35,7 +34,7 @@ def guide_logp_parity(metrics: list[dict]) -> str:
     steps = demo_metrics(metrics)["steps"]
     means = [row["logp_gap_mean"] for row in steps]
     worst = max(row["logp_gap_max"] for row in steps)
-    return wrapped("Before its first optimizer step the update recomputes log pi under the weights that gave log "
+    return wrap("Before its first optimizer step the update recomputes log pi under the weights that gave log "
                    "pi_old, so `logp_gap_mean` measures only how the sampler's (or scoring pass's) kernels and the "
                    "trainer's disagree, plus LoRA dropout when `--lora-dropout` is above 0 (on in the update, off "
                    "when sampling). On the CPU in float32 it is rounding: below 1e-4 nats/token, the max too, on the "

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import re
-import textwrap
-
-from doc_blocks import Block, table
+from doc_blocks import Block, table, wrap
 
 WORDS = {0: "none", 1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 PROMPTS = {"two": 2, "many": 64}  # the exact study's prompt sets (examples/exact_alpha.py)
@@ -14,13 +11,6 @@ REAL_FLAGS = {"on-policy": "on-policy", "K=2": "`--replay-steps 2`",
               "K=2, explore T=1/4": "`--replay-steps 2 --explore-temperature 0.25`",
               "K=2, replay lr x0.25": "`--replay-steps 2 --replay-lr-scale 0.25`"}
 
-
-def wrapped(text: str, bullet: bool = False) -> str:
-    """A paragraph (or a bullet) in lines of the page's width."""
-    text = " ".join(text.split()).replace(" = ", "\0=\0")  # "K = 2" and a `code span` stay on one line
-    text = re.sub(r"`[^`]*`", lambda span: span.group().replace(" ", "\0"), text)
-    return textwrap.fill(text, width=108, initial_indent="* " if bullet else "", subsequent_indent="  " if bullet
-                         else "", break_long_words=False, break_on_hyphens=False).replace("\0", " ") + "\n"
 
 
 # --- the exact problems (examples/results/replay_exact.json)
@@ -70,7 +60,7 @@ def replay_exact(result: dict) -> str:
              f"{s['K=2']['kl_end']:.4f} ± {s['K=2']['kl_end_sd']:.4f}", f"{100 * s['K=2']['attained_end']:.1f}%"]
             for s in problems.values()]
     steps = result["steps"]
-    text = wrapped(f"**On the exact problems** (the exact study's recipe, latb, exact KL, means of {seeds} seeds; "
+    text = wrap(f"**On the exact problems** (the exact study's recipe, latb, exact KL, means of {seeds} seeds; "
                    "[`replay_exact.md`](../examples/results/replay_exact.md) has every setting), with K = 2 the run "
                    f"samples a third of on-policy's tokens in the same {steps} steps:") + "\n"
     text += table(["problem", f"on-policy: KL end ({steps} steps)", "attained at 1/3 of its tokens / at the end",
@@ -91,7 +81,7 @@ def exact_bullets(problems: dict) -> str:
     ahead = sum(s["K=2"]["attained_third"] > s["on-policy"]["attained_third"] for s in problems.values())
     below = "; ".join(f"{percent(r['attained_end']):.1f}% at alpha {r['alpha']:g}"
                       + (" on the peaky base" if r["base"] == "x8" and r["prompts"] == "two" else "") for r in short)
-    text = wrapped(f"**At a third of the tokens replay keeps at least 95% of the achievable reduction in "
+    text = wrap(f"**At a third of the tokens replay keeps at least 95% of the achievable reduction in "
                    f"{WORDS[len(kept)]} of the {WORDS[len(k2)]} problems** ({min(kept):.1f}-{max(kept):.1f}%"
                    + (f"; {below}" if below else "") + "), and at that token count it is ahead of on-policy training "
                    f"(stopped there) in {WORDS[ahead]} of them.", bullet=True)
@@ -106,7 +96,7 @@ def exact_bullets(problems: dict) -> str:
     p4 = peaky(problems, 4.0)
     where = "everywhere at alpha 4" if stale == len(four) else f"on {WORDS[stale]} of the alpha-4 problems"
     more = "and so do" if longer == len(four) else f"and on {WORDS[longer]} of them so do"
-    text += wrapped("**It does not reach on-policy's final KL with 3x fewer tokens**"
+    text += wrap("**It does not reach on-policy's final KL with 3x fewer tokens**"
                     + (f", except {excepts}" if excepts else "") + ". Per update, a replayed batch teaches less than "
                     "a fresh one, and the staler it is the less: drawing 16 at random from the 48 newest (three fresh "
                     f"batches) instead of the 16 newest ends further away {where} "
@@ -120,7 +110,7 @@ def exact_bullets(problems: dict) -> str:
     worst = max(problems.values(), key=lambda s: s["K=2, explore"]["kl_end"] / s["K=2"]["kl_end"])["K=2"]
     worst_where = f"at alpha {worst['alpha']:g} " + ("at fixed length" if worst["regime"] == "fixed" else "with EOS")
     worst_explore = problems[(worst["alpha"], worst["regime"], worst["base"], worst["prompts"])]["K=2, explore"]
-    text += wrapped("**Exploration at T = 1/alpha does not help here**: on-policy with a quarter of the samples at "
+    text += wrap("**Exploration at T = 1/alpha does not help here**: on-policy with a quarter of the samples at "
                     f"1/alpha ends a little further from the target on {WORDS[len(further)]} problems"
                     + (" and level " + ", ".join(f"at alpha {s['on-policy']['alpha']:g}" for s in level)
                        if level else "")
@@ -136,7 +126,7 @@ def exact_bullets(problems: dict) -> str:
     p2 = peaky(problems, 2.0)
     best, default = p4["K=2, best 0.5"], p4["K=2"]
     spread = all(within_spread(s["K=2, best 0.5"], s["K=2"]) for s in (p4, p2))
-    text += wrapped("`--replay-best 0.5` (half of a replayed prompt's completions its best by target) is "
+    text += wrap("`--replay-best 0.5` (half of a replayed prompt's completions its best by target) is "
                     + ("within the seeds' spread of" if spread else "no better than") + " the default "
                     f"({best['kl_end']:.2f} ± {best['kl_end_sd']:.2f} against {default['kl_end']:.2f} ± "
                     f"{default['kl_end_sd']:.2f} at alpha 4 on the peaky base, {p2['K=2, best 0.5']['kl_end']:.4f} "
@@ -162,7 +152,7 @@ def replay_real(result: dict, paths: dict) -> str:
                      f"{100 * curve[0]['avg_at_k']:.1f}% -> {100 * s['final_avg_at_k']:.1f}%{against}",
                      f"{100 * best['avg_at_k']:.1f}% (step {best['step']}, {best['seconds']:.0f} s)",
                      f"{s['final_seconds']:.0f}", f"{s['final_tokens']:,.0f}"])
-    text = wrapped("**On SmolLM2 replay makes the result worse** "
+    text = wrap("**On SmolLM2 replay makes the result worse** "
                    "([`replay_real.md`](../examples/results/replay_real.md), "
                    "[`replay_real.png`](../examples/results/replay_real.png); `python examples/replay_real.py`, "
                    f"{result['seconds'] / 60:.0f} minutes). The demo's recipe (alpha 4, lr 1e-3) over "
@@ -189,13 +179,13 @@ def real_bullets(result: dict, paths: dict) -> str:
     kept = [sum(fresh_length(r) for r in runs[name]) / len(runs[name]) for name in replays]
     default = paths["paths"]["none/static"]  # what --quant auto and --sampler auto pick on the CPU
     share = default["time_sample"] / default["seconds_per_step"]
-    text = wrapped(("Replay never reaches" if never else "Replay does not always reach")
+    text = wrap(("Replay never reaches" if never else "Replay does not always reach")
                    + f" on-policy's final {100 * summary['on-policy']['final_avg_at_k']:.1f}%, in any setting. With "
                    f"the on-policy learning rate it rises and then falls (one seed to {100 * lowest:.0f}%): two extra "
                    "updates on the same completions push the policy further than the fresh samples support. A "
                    "quarter of the learning rate on replay steps keeps it rising, but slower than on-policy per "
                    "second.", bullet=True)
-    text += wrapped(f"Replay also keeps the completions long: on-policy's shorten to {on_length:.0f} tokens within "
+    text += wrap(f"Replay also keeps the completions long: on-policy's shorten to {on_length:.0f} tokens within "
                     f"{summary['on-policy']['final_step']} steps, the replay runs' fresh samples after step 1 average "
                     f"{min(kept):.0f}-{max(kept):.0f} tokens, so their fresh steps stay slow. Even an equally useful "
                     "replay step would save well under half the wall clock on the CPU, where sampling is "
