@@ -6,8 +6,8 @@
 A block is the text between a line `<!-- render NAME -->` and a line `<!-- /render -->`. NAME is an entry of
 BLOCKS, gathered from examples/doc_blocks/ (one module per study): the results files it reads (each must exist) and
 a function from their contents to the block's text, in plain Python and string formatting. A figure in a block
-changes only when its results file does; a doc edited by hand inside a block fails tests/test_render_docs.py.
-Figures outside blocks are not covered yet.
+changes only when its results file does; a doc edited by hand inside a block fails tests/test_render_docs.py, and
+so does a figure with a unit or a ± outside every block, unless that test lists it as a setting.
 """
 
 from __future__ import annotations
