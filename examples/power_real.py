@@ -263,7 +263,8 @@ def table(policies: dict, training: dict, task: str, stored: dict | None = None,
         for key in KEYS:
             per_problem = [mean(list(values)) for values in zip(*(s[f"{key}_per_prompt"] for s in summaries))]
             row[key], row[f"{key}_per_problem"] = mean(per_problem), per_problem
-            row[f"{key}_seed_std"] = std([s[key] for s in summaries])
+            row[f"{key}_per_seed"] = [s[key] for s in summaries]  # the raw values, not only their spread
+            row[f"{key}_seed_std"] = std(row[f"{key}_per_seed"])
         row["tokens_per_answer"] = mean([s.get("sampled_tokens_per_answer", s["length_mean"]) for s in summaries])
         row["length_mean"] = mean([s["length_mean"] for s in summaries])
         row["p_alpha_ess"] = mean([s["p_alpha_ess"] for s in summaries]) if "p_alpha_ess" in summaries[0] else None

@@ -54,6 +54,9 @@ from powerflow_lite.evaluate import EVALS, evaluate
 from powerflow_lite.metrics import mean, stderr
 from powerflow_lite.plot import pyplot
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from power_exact import machine  # noqa: E402 - where it ran
+
 transformers.utils.logging.disable_progress_bar()
 transformers.logging.set_verbosity_error()
 warnings.filterwarnings("ignore")
@@ -459,7 +462,8 @@ def main(argv=None) -> int:
 
     study = {"settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in
                              dataclasses.asdict(settings).items()}, "quick": args.quick},
-             "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
+             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+             "machine": machine()}  # another CPU gives other figures for the same seed
     study["sharpening"] = sharpening(settings, log)
     study["log_z"] = log_z_comparison(settings, study["sharpening"], log)
     study["flattening"] = flattening(settings, log)
