@@ -8,10 +8,11 @@ import dataclasses
 import io
 import math
 
-from alpha_choice import RECIPE, RECIPES, SEEDS, chosen_rows, paired  # the study's own reading of its rows
+from alpha_choice import RECIPE, RECIPES, SEEDS  # the study's own reading of its rows
 from rich.console import Console
 
 from doc_blocks import Block
+from doc_blocks.alpha import auto_verdict
 from powerflow_lite.config import PreviewConfig
 from powerflow_lite.display import preview_table
 from powerflow_lite.errors import PowerflowError
@@ -155,17 +156,8 @@ def ranking(rows: dict, key) -> list[str]:
 def alpha_auto_reading(result: dict) -> str:
     """What the auto table shows, and how the preview's predictions compare with training."""
     tables = result["tables"]
-    spread = [row["avg_at_k_seed_std"] for tab in tables.values() for row in tab["rows"].values()]
-    within, worst_chosen = [], []
-    for tab in tables.values():
-        rows = tab["rows"]
-        vs = paired(chosen_rows(tab, "avg_at_k"), rows[tab["best"]]["per_problem"]["avg_at_k"])
-        within.append(vs["mean"] + 2 * vs["stderr"] >= 0)
-        worst = min(rows, key=lambda alpha: rows[alpha]["avg_at_k"])
-        worst_chosen.append(worst in {f"{alpha:g}" for alpha in tab["auto"]["alphas"]})
-    lands = ("On both tasks\nauto lands within two standard errors of the best fixed alpha" if all(within) else
-             "On some task\nauto lands more than two standard errors below the best fixed alpha")
-    lands += ", and never on the worst." if not any(worst_chosen) else ", and on the worst at least once."
+    spread, lands = auto_verdict(result)
+    lands = lands.replace("On both tasks ", "On both tasks\n").replace("On some task ", "On some task\n")
     one, two = tables["single-digit"]["rows"], tables["two-digit"]["rows"]
     predicted = ranking(one, lambda row: row["predicted"]["avg_at_1"])
     same = predicted == ranking(one, lambda row: row["avg_at_k"])
@@ -175,7 +167,7 @@ def alpha_auto_reading(result: dict) -> str:
     steps = RECIPES[RECIPE][2]["max_steps"]
     return ("Auto's figure is the sweep's runs at the alphas it chose. ± is the standard error of the paired\n"
             "per-problem difference (seeds averaged first); the seeds' own spread is "
-            f"{100 * min(spread):.0f}-{100 * max(spread):.0f} points. {lands} The preview\nranks the alphas "
+            f"{spread} points. {lands} The preview\nranks the alphas "
             f"{'well' if same else 'otherwise than training'} on single-digit ({predicted[0]} and {predicted[1]} "
             f"ahead of {predicted[2]}, then {predicted[3]}"
             f"{', as training finds' if same else ''}) but\noverestimates what {steps} steps of training reach by "
