@@ -8,9 +8,9 @@ from doc_blocks import Block, wrap
 
 
 def clock(seconds: float) -> str:
-    """'3 min 7 s', or '35 s' under a minute."""
+    """'3 min 7 s'; '35 s' under a minute, '5 min' on the minute."""
     minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+    return f"{rest} s" if not minutes else f"{minutes} min" if not rest else f"{minutes} min {rest} s"
 
 
 def cores(run: dict) -> str:
