@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from real_model import markdown  # the study's own table of its log Z' comparison
 
-from doc_blocks import Block
+from doc_blocks import Block, wrap
 
 
 def real_lengths(study: dict) -> str:
@@ -32,14 +32,14 @@ def real_lengths(study: dict) -> str:
 
 
 def real_judge(study: dict) -> str:
-    """results.md's sentence on the CPU judge: it does not rate temperature 1's text above temperature 2's."""
-    rows = study["flattening"]["policies"]
+    """results.md's sentence on the CPU judge: whether it rates temperature 1's text above temperature 2's."""
+    rows, check = study["flattening"]["policies"], study["flattening"]["judge_separates"]
     t1, t2 = rows["base, temperature 1"]["judge_score"], rows["base, temperature 2"]["judge_score"]
-    order = "above" if t2 > t1 else "barely below"
-    return ("The only judge that fits on a CPU, the same 135M model rating 1-9, is no usable signal: it rates\n"
-            f"temperature 2's text {order} temperature 1's ({t2:.2f} against {t1:.2f}; "
-            "`python examples/real_model.py`,\n"
-            "`examples/results/real_model.md`). A quality claim needs a real judge.\n")
+    verdict = ("a usable signal, barely" if check["usable"] else "no usable signal")
+    return wrap(f"The only judge that fits on a CPU, the same 135M model rating 1-9, is {verdict}: it rates "
+                f"temperature 2's text {'above' if t2 > t1 else 'below'} temperature 1's ({t2:.2f} against {t1:.2f}, "
+                f"a difference of {t2 - t1:+.2f} ± {check['stderr']:.2f}; `python examples/real_model.py`, "
+                "`examples/results/real_model.md`). A quality claim needs a real judge.", width=100)
 
 
 def real_log_z(study: dict) -> str:
@@ -47,24 +47,37 @@ def real_log_z(study: dict) -> str:
     log_z, k = study["log_z"], study["settings"]["k"]
     batch, head = log_z["policies"]["batch"], log_z["policies"]["head"]
     lag = loss = head["training"]
+    below = lag["log_z_mean_last"] < lag["log_z_batch_mean_last"]
     table = markdown({"settings": study["settings"], "log_z": log_z}).split("\n\n", 1)[1].rstrip("\n") + "\n"
     return (f"**On SmolLM2 it does** (`examples/real_model.py`: the reasoning demo's recipe at alpha "
             f"{log_z['alpha']:g}, {log_z['seeds']} seeds,\n"
             f"{study['sharpening']['problems']} held-out problems, the head in the loss against the default):\n\n"
             + table +
-            f"\nThe head crawls: after {study['sharpening']['steps']} steps it stands at "
-            f"{lag['log_z_mean_last']:.2f} on average over the seeds, while the batch\n"
-            f"estimate of the same runs is at {lag['log_z_batch_mean_last']:.2f}; over every step it trails by "
-            f"{lag['log_z_gap_abs']:.1f} nats per token on average.\n"
-            "That gap is the mean residual, the bias of every completion's target, and the loss climbs from "
-            f"{loss['loss_first']:.0f} to\n{loss['loss_max']:.0f} instead of falling to "
-            f"{batch['training']['loss_last']:.0f}. Held-out avg@{k} is higher on average with the head, but it is "
-            "the\nleast stable figure measured: its standard deviation over the seeds is "
-            f"{100 * head['avg_at_k_seed_std']:.1f} points, against\n{100 * batch['avg_at_k_seed_std']:.1f} with "
-            "`batch`. A head below its value pushes up the log-prob of every sampled completion,\n"
-            "wrong answers included: an extra sharpening that is not p_alpha, which can lock a seed into wrong "
-            f"short\nanswers (the head's completions average {head['length_mean']:.1f} tokens, `batch`'s "
-            f"{batch['length_mean']:.1f}).\n")
+            "\n" + wrap(f"The head crawls: after {study['sharpening']['steps']} steps it stands at "
+                         f"{lag['log_z_mean_last']:.2f} on average over the seeds, while the batch estimate of the "
+                         f"same runs is at {lag['log_z_batch_mean_last']:.2f}; over every step it trails by "
+                         f"{lag['log_z_gap_abs']:.1f} nats per token on average. That gap is the mean residual, the "
+                         "bias of every completion's target, and the loss "
+                         + (f"climbs from {loss['loss_first']:.1f} to {loss['loss_max']:.1f}"
+                            if loss["loss_max"] > loss["loss_first"] else f"ends at {loss['loss_last']:.1f}")
+                         + f" where with `batch` it falls to {batch['training']['loss_last']:.2f}. "
+                         + accuracy(head, batch, k) + " A head " + ("below" if below else "above") + " its value "
+                         + ("pushes up the log-prob of every sampled completion, wrong answers included: an extra "
+                            "sharpening that is not p_alpha" if below else
+                            "pushes down the log-prob of every sampled completion: a flattening that is not p_alpha")
+                         + f" (the head's completions average {head['length_mean']:.1f} tokens, `batch`'s "
+                         f"{batch['length_mean']:.1f}).", width=100))
+
+
+def accuracy(head: dict, batch: dict, k: int) -> str:
+    """What held-out accuracy says of the head against the batch estimate, in words chosen by the figures."""
+    vs = head["vs batch"]["avg_at_k"]
+    change = f"{100 * vs['mean']:+.1f} ± {100 * vs['stderr']:.1f} points"
+    spread = (f"standard deviation over the seeds {100 * head['avg_at_k_seed_std']:.1f} points against "
+              f"{100 * batch['avg_at_k_seed_std']:.1f}")
+    if abs(vs["mean"]) < 2 * vs["stderr"]:
+        return f"Held-out avg@{k} does not tell the two apart ({change}; {spread})."
+    return f"Held-out avg@{k} is {'higher' if vs['mean'] > 0 else 'lower'} with the head ({change}; {spread})."
 
 
 def design_log_z_lag(study: dict) -> str:
