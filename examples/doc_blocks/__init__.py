@@ -50,6 +50,24 @@ def span(values: list[float], spec: str | Callable[[float], str] = ".2f") -> str
     return low if low == high else f"{low}-{high}"
 
 
+def points(change: dict, scale: float = 100, digits: int = 1, sign: bool = True) -> str:
+    """A paired change with its standard error, '+8.8 ± 4.7': in points of a share by default, else at `scale` and
+    `digits`; without its sign when `sign` is False."""
+    mean = scale * change["mean"]
+    return (f"{mean:+.{digits}f}" if sign else f"{abs(mean):.{digits}f}") + f" ± {scale * change['stderr']:.{digits}f}"
+
+
+def within(change: dict) -> bool:
+    """Whether a paired change is within two standard errors of none."""
+    return abs(change["mean"]) < 2 * change["stderr"]
+
+
+def lr_text(lr: float) -> str:
+    """A learning rate as the docs and the CLI write it: 1e-3, 2.5e-4."""
+    mantissa, exponent = f"{lr:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown table's lines, ending with a newline."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

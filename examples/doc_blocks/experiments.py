@@ -7,27 +7,20 @@ import math
 
 from power_real import RAMP, RECIPES, paired  # the study's row names and its paired differences
 
-from doc_blocks import Block, span, wrap
+from doc_blocks import Block, lr_text, points, span, wrap
 
 DEMO, ONE_TASK, LONGER = RECIPES  # PowerFlow's rows: the demo's recipe, the one-task recipe, 4 x the demo's steps
 TASK_ONE, TASK_TWO, WORDS = "single-digit", "two-digit", "word problems"
 
 
-def change(vs: dict) -> str:
-    """A paired change in points, "+27.5 ± 5.9"."""
-    return f"{100 * vs['mean']:+.1f} ± {100 * vs['stderr']:.1f}"
 
 
 def gains(vs: dict) -> str:
     """The change as a verb: gains +18.1 ± 4.7, or loses 4.9 ± 6.8."""
-    return f"gains {change(vs)}" if vs["mean"] >= 0 else f"loses {-100 * vs['mean']:.1f} ± {100 * vs['stderr']:.1f}"
+    return f"gains {points(vs)}" if vs["mean"] >= 0 else f"loses {points(vs, sign=False)}"
 
 
 
-def lr_text(lr: float) -> str:
-    """5e-4, as the docs write a learning rate."""
-    mantissa, exponent = f"{lr:.0e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
 
 
 def bullets(items: list[str]) -> str:
@@ -108,10 +101,10 @@ def worth_it(study: dict, exact: dict) -> str:
                         "option (`--alpha-ramp-tokens`), off by default.")
     return bullets([
         f"**Single-digit, in detail.** The one-task recipe ({recipe_text}) beats the best temperature of the grid "
-        f"by {change(one[ONE_TASK]['vs best temperature']['avg_at_k'])} points of avg@{settings['k']}. "
+        f"by {points(one[ONE_TASK]['vs best temperature']['avg_at_k'])} points of avg@{settings['k']}. "
         f"Metropolis-Hastings does as well ({100 * one[mh]['avg_at_k']:.1f}%) at {times[mh]:.0f} times the tokens "
         f"per answer, and sequential Monte Carlo at N = {top} better ({100 * one[smc]['avg_at_k']:.1f}%, "
-        f"{change(over)} over the recipe) at {times[smc]:.0f} times. pass@{settings['k']} rises too "
+        f"{points(over)} over the recipe) at {times[smc]:.0f} times. pass@{settings['k']} rises too "
         f"({100 * one[ONE_TASK]['pass_at_k']:.1f}% against {100 * one[tempered]['pass_at_k']:.1f}% at temperature "
         f"1/{alpha:g}, {100 * one[resampled]['pass_at_k']:.1f}% for resampling at N = {top} and "
         f"{100 * one[smc]['pass_at_k']:.1f}% for sequential Monte Carlo at N = {top}).",

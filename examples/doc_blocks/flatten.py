@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flatten_real import RECIPE  # the study's recipe: its JSON names it, without its figures
 
-from doc_blocks import Block, wrap
+from doc_blocks import Block, lr_text, points, within, wrap
 
 FLATTEN_GLANCE = [  # (label, policy of flatten_real.json)
     ("base, temperature 1", "base, temperature 1"),
@@ -37,10 +37,6 @@ QUOTES = {  # samples quoted in results.md: policy -> which of its two kept samp
 QUOTED_WORDS = 13  # the salad sample's opening words
 
 
-def lr_text(lr: float) -> str:
-    """A learning rate as the docs write it: 1e-3, 2.5e-4."""
-    mantissa, exponent = f"{lr:e}".split("e")
-    return f"{float(mantissa):g}e{int(exponent)}"
 
 
 def spoken(name: str) -> str:
@@ -49,13 +45,8 @@ def spoken(name: str) -> str:
     return name.replace(", lr", " at lr") if ", lr" in name else f"{name} at lr {lr_text(RECIPE['lr'])}"
 
 
-def change(c: dict, scale: float = 1, digits: int = 2) -> str:
-    return f"{scale * c['mean']:+.{digits}f} ± {scale * c['stderr']:.{digits}f}"
 
 
-def level(c: dict) -> bool:
-    """A matched difference within two standard errors of 0."""
-    return abs(c["mean"]) < 2 * c["stderr"]
 
 
 def glance(study: dict) -> str:
@@ -67,11 +58,11 @@ def glance(study: dict) -> str:
             f"{len(s['seeds'])} seeds;\n`python examples/flatten_real.py`, `examples/results/flatten_real.md`):\n\n"
             + flatten_table(study, FLATTEN_GLANCE)
             + "\nAt equal diversity the trained model is "
-            + ("as likely" if level(logp) else "likelier" if logp["mean"] > 0 else "less likely")
+            + ("as likely" if within(logp) else "likelier" if logp["mean"] > 0 else "less likely")
             + " to the base than the base at a higher temperature\n"
-            f"({change(logp)} nats per token, standard error over seeds) and "
-            + ("as fluent" if level(words) else "more fluent" if words["mean"] > 0 else "less fluent")
-            + f" ({change(words, 100, 1)} points of English\nwords). The paper's alpha 0.5, trained fast, goes "
+            f"({points(logp, 1, 2)} nats per token, standard error over seeds) and "
+            + ("as fluent" if within(words) else "more fluent" if words["mean"] > 0 else "less fluent")
+            + f" ({points(words)} points of English\nwords). The paper's alpha 0.5, trained fast, goes "
             "past any temperature's diversity into word salad.\nAll results, with the exact checks, CPU speed and "
             "replay: [docs/results.md](docs/results.md).\n")
 
@@ -127,12 +118,12 @@ def reading(study: dict, preview: dict) -> str:
              f"diversity; ± is the standard error over the {seeds} seeds):  ",
              "* **Likelier to the base, yes.** " + ("Every" if above else "Not every") + " trained point lies above "
              "the temperature curve on base log-prob per token: "
-             + ", ".join(f"{change(c)}{' nats' if i == 0 else ''} for {spoken(name)}"
+             + ", ".join(f"{points(c, 1, 2)}{' nats' if i == 0 else ''} for {spoken(name)}"
                          for i, (c, name) in enumerate(zip(logps, full)))
              + ". On this proxy the paper's claim holds. ",
              "* **More fluent, no: level.** On the English-word share the trained points "
-             + ("sit on the curve" if all(level(c) for c in words) else "leave the curve")
-             + " (" + ", ".join(change(c, 100, 1) for c in words[:-1]) + f" and {change(words[-1], 100, 1)} "
+             + ("sit on the curve" if all(within(c) for c in words) else "leave the curve")
+             + " (" + ", ".join(points(c) for c in words[:-1]) + f" and {points(words[-1])} "
              "points). Training buys diversity at the fluency cost temperature would charge, not less. "]
     if beyond:
         lines.append(

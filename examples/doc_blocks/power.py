@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from power_real import DISTILLED, RECIPES, best_sampler, paired, repaid_after  # the study's own reading
 
-from doc_blocks import Block
+from doc_blocks import Block, points
 
 TASKS = ("single-digit", "two-digit", "word problems")
 COLUMNS = ("| policy | single-digit (40) | two-digit (24) | word problems (20) | tokens per answer | s per answer | "
@@ -89,10 +89,6 @@ def versus(study: dict, task: str, name: str, other: str) -> dict:
     return paired(cell(study, task, name, "avg_at_k_per_problem"), cell(study, task, other, "avg_at_k_per_problem"))
 
 
-def points(change: dict, sign: bool = True) -> str:
-    """A paired change in points, '+8.8 ± 4.7'; without its sign when `sign` is False."""
-    mean = f"{100 * change['mean']:+.1f}" if sign else f"{100 * abs(change['mean']):.1f}"
-    return f"{mean} ± {100 * change['stderr']:.1f}"
 
 
 def spoken(name: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from real_model import markdown  # the study's own table of its log Z' comparison
 
-from doc_blocks import Block, wrap
+from doc_blocks import Block, points, wrap
 
 
 def real_lengths(study: dict) -> str:
@@ -72,7 +72,7 @@ def real_log_z(study: dict) -> str:
 def accuracy(head: dict, batch: dict, k: int) -> str:
     """What held-out accuracy says of the head against the batch estimate, in words chosen by the figures."""
     vs = head["vs batch"]["avg_at_k"]
-    change = f"{100 * vs['mean']:+.1f} ± {100 * vs['stderr']:.1f} points"
+    change = f"{points(vs)} points"
     spread = (f"standard deviation over the seeds {100 * head['avg_at_k_seed_std']:.1f} points against "
               f"{100 * batch['avg_at_k_seed_std']:.1f}")
     if abs(vs["mean"]) < 2 * vs["stderr"]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from doc_blocks import Block, table, wrap
+from doc_blocks import Block, points, table, wrap
 
 WORDS = {0: "none", 1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 PROMPTS = {"two": 2, "many": 64}  # the exact study's prompt sets (examples/exact_alpha.py)
@@ -146,7 +146,7 @@ def replay_real(result: dict, paths: dict) -> str:
         curve = curves[name]
         best = max(curve, key=lambda p: (p["avg_at_k"], -p["step"]))
         change = s["final_vs_on_policy"]
-        against = "" if name == "on-policy" else (f" ({100 * change['mean']:+.1f} ± {100 * change['stderr']:.1f}"
+        against = "" if name == "on-policy" else (f" ({points(change)}"
                                                   + (" against on-policy)" if len(rows) == 1 else ")"))
         rows.append([f"{REAL_FLAGS[name]}, {s['final_step']} steps",
                      f"{100 * curve[0]['avg_at_k']:.1f}% -> {100 * s['final_avg_at_k']:.1f}%{against}",
