@@ -101,16 +101,17 @@ def keep_evals(parts: Path, where: Path, measured_on: dict) -> None:
     from powerflow_lite.demo import demo_model_dir
 
     where.mkdir(parents=True, exist_ok=True)
+    model = str(demo_model_dir())
     found = {"machine": measured_on}
     for name, args in EVALS.items():
-        args = [a.format(parts=parts, model=demo_model_dir()) for a in args]
+        args = [a.format(parts=parts, model=model) for a in args]
         seconds = powerflow(parts, name, "eval", *args, "--output", str(parts / name), "--overwrite")
-        shown = [a.replace(str(parts / "seed-0"), "runs/demo").replace(str(demo_model_dir()), "<demo model>")
+        shown = [a.replace(str(parts / "seed-0"), "runs/demo").replace(model, "<demo model>")
                  for a in args]
         found[name] = {"command": "powerflow eval " + " ".join(shown), "seconds": seconds,
                        "summary": json.loads((parts / name / "summary.json").read_text())}
         (where / f"{name}.txt").write_text(as_shown(parts, name, name, "runs/eval").replace(
-            str(demo_model_dir()), "<demo model>"))
+            model, "<demo model>"))
     (where / "evals.json").write_text(json.dumps(found, indent=1) + "\n")
 
 
