@@ -50,7 +50,8 @@ def rendered(text: str) -> str:
 
 def drifted() -> list[str]:
     """The pages whose text differs from their rendering."""
-    return [str(page.relative_to(ROOT)) for page in PAGES if rendered(page.read_text()) != page.read_text()]
+    texts = {page: page.read_text() for page in PAGES}
+    return [str(page.relative_to(ROOT)) for page, text in texts.items() if rendered(text) != text]
 
 
 def main() -> None:
@@ -64,8 +65,9 @@ def main() -> None:
         sys.exit(1 if stale else 0)
     for page in PAGES:
         text = page.read_text()
-        if rendered(text) != text:
-            page.write_text(rendered(text))
+        new = rendered(text)
+        if new != text:
+            page.write_text(new)
             print(f"rendered {page.relative_to(ROOT)}")
 
 
