@@ -105,10 +105,10 @@ def child(out: Path, argv: list[str]) -> None:
 
 def train_run(model: str, steps: int, tmp: Path, extra: list[str]) -> dict:
     """The demo's recipe (full precision, static sampler, lr 1e-12, no evaluation) in a child noting its memory."""
+    from cpu_paths import frozen_demo  # the parent's import: a child imports nothing before its first stage
+
     out, noted = tmp / "run", tmp / "noted.json"
-    argv = ["train", "--demo", "--model", model, "--quant", "none", "--sampler", "static", "--max-steps", str(steps),
-            "--eval-data", "", "--eval-every", "0", "--save-every", "0", "--show-every", "0", "--output", str(out),
-            "--overwrite", "--lr", "1e-12", *extra]  # the policy stays the base: every step at the base's lengths
+    argv = [*frozen_demo(model, "none", "static", steps, out), *extra]
     started = time.perf_counter()
     done = subprocess.run([sys.executable, __file__, "--child", str(noted), "--", *argv],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -37,12 +37,17 @@ PATHS = (("nf4", "hf"), ("nf4", "static"), ("none", "hf"), ("none", "static"))
 REFERENCE = ("nf4", "hf")
 
 
+def frozen_demo(model: str, quant: str, sampler: str, steps: int, out: Path) -> list[str]:
+    """`powerflow` arguments for the demo's recipe without its evaluation at lr 1e-12: the policy stays the base,
+    so every run samples from one distribution, at the base's lengths."""
+    return ["train", "--demo", "--model", model, "--quant", quant, "--sampler", sampler, "--max-steps", str(steps),
+            "--eval-data", "", "--eval-every", "0", "--save-every", "0", "--show-every", "0", "--output", str(out),
+            "--overwrite", "--lr", "1e-12"]
+
+
 def run_path(model: str, quant: str, sampler: str, steps: int, out: Path) -> dict:
     """One training run in a child process; -> its metrics rows and the highest of its steps' peak RSS."""
-    command = [sys.executable, "-m", "powerflow_lite", "train", "--demo", "--model", model, "--quant", quant,
-               "--sampler", sampler, "--max-steps", str(steps), "--eval-data", "", "--eval-every", "0",
-               "--save-every", "0", "--show-every", "0", "--output", str(out), "--overwrite",
-               "--lr", "1e-12"]  # the policy stays the base: every path samples from one distribution
+    command = [sys.executable, "-m", "powerflow_lite", *frozen_demo(model, quant, sampler, steps, out)]
     started = time.perf_counter()
     done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
