@@ -74,6 +74,6 @@ def auto_reading(result: dict) -> str:
 
 BLOCKS = {
     "alpha-auto": Block(("alpha_choice.json",), alpha_auto_table),
-    "alpha-auto-readme-rule": Block(("alpha_choice.json",), auto_rule),
-    "alpha-auto-readme-reading": Block(("alpha_choice.json",), auto_reading),
+    "alpha-auto-readme": Block(("alpha_choice.json",), lambda result: "\n".join(
+        (auto_rule(result), alpha_auto_table(result), auto_reading(result)))),
 }

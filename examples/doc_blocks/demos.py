@@ -290,19 +290,23 @@ def guide_healthy(metrics: list[dict], creative: dict, flatten: dict) -> str:
             f"{100 * last['truncated_frac']:.0f}% cut:\n")
 
 
+def demo_readme(found: dict, run: dict, printed: str, seeds: dict, creative: dict, creative_run: dict) -> str:
+    """The README's demo section: what the demo does, its transcript, what it shows, and the creative demo."""
+    return "\n".join((demo_intro(found, run), demo_transcript(printed), demo_shows(found, seeds),
+                      creative_readme(creative, creative_run)))
+
+
 CREATIVE = "demo_creative_run/before_after.json"
 BLOCKS = {
-    "creative-readme": Block((CREATIVE, "demo_creative_run/run.json"), creative_readme),
+    "demo-readme": Block(("demo_run/before_after.json", "demo_run/run.json", "demo_run/stdout.txt", "demo_seeds.json",
+                          CREATIVE, "demo_creative_run/run.json"), demo_readme),
     "creative-run": Block((CREATIVE, "demo_creative_run/run.json", "demo_creative_run/stdout.txt"), creative_run),
     "guide-healthy": Block(("demo_run/metrics.jsonl", CREATIVE, "flatten_real.json"), guide_healthy),
     "demo-curves": Block(("demo_run/metrics.jsonl",), demo_curves),
     "demo-output": Block(("demo_run/stdout.txt",), demo_output),
-    "demo-transcript": Block(("demo_run/stdout.txt",), demo_transcript),
-    "demo-intro": Block(("demo_run/before_after.json", "demo_run/run.json"), demo_intro),
     "demo-recipe": Block(("demo_run/before_after.json", "demo_run/run.json", "demo_conversion.json"), demo_recipe),
     "demo-conversion": Block(("demo_conversion.json",), demo_conversion),
     "demo-eval": Block(("demo_run/eval/evals.json", "demo_run/eval/eval-arithmetic.txt",
                         "demo_run/before_after.json"), demo_eval),
-    "demo-shows": Block(("demo_run/before_after.json", "demo_seeds.json"), demo_shows),
     "demo-healthy": Block(("demo_run/metrics.jsonl",), demo_healthy),
 }

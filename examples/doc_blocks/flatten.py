@@ -168,7 +168,6 @@ def reading(study: dict, preview: dict) -> str:
 
 
 BLOCKS = {
-    "flatten-glance": Block(("flatten_real.json",), glance),
     "flatten-table": Block(("flatten_real.json",), table_page),
     "flatten-reading": Block(("flatten_real.json", "preview_creative.json"), reading),
 }

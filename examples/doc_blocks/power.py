@@ -5,6 +5,7 @@ from __future__ import annotations
 from power_real import DISTILLED, RECIPES, best_sampler, paired, repaid_after  # the study's own reading
 
 from doc_blocks import Block, points
+from doc_blocks.flatten import glance as flatten_glance
 
 TASKS = ("single-digit", "two-digit", "word problems")
 COLUMNS = ("| policy | single-digit (40) | two-digit (24) | word problems (20) | tokens per answer | s per answer | "
@@ -240,8 +241,8 @@ def below_above(study: dict, task: str, again: bool = False) -> str:
 
 BLOCKS = {
     "power-choose": Block(("power_real.json",), evaluation_choice),
-    "power-real-glance": Block(("power_real.json",),
-                               lambda study: power_table(study, GLANCE) + "\n" + glance_reading(study)),
+    "results-glance": Block(("power_real.json", "flatten_real.json"), lambda study, flattening: "\n".join(
+        (power_table(study, GLANCE), glance_reading(study), flatten_glance(flattening)))),
     "power-real-table": Block(("power_real.json",), table_page),
     "power-real-findings": Block(("power_real.json",), findings),
 }
